@@ -1,0 +1,25 @@
+//! Backends: where flows go. Indexed by a backend id that is unique per (service, backend), so
+//! counters and health are per service, as Exchange's per-protocol health needs.
+
+use crate::addr::Addr;
+
+/// Selectable for new flows and forwarding established ones.
+pub const BACKEND_UP: u8 = 0;
+/// Not selectable for new flows; established flows keep going (drain).
+pub const BACKEND_DRAINING: u8 = 1;
+/// Dead or disabled: established TCP/UDP flows are re-selected on their next packet.
+pub const BACKEND_DOWN: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub addr: Addr,
+    /// Destination port after DNAT, network byte order; 0 keeps the client's destination port.
+    pub port: u16,
+    pub family: u8,
+    /// One of the `BACKEND_*` states. Changed in place by the controller as a single byte.
+    pub state: u8,
+    /// The service this backend belongs to (for per-service counters).
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);

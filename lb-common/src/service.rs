@@ -1,0 +1,77 @@
+//! Services: which (VIP, protocol, port) tuples are balanced, and how.
+
+use crate::addr::Addr;
+
+/// Bytes of [`ServiceRuleKey`] that a rule's prefix can cover: family, protocol, padding and VIP
+/// (20 bytes, always matched in full) followed by the 16-bit port.
+pub const RULE_FIXED_BITS: u32 = 20 * 8;
+/// Prefix length of a rule that matches exactly one port.
+pub const RULE_EXACT_PORT_BITS: u32 = RULE_FIXED_BITS + 16;
+/// Prefix length used for lookups (the whole key).
+pub const RULE_LOOKUP_BITS: u32 = (core::mem::size_of::<ServiceRuleKey>() * 8) as u32;
+
+/// Data of the longest-prefix-match key for port rules. A port range is stored as the few
+/// prefixes that cover it, so one lookup answers any range at a cost independent of its width.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceRuleKey {
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// The VIP (see [`Addr`]).
+    pub vip: Addr,
+    /// Destination port, network byte order (must come last: the prefix ends inside it).
+    pub port: u16,
+    pub _pad_tail: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<ServiceRuleKey>() == 24);
+
+/// Value of a port rule: the service it belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRule {
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceRule>() == 4);
+
+/// NLB filtering modes.
+pub const FILTERING_MULTIPLE: u8 = 0;
+pub const FILTERING_SINGLE: u8 = 1;
+pub const FILTERING_DISABLED: u8 = 2;
+
+/// NLB affinity modes: what the new-flow hash covers.
+pub const AFFINITY_NONE: u8 = 0;
+pub const AFFINITY_SINGLE: u8 = 1;
+pub const AFFINITY_NETWORK: u8 = 2;
+
+/// Largest consistent-hash table (a prime); also the stride between tables in the ring array.
+pub const RING_MAX_SIZE: u32 = 65537;
+/// Ring tables per service: the live one and the one being built beside it.
+pub const RING_SLOTS_PER_SERVICE: u32 = 2;
+/// Marks "no backend" in rings and in `single_backend`.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// How a service picks backends. Replaced as a whole (the map is not preallocated, so the kernel
+/// swaps elements under RCU): a switch to a freshly built ring is a single write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Index of the live table in the ring array: the table is `ring[ring_base .. ring_base + ring_size]`.
+    pub ring_base: u32,
+    /// Entries in the live table (a prime, at most [`RING_MAX_SIZE`]); 0 = no table.
+    pub ring_size: u32,
+    /// `filtering: single`: the backend every flow goes to, or [`NO_BACKEND`].
+    pub single_backend: u32,
+    /// Seed of the affinity hash, so services do not share hash collisions.
+    pub hash_seed: u32,
+    /// One of the `FILTERING_*` constants.
+    pub filtering: u8,
+    /// One of the `AFFINITY_*` constants.
+    pub affinity: u8,
+    /// Prefix length for `AFFINITY_NETWORK`.
+    pub network_prefix: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 20);

@@ -1,0 +1,118 @@
+//! Counters: per-CPU arrays indexed by the enums below. The same enums give the Prometheus labels,
+//! so a reason counted in the kernel is the reason an administrator reads.
+
+/// Defines a `#[repr(u32)]` reason enum with its label for metrics, and `COUNT`/`ALL`.
+macro_rules! reasons {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+            /// The metrics label.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)+ }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a packet was dropped. Only traffic the balancer owns (addressed to a VIP) is dropped.
+    DropReason {
+        /// IPv4 header to a VIP is invalid (version, IHL < 5, total length).
+        MalformedIp = "malformed_ip",
+        /// TCP/UDP header to a VIP is truncated or has a bad data offset.
+        MalformedL4 = "malformed_l4",
+        /// Fragment to a VIP: fragments after the first carry no ports, so none can be balanced.
+        Fragment = "fragment",
+        /// VIP traffic matching no port rule.
+        NoService = "no_service",
+        /// The rule's filtering mode is `disabled`.
+        FilteringDisabled = "filtering_disabled",
+        /// No healthy backend for a new flow.
+        NoBackend = "no_backend",
+        /// One-arm: no free SNAT port for this backend after every attempt.
+        SnatExhausted = "snat_exhausted",
+        /// Two-arm: another live flow already owns this flow's reply tuple.
+        ReplyCollision = "reply_collision",
+        /// The connection table refused an insert (out of memory).
+        FlowTableFull = "flow_table_full",
+    }
+}
+
+reasons! {
+    /// Why a packet went to the kernel's stack instead of being forwarded by XDP.
+    PassReason {
+        /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+        NotIp = "not_ip",
+        /// IPv6 (not balanced yet).
+        Ipv6 = "ipv6",
+        /// IPv4, neither to a VIP nor a reply of a balanced flow.
+        NotOurs = "not_ours",
+        /// Frame too short for the headers it claims.
+        Truncated = "truncated",
+        /// Invalid IPv4 header, not to a VIP: the kernel's own checks decide.
+        Malformed = "malformed",
+        /// Fragment not to a VIP (the kernel reassembles).
+        Fragment = "fragment",
+        /// ICMP to a VIP: the kernel answers echo requests and handles errors.
+        IcmpToVip = "icmp_to_vip",
+        /// TTL would expire: the kernel sends the ICMP time-exceeded.
+        TtlExceeded = "ttl_exceeded",
+        /// Translated, but the next hop's MAC is unknown: the kernel forwards and resolves it.
+        NoNeighbour = "no_neighbour",
+        /// Translated, but larger than the egress MTU (e.g. GRO in generic mode): the kernel forwards.
+        FragNeeded = "frag_needed",
+        /// Translated, but the route lookup did not give a direct next hop (forwarding off,
+        /// unreachable, local): the kernel decides and answers with ICMP where due.
+        NoFastRoute = "no_fast_route",
+    }
+}
+
+reasons! {
+    /// Connection-table events worth watching.
+    FlowEvent {
+        /// A TCP packet other than a SYN started a flow: state was lost (LRU eviction, restart).
+        NonSynMiss = "non_syn_miss",
+        /// An established flow's backend is down: the flow was re-selected.
+        ReselectedDown = "reselected_down",
+        /// An SNAT port was taken; the next candidate was tried.
+        SnatPortRetry = "snat_port_retry",
+        /// A flow's reply entry was missing or stolen and was claimed again.
+        ReplyReclaimed = "reply_reclaimed",
+    }
+}
+
+/// XDP actions, indexed by their kernel values (`XDP_ABORTED` = 0 ... `XDP_REDIRECT` = 4).
+pub const XDP_ACTION_LABELS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+
+/// Per-backend counters (per CPU; the controller sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Client → backend direction.
+    pub to_backend_packets: u64,
+    pub to_backend_bytes: u64,
+    /// Backend → client direction (replies).
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    /// Flows this backend was selected for.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 40);
+
+/// Per-service counters (per CPU): everything that matched the service's rules.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Dropped because of the service (filtering disabled, no healthy backend, SNAT exhausted).
+    pub dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);

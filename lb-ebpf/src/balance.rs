@@ -1,0 +1,142 @@
+//! The two directions of a balanced flow: client → VIP (select, DNAT, SNAT in one-arm) and
+//! backend → client (undo the NAT).
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
+};
+use lb_common::{
+    addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    flow::FlowKey,
+    service::{FILTERING_DISABLED, RULE_LOOKUP_BITS, ServiceRuleKey},
+    stats::{DropReason, PassReason},
+};
+
+use crate::{
+    Outcome, conntrack, forward,
+    maps::{REPLIES, SERVICE_RULES, SERVICES, SETTINGS},
+    nat,
+    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
+    stats,
+};
+
+/// The transport header of a valid, unfragmented IPv4 TCP/UDP packet.
+#[inline(always)]
+fn transport(ctx: &XdpContext, ip: &Ipv4Hdr) -> Option<L4> {
+    let ihl = ipv4_header_len(ip);
+    let l4_len = (u16::from_be(ip.tot_len) as usize).saturating_sub(ihl);
+    parse_l4(ctx, ETH_HLEN + ihl, ip.proto, l4_len)
+}
+
+#[inline(always)]
+fn tuple(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
+    let ports = unsafe { &*l4.ports };
+    FlowKey {
+        src: [ip.src, 0, 0, 0],
+        dst: [ip.dst, 0, 0, 0],
+        src_port: ports.src,
+        dst_port: ports.dst,
+        proto: ip.proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// A packet addressed to a VIP: balanced, or dropped with a reason. Never passed on blindly,
+/// except ICMP (echo, errors) which the kernel handles.
+#[inline(always)]
+pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
+    if is_fragment(ip) {
+        return Outcome::Drop(DropReason::Fragment);
+    }
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => {}
+        PROTO_ICMP => return Outcome::Pass(PassReason::IcmpToVip),
+        _ => return Outcome::Drop(DropReason::NoService),
+    }
+    let Some(l4) = transport(ctx, ip) else {
+        return Outcome::Drop(DropReason::MalformedL4);
+    };
+    let key = tuple(ip, &l4);
+    let rule_key = Key::new(
+        RULE_LOOKUP_BITS,
+        ServiceRuleKey {
+            family: FAMILY_V4,
+            proto: key.proto,
+            _pad: [0; 2],
+            vip: key.dst,
+            port: key.dst_port,
+            _pad_tail: [0; 2],
+        },
+    );
+    let Some(rule) = SERVICE_RULES.get(&rule_key) else {
+        return Outcome::Drop(DropReason::NoService);
+    };
+    let service_id = rule.service_id;
+    let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
+        return Outcome::Drop(DropReason::NoService);
+    };
+    let bytes = frame_len(ctx);
+    stats::service_packet(service_id, bytes);
+    if svc.filtering == FILTERING_DISABLED {
+        stats::service_dropped(service_id);
+        return Outcome::Drop(DropReason::FilteringDisabled);
+    }
+    if ip.ttl <= 1 {
+        return Outcome::Pass(PassReason::TtlExceeded);
+    }
+    let Some(settings) = SETTINGS.get(0) else {
+        return Outcome::Drop(DropReason::NoService);
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, now) {
+        Ok(flow) => flow,
+        Err(reason) => {
+            stats::service_dropped(service_id);
+            return Outcome::Drop(reason);
+        }
+    };
+    let r = &flow.reply;
+    nat::rewrite(ip, &l4, r.dst[0], r.dst_port, r.src[0], r.src_port);
+    stats::to_backend(flow.backend_id, bytes);
+    forward::send(ctx, eth, ip, &l4)
+}
+
+/// A packet from a backend's address: a reply of a balanced flow gets its NAT undone; anything
+/// else (the backend's own traffic) goes to the kernel untouched.
+#[inline(always)]
+pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
+    if is_fragment(ip) {
+        return Outcome::Pass(PassReason::Fragment);
+    }
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return Outcome::Pass(PassReason::NotOurs);
+    }
+    let Some(l4) = transport(ctx, ip) else {
+        return Outcome::Pass(PassReason::Malformed);
+    };
+    let key = tuple(ip, &l4);
+    let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
+        return Outcome::Pass(PassReason::NotOurs);
+    };
+    if ip.ttl <= 1 {
+        return Outcome::Pass(PassReason::TtlExceeded);
+    }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    conntrack::reply_seen(entry, &key, &l4, now);
+    let client = &entry.client;
+    nat::rewrite(
+        ip,
+        &l4,
+        client.dst[0],
+        client.dst_port,
+        client.src[0],
+        client.src_port,
+    );
+    stats::to_client(entry.backend_id, frame_len(ctx));
+    forward::send(ctx, eth, ip, &l4)
+}

@@ -1,0 +1,225 @@
+//! The connection table: a flow keeps its backend (and SNAT port) for its lifetime.
+//!
+//! Writes are plain stores of values this packet decided (time, state) or whole-entry inserts;
+//! there is no shared read-modify-write. Inserts that must be unique use `BPF_NOEXIST`.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use lb_common::{
+    addr::PROTO_UDP,
+    backend::{BACKEND_DOWN, BackendInfo},
+    flow::{FLOW_CLOSING, FLOW_OPEN, FlowEntry, FlowKey, ReplyEntry},
+    hash::hash_addr_port,
+    service::{NO_BACKEND, ServiceInfo},
+    settings::{DatapathSettings, MAX_SNAT_ADDRS, MODE_ONE_ARM, SNAT_PORT_ATTEMPTS},
+    stats::{DropReason, FlowEvent},
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, REPLIES},
+    packet::L4,
+    select, stats,
+};
+
+/// Where a client packet goes: the reply tuple holds the translated addresses
+/// (backend ← src, client-or-SNAT ← dst).
+pub struct Flow {
+    pub reply: FlowKey,
+    pub backend_id: u32,
+}
+
+/// The flow for a client packet to a service: the existing one, or a new one.
+#[inline(always)]
+pub fn client_flow(
+    svc: &ServiceInfo,
+    service_id: u32,
+    key: &FlowKey,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> Result<Flow, DropReason> {
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        let e = unsafe { &mut *entry };
+        if still_valid(e, key, l4, s, now) {
+            e.last_seen_ns = now;
+            if l4.is_fin_or_rst() {
+                e.state = FLOW_CLOSING;
+            }
+            return Ok(Flow {
+                reply: e.reply,
+                backend_id: e.backend_id,
+            });
+        }
+    } else if l4.is_tcp() && !l4.is_syn() {
+        stats::flow_event(FlowEvent::NonSynMiss);
+    }
+    new_flow(svc, service_id, key, s, now)
+}
+
+/// Refreshes the owning flow when its backend replies.
+#[inline(always)]
+pub fn reply_seen(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) {
+    if let Some(flow) = FLOWS.get_ptr_mut(&entry.client) {
+        let f = unsafe { &mut *flow };
+        if f.reply.same(reply) {
+            f.last_seen_ns = now;
+            if l4.is_fin_or_rst() {
+                f.state = FLOW_CLOSING;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn expired(e: &FlowEntry, proto: u8, s: &DatapathSettings, now: u64) -> bool {
+    let timeout = if proto == PROTO_UDP {
+        s.udp_timeout_ns
+    } else if e.state == FLOW_CLOSING {
+        s.tcp_closing_timeout_ns
+    } else {
+        s.tcp_timeout_ns
+    };
+    now.wrapping_sub(e.last_seen_ns) > timeout
+}
+
+/// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the
+/// tuple of a closing connection, when its backend is down, or (one-arm) when its SNAT port
+/// no longer belongs to it.
+#[inline(always)]
+fn still_valid(e: &FlowEntry, key: &FlowKey, l4: &L4, s: &DatapathSettings, now: u64) -> bool {
+    if expired(e, key.proto, s, now) || (l4.is_syn() && e.state == FLOW_CLOSING) {
+        return false;
+    }
+    match BACKENDS.get(e.backend_id) {
+        Some(b) if b.state != BACKEND_DOWN => {}
+        _ => {
+            stats::flow_event(FlowEvent::ReselectedDown);
+            return false;
+        }
+    }
+    if s.mode == MODE_ONE_ARM {
+        // An LRU may evict the reply entry alone; then another flow may have taken the port.
+        let owned = matches!(unsafe { REPLIES.get(&e.reply) }, Some(r) if r.client.same(key));
+        if !owned {
+            stats::flow_event(FlowEvent::ReplyReclaimed);
+            return false;
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn new_flow(
+    svc: &ServiceInfo,
+    service_id: u32,
+    key: &FlowKey,
+    s: &DatapathSettings,
+    now: u64,
+) -> Result<Flow, DropReason> {
+    let backend_id = select::backend(svc, key);
+    if backend_id == NO_BACKEND {
+        return Err(DropReason::NoBackend);
+    }
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return Err(DropReason::NoBackend);
+    };
+    let owner = ReplyEntry {
+        client: *key,
+        backend_id,
+        _pad: 0,
+    };
+    let reply = if s.mode == MODE_ONE_ARM {
+        claim_snat_port(key, backend, &owner, s, now)?
+    } else {
+        let reply = reply_tuple(key, backend, key.src, key.src_port);
+        if !claim(&reply, &owner, s, now) {
+            return Err(DropReason::ReplyCollision);
+        }
+        reply
+    };
+    let entry = FlowEntry {
+        last_seen_ns: now,
+        reply,
+        backend_id,
+        state: FLOW_OPEN,
+        _pad: [0; 3],
+    };
+    if FLOWS.insert(key, &entry, BPF_ANY as u64).is_err() {
+        return Err(DropReason::FlowTableFull);
+    }
+    stats::new_flow(service_id, backend_id);
+    Ok(Flow { reply, backend_id })
+}
+
+/// The tuple the backend's replies carry: from the backend to `to:to_port`.
+#[inline(always)]
+fn reply_tuple(key: &FlowKey, backend: &BackendInfo, to: [u32; 4], to_port: u16) -> FlowKey {
+    FlowKey {
+        src: backend.addr,
+        dst: to,
+        src_port: if backend.port == 0 {
+            key.dst_port
+        } else {
+            backend.port
+        },
+        dst_port: to_port,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// One-arm: an SNAT address by client hash, then ports by hash until one is free for this
+/// backend's (address, port). The reply tuple is unique, so no two flows share a port towards
+/// the same backend.
+#[inline(always)]
+fn claim_snat_port(
+    key: &FlowKey,
+    backend: &BackendInfo,
+    owner: &ReplyEntry,
+    s: &DatapathSettings,
+    now: u64,
+) -> Result<FlowKey, DropReason> {
+    let count = s.snat_count;
+    if count == 0 || count as usize > MAX_SNAT_ADDRS || s.snat_port_max < s.snat_port_min {
+        return Err(DropReason::SnatExhausted);
+    }
+    let hash = hash_addr_port(&key.src, key.src_port, key.dst[0]);
+    let idx = (hash % count) as usize;
+    if idx >= MAX_SNAT_ADDRS {
+        return Err(DropReason::SnatExhausted);
+    }
+    let addr = s.snat_addrs[idx];
+    let span = (s.snat_port_max - s.snat_port_min) as u32 + 1;
+    for attempt in 0..SNAT_PORT_ATTEMPTS {
+        let pick = hash_addr_port(&key.src, key.src_port, hash ^ attempt) % span;
+        let port = (s.snat_port_min as u32 + pick) as u16;
+        let reply = reply_tuple(key, backend, addr, port.to_be());
+        if claim(&reply, owner, s, now) {
+            return Ok(reply);
+        }
+        stats::flow_event(FlowEvent::SnatPortRetry);
+    }
+    Err(DropReason::SnatExhausted)
+}
+
+/// Takes `reply` for `owner`: free, already ours, or held by a flow that is gone.
+#[inline(always)]
+fn claim(reply: &FlowKey, owner: &ReplyEntry, s: &DatapathSettings, now: u64) -> bool {
+    if REPLIES.insert(reply, owner, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    let free = match unsafe { REPLIES.get(reply) } {
+        None => true,
+        Some(held) => held.client.same(&owner.client) || owner_gone(&held.client, reply, s, now),
+    };
+    free && REPLIES.insert(reply, owner, BPF_ANY as u64).is_ok()
+}
+
+/// The flow `client` no longer owns `reply`: it is gone, expired, or moved to another tuple.
+#[inline(always)]
+fn owner_gone(client: &FlowKey, reply: &FlowKey, s: &DatapathSettings, now: u64) -> bool {
+    match unsafe { FLOWS.get(client) } {
+        None => true,
+        Some(f) => !f.reply.same(reply) || expired(f, client.proto, s, now),
+    }
+}

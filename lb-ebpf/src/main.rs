@@ -1,0 +1,103 @@
+//! xnlb's XDP program: balance what is addressed to a VIP, undo the NAT on backends' replies,
+//! and hand everything else to the kernel untouched. Every outcome is counted with its reason.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod balance;
+mod conntrack;
+mod forward;
+mod maps;
+mod nat;
+mod packet;
+mod select;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{
+    addr::{AddrKey, FAMILY_V4},
+    stats::{DropReason, PassReason},
+};
+
+use maps::{BACKEND_ADDRS, VIPS};
+use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Check, Ipv4Hdr, check_ipv4, ptr_at};
+
+/// What happened to a packet.
+pub enum Outcome {
+    /// To the kernel's stack, with why.
+    Pass(PassReason),
+    /// Dropped, with why (only traffic the balancer owns).
+    Drop(DropReason),
+    /// Forwarded by XDP: `XDP_TX` or the result of a redirect.
+    Sent(u32),
+}
+
+#[xdp]
+pub fn xnlb(ctx: XdpContext) -> u32 {
+    let action = match process(&ctx) {
+        Outcome::Pass(reason) => {
+            stats::pass_reason(reason);
+            xdp_action::XDP_PASS
+        }
+        Outcome::Drop(reason) => {
+            stats::drop_reason(reason);
+            xdp_action::XDP_DROP
+        }
+        Outcome::Sent(action) => action,
+    };
+    stats::xdp_action(action);
+    action
+}
+
+#[inline(always)]
+fn addr_key(addr: u32) -> AddrKey {
+    AddrKey {
+        addr: [addr, 0, 0, 0],
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Outcome {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Outcome::Pass(PassReason::Truncated);
+    };
+    let eth = unsafe { &mut *eth };
+    match u16::from_be(eth.proto) {
+        ETH_P_IP => {}
+        ETH_P_IPV6 => return Outcome::Pass(PassReason::Ipv6),
+        _ => return Outcome::Pass(PassReason::NotIp),
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return Outcome::Pass(PassReason::Truncated);
+    };
+    let ip = unsafe { &mut *ip };
+    let to_vip = unsafe { VIPS.get(&addr_key(ip.dst)) }.is_some();
+    if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
+        return if to_vip {
+            Outcome::Drop(DropReason::MalformedIp)
+        } else {
+            Outcome::Pass(PassReason::Malformed)
+        };
+    }
+    if to_vip {
+        return balance::to_vip(ctx, eth, ip);
+    }
+    if unsafe { BACKEND_ADDRS.get(&addr_key(ip.src)) }.is_some() {
+        return balance::from_backend(ctx, eth, ip);
+    }
+    Outcome::Pass(PassReason::NotOurs)
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,77 @@
+//! Every map of the datapath. Sizes here are defaults; the controller sets the real ones
+//! (connection table, rings) from its config before loading.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    addr::AddrKey,
+    backend::BackendInfo,
+    flow::{FlowEntry, FlowKey, ReplyEntry},
+    service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo, ServiceRule, ServiceRuleKey},
+    settings::DatapathSettings,
+    stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats},
+};
+
+pub const MAX_SERVICES: u32 = 256;
+pub const MAX_BACKENDS: u32 = 4096;
+
+/// Mode, timeouts and SNAT addresses (one element).
+#[map]
+pub static SETTINGS: Array<DatapathSettings> = Array::with_max_entries(1, 0);
+
+/// Addresses the balancer owns: traffic to them is balanced or dropped, never passed on blindly.
+#[map]
+pub static VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Addresses of backends: only packets from these can be replies of balanced flows.
+#[map]
+pub static BACKEND_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// (VIP, protocol, port prefix) → service: port rules and ranges.
+#[map]
+pub static SERVICE_RULES: LpmTrie<ServiceRuleKey, ServiceRule> = LpmTrie::with_max_entries(8192, 0);
+
+/// Service id → how it selects. Not preallocated: an update swaps the element under RCU, so a
+/// reader sees the old service or the new one, never a mix.
+#[map]
+pub static SERVICES: HashMap<u32, ServiceInfo> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Backend id → address, port and state.
+#[map]
+pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Consistent-hash tables, built in userspace: `RING[service.ring_base + hash % service.ring_size]`.
+#[map]
+pub static RING: Array<u32> = Array::with_max_entries(RING_MAX_SIZE * RING_SLOTS_PER_SERVICE, 0);
+
+/// Client tuple → flow.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Reply tuple → the client tuple to restore.
+#[map]
+pub static REPLIES: LruHashMap<FlowKey, ReplyEntry> = LruHashMap::with_max_entries(262_144, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+#[map]
+pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
+
+#[map]
+pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);
+
+#[map]
+pub static XDP_ACTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);

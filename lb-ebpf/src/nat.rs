@@ -1,0 +1,36 @@
+//! Address and port rewriting with incremental checksum updates (RFC 1624).
+
+use lb_common::{addr::PROTO_UDP, checksum::Delta};
+
+use crate::packet::{Ipv4Hdr, L4};
+
+/// Rewrites the packet to `src:src_port → dst:dst_port` (all in network order) and fixes the
+/// IPv4 header checksum and the TCP/UDP checksum (a zero UDP checksum stays zero).
+#[inline(always)]
+pub fn rewrite(ip: &mut Ipv4Hdr, l4: &L4, src: u32, src_port: u16, dst: u32, dst_port: u16) {
+    let addrs = Delta::new().word32(ip.src, src).word32(ip.dst, dst);
+    ip.check = addrs.apply(ip.check);
+    ip.src = src;
+    ip.dst = dst;
+
+    let ports = unsafe { &mut *l4.ports };
+    let l4_delta = addrs.word(ports.src, src_port).word(ports.dst, dst_port);
+    ports.src = src_port;
+    ports.dst = dst_port;
+    let check = unsafe { &mut *l4.check };
+    *check = if l4.proto == PROTO_UDP {
+        l4_delta.apply_udp(*check)
+    } else {
+        l4_delta.apply(*check)
+    };
+}
+
+/// Decrements the TTL of a packet this program forwards itself (the kernel does it otherwise).
+#[inline(always)]
+pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
+    // TTL and protocol share one checksum word.
+    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.ttl -= 1;
+    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.check = Delta::new().word(old, new).apply(ip.check);
+}

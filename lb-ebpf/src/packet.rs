@@ -1,0 +1,148 @@
+//! Header parsing: one bounds-checked accessor, the headers as `#[repr(C)]` structs, and the
+//! validity rules. IPv4 honours IHL (options are skipped, not rejected).
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_HLEN: usize = 14;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Ethertype, network byte order.
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// The part of TCP and UDP headers that NAT touches: ports are at the same offsets in both.
+#[repr(C)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+/// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// What the IPv4 header says about itself.
+pub enum Ipv4Check {
+    Valid,
+    /// Version not 4, IHL < 5, or lengths that do not fit.
+    Invalid,
+}
+
+/// Checks the IPv4 header against itself and the frame. `l3_len` = bytes after Ethernet.
+#[inline(always)]
+pub fn check_ipv4(ip: &Ipv4Hdr, l3_len: usize) -> Ipv4Check {
+    let ihl = (ip.version_ihl & 0x0f) as usize * 4;
+    let tot = u16::from_be(ip.tot_len) as usize;
+    if ip.version_ihl >> 4 != 4 || ihl < 20 || tot < ihl || tot > l3_len || ihl > l3_len {
+        return Ipv4Check::Invalid;
+    }
+    Ipv4Check::Valid
+}
+
+#[inline(always)]
+pub fn ipv4_header_len(ip: &Ipv4Hdr) -> usize {
+    (ip.version_ihl & 0x0f) as usize * 4
+}
+
+#[inline(always)]
+pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
+    u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0
+}
+
+/// The transport header of a TCP or UDP packet.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub ports: *mut Ports,
+    /// The TCP or UDP checksum field.
+    pub check: *mut u16,
+    pub proto: u8,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl L4 {
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        self.proto == lb_common::addr::PROTO_TCP
+    }
+
+    /// A SYN without ACK: the first packet of a TCP connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    #[inline(always)]
+    pub fn is_fin_or_rst(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+}
+
+/// Parses the TCP or UDP header at `offset`; None if it is truncated or its data offset is bad.
+/// `l4_len` = bytes the IP header says follow it.
+#[inline(always)]
+pub fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Option<L4> {
+    use lb_common::addr::{PROTO_TCP, PROTO_UDP};
+    match proto {
+        PROTO_TCP => {
+            // Bytes 12..14: data offset (high nibble of byte 12) and flags (byte 13).
+            let hdr: *const [u8; 20] = ptr_at(ctx, offset)?;
+            let hdr = unsafe { &*hdr };
+            let doff = (hdr[12] >> 4) as usize * 4;
+            if doff < 20 || doff > l4_len {
+                return None;
+            }
+            Some(L4 {
+                ports: (ctx.data() + offset) as *mut Ports,
+                check: (ctx.data() + offset + 16) as *mut u16,
+                proto,
+                tcp_flags: hdr[13],
+            })
+        }
+        PROTO_UDP => {
+            let _: *const [u8; 8] = ptr_at(ctx, offset)?;
+            if l4_len < 8 {
+                return None;
+            }
+            Some(L4 {
+                ports: (ctx.data() + offset) as *mut Ports,
+                check: (ctx.data() + offset + 6) as *mut u16,
+                proto,
+                tcp_flags: 0,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,49 @@
+//! Backend choice for a new flow. The consistent-hash table is built in userspace; here it is
+//! only indexed, with the hash shared with userspace (`lb_common::hash`).
+
+use lb_common::{
+    backend::BACKEND_UP,
+    flow::FlowKey,
+    hash::affinity_hash,
+    service::{FILTERING_SINGLE, NO_BACKEND, ServiceInfo},
+};
+
+use crate::maps::{BACKENDS, RING};
+
+/// Extra ring probes (with other seeds) when the slot's backend was marked down but the
+/// controller has not yet published the table without it.
+const DOWN_RETRIES: u32 = 2;
+
+#[inline(always)]
+fn is_up(backend_id: u32) -> bool {
+    matches!(BACKENDS.get(backend_id), Some(b) if b.state == BACKEND_UP)
+}
+
+/// The backend for a new flow, or `NO_BACKEND` when the service has no usable one.
+#[inline(always)]
+pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> u32 {
+    if svc.filtering == FILTERING_SINGLE {
+        let id = svc.single_backend;
+        return if is_up(id) { id } else { NO_BACKEND };
+    }
+    if svc.ring_size == 0 {
+        return NO_BACKEND;
+    }
+    for attempt in 0..=DOWN_RETRIES {
+        let seed = svc.hash_seed.wrapping_add(attempt);
+        let hash = affinity_hash(
+            svc.affinity,
+            svc.network_prefix,
+            &key.src,
+            key.src_port,
+            seed,
+        );
+        let slot = svc.ring_base.wrapping_add(hash % svc.ring_size);
+        if let Some(&id) = RING.get(slot)
+            && is_up(id)
+        {
+            return id;
+        }
+    }
+    NO_BACKEND
+}

@@ -1,0 +1,320 @@
+//! The loaded XDP datapath and typed access to its maps. Everything that writes or reads the
+//! kernel's state goes through here; the daemon, the tests and the benchmarks share it.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProgramError, Xdp},
+};
+use lb_common::{
+    addr::{Addr, AddrKey, FAMILY_V4, v4},
+    backend::BackendInfo,
+    flow::{FlowEntry, FlowKey, ReplyEntry},
+    service::{
+        RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, RULE_FIXED_BITS, ServiceInfo, ServiceRule,
+        ServiceRuleKey,
+    },
+    settings::DatapathSettings,
+    stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
+};
+
+use crate::{
+    ebpf_object::{XDP_OBJECT, XDP_PROGRAM},
+    port_rules,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("ring slot {slot} is out of range (capacity {capacity} tables)")]
+    RingSlot { slot: u32, capacity: u32 },
+    #[error("a ring table has {0} entries; at most {RING_MAX_SIZE}")]
+    RingTooLarge(usize),
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+/// Sizes fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathSizes {
+    /// Entries in the connection table (each of `FLOWS` and `REPLIES`).
+    pub flows: u32,
+    /// Services that can have a ring table (two slots each, of `RING_MAX_SIZE` entries).
+    pub ring_services: u32,
+}
+
+impl Default for DatapathSizes {
+    fn default() -> Self {
+        Self {
+            flows: 262_144,
+            ring_services: 16,
+        }
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    ring_slots: u32,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Datapath {
+    /// Loads the embedded object (maps created, program verified), not yet attached anywhere.
+    pub fn load(sizes: DatapathSizes) -> Result<Self> {
+        let ring_slots = sizes.ring_services * RING_SLOTS_PER_SERVICE;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("FLOWS", sizes.flows)
+            .map_max_entries("REPLIES", sizes.flows)
+            .map_max_entries("RING", ring_slots * RING_MAX_SIZE)
+            .load(XDP_OBJECT)?;
+        let mut dp = Self { ebpf, ring_slots };
+        dp.program_mut()?.load()?;
+        dp.set_settings(&DatapathSettings::defaults())?;
+        Ok(dp)
+    }
+
+    pub fn program_mut(&mut self) -> Result<&mut Xdp> {
+        let prog = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingMap(XDP_PROGRAM))?;
+        Ok(prog.try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<()> {
+        let mut array: Array<&mut MapData, V> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        array.set(index, value, 0).map_err(map_err(name))
+    }
+
+    fn array_get<V: Pod>(&self, name: &'static str, index: u32) -> Result<V> {
+        let array: Array<&MapData, V> = Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        array.get(&index, 0).map_err(map_err(name))
+    }
+
+    fn hash_insert<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+        value: &V,
+    ) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.insert(key, value, 0).map_err(map_err(name))
+    }
+
+    fn hash_entries<K: Pod, V: Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
+        let map: HashMap<&MapData, K, V> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(name))
+    }
+
+    /// Sums a per-CPU array element over all CPUs with `add`.
+    fn per_cpu_sum<V: Pod + Default>(
+        &self,
+        name: &'static str,
+        index: u32,
+        add: fn(&mut V, &V),
+    ) -> Result<V> {
+        let array: PerCpuArray<&MapData, V> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let values = array.get(&index, 0).map_err(map_err(name))?;
+        let mut total = V::default();
+        for v in values.iter() {
+            add(&mut total, v);
+        }
+        Ok(total)
+    }
+
+    fn counter(&self, name: &'static str, index: u32) -> Result<u64> {
+        self.per_cpu_sum::<u64>(name, index, |t, v| *t += v)
+    }
+
+    pub fn set_settings(&mut self, settings: &DatapathSettings) -> Result<()> {
+        self.array_set("SETTINGS", 0, settings)
+    }
+
+    fn addr_key(addr: Ipv4Addr) -> AddrKey {
+        AddrKey {
+            addr: v4(addr.octets()),
+            family: FAMILY_V4,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Makes `addr` a VIP: traffic to it is balanced or dropped from now on.
+    pub fn add_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_insert("VIPS", &Self::addr_key(addr), &0u32)
+    }
+
+    /// Marks `addr` as a backend address whose packets may be replies of balanced flows.
+    pub fn add_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_insert("BACKEND_ADDRS", &Self::addr_key(addr), &0u32)
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &BackendInfo) -> Result<()> {
+        self.array_set("BACKENDS", id, backend)
+    }
+
+    pub fn backend(&self, id: u32) -> Result<BackendInfo> {
+        self.array_get("BACKENDS", id)
+    }
+
+    /// Changes only a backend's state (up, draining, down).
+    pub fn set_backend_state(&mut self, id: u32, state: u8) -> Result<()> {
+        let mut backend = self.backend(id)?;
+        backend.state = state;
+        self.set_backend(id, &backend)
+    }
+
+    /// Writes a consistent-hash table into ring slot `slot` and returns its `ring_base`. The
+    /// table goes live only when a service is pointed at it (`set_service`): write the new
+    /// table into the slot the service is not using, then switch with one service write.
+    pub fn write_ring(&mut self, slot: u32, table: &[u32]) -> Result<u32> {
+        if slot >= self.ring_slots {
+            return Err(DatapathError::RingSlot {
+                slot,
+                capacity: self.ring_slots,
+            });
+        }
+        if table.len() > RING_MAX_SIZE as usize {
+            return Err(DatapathError::RingTooLarge(table.len()));
+        }
+        let base = slot * RING_MAX_SIZE;
+        let mut ring: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut("RING")?).map_err(map_err("RING"))?;
+        for (i, id) in table.iter().enumerate() {
+            ring.set(base + i as u32, id, 0).map_err(map_err("RING"))?;
+        }
+        Ok(base)
+    }
+
+    pub fn set_service(&mut self, id: u32, service: &ServiceInfo) -> Result<()> {
+        self.hash_insert("SERVICES", &id, service)
+    }
+
+    /// Routes `vip`:`lo..=hi`/`proto` to service `service_id`.
+    pub fn add_port_rule(
+        &mut self,
+        vip: Ipv4Addr,
+        proto: u8,
+        lo: u16,
+        hi: u16,
+        service_id: u32,
+    ) -> Result<()> {
+        let mut rules: LpmTrie<&mut MapData, ServiceRuleKey, ServiceRule> =
+            LpmTrie::try_from(self.map_mut("SERVICE_RULES")?).map_err(map_err("SERVICE_RULES"))?;
+        for prefix in port_rules::prefixes(lo, hi) {
+            let data = ServiceRuleKey {
+                family: FAMILY_V4,
+                proto,
+                _pad: [0; 2],
+                vip: v4(vip.octets()),
+                port: prefix.port.to_be(),
+                _pad_tail: [0; 2],
+            };
+            let key = Key::new(RULE_FIXED_BITS + prefix.bits as u32, data);
+            rules
+                .insert(&key, ServiceRule { service_id }, 0)
+                .map_err(map_err("SERVICE_RULES"))?;
+        }
+        Ok(())
+    }
+
+    pub fn drop_counts(&self) -> Result<Vec<(DropReason, u64)>> {
+        DropReason::ALL
+            .iter()
+            .map(|&r| Ok((r, self.counter("DROPS", r as u32)?)))
+            .collect()
+    }
+
+    pub fn pass_counts(&self) -> Result<Vec<(PassReason, u64)>> {
+        PassReason::ALL
+            .iter()
+            .map(|&r| Ok((r, self.counter("PASSES", r as u32)?)))
+            .collect()
+    }
+
+    pub fn flow_event_counts(&self) -> Result<Vec<(FlowEvent, u64)>> {
+        FlowEvent::ALL
+            .iter()
+            .map(|&e| Ok((e, self.counter("FLOW_EVENTS", e as u32)?)))
+            .collect()
+    }
+
+    /// Packets per XDP action, labelled.
+    pub fn action_counts(&self) -> Result<Vec<(&'static str, u64)>> {
+        (0..XDP_ACTION_LABELS.len() as u32)
+            .map(|a| {
+                Ok((
+                    XDP_ACTION_LABELS[a as usize],
+                    self.counter("XDP_ACTIONS", a)?,
+                ))
+            })
+            .collect()
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        self.per_cpu_sum("BACKEND_STATS", id, |t: &mut BackendStats, v| {
+            t.to_backend_packets += v.to_backend_packets;
+            t.to_backend_bytes += v.to_backend_bytes;
+            t.to_client_packets += v.to_client_packets;
+            t.to_client_bytes += v.to_client_bytes;
+            t.new_flows += v.new_flows;
+        })
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<ServiceStats> {
+        self.per_cpu_sum("SERVICE_STATS", id, |t: &mut ServiceStats, v| {
+            t.packets += v.packets;
+            t.bytes += v.bytes;
+            t.new_flows += v.new_flows;
+            t.dropped += v.dropped;
+        })
+    }
+
+    /// Every entry of the connection table (client tuple → flow).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        self.hash_entries("FLOWS")
+    }
+
+    /// Every reply entry (reply tuple → client tuple).
+    pub fn replies(&self) -> Result<Vec<(FlowKey, ReplyEntry)>> {
+        self.hash_entries("REPLIES")
+    }
+}
+
+/// An IPv4 address as the datapath stores it.
+pub fn addr_v4(addr: Ipv4Addr) -> Addr {
+    v4(addr.octets())
+}
