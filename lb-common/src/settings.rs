@@ -9,6 +9,7 @@ pub const MODE_ONE_ARM: u8 = 1;
 
 /// At most this many SNAT addresses.
 pub const MAX_SNAT_ADDRS: usize = 16;
+const _: () = assert!(MAX_SNAT_ADDRS.is_power_of_two());
 /// How many ports the datapath tries when allocating an SNAT port for a new flow.
 pub const SNAT_PORT_ATTEMPTS: u32 = 8;
 

@@ -184,10 +184,10 @@ fn claim_snat_port(
         return Err(DropReason::SnatExhausted);
     }
     let hash = hash_addr_port(&key.src, key.src_port, key.dst[0]);
+    // The verifier needs the index bounded by a mask; LLVM would drop a plain mask (it knows
+    // `count <= MAX_SNAT_ADDRS`), so the index is read back opaquely first.
     let idx = (hash % count) as usize;
-    if idx >= MAX_SNAT_ADDRS {
-        return Err(DropReason::SnatExhausted);
-    }
+    let idx = unsafe { core::ptr::read_volatile(&idx) } & (MAX_SNAT_ADDRS - 1);
     let addr = s.snat_addrs[idx];
     let span = (s.snat_port_max - s.snat_port_min) as u32 + 1;
     for attempt in 0..SNAT_PORT_ATTEMPTS {

@@ -91,6 +91,14 @@ impl Datapath {
         Ok(dp)
     }
 
+    pub fn program(&self) -> Result<&Xdp> {
+        let prog = self
+            .ebpf
+            .program(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingMap(XDP_PROGRAM))?;
+        Ok(prog.try_into()?)
+    }
+
     pub fn program_mut(&mut self) -> Result<&mut Xdp> {
         let prog = self
             .ebpf

@@ -1,1 +1,7 @@
+//! xnlb's test harness: network namespaces that clean up after themselves, the datapath test
+//! bed (the real XDP object run through `BPF_PROG_TEST_RUN` inside a namespace with real veth
+//! interfaces, routes and neighbours for `bpf_fib_lookup`), and packet builders.
 
+pub mod bed;
+pub mod netns;
+pub mod packets;

@@ -1,0 +1,218 @@
+//! Packets for the tests, built with etherparse (so every checksum in an expected packet is
+//! computed from scratch, independently of the datapath's incremental updates).
+
+use std::net::Ipv4Addr;
+
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: TcpFlags,
+        seq: u32,
+    },
+    /// `zero_checksum`: send with checksum 0 ("none"), which must stay 0.
+    Udp {
+        sport: u16,
+        dport: u16,
+        zero_checksum: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+pub const SYN: TcpFlags = TcpFlags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+};
+pub const SYN_ACK: TcpFlags = TcpFlags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const ACK: TcpFlags = TcpFlags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+};
+pub const FIN_ACK: TcpFlags = TcpFlags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+};
+pub const RST: TcpFlags = TcpFlags {
+    syn: false,
+    ack: false,
+    fin: false,
+    rst: true,
+};
+
+/// An Ethernet + IPv4 + TCP/UDP packet, described by its fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkt {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub l4: Transport,
+    pub payload: Vec<u8>,
+}
+
+impl Pkt {
+    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: TcpFlags) -> Self {
+        Self {
+            src_mac: [0x02, 0, 0, 0, 0, 0xaa],
+            dst_mac: [0x02, 0, 0, 0, 0, 0xbb],
+            src: src.0,
+            dst: dst.0,
+            ttl: 64,
+            l4: Transport::Tcp {
+                sport: src.1,
+                dport: dst.1,
+                flags,
+                seq: 1000,
+            },
+            payload: b"GET /owa/ HTTP/1.1\r\n".to_vec(),
+        }
+    }
+
+    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
+        Self {
+            l4: Transport::Udp {
+                sport: src.1,
+                dport: dst.1,
+                zero_checksum: false,
+            },
+            payload: b"kerberos?".to_vec(),
+            ..Self::tcp(src, dst, ACK)
+        }
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    /// The same packet with other addresses and ports (what NAT should produce).
+    pub fn addressed(mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
+        self.src = src.0;
+        self.dst = dst.0;
+        match &mut self.l4 {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
+                *sport = src.1;
+                *dport = dst.1;
+            }
+        }
+        self
+    }
+
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn src_port(&self) -> u16 {
+        match self.l4 {
+            Transport::Tcp { sport, .. } | Transport::Udp { sport, .. } => sport,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let ip = eth.ipv4(self.src.octets(), self.dst.octets(), self.ttl);
+        let mut out = Vec::new();
+        match self.l4 {
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+                seq,
+            } => {
+                let mut b = ip.tcp(sport, dport, seq, 64240);
+                if flags.syn {
+                    b = b.syn();
+                }
+                if flags.ack {
+                    b = b.ack(1);
+                }
+                if flags.fin {
+                    b = b.fin();
+                }
+                if flags.rst {
+                    b = b.rst();
+                }
+                b.write(&mut out, &self.payload).expect("build TCP packet");
+            }
+            Transport::Udp {
+                sport,
+                dport,
+                zero_checksum,
+            } => {
+                ip.udp(sport, dport)
+                    .write(&mut out, &self.payload)
+                    .expect("build UDP packet");
+                if zero_checksum {
+                    let l4 = 14 + 20;
+                    out[l4 + 6] = 0;
+                    out[l4 + 7] = 0;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Checks a packet's IPv4 header checksum and TCP/UDP checksum against values recomputed from
+/// scratch. A UDP checksum of 0 ("none") is accepted.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let sliced =
+        SlicedPacket::from_ethernet(frame).map_err(|e| format!("unparseable output: {e}"))?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+        return Err("output is not IPv4".into());
+    };
+    let header = ip.header().to_header();
+    if header.calc_header_checksum() != header.header_checksum {
+        return Err(format!("bad IPv4 checksum {:#06x}", header.header_checksum));
+    }
+    match sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let want = tcp
+                .to_header()
+                .calc_checksum_ipv4(&header, tcp.payload())
+                .map_err(|e| e.to_string())?;
+            if want != tcp.checksum() {
+                return Err(format!(
+                    "bad TCP checksum {:#06x}, want {want:#06x}",
+                    tcp.checksum()
+                ));
+            }
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            let got = udp.checksum();
+            let want = udp
+                .to_header()
+                .calc_checksum_ipv4(&header, udp.payload())
+                .map_err(|e| e.to_string())?;
+            if got != 0 && got != want {
+                return Err(format!("bad UDP checksum {got:#06x}, want {want:#06x}"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
