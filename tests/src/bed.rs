@@ -342,3 +342,51 @@ impl Default for Bed {
         Self::new()
     }
 }
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+impl Bed {
+    pub fn drops(&self, reason: lb_common::stats::DropReason) -> u64 {
+        self.dp
+            .drop_counts()
+            .expect("drops")
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| n)
+    }
+
+    pub fn passes(&self, reason: lb_common::stats::PassReason) -> u64 {
+        self.dp
+            .pass_counts()
+            .expect("passes")
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| n)
+    }
+
+    pub fn events(&self, event: lb_common::stats::FlowEvent) -> u64 {
+        self.dp
+            .flow_event_counts()
+            .expect("events")
+            .into_iter()
+            .find(|(e, _)| *e == event)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// A client packet as the router hands it to cli0.
+    pub fn from_client(&self, pkt: Pkt) -> Pkt {
+        pkt.macs(ROUTER_MAC, self.client_if.mac)
+    }
+
+    /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for one-arm).
+    pub fn from_backend(&self, pkt: Pkt, via: Iface) -> Pkt {
+        let mac = neighbour_mac(pkt.src);
+        pkt.macs(mac, via.mac)
+    }
+}
+
+use crate::packets::Pkt;

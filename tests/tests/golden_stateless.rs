@@ -1,0 +1,284 @@
+//! Golden packets that create no state: traffic the balancer does not own, traffic to a VIP
+//! that it refuses, and malformed frames. Each row: input, expected action, expected output
+//! (unchanged for PASS), and the reason counter that must move.
+
+use lb_common::stats::{DropReason, PassReason};
+use xnlb_tests::{bed::*, packets::*};
+
+enum Reason {
+    Drop(DropReason),
+    Pass(PassReason),
+}
+
+struct Row {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    reason: Reason,
+}
+
+fn set_ipv4_byte(mut frame: Vec<u8>, offset: usize, value: u8) -> Vec<u8> {
+    frame[14 + offset] = value;
+    frame
+}
+
+fn with_frag(frame: Vec<u8>, flags_offset: u16) -> Vec<u8> {
+    let [hi, lo] = flags_offset.to_be_bytes();
+    set_ipv4_byte(set_ipv4_byte(frame, 6, hi), 7, lo)
+}
+
+#[test]
+fn stateless_golden_packets() {
+    let mut bed = Bed::new();
+    bed.install(&ServiceSpec::tcp(
+        0,
+        443,
+        vec![(0, backend_ip(1), 0, 100), (1, backend_ip(2), 0, 100)],
+    ));
+    let client = (client_ip(5), 40_000);
+    let to_vip = |port| bed.from_client(Pkt::tcp(client, (VIP, port), SYN)).bytes();
+    let elsewhere = bed
+        .from_client(Pkt::tcp(
+            client,
+            (std::net::Ipv4Addr::new(198, 18, 9, 9), 443),
+            SYN,
+        ))
+        .bytes();
+
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&ROUTER_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0; 20]);
+    let mut ipv6 = to_vip(443);
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut icmp = to_vip(443);
+    icmp[14 + 9] = 1;
+    let mut gre = to_vip(443);
+    gre[14 + 9] = 47;
+    let eth_only = to_vip(443)[..14].to_vec();
+    let short_ip = to_vip(443)[..14 + 12].to_vec();
+    let short_tcp = {
+        let mut f = to_vip(443)[..14 + 20 + 10].to_vec();
+        f[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes()); // total length says so too
+        f
+    };
+    let udp_to_rule_port = bed.from_client(Pkt::udp(client, (VIP, 443))).bytes();
+
+    let rows = vec![
+        Row {
+            name: "non-VIP TCP",
+            frame: elsewhere.clone(),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::NotOurs),
+        },
+        Row {
+            name: "ARP",
+            frame: arp,
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::NotIp),
+        },
+        Row {
+            name: "IPv6 ethertype",
+            frame: ipv6,
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::Ipv6),
+        },
+        Row {
+            name: "VIP port without a rule",
+            frame: to_vip(80),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::NoService),
+        },
+        Row {
+            name: "VIP, rule port, other protocol (UDP)",
+            frame: udp_to_rule_port,
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::NoService),
+        },
+        Row {
+            name: "VIP, GRE",
+            frame: gre,
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::NoService),
+        },
+        Row {
+            name: "ICMP to VIP",
+            frame: icmp,
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::IcmpToVip),
+        },
+        Row {
+            name: "Ethernet header only",
+            frame: eth_only,
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::Truncated),
+        },
+        Row {
+            name: "truncated IPv4 header",
+            frame: short_ip,
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::Truncated),
+        },
+        Row {
+            name: "IHL 4 to VIP",
+            frame: set_ipv4_byte(to_vip(443), 0, 0x44),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedIp),
+        },
+        Row {
+            name: "IHL 4 elsewhere",
+            frame: set_ipv4_byte(elsewhere.clone(), 0, 0x44),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::Malformed),
+        },
+        Row {
+            name: "version 6 in an IPv4 frame to VIP",
+            frame: set_ipv4_byte(to_vip(443), 0, 0x65),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedIp),
+        },
+        Row {
+            name: "total length beyond the frame to VIP",
+            frame: set_ipv4_byte(to_vip(443), 2, 0x05),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedIp),
+        },
+        Row {
+            name: "IHL beyond the frame to VIP",
+            frame: set_ipv4_byte(short_tcp.clone(), 0, 0x4f),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedIp),
+        },
+        Row {
+            name: "first fragment to VIP",
+            frame: with_frag(to_vip(443), 0x2000),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::Fragment),
+        },
+        Row {
+            name: "later fragment to VIP",
+            frame: with_frag(to_vip(443), 0x00b9),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::Fragment),
+        },
+        Row {
+            name: "fragment elsewhere",
+            frame: with_frag(elsewhere.clone(), 0x2000),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::NotOurs),
+        },
+        Row {
+            name: "truncated TCP header to VIP",
+            frame: short_tcp,
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedL4),
+        },
+        Row {
+            name: "TCP data offset 4 to VIP",
+            frame: {
+                let mut f = to_vip(443);
+                f[14 + 20 + 12] = 0x40;
+                f
+            },
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::MalformedL4),
+        },
+        Row {
+            name: "TTL 1 to VIP",
+            frame: bed
+                .from_client(Pkt::tcp(client, (VIP, 443), SYN).ttl(1))
+                .bytes(),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::TtlExceeded),
+        },
+        Row {
+            name: "from a backend, not a reply",
+            frame: bed
+                .from_backend(
+                    Pkt::tcp((backend_ip(1), 22), (client_ip(5), 50_000), ACK),
+                    bed.server_if,
+                )
+                .bytes(),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::NotOurs),
+        },
+    ];
+
+    for row in rows {
+        let before = match row.reason {
+            Reason::Drop(r) => bed.drops(r),
+            Reason::Pass(r) => bed.passes(r),
+        };
+        let (action, out) = bed.run(bed.client_if, &row.frame);
+        assert_eq!(action, row.action, "{}: action", row.name);
+        if action == XDP_PASS {
+            assert_eq!(
+                out, row.frame,
+                "{}: a passed packet must reach the kernel byte for byte",
+                row.name
+            );
+        }
+        let after = match row.reason {
+            Reason::Drop(r) => bed.drops(r),
+            Reason::Pass(r) => bed.passes(r),
+        };
+        assert_eq!(after, before + 1, "{}: its reason counter", row.name);
+    }
+    assert!(
+        bed.dp.flows().unwrap().is_empty(),
+        "none of these may create a flow"
+    );
+}
+
+#[test]
+fn frames_shorter_than_ethernet_never_reach_the_program() {
+    // The kernel refuses them (a NIC does not deliver them either): zero length and 13 bytes.
+    let bed = Bed::new();
+    for len in [0usize, 13] {
+        assert!(
+            bed.try_run(bed.client_if, &vec![0u8; len], 1).is_err(),
+            "{len}-byte frame"
+        );
+    }
+}
+
+#[test]
+fn ip_options_are_honoured_not_misparsed() {
+    // IHL 6 (one 4-byte option): the ports are after the option, and the packet is balanced.
+    let mut bed = Bed::new();
+    bed.install(&ServiceSpec::tcp(0, 443, vec![(0, backend_ip(1), 0, 100)]));
+    let plain = bed
+        .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
+        .bytes();
+    let mut with_option = plain[..14].to_vec();
+    let mut ip = plain[14..34].to_vec();
+    ip[0] = 0x46;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + 4;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[1, 1, 1, 0]); // NOP, NOP, NOP, end of options
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = ip
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+    with_option.extend_from_slice(&ip);
+    with_option.extend_from_slice(&plain[34..]);
+
+    let (action, out) = bed.run(bed.client_if, &with_option);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        &out[14 + 16..14 + 20],
+        &backend_ip(1).octets(),
+        "DNAT to the backend"
+    );
+    assert_eq!(&out[14 + 20..14 + 24], &[1, 1, 1, 0], "options untouched");
+    assert_eq!(
+        u16::from_be_bytes([out[14 + 26], out[14 + 27]]),
+        443,
+        "ports read after the options"
+    );
+    verify_checksums(&out).unwrap();
+}
