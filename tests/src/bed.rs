@@ -3,7 +3,7 @@
 //! on a real router. The calling thread enters the namespace for the bed's lifetime.
 //!
 //! ```text
-//!  clients 198.19.0.0/16 ── router 198.18.0.254 ── cli0 198.18.0.1 [balancer] srv0 198.18.2.1 ── backends 198.18.2.11..
+//!  clients (default route) ── router 198.18.0.254 ── cli0 198.18.0.1 [balancer] srv0 198.18.2.1 ── backends 198.18.2.11..
 //!                           one-arm backends 198.18.0.11.. and SNAT 198.18.0.2 sit on cli0's subnet
 //! ```
 
@@ -33,6 +33,8 @@ pub const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const SERVER_IF_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const SNAT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// A backend address the bed has no route to.
+pub const UNROUTABLE_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 10);
 /// A backend address with no neighbour entry: its MAC is unknown to the kernel.
 pub const UNRESOLVED_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 99);
 
@@ -140,15 +142,10 @@ impl Bed {
         ns.sysctl("net.ipv4.conf.all.forwarding", "1");
         ns.sysctl("net.ipv4.conf.cli0.forwarding", "1");
         ns.sysctl("net.ipv4.conf.srv0.forwarding", "1");
-        ns.ip(&[
-            "route",
-            "add",
-            "198.19.0.0/16",
-            "via",
-            "198.18.0.254",
-            "dev",
-            "cli0",
-        ]);
+        // Like a real router: everything not local goes towards the clients' side; one prefix
+        // is unreachable so the no-route path can be tested.
+        ns.ip(&["route", "add", "default", "via", "198.18.0.254", "dev", "cli0"]);
+        ns.ip(&["route", "add", "unreachable", "198.18.3.0/24"]);
         let mut neighbours = vec![(ROUTER, "cli0")];
         neighbours.extend((1..=8).map(|n| (backend_ip(n), "srv0")));
         neighbours.extend((1..=8).map(|n| (one_arm_backend_ip(n), "cli0")));
