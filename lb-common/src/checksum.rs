@@ -55,3 +55,64 @@ impl Delta {
         if c == 0 { 0xffff } else { c }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// RFC 1071 checksum over 16-bit words, computed from scratch.
+    fn full(words: &[u16]) -> u16 {
+        let mut sum: u32 = words.iter().map(|&w| w as u32).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn incremental_updates_match_a_full_recomputation() {
+        // A deterministic spread of headers, including the 0x0000/0xffff corner words.
+        let mut x = 0x1234_5678u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..20_000 {
+            let mut words: Vec<u16> = (0..10).map(|_| next() as u16).collect();
+            if round % 7 == 0 {
+                words[0] = 0xffff;
+                words[1] = 0;
+            }
+            let check = full(&words);
+            let (old32, new32) = (u32::from(words[2]) | u32::from(words[3]) << 16, next());
+            let (old16, new16) = (words[4], next() as u16);
+            let delta = Delta::new().word32(old32, new32).word(old16, new16);
+            words[2] = new32 as u16;
+            words[3] = (new32 >> 16) as u16;
+            words[4] = new16;
+            let want = full(&words);
+            let got = delta.apply(check);
+            // 0x0000 and 0xffff are the same one's-complement value.
+            assert!(
+                got == want || (got ^ want) == 0xffff && (got == 0 || want == 0),
+                "round {round}: {got:#06x} != {want:#06x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_stays_zero_and_a_computed_zero_becomes_ffff() {
+        assert_eq!(Delta::new().word(1, 2).apply_udp(0), 0);
+        // Some checksum value that this delta turns into 0x0000, which UDP must send as 0xffff.
+        let d = Delta::new().word(0, 0x0001);
+        let zeroing = (1..=0xffffu32)
+            .map(|c| c as u16)
+            .find(|&c| d.apply(c) == 0)
+            .unwrap();
+        assert_eq!(d.apply_udp(zeroing), 0xffff);
+    }
+}

@@ -78,7 +78,7 @@ fn expired(e: &FlowEntry, proto: u8, s: &DatapathSettings, now: u64) -> bool {
     } else {
         s.tcp_timeout_ns
     };
-    now.wrapping_sub(e.last_seen_ns) > timeout
+    now.wrapping_sub(e.last_seen_ns) >= timeout
 }
 
 /// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the

@@ -144,7 +144,15 @@ impl Bed {
         ns.sysctl("net.ipv4.conf.srv0.forwarding", "1");
         // Like a real router: everything not local goes towards the clients' side; one prefix
         // is unreachable so the no-route path can be tested.
-        ns.ip(&["route", "add", "default", "via", "198.18.0.254", "dev", "cli0"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.254",
+            "dev",
+            "cli0",
+        ]);
         ns.ip(&["route", "add", "unreachable", "198.18.3.0/24"]);
         let mut neighbours = vec![(ROUTER, "cli0")];
         neighbours.extend((1..=8).map(|n| (backend_ip(n), "srv0")));

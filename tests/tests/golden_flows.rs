@@ -424,11 +424,20 @@ fn an_unknown_neighbour_hands_the_translated_packet_to_the_kernel() {
 #[test]
 fn no_route_hands_the_translated_packet_to_the_kernel() {
     let mut bed = Bed::new();
-    bed.install(&ServiceSpec::tcp(0, 443, vec![(0, UNROUTABLE_BACKEND, 0, 100)]));
+    bed.install(&ServiceSpec::tcp(
+        0,
+        443,
+        vec![(0, UNROUTABLE_BACKEND, 0, 100)],
+    ));
     let syn = bed.from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN));
     let (action, out) = bed.run(bed.client_if, &syn.bytes());
     assert_eq!(action, XDP_PASS, "the kernel answers with ICMP unreachable");
-    assert_eq!(out, syn.clone().addressed((client_ip(1), 40_000), (UNROUTABLE_BACKEND, 443)).bytes());
+    assert_eq!(
+        out,
+        syn.clone()
+            .addressed((client_ip(1), 40_000), (UNROUTABLE_BACKEND, 443))
+            .bytes()
+    );
     assert_eq!(bed.passes(PassReason::NoFastRoute), 1);
 }
 

@@ -17,11 +17,13 @@ use xnlb_tests::{bed::*, packets::*};
 const PACKETS: usize = 6000;
 
 fn dst_of(frame: &[u8]) -> Option<Ipv4Addr> {
-    (frame.len() >= 34 && frame[12..14] == [0x08, 0x00]).then(|| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]))
+    (frame.len() >= 34 && frame[12..14] == [0x08, 0x00])
+        .then(|| Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]))
 }
 
 fn src_of(frame: &[u8]) -> Option<Ipv4Addr> {
-    (frame.len() >= 34 && frame[12..14] == [0x08, 0x00]).then(|| Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]))
+    (frame.len() >= 34 && frame[12..14] == [0x08, 0x00])
+        .then(|| Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]))
 }
 
 #[test]
@@ -29,8 +31,19 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let mut rng = SmallRng::seed_from_u64(0x786e_6c62);
     let mut bed = Bed::new();
     let live: Vec<Ipv4Addr> = (1..=4).map(backend_ip).collect();
-    bed.install(&ServiceSpec::tcp(0, 443, live.iter().enumerate().map(|(i, &ip)| (i as u32, ip, 0, 100)).collect()));
-    let mut range = ServiceSpec::tcp(1, 0, vec![(4, backend_ip(5), 0, 100), (5, backend_ip(6), 0, 100)]);
+    bed.install(&ServiceSpec::tcp(
+        0,
+        443,
+        live.iter()
+            .enumerate()
+            .map(|(i, &ip)| (i as u32, ip, 0, 100))
+            .collect(),
+    ));
+    let mut range = ServiceSpec::tcp(
+        1,
+        0,
+        vec![(4, backend_ip(5), 0, 100), (5, backend_ip(6), 0, 100)],
+    );
     range.ports = (1024, 65535);
     range.proto = lb_common::addr::PROTO_UDP;
     bed.install(&range);
@@ -41,21 +54,46 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let mut tally: HashMap<&str, usize> = HashMap::new();
 
     for i in 0..PACKETS {
-        let client = (client_ip(rng.random_range(1..400)), rng.random_range(1024..65535));
+        let client = (
+            client_ip(rng.random_range(1..400)),
+            rng.random_range(1024..65535),
+        );
         let (ingress, frame, kind) = match rng.random_range(0..10) {
             0..=2 => {
-                let flags = if rng.random_bool(0.3) { SYN } else { [ACK, FIN_ACK, RST][rng.random_range(0..3)] };
-                (bed.client_if, bed.from_client(Pkt::tcp(client, (VIP, 443), flags)).bytes(), "tcp to VIP")
+                let flags = if rng.random_bool(0.3) {
+                    SYN
+                } else {
+                    [ACK, FIN_ACK, RST][rng.random_range(0..3)]
+                };
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(client, (VIP, 443), flags)).bytes(),
+                    "tcp to VIP",
+                )
             }
-            3 => (bed.client_if, bed.from_client(Pkt::udp(client, (VIP, rng.random_range(1..65535)))).bytes(), "udp to VIP"),
+            3 => (
+                bed.client_if,
+                bed.from_client(Pkt::udp(client, (VIP, rng.random_range(1..65535))))
+                    .bytes(),
+                "udp to VIP",
+            ),
             4 if !flows.is_empty() => {
                 let n = rng.random_range(0..flows.len());
                 let (&(c, cport, vport), &backend) = flows.iter().nth(n).unwrap();
-                (bed.server_if, bed.from_backend(Pkt::tcp((backend, vport), (c, cport), ACK), bed.server_if).bytes(), "reply")
+                (
+                    bed.server_if,
+                    bed.from_backend(Pkt::tcp((backend, vport), (c, cport), ACK), bed.server_if)
+                        .bytes(),
+                    "reply",
+                )
             }
             4 | 5 => {
                 let dst = Ipv4Addr::new(198, 18, rng.random_range(0..=3), rng.random());
-                let pkt = if rng.random_bool(0.5) { Pkt::tcp(client, (dst, 443), ACK) } else { Pkt::udp(client, (dst, 53)) };
+                let pkt = if rng.random_bool(0.5) {
+                    Pkt::tcp(client, (dst, 443), ACK)
+                } else {
+                    Pkt::udp(client, (dst, 53))
+                };
                 (bed.client_if, bed.from_client(pkt).bytes(), "not ours")
             }
             6 | 7 => {
@@ -91,18 +129,36 @@ fn datapath_invariants_hold_for_generated_traffic() {
             XDP_PASS => assert_eq!(out, frame, "PASS changed the packet: {}", ctx()),
             XDP_DROP => assert!(to_vip, "dropped a packet that is not to a VIP: {}", ctx()),
             XDP_REDIRECT | XDP_TX => {
-                assert!(to_vip || from_backend, "forwarded a packet that is not ours: {}", ctx());
+                assert!(
+                    to_vip || from_backend,
+                    "forwarded a packet that is not ours: {}",
+                    ctx()
+                );
                 let out_dst = dst_of(&out).expect("forwarded IPv4");
                 if to_vip {
-                    assert!(backends.contains(&out_dst), "sent to {out_dst}, not a backend: {}", ctx());
-                    assert_eq!(out[0..6], neighbour_mac(out_dst), "wrong next-hop MAC: {}", ctx());
+                    assert!(
+                        backends.contains(&out_dst),
+                        "sent to {out_dst}, not a backend: {}",
+                        ctx()
+                    );
+                    assert_eq!(
+                        out[0..6],
+                        neighbour_mac(out_dst),
+                        "wrong next-hop MAC: {}",
+                        ctx()
+                    );
                     if out[14 + 9] == 6 && out.len() >= 54 {
                         let vport = u16::from_be_bytes([frame[36], frame[37]]);
                         let cport = u16::from_be_bytes([frame[34], frame[35]]);
                         flows.insert((src_of(&frame).unwrap(), cport, vport), out_dst);
                     }
                 } else {
-                    assert_eq!(src_of(&out), Some(VIP), "a reply leaves from the VIP: {}", ctx());
+                    assert_eq!(
+                        src_of(&out),
+                        Some(VIP),
+                        "a reply leaves from the VIP: {}",
+                        ctx()
+                    );
                 }
                 if verify_checksums(&frame).is_ok() {
                     verify_checksums(&out).unwrap_or_else(|e| panic!("{e}: {}", ctx()));
@@ -111,12 +167,28 @@ fn datapath_invariants_hold_for_generated_traffic() {
             other => panic!("unexpected action {other}: {}", ctx()),
         }
         if !to_vip && !from_backend {
-            assert_eq!((action, &out), (XDP_PASS, &frame), "not ours, must pass unchanged: {}", ctx());
+            assert_eq!(
+                (action, &out),
+                (XDP_PASS, &frame),
+                "not ours, must pass unchanged: {}",
+                ctx()
+            );
         }
     }
     let actions = bed.dp.action_counts().unwrap();
     println!("{PACKETS} packets: {tally:?}; actions {actions:?}");
-    let forwarded: u64 = actions.iter().filter(|(a, _)| *a == "redirect" || *a == "tx").map(|(_, n)| n).sum();
-    assert!(forwarded > (PACKETS / 5) as u64, "the generator must exercise real flows, forwarded {forwarded}");
-    assert!(flows.len() > 100, "replies were generated for {} flows", flows.len());
+    let forwarded: u64 = actions
+        .iter()
+        .filter(|(a, _)| *a == "redirect" || *a == "tx")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        forwarded > (PACKETS / 5) as u64,
+        "the generator must exercise real flows, forwarded {forwarded}"
+    );
+    assert!(
+        flows.len() > 100,
+        "replies were generated for {} flows",
+        flows.len()
+    );
 }
