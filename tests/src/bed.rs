@@ -26,6 +26,7 @@ use xnlb::{
 };
 
 use crate::netns::{Entered, NetNs};
+use crate::packets::Pkt;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 pub const CLIENT_IF_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -393,5 +394,3 @@ impl Bed {
         pkt.macs(mac, via.mac)
     }
 }
-
-use crate::packets::Pkt;

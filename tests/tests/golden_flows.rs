@@ -275,11 +275,17 @@ fn a_backend_port_rewrites_the_destination_port() {
     );
 }
 
-fn backend_for(bed: &Bed, client: (Ipv4Addr, u16)) -> Ipv4Addr {
-    let syn = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN));
-    let (action, out) = bed.run(bed.client_if, &syn.bytes());
-    assert_eq!(action, XDP_REDIRECT);
+/// Sends a client packet to VIP:443 and returns the backend address it was redirected to.
+fn sent_to(bed: &Bed, client: (Ipv4Addr, u16), flags: TcpFlags) -> Ipv4Addr {
+    let pkt = bed.from_client(Pkt::tcp(client, (VIP, 443), flags));
+    let (action, out) = bed.run(bed.client_if, &pkt.bytes());
+    assert_eq!(action, XDP_REDIRECT, "{client:?} {flags:?}");
     Ipv4Addr::new(out[30], out[31], out[32], out[33])
+}
+
+/// The backend a new flow (SYN) from `client` goes to.
+fn backend_for(bed: &Bed, client: (Ipv4Addr, u16)) -> Ipv4Addr {
+    sent_to(bed, client, SYN)
 }
 
 #[test]
@@ -511,15 +517,7 @@ fn established_flows_leave_a_dead_backend_but_stay_on_a_draining_one() {
             break;
         }
     }
-    let ack_to = |bed: &Bed, port| {
-        let (action, out) = bed.run(
-            bed.client_if,
-            &bed.from_client(Pkt::tcp((client_ip(1), port), (VIP, 443), ACK))
-                .bytes(),
-        );
-        assert_eq!(action, XDP_REDIRECT);
-        Ipv4Addr::new(out[30], out[31], out[32], out[33])
-    };
+    let ack_to = |bed: &Bed, port| sent_to(bed, (client_ip(1), port), ACK);
     let (drain_port, draining) = flows[0];
     let (dead_port, dead) = flows[1];
     bed.dp
@@ -550,14 +548,7 @@ fn a_mid_flow_packet_without_state_is_balanced_and_counted() {
     let mut bed = Bed::new();
     bed.install(&ServiceSpec::tcp(0, 443, three_backends()));
     let client = (client_ip(8), 44_000);
-    let got = {
-        let (action, out) = bed.run(
-            bed.client_if,
-            &bed.from_client(Pkt::tcp(client, (VIP, 443), ACK)).bytes(),
-        );
-        assert_eq!(action, XDP_REDIRECT);
-        Ipv4Addr::new(out[30], out[31], out[32], out[33])
-    };
+    let got = sent_to(&bed, client, ACK);
     assert_eq!(
         got,
         ip_of(bed.predict(0, client.0, client.1)),

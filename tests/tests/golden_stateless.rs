@@ -10,6 +10,13 @@ enum Reason {
     Pass(PassReason),
 }
 
+fn count(bed: &Bed, reason: &Reason) -> u64 {
+    match *reason {
+        Reason::Drop(r) => bed.drops(r),
+        Reason::Pass(r) => bed.passes(r),
+    }
+}
+
 struct Row {
     name: &'static str,
     frame: Vec<u8>,
@@ -206,10 +213,7 @@ fn stateless_golden_packets() {
     ];
 
     for row in rows {
-        let before = match row.reason {
-            Reason::Drop(r) => bed.drops(r),
-            Reason::Pass(r) => bed.passes(r),
-        };
+        let before = count(&bed, &row.reason);
         let (action, out) = bed.run(bed.client_if, &row.frame);
         assert_eq!(action, row.action, "{}: action", row.name);
         if action == XDP_PASS {
@@ -219,10 +223,7 @@ fn stateless_golden_packets() {
                 row.name
             );
         }
-        let after = match row.reason {
-            Reason::Drop(r) => bed.drops(r),
-            Reason::Pass(r) => bed.passes(r),
-        };
+        let after = count(&bed, &row.reason);
         assert_eq!(after, before + 1, "{}: its reason counter", row.name);
     }
     assert!(

@@ -46,8 +46,8 @@ fn run(cli: Cli) -> Result<()> {
         Verb::Test { args } => {
             setup::run()?;
             workspace::require_root("the tests load XDP programs and create network namespaces")?;
-            workspace::cargo(&["build", "--workspace", "--all-targets"])?;
-            let mut test = vec!["test", "--workspace", "--no-fail-fast"];
+            workspace::cargo(&["build", "--all-targets"])?;
+            let mut test = vec!["test", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
             workspace::cargo(&test)
         }
