@@ -259,24 +259,36 @@ impl Datapath {
         Ok(())
     }
 
+    pub fn drop_count(&self, reason: DropReason) -> Result<u64> {
+        self.counter("DROPS", reason as u32)
+    }
+
+    pub fn pass_count(&self, reason: PassReason) -> Result<u64> {
+        self.counter("PASSES", reason as u32)
+    }
+
+    pub fn flow_event_count(&self, event: FlowEvent) -> Result<u64> {
+        self.counter("FLOW_EVENTS", event as u32)
+    }
+
     pub fn drop_counts(&self) -> Result<Vec<(DropReason, u64)>> {
         DropReason::ALL
             .iter()
-            .map(|&r| Ok((r, self.counter("DROPS", r as u32)?)))
+            .map(|&r| Ok((r, self.drop_count(r)?)))
             .collect()
     }
 
     pub fn pass_counts(&self) -> Result<Vec<(PassReason, u64)>> {
         PassReason::ALL
             .iter()
-            .map(|&r| Ok((r, self.counter("PASSES", r as u32)?)))
+            .map(|&r| Ok((r, self.pass_count(r)?)))
             .collect()
     }
 
     pub fn flow_event_counts(&self) -> Result<Vec<(FlowEvent, u64)>> {
         FlowEvent::ALL
             .iter()
-            .map(|&e| Ok((e, self.counter("FLOW_EVENTS", e as u32)?)))
+            .map(|&e| Ok((e, self.flow_event_count(e)?)))
             .collect()
     }
 

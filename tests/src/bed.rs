@@ -357,30 +357,15 @@ pub const XDP_REDIRECT: u32 = 4;
 
 impl Bed {
     pub fn drops(&self, reason: lb_common::stats::DropReason) -> u64 {
-        self.dp
-            .drop_counts()
-            .expect("drops")
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| n)
+        self.dp.drop_count(reason).expect("drop counter")
     }
 
     pub fn passes(&self, reason: lb_common::stats::PassReason) -> u64 {
-        self.dp
-            .pass_counts()
-            .expect("passes")
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| n)
+        self.dp.pass_count(reason).expect("pass counter")
     }
 
     pub fn events(&self, event: lb_common::stats::FlowEvent) -> u64 {
-        self.dp
-            .flow_event_counts()
-            .expect("events")
-            .into_iter()
-            .find(|(e, _)| *e == event)
-            .map_or(0, |(_, n)| n)
+        self.dp.flow_event_count(event).expect("flow event counter")
     }
 
     /// A client packet as the router hands it to cli0.
