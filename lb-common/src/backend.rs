@@ -7,8 +7,17 @@ use crate::addr::Addr;
 pub const BACKEND_UP: u8 = 0;
 /// Not selectable for new flows; established flows keep going (drain).
 pub const BACKEND_DRAINING: u8 = 1;
-/// Dead or disabled: established TCP/UDP flows are re-selected on their next packet.
+/// Failed its health checks: established TCP/UDP flows are re-selected on their next packet.
 pub const BACKEND_DOWN: u8 = 2;
+/// Taken out of rotation by the administrator; the datapath treats it exactly as down. A state
+/// of its own so that a restarted controller can tell it from a failed health check.
+pub const BACKEND_DISABLED: u8 = 3;
+
+/// Whether a backend in `state` keeps its established flows (up, or draining).
+#[inline(always)]
+pub const fn keeps_flows(state: u8) -> bool {
+    state == BACKEND_UP || state == BACKEND_DRAINING
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -56,7 +56,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// How a service picks backends. Replaced as a whole (the map is not preallocated, so the kernel
 /// swaps elements under RCU): a switch to a freshly built ring is a single write.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     /// Index of the live table in the ring array: the table is `ring[ring_base .. ring_base + ring_size]`.
     pub ring_base: u32,

@@ -6,7 +6,7 @@
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     addr::PROTO_UDP,
-    backend::{BACKEND_DOWN, BackendInfo},
+    backend::{BackendInfo, keeps_flows},
     flow::{FLOW_CLOSING, FLOW_OPEN, FlowEntry, FlowKey, ReplyEntry},
     hash::hash_addr_port,
     service::{NO_BACKEND, ServiceInfo},
@@ -90,7 +90,7 @@ fn still_valid(e: &FlowEntry, key: &FlowKey, l4: &L4, s: &DatapathSettings, now:
         return false;
     }
     match BACKENDS.get(e.backend_id) {
-        Some(b) if b.state != BACKEND_DOWN => {}
+        Some(b) if keeps_flows(b.state) => {}
         _ => {
             stats::flow_event(FlowEvent::ReselectedDown);
             return false;

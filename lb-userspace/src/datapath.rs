@@ -1,12 +1,12 @@
 //! The loaded XDP datapath and typed access to its maps. Everything that writes or reads the
 //! kernel's state goes through here; the daemon, the tests and the benchmarks share it.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuArray,
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, Xdp},
@@ -24,9 +24,81 @@ use lb_common::{
 };
 
 use crate::{
+    bpf_batch,
     ebpf_object::{XDP_OBJECT, XDP_PROGRAM},
     port_rules,
 };
+
+/// Every map of the object, by the name it is pinned under.
+pub const MAP_NAMES: [&str; 15] = [
+    "SETTINGS",
+    "VIPS",
+    "BACKEND_ADDRS",
+    "SERVICE_RULES",
+    "SERVICES",
+    "BACKENDS",
+    "RING",
+    "FLOWS",
+    "REPLIES",
+    "BACKEND_STATS",
+    "SERVICE_STATS",
+    "DROPS",
+    "PASSES",
+    "FLOW_EVENTS",
+    "XDP_ACTIONS",
+];
+
+/// Elements of the `BACKENDS` array (`MAX_BACKENDS` in the datapath).
+pub const BACKEND_SLOTS: u32 = 4096;
+
+/// One port-rule prefix of a VIP: the key of `SERVICE_RULES` in userspace terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleKey {
+    pub vip: Ipv4Addr,
+    pub proto: u8,
+    /// First port of the prefix (host order).
+    pub port: u16,
+    /// Port bits that must match (16 = exactly `port`).
+    pub port_bits: u8,
+}
+
+impl RuleKey {
+    /// The prefixes that together cover `vip`:`lo..=hi`/`proto`.
+    pub fn covering(vip: Ipv4Addr, proto: u8, lo: u16, hi: u16) -> Vec<RuleKey> {
+        port_rules::prefixes(lo, hi)
+            .into_iter()
+            .map(|p| RuleKey {
+                vip,
+                proto,
+                port: p.port,
+                port_bits: p.bits,
+            })
+            .collect()
+    }
+
+    fn to_kernel(self) -> Key<ServiceRuleKey> {
+        let data = ServiceRuleKey {
+            family: FAMILY_V4,
+            proto: self.proto,
+            _pad: [0; 2],
+            vip: v4(self.vip.octets()),
+            port: self.port.to_be(),
+            _pad_tail: [0; 2],
+        };
+        Key::new(RULE_FIXED_BITS + self.port_bits as u32, data)
+    }
+
+    fn from_kernel(key: &Key<ServiceRuleKey>) -> RuleKey {
+        let data = key.data();
+        let vip = data.vip[0].to_ne_bytes();
+        RuleKey {
+            vip: Ipv4Addr::from(vip),
+            proto: data.proto,
+            port: u16::from_be(data.port),
+            port_bits: (key.prefix_len() - RULE_FIXED_BITS) as u8,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -45,6 +117,13 @@ pub enum DatapathError {
     RingSlot { slot: u32, capacity: u32 },
     #[error("a ring table has {0} entries; at most {RING_MAX_SIZE}")]
     RingTooLarge(usize),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -79,16 +158,70 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
 impl Datapath {
     /// Loads the embedded object (maps created, program verified), not yet attached anywhere.
     pub fn load(sizes: DatapathSizes) -> Result<Self> {
-        let ring_slots = sizes.ring_services * RING_SLOTS_PER_SERVICE;
-        let ebpf = EbpfLoader::new()
-            .map_max_entries("FLOWS", sizes.flows)
-            .map_max_entries("REPLIES", sizes.flows)
-            .map_max_entries("RING", ring_slots * RING_MAX_SIZE)
-            .load(XDP_OBJECT)?;
-        let mut dp = Self { ebpf, ring_slots };
-        dp.program_mut()?.load()?;
+        let mut dp = Self::load_with(sizes, None)?;
         dp.set_settings(&DatapathSettings::defaults())?;
         Ok(dp)
+    }
+
+    /// Loads the object with every map pinned under `dir`. Maps already pinned there (a
+    /// previous daemon's) are reused as they are, contents and sizes included: that is how a
+    /// restarted daemon adopts a running datapath. Returns whether it adopted.
+    pub fn load_pinned(sizes: DatapathSizes, dir: &Path) -> Result<(Self, bool)> {
+        std::fs::create_dir_all(dir).map_err(|source| DatapathError::Io {
+            what: "creating the pin directory",
+            source,
+        })?;
+        let adopted = dir.join("FLOWS").exists();
+        let dp = Self::load_with(sizes, Some(dir))?;
+        Ok((dp, adopted))
+    }
+
+    fn load_with(sizes: DatapathSizes, pin_dir: Option<&Path>) -> Result<Self> {
+        let ring_slots = sizes.ring_services * RING_SLOTS_PER_SERVICE;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("FLOWS", sizes.flows)
+            .map_max_entries("REPLIES", sizes.flows)
+            .map_max_entries("RING", ring_slots * RING_MAX_SIZE);
+        if let Some(dir) = pin_dir {
+            for name in MAP_NAMES {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(XDP_OBJECT)?;
+        let mut dp = Self { ebpf, ring_slots };
+        // An adopted RING keeps the size it was created with.
+        dp.ring_slots = dp.max_entries("RING")? / RING_MAX_SIZE;
+        dp.program_mut()?.load()?;
+        Ok(dp)
+    }
+
+    fn map_data(&self, name: &'static str) -> Result<&MapData> {
+        match self.map(name)? {
+            Map::Array(m)
+            | Map::HashMap(m)
+            | Map::LruHashMap(m)
+            | Map::LpmTrie(m)
+            | Map::PerCpuArray(m) => Ok(m),
+            _ => Err(DatapathError::MissingMap(name)),
+        }
+    }
+
+    /// The size the kernel gave a map (for an adopted map, the size it was created with).
+    pub fn max_entries(&self, name: &'static str) -> Result<u32> {
+        let info = self.map_data(name)?.info().map_err(map_err(name))?;
+        Ok(info.max_entries())
+    }
+
+    /// Services that can have a ring table.
+    pub fn ring_capacity(&self) -> u32 {
+        self.ring_slots / RING_SLOTS_PER_SERVICE
+    }
+
+    /// Pins the loaded program at `path` (replacing an older pin).
+    pub fn pin_program(&mut self, path: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        Ok(self.program_mut()?.pin(path)?)
     }
 
     pub fn program(&self) -> Result<&Xdp> {
@@ -172,6 +305,28 @@ impl Datapath {
         self.array_set("SETTINGS", 0, settings)
     }
 
+    pub fn settings(&self) -> Result<DatapathSettings> {
+        self.array_get("SETTINGS", 0)
+    }
+
+    fn hash_remove<K: Pod, V: Pod>(&mut self, name: &'static str, key: &K) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        match map.remove(key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err(name)),
+        }
+    }
+
+    fn addr_keys(&self, name: &'static str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .hash_entries::<AddrKey, u32>(name)?
+            .into_iter()
+            .filter(|(k, _)| k.family == FAMILY_V4)
+            .map(|(k, _)| Ipv4Addr::from(k.addr[0].to_ne_bytes()))
+            .collect())
+    }
+
     fn addr_key(addr: Ipv4Addr) -> AddrKey {
         AddrKey {
             addr: v4(addr.octets()),
@@ -183,6 +338,53 @@ impl Datapath {
     /// Makes `addr` a VIP: traffic to it is balanced or dropped from now on.
     pub fn add_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
         self.hash_insert("VIPS", &Self::addr_key(addr), &0u32)
+    }
+
+    pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>("VIPS", &Self::addr_key(addr))
+    }
+
+    pub fn vips(&self) -> Result<Vec<Ipv4Addr>> {
+        self.addr_keys("VIPS")
+    }
+
+    pub fn remove_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>("BACKEND_ADDRS", &Self::addr_key(addr))
+    }
+
+    pub fn backend_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        self.addr_keys("BACKEND_ADDRS")
+    }
+
+    /// Every `BACKENDS` element, in id order (unused ones are all zero).
+    pub fn backends(&self) -> Result<Vec<BackendInfo>> {
+        let fd = self.map_data("BACKENDS")?.fd().as_fd();
+        let mut all = bpf_batch::lookup_all::<u32, BackendInfo>(fd, BACKEND_SLOTS as usize)
+            .map_err(|source| DatapathError::Io {
+                what: "reading BACKENDS",
+                source,
+            })?;
+        all.sort_by_key(|(id, _)| *id);
+        Ok(all.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// Zeroes a backend id's counters (before the id is given to a different backend).
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            what: "counting CPUs",
+            source,
+        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![BackendStats::default(); cpus]).map_err(|source| {
+                DatapathError::Io {
+                    what: "zeroing BACKEND_STATS",
+                    source,
+                }
+            })?;
+        let mut array: PerCpuArray<&mut MapData, BackendStats> =
+            PerCpuArray::try_from(self.map_mut("BACKEND_STATS")?)
+                .map_err(map_err("BACKEND_STATS"))?;
+        array.set(id, zeros, 0).map_err(map_err("BACKEND_STATS"))
     }
 
     /// Marks `addr` as a backend address whose packets may be replies of balanced flows.
@@ -219,16 +421,53 @@ impl Datapath {
             return Err(DatapathError::RingTooLarge(table.len()));
         }
         let base = slot * RING_MAX_SIZE;
-        let mut ring: Array<&mut MapData, u32> =
-            Array::try_from(self.map_mut("RING")?).map_err(map_err("RING"))?;
-        for (i, id) in table.iter().enumerate() {
-            ring.set(base + i as u32, id, 0).map_err(map_err("RING"))?;
-        }
+        let fd = self.map_data("RING")?.fd().as_fd();
+        bpf_batch::update_array(fd, base, table).map_err(|source| DatapathError::Io {
+            what: "writing RING",
+            source,
+        })?;
         Ok(base)
     }
 
     pub fn set_service(&mut self, id: u32, service: &ServiceInfo) -> Result<()> {
         self.hash_insert("SERVICES", &id, service)
+    }
+
+    pub fn remove_service(&mut self, id: u32) -> Result<()> {
+        self.hash_remove::<u32, ServiceInfo>("SERVICES", &id)
+    }
+
+    pub fn services(&self) -> Result<Vec<(u32, ServiceInfo)>> {
+        self.hash_entries("SERVICES")
+    }
+
+    fn rules_mut(&mut self) -> Result<LpmTrie<&mut MapData, ServiceRuleKey, ServiceRule>> {
+        LpmTrie::try_from(self.map_mut("SERVICE_RULES")?).map_err(map_err("SERVICE_RULES"))
+    }
+
+    pub fn insert_rule(&mut self, key: RuleKey, service_id: u32) -> Result<()> {
+        self.rules_mut()?
+            .insert(&key.to_kernel(), ServiceRule { service_id }, 0)
+            .map_err(map_err("SERVICE_RULES"))
+    }
+
+    pub fn remove_rule(&mut self, key: RuleKey) -> Result<()> {
+        match self.rules_mut()?.remove(&key.to_kernel()) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err("SERVICE_RULES")),
+        }
+    }
+
+    pub fn rules(&self) -> Result<Vec<(RuleKey, u32)>> {
+        let rules: LpmTrie<&MapData, ServiceRuleKey, ServiceRule> =
+            LpmTrie::try_from(self.map("SERVICE_RULES")?).map_err(map_err("SERVICE_RULES"))?;
+        rules
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(map_err("SERVICE_RULES"))?;
+                Ok((RuleKey::from_kernel(&k), v.service_id))
+            })
+            .collect()
     }
 
     /// Routes `vip`:`lo..=hi`/`proto` to service `service_id`.
@@ -240,21 +479,8 @@ impl Datapath {
         hi: u16,
         service_id: u32,
     ) -> Result<()> {
-        let mut rules: LpmTrie<&mut MapData, ServiceRuleKey, ServiceRule> =
-            LpmTrie::try_from(self.map_mut("SERVICE_RULES")?).map_err(map_err("SERVICE_RULES"))?;
-        for prefix in port_rules::prefixes(lo, hi) {
-            let data = ServiceRuleKey {
-                family: FAMILY_V4,
-                proto,
-                _pad: [0; 2],
-                vip: v4(vip.octets()),
-                port: prefix.port.to_be(),
-                _pad_tail: [0; 2],
-            };
-            let key = Key::new(RULE_FIXED_BITS + prefix.bits as u32, data);
-            rules
-                .insert(&key, ServiceRule { service_id }, 0)
-                .map_err(map_err("SERVICE_RULES"))?;
+        for key in RuleKey::covering(vip, proto, lo, hi) {
+            self.insert_rule(key, service_id)?;
         }
         Ok(())
     }
@@ -323,9 +549,13 @@ impl Datapath {
         })
     }
 
-    /// Every entry of the connection table (client tuple → flow).
+    /// Every entry of the connection table (client tuple → flow), read in batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        self.hash_entries("FLOWS")
+        let fd = self.map_data("FLOWS")?.fd().as_fd();
+        bpf_batch::lookup_all(fd, 4096).map_err(|source| DatapathError::Io {
+            what: "reading FLOWS",
+            source,
+        })
     }
 
     /// Every reply entry (reply tuple → client tuple).

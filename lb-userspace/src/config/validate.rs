@@ -1,0 +1,393 @@
+//! Checks a typed config for what cannot work. Each problem names its path; the loader adds
+//! the line and column.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use lb_common::settings::MAX_SNAT_ADDRS;
+
+use super::{Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
+
+/// Limits of the datapath's maps (see `lb-ebpf/src/maps.rs`).
+pub const MAX_SERVICES: usize = 256;
+pub const MAX_BACKENDS: usize = 4096;
+const MIN_CONNTRACK: u32 = 1024;
+const MAX_CONNTRACK: u32 = 1 << 24;
+
+pub fn problems(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    top_level(config, &mut out);
+    for (i, service) in config.services.iter().enumerate() {
+        out.extend(service_problems(service, &format!("services[{i}]")));
+    }
+    across_services(config, &mut out);
+    out
+}
+
+/// Allowed, but worth telling the administrator.
+pub fn warnings(config: &Config) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter(|s| !s.sticky_timeout.is_zero())
+        .map(|s| {
+            format!(
+                "service {}: sticky_timeout is not implemented yet and is ignored; affinity holds while the backend set is unchanged",
+                s.name
+            )
+        })
+        .collect()
+}
+
+fn top_level(config: &Config, out: &mut Vec<Problem>) {
+    match config.mode {
+        Mode::Dsr => out.push(
+            Problem::new("mode", "dsr mode is planned but not available yet")
+                .hint("use two-arm or one-arm"),
+        ),
+        Mode::TwoArm => {
+            match &config.interfaces.server {
+                None => out.push(
+                    Problem::new("interfaces", "two-arm mode needs interfaces.server")
+                        .hint("name the interface towards the backends, or use mode: one-arm"),
+                ),
+                Some(server) if *server == config.interfaces.client => out.push(
+                    Problem::new(
+                        "interfaces.server",
+                        "the server interface is the client interface",
+                    )
+                    .hint("with one interface, use mode: one-arm"),
+                ),
+                Some(_) => {}
+            }
+            if config.snat.is_some() {
+                out.push(
+                    Problem::new("snat", "snat is only used in one-arm mode")
+                        .hint("two-arm keeps the client's address; remove the snat block"),
+                );
+            }
+        }
+        Mode::OneArm => {
+            if config.interfaces.server.is_some() {
+                out.push(
+                    Problem::new(
+                        "interfaces.server",
+                        "one-arm mode uses only interfaces.client",
+                    )
+                    .hint("remove interfaces.server, or use mode: two-arm"),
+                );
+            }
+            match &config.snat {
+                Some(snat) if !snat.addresses.is_empty() => {}
+                _ => out.push(
+                    Problem::new(
+                        "snat",
+                        "one-arm mode needs snat.addresses (the source address towards backends)",
+                    )
+                    .hint("e.g. snat: { addresses: [198.18.0.2] }, an address of the balancer on the client subnet"),
+                ),
+            }
+        }
+    }
+    if let Some(snat) = &config.snat {
+        if snat.addresses.len() > MAX_SNAT_ADDRS {
+            out.push(Problem::new(
+                "snat.addresses",
+                format!(
+                    "at most {MAX_SNAT_ADDRS} SNAT addresses, got {}",
+                    snat.addresses.len()
+                ),
+            ));
+        }
+        for (i, a) in snat.addresses.iter().enumerate() {
+            if let Some(p) = unicast_v4_problem(*a, &format!("snat.addresses[{i}]")) {
+                out.push(p);
+            }
+        }
+        if snat.ports.hi - snat.ports.lo < 255 {
+            out.push(
+                Problem::new(
+                    "snat.ports",
+                    format!("{} leaves too few ports for SNAT", snat.ports),
+                )
+                .hint("give at least 256 ports, e.g. \"1024-32767\""),
+            );
+        }
+    }
+    let ct = &config.conntrack;
+    if !(MIN_CONNTRACK..=MAX_CONNTRACK).contains(&ct.max_entries) {
+        out.push(Problem::new(
+            "conntrack.max_entries",
+            format!(
+                "{} is out of range {MIN_CONNTRACK}..={MAX_CONNTRACK}",
+                ct.max_entries
+            ),
+        ));
+    }
+    for (name, d) in [
+        ("tcp_timeout", ct.tcp_timeout),
+        ("tcp_closing_timeout", ct.tcp_closing_timeout),
+        ("udp_timeout", ct.udp_timeout),
+    ] {
+        if d.is_zero() {
+            out.push(
+                Problem::new(
+                    format!("conntrack.{name}"),
+                    "a zero timeout forgets every flow at once",
+                )
+                .hint("e.g. 2h for TCP, 60s for UDP"),
+            );
+        }
+    }
+    if config.services.is_empty() {
+        out.push(Problem::new("services", "no services: nothing to balance"));
+    }
+    if config.services.len() > MAX_SERVICES {
+        out.push(Problem::new(
+            "services",
+            format!(
+                "at most {MAX_SERVICES} services, got {}",
+                config.services.len()
+            ),
+        ));
+    }
+    let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
+    if backends > MAX_BACKENDS {
+        out.push(Problem::new(
+            "services",
+            format!("at most {MAX_BACKENDS} backends over all services, got {backends}"),
+        ));
+    }
+    if !config.admin.socket.is_absolute() {
+        out.push(Problem::new(
+            "admin.socket",
+            "the admin socket path must be absolute",
+        ));
+    }
+}
+
+/// Names appear in metric labels, CLI arguments and logs.
+fn name_problem(name: &str, path: &str) -> Option<Problem> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then(|| {
+        Problem::new(path, format!("`{name}` is not a usable name"))
+            .hint("use 1-64 letters, digits, '-', '_' or '.'")
+    })
+}
+
+fn unicast_v4_problem(addr: IpAddr, path: &str) -> Option<Problem> {
+    match addr {
+        IpAddr::V6(_) => Some(
+            Problem::new(
+                path,
+                format!("{addr}: IPv6 is not supported by the datapath yet"),
+            )
+            .hint("use an IPv4 address"),
+        ),
+        IpAddr::V4(a)
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() =>
+        {
+            Some(Problem::new(
+                path,
+                format!("{addr} is not a unicast address"),
+            ))
+        }
+        IpAddr::V4(_) => None,
+    }
+}
+
+pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let at = |field: &str| format!("{path}.{field}");
+    out.extend(name_problem(&s.name, &at("name")));
+    out.extend(unicast_v4_problem(s.vip, &at("vip")));
+    if s.ports.is_empty() {
+        out.push(Problem::new(at("ports"), "no ports").hint("e.g. ports: [\"443\"]"));
+    }
+    for (i, a) in s.ports.iter().enumerate() {
+        for (j, b) in s.ports.iter().enumerate().skip(i + 1) {
+            if a.overlaps(b) {
+                out.push(Problem::new(
+                    format!("{path}.ports[{j}]"),
+                    format!("port rule {b} overlaps {a} (ports[{i}]) of the same service"),
+                ));
+            }
+        }
+    }
+    if s.network_prefix == 0 || s.network_prefix > 32 {
+        out.push(Problem::new(
+            at("network_prefix"),
+            format!("/{} is not an IPv4 prefix length (1-32)", s.network_prefix),
+        ));
+    }
+    if s.backends.is_empty() && s.filtering != Filtering::Disabled {
+        out.push(
+            Problem::new(at("backends"), "no backends")
+                .hint("list at least one, or set filtering: disabled to drop this traffic"),
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut targets: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+    let mut priorities: HashMap<u32, usize> = HashMap::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        out.extend(name_problem(&b.name, &format!("{bpath}.name")));
+        if let Some(first) = names.insert(&b.name, i) {
+            out.push(Problem::new(
+                format!("{bpath}.name"),
+                format!(
+                    "backend name `{}` is already used by backends[{first}]",
+                    b.name
+                ),
+            ));
+        }
+        if let Some(p) = unicast_v4_problem(b.address, &format!("{bpath}.address")) {
+            out.push(p);
+        } else if b.address == s.vip {
+            out.push(Problem::new(
+                format!("{bpath}.address"),
+                "a backend cannot be the VIP itself",
+            ));
+        }
+        if let Some(first) = targets.insert((b.address, b.port), i) {
+            out.push(Problem::new(
+                format!("{bpath}.address"),
+                format!("backends[{first}] already sends to this address and port"),
+            ));
+        }
+        if b.port == Some(0) {
+            out.push(
+                Problem::new(format!("{bpath}.port"), "port 0 is not a port")
+                    .hint("omit port to keep the client's destination port"),
+            );
+        }
+        if b.weight > MAX_WEIGHT {
+            out.push(
+                Problem::new(
+                    format!("{bpath}.weight"),
+                    format!("weight {} is out of range 0..={MAX_WEIGHT}", b.weight),
+                )
+                .hint("weights are relative: 100 is the default, 0 takes no new flows"),
+            );
+        }
+        let priority = s.priority_of(i);
+        if let Some(first) = priorities.insert(priority, i) {
+            out.push(
+                Problem::new(
+                    format!("{bpath}.priority"),
+                    format!("priority {priority} is already held by backends[{first}]"),
+                )
+                .hint("filtering: single needs a distinct priority per backend"),
+            );
+        }
+    }
+    if let Some(h) = &s.health {
+        let hp = |field: &str| format!("{path}.health.{field}");
+        if h.interval.is_zero() {
+            out.push(Problem::new(
+                hp("interval"),
+                "the probe interval must be above zero",
+            ));
+        }
+        if h.timeout.is_zero() {
+            out.push(Problem::new(
+                hp("timeout"),
+                "the probe timeout must be above zero",
+            ));
+        } else if h.timeout > h.interval {
+            out.push(
+                Problem::new(
+                    hp("timeout"),
+                    format!(
+                        "timeout {} is longer than interval {}",
+                        humantime::format_duration(h.timeout),
+                        humantime::format_duration(h.interval)
+                    ),
+                )
+                .hint("a probe must finish before the next one starts"),
+            );
+        }
+        if h.rise == 0 {
+            out.push(Problem::new(hp("rise"), "rise must be at least 1"));
+        }
+        if h.fall == 0 {
+            out.push(Problem::new(hp("fall"), "fall must be at least 1"));
+        }
+        if !h.http.path.starts_with('/') {
+            out.push(
+                Problem::new(
+                    hp("http.path"),
+                    format!("`{}` is not an absolute path", h.http.path),
+                )
+                .hint("e.g. /owa/healthcheck.htm"),
+            );
+        }
+        if h.http.port == 0 {
+            out.push(Problem::new(hp("http.port"), "port 0 is not a port"));
+        }
+        if h.http.expect_status.is_empty() {
+            out.push(Problem::new(
+                hp("http.expect_status"),
+                "no status would count as healthy",
+            ));
+        }
+        for (i, code) in h.http.expect_status.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                out.push(Problem::new(
+                    format!("{path}.health.http.expect_status[{i}]"),
+                    format!("{code} is not an HTTP status"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn across_services(config: &Config, out: &mut Vec<Problem>) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        if let Some(first) = names.insert(&s.name, i) {
+            out.push(Problem::new(
+                format!("services[{i}].name"),
+                format!(
+                    "service name `{}` is already used by services[{first}]",
+                    s.name
+                ),
+            ));
+        }
+    }
+    for (i, a) in config.services.iter().enumerate() {
+        for (j, b) in config.services.iter().enumerate().skip(i + 1) {
+            if a.vip != b.vip || !a.protocol.includes(b.protocol) {
+                continue;
+            }
+            for (k, pb) in b.ports.iter().enumerate() {
+                if let Some(pa) = a.ports.iter().find(|pa| pa.overlaps(pb)) {
+                    out.push(
+                        Problem::new(
+                            format!("services[{j}].ports[{k}]"),
+                            format!(
+                                "{} port {pb} overlaps port {pa} of service `{}` on the same VIP {}",
+                                b.name, a.name, a.vip
+                            ),
+                        )
+                        .hint("each VIP port may belong to one service only"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(snat) = &config.snat {
+        for (i, addr) in snat.addresses.iter().enumerate() {
+            if config.services.iter().any(|s| s.vip == *addr) {
+                out.push(Problem::new(
+                    format!("snat.addresses[{i}]"),
+                    format!("{addr} is also a VIP"),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Stable ids for services and backends. An id names a ring slot pair (service) or a
+//! `BACKENDS` element (backend) that established flows point at, so an id keeps its meaning
+//! for as long as it is in use: a backend whose address or port changes gets a new id, and a
+//! retired id is handed out again only when no never-used id is left.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use crate::config::Config;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub service: String,
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// 0 keeps the client's destination port.
+    pub port: u16,
+}
+
+impl BackendKey {
+    pub fn of(config: &Config) -> Vec<BackendKey> {
+        config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| BackendKey {
+                    service: s.name.clone(),
+                    name: b.name.clone(),
+                    addr: b.address_v4(),
+                    port: b.port.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdBook {
+    pub services: BTreeMap<String, u32>,
+    pub backends: BTreeMap<BackendKey, u32>,
+    /// Backend ids that held a backend no longer configured.
+    pub retired: BTreeSet<u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error(
+        "the running datapath has room for {0} services; restart xnlb (`xnlb stop`, then run) to grow it"
+    )]
+    Services(u32),
+    #[error("more than {0} backends over all services")]
+    Backends(u32),
+}
+
+impl IdBook {
+    /// Gives every service and backend of `config` an id, keeping the ids of those already
+    /// known. Returns the backend ids that were newly given out.
+    pub fn assign(
+        &mut self,
+        config: &Config,
+        service_slots: u32,
+        backend_slots: u32,
+    ) -> Result<Vec<u32>, IdError> {
+        let names: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        self.services
+            .retain(|name, _| names.contains(name.as_str()));
+        for name in &names {
+            if !self.services.contains_key(*name) {
+                let used: BTreeSet<u32> = self.services.values().copied().collect();
+                let id = (0..service_slots)
+                    .find(|id| !used.contains(id))
+                    .ok_or(IdError::Services(service_slots))?;
+                self.services.insert(name.to_string(), id);
+            }
+        }
+
+        let wanted: BTreeSet<BackendKey> = BackendKey::of(config).into_iter().collect();
+        let gone: Vec<u32> = self
+            .backends
+            .iter()
+            .filter(|(k, _)| !wanted.contains(k))
+            .map(|(_, &id)| id)
+            .collect();
+        self.backends.retain(|k, _| wanted.contains(k));
+        self.retired.extend(gone);
+        let mut fresh = Vec::new();
+        for key in wanted {
+            if self.backends.contains_key(&key) {
+                continue;
+            }
+            let used: BTreeSet<u32> = self.backends.values().copied().collect();
+            let id = (0..backend_slots)
+                .find(|id| !used.contains(id) && !self.retired.contains(id))
+                .or_else(|| self.retired.iter().next().copied())
+                .ok_or(IdError::Backends(backend_slots))?;
+            self.retired.remove(&id);
+            self.backends.insert(key, id);
+            fresh.push(id);
+        }
+        Ok(fresh)
+    }
+
+    pub fn backend_id(&self, service: &str, name: &str) -> Option<u32> {
+        self.backends
+            .iter()
+            .find(|(k, _)| k.service == service && k.name == name)
+            .map(|(_, &id)| id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config(backends: &[(&str, &str)]) -> Config {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|(n, a)| format!("      - {{ name: {n}, address: {a} }}"))
+            .collect();
+        let text = format!(
+            "interfaces: {{ client: a, server: b }}\nservices:\n  - name: web\n    vip: 198.18.1.1\n    ports: [80]\n    backends:\n{}\n",
+            list.join("\n")
+        );
+        config::parse(&text, "t").unwrap().config
+    }
+
+    #[test]
+    fn ids_stay_put_and_changed_addresses_get_new_ids() {
+        let mut book = IdBook::default();
+        let fresh = book
+            .assign(&config(&[("a", "198.18.2.1"), ("b", "198.18.2.2")]), 4, 8)
+            .unwrap();
+        assert_eq!(fresh, vec![0, 1]);
+        let a = book.backend_id("web", "a").unwrap();
+        // b moves to a new address, c is added: a keeps its id, b's old id is retired.
+        let fresh = book
+            .assign(
+                &config(&[
+                    ("a", "198.18.2.1"),
+                    ("b", "198.18.2.9"),
+                    ("c", "198.18.2.3"),
+                ]),
+                4,
+                8,
+            )
+            .unwrap();
+        assert_eq!(book.backend_id("web", "a"), Some(a));
+        assert_eq!(fresh.len(), 2);
+        assert!(
+            !fresh.contains(&1),
+            "a retired id is not reused while fresh ones remain"
+        );
+        assert!(book.retired.contains(&1));
+        assert_eq!(book.services["web"], 0);
+    }
+
+    #[test]
+    fn retired_ids_are_reused_last_and_capacity_is_enforced() {
+        let mut book = IdBook::default();
+        book.assign(&config(&[("a", "198.18.2.1"), ("b", "198.18.2.2")]), 1, 2)
+            .unwrap();
+        book.assign(&config(&[("a", "198.18.2.1"), ("c", "198.18.2.3")]), 1, 2)
+            .unwrap();
+        assert_eq!(book.backend_id("web", "c"), Some(1));
+        assert!(book.retired.is_empty());
+        let err = book
+            .assign(
+                &config(&[
+                    ("a", "198.18.2.1"),
+                    ("c", "198.18.2.3"),
+                    ("d", "198.18.2.4"),
+                ]),
+                1,
+                2,
+            )
+            .unwrap_err();
+        assert_eq!(err, IdError::Backends(2));
+    }
+}

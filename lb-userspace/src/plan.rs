@@ -1,0 +1,233 @@
+//! The datapath image a config asks for: every map entry the controller owns, computed without
+//! touching the kernel. `reconcile` then moves the real maps to this image.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    addr::FAMILY_V4,
+    backend::BackendInfo,
+    service::{
+        AFFINITY_NETWORK, AFFINITY_NONE, AFFINITY_SINGLE, FILTERING_DISABLED, FILTERING_MULTIPLE,
+        FILTERING_SINGLE, NO_BACKEND, ServiceInfo,
+    },
+    settings::{DatapathSettings, MODE_ONE_ARM, MODE_TWO_ARM},
+};
+
+use crate::{
+    config::{Affinity, Config, Filtering, Mode, Service},
+    datapath::{RuleKey, addr_v4},
+    ids::IdBook,
+    lifecycle::BackendState,
+    maglev::{self, Member},
+};
+
+/// One service as the datapath holds it: its `SERVICES` value (without the ring base, which
+/// depends on the slot it lands in) and its consistent-hash table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub info: ServiceInfo,
+    pub table: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub settings: DatapathSettings,
+    pub vips: BTreeSet<Ipv4Addr>,
+    pub backend_addrs: BTreeSet<Ipv4Addr>,
+    pub rules: BTreeMap<RuleKey, u32>,
+    pub services: BTreeMap<u32, ServicePlan>,
+    pub backends: BTreeMap<u32, BackendInfo>,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Self {
+            settings: DatapathSettings::defaults(),
+            vips: BTreeSet::new(),
+            backend_addrs: BTreeSet::new(),
+            rules: BTreeMap::new(),
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+        }
+    }
+}
+
+/// The image for `config` with the given ids (already assigned for every service and
+/// backend) and backend states.
+pub fn image(config: &Config, ids: &IdBook, state: impl Fn(&str, &str) -> BackendState) -> Image {
+    let mut img = Image {
+        settings: settings(config),
+        ..Default::default()
+    };
+    for service in &config.services {
+        let sid = ids.services[&service.name];
+        img.vips.insert(service.vip_v4());
+        for range in &service.ports {
+            for &proto in service.protocol.numbers() {
+                for key in RuleKey::covering(service.vip_v4(), proto, range.lo, range.hi) {
+                    img.rules.insert(key, sid);
+                }
+            }
+        }
+        let mut members = Vec::new();
+        for (i, b) in service.backends.iter().enumerate() {
+            let bid = ids
+                .backend_id(&service.name, &b.name)
+                .expect("ids assigned");
+            let st = state(&service.name, &b.name);
+            img.backend_addrs.insert(b.address_v4());
+            img.backends.insert(
+                bid,
+                BackendInfo {
+                    addr: addr_v4(b.address_v4()),
+                    port: b.port.unwrap_or(0).to_be(),
+                    family: FAMILY_V4,
+                    state: st.datapath(),
+                    service_id: sid,
+                },
+            );
+            if st.in_rotation() && b.weight > 0 {
+                members.push((service.priority_of(i), bid, b.name.as_str(), b.weight));
+            }
+        }
+        img.services.insert(sid, service_plan(service, members));
+    }
+    img
+}
+
+/// `members`: (priority, backend id, name, weight) of the backends taking new flows.
+fn service_plan(service: &Service, members: Vec<(u32, u32, &str, u32)>) -> ServicePlan {
+    let mut info = ServiceInfo {
+        ring_base: 0,
+        ring_size: 0,
+        single_backend: NO_BACKEND,
+        hash_seed: hash_seed(&service.name),
+        filtering: match service.filtering {
+            Filtering::Multiple => FILTERING_MULTIPLE,
+            Filtering::Single => FILTERING_SINGLE,
+            Filtering::Disabled => FILTERING_DISABLED,
+        },
+        affinity: match service.affinity {
+            Affinity::None => AFFINITY_NONE,
+            Affinity::Single => AFFINITY_SINGLE,
+            Affinity::Network => AFFINITY_NETWORK,
+        },
+        network_prefix: service.network_prefix,
+        _pad: 0,
+    };
+    let mut table = Vec::new();
+    match service.filtering {
+        Filtering::Single => {
+            if let Some(best) = members.iter().min_by_key(|m| m.0) {
+                info.single_backend = best.1;
+            }
+        }
+        Filtering::Multiple if !members.is_empty() => {
+            let m: Vec<Member> = members
+                .iter()
+                .map(|&(_, id, name, weight)| Member { id, name, weight })
+                .collect();
+            table = maglev::build(&m, maglev::DEFAULT_TABLE_SIZE);
+            info.ring_size = table.len() as u32;
+        }
+        _ => {}
+    }
+    ServicePlan { info, table }
+}
+
+/// A per-service seed that depends only on the name, so affinity survives restarts and
+/// reloads (FNV-1a).
+pub fn hash_seed(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+pub fn settings(config: &Config) -> DatapathSettings {
+    let mut s = DatapathSettings::defaults();
+    s.mode = match config.mode {
+        Mode::OneArm => MODE_ONE_ARM,
+        _ => MODE_TWO_ARM,
+    };
+    s.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
+    s.tcp_closing_timeout_ns = config.conntrack.tcp_closing_timeout.as_nanos() as u64;
+    s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
+    if let Some(snat) = &config.snat {
+        for (slot, addr) in s.snat_addrs.iter_mut().zip(config.snat_v4()) {
+            *slot = addr_v4(addr);
+        }
+        s.snat_count = snat.addresses.len() as u32;
+        s.snat_port_min = snat.ports.lo;
+        s.snat_port_max = snat.ports.hi;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const TEXT: &str = "interfaces: { client: a, server: b }
+services:
+  - name: web
+    vip: 198.18.1.1
+    ports: [80, \"1000-1001\"]
+    protocol: both
+    backends:
+      - { name: a, address: 198.18.2.1 }
+      - { name: b, address: 198.18.2.2, weight: 0 }
+      - { name: c, address: 198.18.2.3, port: 8080 }
+  - name: one
+    vip: 198.18.1.1
+    ports: [443]
+    filtering: single
+    backends:
+      - { name: x, address: 198.18.2.1, priority: 5 }
+      - { name: y, address: 198.18.2.4, priority: 2 }
+";
+
+    fn image_with(down: &[&str]) -> (Image, IdBook) {
+        let config = config::parse(TEXT, "t").unwrap().config;
+        let mut ids = IdBook::default();
+        ids.assign(&config, 4, 16).unwrap();
+        let img = image(&config, &ids, |_, b| {
+            if down.contains(&b) {
+                BackendState::Down
+            } else {
+                BackendState::Up
+            }
+        });
+        (img, ids)
+    }
+
+    #[test]
+    fn rules_backends_and_tables() {
+        let (img, ids) = image_with(&[]);
+        // 80 and 1000-1001 (one /15 prefix) for TCP and UDP, 443 for TCP.
+        assert_eq!(img.rules.len(), 5);
+        assert_eq!(img.vips.len(), 1);
+        assert_eq!(img.backend_addrs.len(), 4);
+        assert_eq!(img.backends.len(), 5);
+        let web = &img.services[&ids.services["web"]];
+        let b = ids.backend_id("web", "b").unwrap();
+        assert!(!web.table.contains(&b), "weight 0 takes no new flows");
+        let c = ids.backend_id("web", "c").unwrap();
+        assert_eq!(img.backends[&c].port, 8080u16.to_be());
+        let one = &img.services[&ids.services["one"]];
+        assert_eq!(one.info.single_backend, ids.backend_id("one", "y").unwrap());
+        assert!(one.table.is_empty());
+    }
+
+    #[test]
+    fn a_down_backend_leaves_the_table_and_single_fails_over() {
+        let (img, ids) = image_with(&["y", "c"]);
+        let c = ids.backend_id("web", "c").unwrap();
+        let web = &img.services[&ids.services["web"]];
+        assert!(!web.table.contains(&c));
+        assert_eq!(img.backends[&c].state, BackendState::Down.datapath());
+        let one = &img.services[&ids.services["one"]];
+        assert_eq!(one.info.single_backend, ids.backend_id("one", "x").unwrap());
+    }
+}
