@@ -8,7 +8,12 @@ use std::{
     net::Ipv4Addr,
 };
 
-use crate::config::Config;
+use lb_common::backend::BackendInfo;
+
+use crate::{
+    config::Config,
+    datapath::{RuleKey, addr_v4},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendKey {
@@ -100,6 +105,51 @@ impl IdBook {
             fresh.push(id);
         }
         Ok(fresh)
+    }
+
+    /// The ids a running datapath already uses for `config`'s services and backends, found
+    /// from its maps (daemon restart): a service by the rules of its VIP and ports, a backend
+    /// by (service, address, port). Ids in use by nothing configured are retired.
+    pub fn recover(
+        config: &Config,
+        rules: &BTreeMap<RuleKey, u32>,
+        backends: &BTreeMap<u32, BackendInfo>,
+    ) -> IdBook {
+        let mut book = IdBook::default();
+        let mut taken_services = BTreeSet::new();
+        for service in &config.services {
+            let sid = service.ports.iter().find_map(|range| {
+                let proto = service.protocol.numbers()[0];
+                RuleKey::covering(service.vip_v4(), proto, range.lo, range.hi)
+                    .into_iter()
+                    .find_map(|k| rules.get(&k).copied())
+            });
+            if let Some(sid) = sid.filter(|sid| taken_services.insert(*sid)) {
+                book.services.insert(service.name.clone(), sid);
+            }
+        }
+        let mut taken = BTreeSet::new();
+        for key in BackendKey::of(config) {
+            let Some(&sid) = book.services.get(&key.service) else {
+                continue;
+            };
+            let found = backends.iter().find(|(id, b)| {
+                b.service_id == sid
+                    && b.addr == addr_v4(key.addr)
+                    && u16::from_be(b.port) == key.port
+                    && !taken.contains(*id)
+            });
+            if let Some((&id, _)) = found {
+                taken.insert(id);
+                book.backends.insert(key, id);
+            }
+        }
+        book.retired = backends
+            .keys()
+            .filter(|id| !taken.contains(*id))
+            .copied()
+            .collect();
+        book
     }
 
     pub fn backend_id(&self, service: &str, name: &str) -> Option<u32> {

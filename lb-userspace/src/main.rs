@@ -1,21 +1,158 @@
-//! `xnlb`: the balancer's daemon and CLI.
+//! `xnlb`: the daemon (`run`), the config checker (`check`) and the administrator's CLI.
 
-use clap::Parser;
+use std::{path::PathBuf, process::ExitCode};
 
-/// xnlb — an XDP layer-4 load balancer.
-///
-/// The daemon (`xnlb run`) and the administration verbs (`check`, `status`, `drain`, `disable`,
-/// `enable`, `reload`, `stop`) arrive with the controller issue; this build carries the
-/// datapath and its library.
+use clap::{Parser, Subcommand};
+use xnlb::{
+    admin::{self, Request},
+    config::{self, DEFAULT_SOCKET},
+    controller::DEFAULT_PIN_DIR,
+    daemon,
+};
+
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(
+    name = "xnlb",
+    version,
+    about = "XDP load balancer for server farms (NLB-style affinity, health-checked backends)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
-    eprintln!(
-        "xnlb {}: no command is available yet (the controller is not built); see --help",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+#[derive(clap::Args)]
+struct SocketArg {
+    /// Admin socket of the daemon to talk to.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// Service name as in the config.
+    service: String,
+    /// Backend name as in the config.
+    backend: String,
+    #[command(flatten)]
+    socket: SocketArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer in the foreground (SIGHUP reloads, SIGTERM/SIGINT stop).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where programs, links and maps are pinned (fail-static state).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Validate a config without touching the system.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Services, backends, states, flows and counters.
+    Status {
+        /// One JSON object (schema in the README).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// No new flows to the backend; established flows continue.
+    Drain(Target),
+    /// Take the backend out of rotation now.
+    Disable(Target),
+    /// Clear drain/disable.
+    Enable(Target),
+    /// Re-read the config file and apply it; on any error the running config stays.
+    Reload(SocketArg),
+    /// Detach from the interfaces, remove the pins and exit.
+    Stop(SocketArg),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, pin_dir } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            match daemon::run(&config, &pin_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xnlb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(loaded) => {
+                print!("{}", loaded.config.summary(&config.display().to_string()));
+                for w in &loaded.warnings {
+                    println!("warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status { json, socket } => call(&socket.socket, Request::Status, |r| {
+            let status = r.status.expect("status answers carry a status");
+            if json {
+                serde_json::to_string_pretty(&status).expect("status serializes")
+            } else {
+                status.render()
+            }
+        }),
+        Command::Drain(t) => target(t, |service, backend| Request::Drain { service, backend }),
+        Command::Disable(t) => target(t, |service, backend| Request::Disable { service, backend }),
+        Command::Enable(t) => target(t, |service, backend| Request::Enable { service, backend }),
+        Command::Reload(s) => call(&s.socket, Request::Reload, message),
+        Command::Stop(s) => call(&s.socket, Request::Stop, message),
+    }
+}
+
+fn message(r: admin::Response) -> String {
+    r.message.unwrap_or_default()
+}
+
+fn target(t: Target, make: impl Fn(String, String) -> Request) -> ExitCode {
+    call(&t.socket.socket, make(t.service, t.backend), message)
+}
+
+/// Sends a request; prints the answer, or the error as one line (a reload's config problems
+/// keep their own lines), with a non-zero exit.
+fn call(
+    socket: &std::path::Path,
+    request: Request,
+    show: impl Fn(admin::Response) -> String,
+) -> ExitCode {
+    match admin::request(socket, &request) {
+        Ok(r) if r.ok => {
+            let text = show(r);
+            if text.ends_with('\n') {
+                print!("{text}");
+            } else {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("xnlb: {}", r.message.unwrap_or_default().trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("xnlb: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

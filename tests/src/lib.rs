@@ -2,6 +2,9 @@
 //! bed (the real XDP object run through `BPF_PROG_TEST_RUN` inside a namespace with real veth
 //! interfaces, routes and neighbours for `bpf_fib_lookup`), and packet builders.
 
+pub mod apps;
 pub mod bed;
+pub mod daemon;
 pub mod netns;
 pub mod packets;
+pub mod topology;

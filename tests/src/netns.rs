@@ -57,6 +57,32 @@ impl NetNs {
         Entered { original }
     }
 
+    /// A command that runs inside the namespace. Unlike `ip netns exec` it keeps the host's
+    /// `/sys` mount, so `/sys/fs/bpf` (where the daemon pins) stays visible.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let target = File::open(format!("/run/netns/{}", self.name)).expect("open test netns");
+        let mut cmd = Command::new(program);
+        // SAFETY: only setns (a syscall) runs between fork and exec; `target` outlives the
+        // closure because the closure owns it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `f` with the calling thread inside the namespace (sockets it opens stay there).
+    pub fn run_in<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _entered = self.enter();
+        f()
+    }
+
     pub fn ifindex(&self, dev: &str) -> u32 {
         let out = Command::new("ip")
             .args(["-n", &self.name, "-o", "link", "show", dev])

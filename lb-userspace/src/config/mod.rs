@@ -312,6 +312,72 @@ impl Config {
         out
     }
 
+    /// What `xnlb check` prints for a good file: what would run.
+    pub fn summary(&self, file: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let mode = match self.mode {
+            Mode::TwoArm => format!(
+                "two-arm, clients on {}, backends on {}",
+                self.interfaces.client,
+                self.interfaces.server.as_deref().unwrap_or("?")
+            ),
+            Mode::OneArm => format!(
+                "one-arm on {}, SNAT from {}",
+                self.interfaces.client,
+                self.snat_v4()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Mode::Dsr => "dsr".to_string(),
+        };
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let _ = writeln!(
+            out,
+            "{file}: OK: {mode}; {} services, {backends} backends; conntrack {} entries",
+            self.services.len(),
+            self.conntrack.max_entries
+        );
+        for s in &self.services {
+            let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
+            let health = match &s.health {
+                Some(h) => format!(
+                    "{} {}:{} every {}",
+                    if h.http.tls { "https" } else { "http" },
+                    h.http.port,
+                    h.http.path,
+                    humantime::format_duration(h.interval)
+                ),
+                None => "no health check".to_string(),
+            };
+            let names: Vec<String> = s
+                .backends
+                .iter()
+                .map(|b| format!("{} {}", b.name, b.address))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} {}:{} {:?}/{:?}/affinity {:?}: {} ({health})",
+                s.name,
+                s.vip,
+                ports.join(","),
+                s.protocol,
+                s.filtering,
+                s.affinity,
+                names.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  metrics on http://{}/metrics, admin socket {}",
+            self.metrics.listen,
+            self.admin.socket.display()
+        );
+        out
+    }
+
     pub fn snat_v4(&self) -> Vec<Ipv4Addr> {
         self.snat
             .iter()

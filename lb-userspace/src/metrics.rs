@@ -1,0 +1,284 @@
+//! Prometheus metrics at `metrics.listen`/metrics. Counters are read from the datapath's
+//! per-CPU maps on each scrape (summed over CPUs, the connection table read in batches), so
+//! the datapath does no work for metrics; gauges come from the controller's state.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{admin::Shared, controller::Counters, lifecycle::BackendState, status::Status};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub service: String,
+    pub backend: String,
+}
+
+/// Metrics the daemon updates itself (health probes, issue 4 of the plan).
+#[derive(Clone)]
+pub struct Observed {
+    pub probe_seconds: Family<ProbeLabels, Histogram>,
+}
+
+/// Builds the registry: the datapath collector plus the daemon's own metrics.
+pub fn registry(shared: Shared) -> (Registry, Observed) {
+    let mut registry = Registry::default();
+    let probe_seconds = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.001, 2.0, 14))
+    });
+    registry.register(
+        "xnlb_health_probe_seconds",
+        "Duration of health probes",
+        probe_seconds.clone(),
+    );
+    registry.register_collector(Box::new(DatapathCollector { shared }));
+    (registry, Observed { probe_seconds })
+}
+
+struct DatapathCollector {
+    shared: Shared,
+}
+
+impl std::fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatapathCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        if labels.is_empty() {
+            ConstGauge::new(*value).encode(family)?;
+            return Ok(());
+        }
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = {
+            let guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .as_ref()
+                .and_then(|ctl| Some((ctl.status().ok()?, ctl.counters().ok()?)))
+        };
+        let Some((status, counters)) = snapshot else {
+            return Ok(());
+        };
+        encode_snapshot(&mut encoder, &status, &counters)
+    }
+}
+
+fn encode_snapshot(
+    e: &mut DescriptorEncoder,
+    status: &Status,
+    counters: &Counters,
+) -> Result<(), std::fmt::Error> {
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    let mut flows = Vec::new();
+    let mut active = Vec::new();
+    let mut up = Vec::new();
+    let mut state = Vec::new();
+    let mut svc_packets = Vec::new();
+    let mut svc_dropped = Vec::new();
+    for s in &status.services {
+        svc_packets.push((vec![("service", s.name.clone())], s.packets));
+        svc_dropped.push((vec![("service", s.name.clone())], s.dropped));
+        for b in &s.backends {
+            let sb = || vec![("service", s.name.clone()), ("backend", b.name.clone())];
+            let dir = |d: &str| {
+                let mut l = sb();
+                l.push(("direction", d.to_string()));
+                l
+            };
+            packets.push((dir("to_backend"), b.packets_to_backend));
+            packets.push((dir("to_client"), b.packets_to_client));
+            bytes.push((dir("to_backend"), b.bytes_to_backend));
+            bytes.push((dir("to_client"), b.bytes_to_client));
+            flows.push((sb(), b.new_flows));
+            active.push((sb(), b.active_flows as i64));
+            up.push((sb(), i64::from(b.state == BackendState::Up)));
+            for st in BackendState::ALL {
+                let mut l = sb();
+                l.push(("state", st.label().to_string()));
+                state.push((l, i64::from(b.state == st)));
+            }
+        }
+    }
+    counter(
+        e,
+        "xnlb_packets",
+        "Packets forwarded, per backend and direction",
+        &packets,
+    )?;
+    counter(
+        e,
+        "xnlb_bytes",
+        "Bytes forwarded, per backend and direction",
+        &bytes,
+    )?;
+    counter(e, "xnlb_flows", "New flows sent to each backend", &flows)?;
+    counter(
+        e,
+        "xnlb_service_packets",
+        "Packets matched to each service",
+        &svc_packets,
+    )?;
+    counter(
+        e,
+        "xnlb_service_dropped",
+        "Packets of each service dropped",
+        &svc_dropped,
+    )?;
+    gauge(
+        e,
+        "xnlb_backend_up",
+        "1 when the backend takes new flows",
+        &up,
+    )?;
+    gauge(
+        e,
+        "xnlb_backend_state",
+        "1 for the backend's current state",
+        &state,
+    )?;
+    gauge(
+        e,
+        "xnlb_backend_active_flows",
+        "Live flows to each backend",
+        &active,
+    )?;
+    gauge(
+        e,
+        "xnlb_conntrack_entries",
+        "Live flows in the connection table",
+        &[(vec![], status.conntrack.entries as i64)],
+    )?;
+    gauge(
+        e,
+        "xnlb_conntrack_max_entries",
+        "Size of the connection table",
+        &[(vec![], status.conntrack.max_entries as i64)],
+    )?;
+    let labelled = |key: &'static str, rows: Vec<(&'static str, u64)>| -> Vec<(Labels, u64)> {
+        rows.into_iter()
+            .map(|(l, v)| (vec![(key, l.to_string())], v))
+            .collect()
+    };
+    counter(
+        e,
+        "xnlb_drops",
+        "Packets dropped, by reason",
+        &labelled(
+            "reason",
+            counters
+                .drops
+                .iter()
+                .map(|(r, v)| (r.label(), *v))
+                .collect(),
+        ),
+    )?;
+    counter(
+        e,
+        "xnlb_passes",
+        "Packets passed to the kernel, by reason",
+        &labelled(
+            "reason",
+            counters
+                .passes
+                .iter()
+                .map(|(r, v)| (r.label(), *v))
+                .collect(),
+        ),
+    )?;
+    counter(
+        e,
+        "xnlb_flow_events",
+        "Connection-table events",
+        &labelled(
+            "event",
+            counters
+                .flow_events
+                .iter()
+                .map(|(r, v)| (r.label(), *v))
+                .collect(),
+        ),
+    )?;
+    counter(
+        e,
+        "xnlb_xdp_actions",
+        "XDP verdicts",
+        &labelled("action", counters.actions.clone()),
+    )?;
+    Ok(())
+}
+
+/// Serves `/metrics` until the process ends.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(registry);
+    axum::serve(listener, app).await.context("metrics server")
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    // Reading the maps is a few hundred syscalls: keep it off the async workers.
+    let body = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        encode(&mut out, &registry).map(|()| out)
+    })
+    .await;
+    match body {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,226 @@
+//! Moves the kernel's maps from what they hold to a wanted `Image`, in an order in which every
+//! intermediate state is one a packet may safely see:
+//!
+//! 1. settings; backends (new ids, state changes); backend addresses and VIPs that appear;
+//! 2. each changed service: its new table goes into the ring slot it is *not* using, then one
+//!    `SERVICES` write switches it (the kernel swaps the element under RCU);
+//! 3. port rules that appear or move, then those that go;
+//! 4. services that go, then their backends are retired (state down, so their flows are
+//!    re-selected), then addresses and VIPs that go.
+//!
+//! `Programmed` is the controller's record of what the maps hold; after a daemon restart it is
+//! read back from the pinned maps (`Programmed::read`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::{
+    backend::BACKEND_DOWN,
+    service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
+};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    plan::{Image, ServicePlan},
+};
+
+#[derive(Clone, Debug)]
+pub struct Programmed {
+    pub image: Image,
+    /// Ring slot holding each service's live table.
+    pub slots: BTreeMap<u32, u32>,
+    /// Services whose live table is not known (adopted from a previous daemon): their table is
+    /// rewritten and switched on the next apply.
+    pub unknown_tables: BTreeSet<u32>,
+}
+
+/// What an apply changed, for the log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub tables_switched: usize,
+    pub services_removed: usize,
+    pub rules_added: usize,
+    pub rules_removed: usize,
+    pub backends_written: usize,
+    pub backends_retired: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+impl std::fmt::Display for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tables switched, {} services removed, {} rules added, {} rules removed, {} backends written, {} retired",
+            self.tables_switched,
+            self.services_removed,
+            self.rules_added,
+            self.rules_removed,
+            self.backends_written,
+            self.backends_retired
+        )
+    }
+}
+
+impl Programmed {
+    /// What a running datapath's maps hold (daemon restart).
+    pub fn read(dp: &Datapath) -> Result<Self, DatapathError> {
+        let mut image = Image {
+            settings: dp.settings()?,
+            ..Default::default()
+        };
+        image.vips = dp.vips()?.into_iter().collect();
+        image.backend_addrs = dp.backend_addrs()?.into_iter().collect();
+        image.rules = dp.rules()?.into_iter().collect();
+        let mut slots = BTreeMap::new();
+        let mut unknown_tables = BTreeSet::new();
+        for (sid, info) in dp.services()? {
+            slots.insert(sid, info.ring_base / RING_MAX_SIZE);
+            unknown_tables.insert(sid);
+            image.services.insert(
+                sid,
+                ServicePlan {
+                    info,
+                    table: Vec::new(),
+                },
+            );
+        }
+        for (id, b) in dp.backends()?.into_iter().enumerate() {
+            if b.family != 0 {
+                image.backends.insert(id as u32, b);
+            }
+        }
+        Ok(Self {
+            image,
+            slots,
+            unknown_tables,
+        })
+    }
+
+    /// Makes the maps hold `want`. `fresh` are backend ids given out since the last apply (their
+    /// counters are zeroed first). On error the record reflects exactly what was written.
+    pub fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        want: &Image,
+        fresh: &[u32],
+    ) -> Result<Changes, DatapathError> {
+        let mut changes = Changes::default();
+        let now = &mut self.image;
+
+        if now.settings != want.settings {
+            dp.set_settings(&want.settings)?;
+            now.settings = want.settings;
+        }
+        for &id in fresh {
+            dp.reset_backend_stats(id)?;
+        }
+        for (&id, b) in &want.backends {
+            if now.backends.get(&id) != Some(b) {
+                dp.set_backend(id, b)?;
+                now.backends.insert(id, *b);
+                changes.backends_written += 1;
+            }
+        }
+        for &addr in want.backend_addrs.difference(&now.backend_addrs.clone()) {
+            dp.add_backend_addr(addr)?;
+            now.backend_addrs.insert(addr);
+        }
+        for &vip in want.vips.difference(&now.vips.clone()) {
+            dp.add_vip(vip)?;
+            now.vips.insert(vip);
+        }
+
+        for (&sid, plan) in &want.services {
+            let current = now.services.get(&sid);
+            let table_changed =
+                self.unknown_tables.contains(&sid) || current.is_none_or(|c| c.table != plan.table);
+            let mut info = plan.info;
+            let mut slot = self.slots.get(&sid).copied();
+            if table_changed && !plan.table.is_empty() {
+                let next = match slot {
+                    Some(s) => sid * RING_SLOTS_PER_SERVICE + (s + 1) % RING_SLOTS_PER_SERVICE,
+                    None => sid * RING_SLOTS_PER_SERVICE,
+                };
+                dp.write_ring(next, &plan.table)?;
+                slot = Some(next);
+            }
+            info.ring_base = slot.map_or(0, |s| s * RING_MAX_SIZE);
+            if current.map(|c| c.info) != Some(info) || table_changed {
+                dp.set_service(sid, &info)?;
+                changes.tables_switched += 1;
+            }
+            if let Some(s) = slot {
+                self.slots.insert(sid, s);
+            }
+            self.unknown_tables.remove(&sid);
+            now.services.insert(
+                sid,
+                ServicePlan {
+                    info,
+                    table: plan.table.clone(),
+                },
+            );
+        }
+
+        for (&key, &sid) in &want.rules {
+            if now.rules.get(&key) != Some(&sid) {
+                dp.insert_rule(key, sid)?;
+                now.rules.insert(key, sid);
+                changes.rules_added += 1;
+            }
+        }
+        let gone: Vec<_> = now
+            .rules
+            .keys()
+            .filter(|k| !want.rules.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            dp.remove_rule(key)?;
+            now.rules.remove(&key);
+            changes.rules_removed += 1;
+        }
+
+        let gone: Vec<u32> = now
+            .services
+            .keys()
+            .filter(|s| !want.services.contains_key(s))
+            .copied()
+            .collect();
+        for sid in gone {
+            dp.remove_service(sid)?;
+            now.services.remove(&sid);
+            self.slots.remove(&sid);
+            self.unknown_tables.remove(&sid);
+            changes.services_removed += 1;
+        }
+        let gone: Vec<u32> = now
+            .backends
+            .keys()
+            .filter(|id| !want.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let mut b = now.backends[&id];
+            if b.state != BACKEND_DOWN {
+                b.state = BACKEND_DOWN;
+                dp.set_backend(id, &b)?;
+                changes.backends_retired += 1;
+            }
+            now.backends.remove(&id);
+        }
+        for addr in now.backend_addrs.clone().difference(&want.backend_addrs) {
+            dp.remove_backend_addr(*addr)?;
+            now.backend_addrs.remove(addr);
+        }
+        for vip in now.vips.clone().difference(&want.vips) {
+            dp.remove_vip(*vip)?;
+            now.vips.remove(vip);
+        }
+        Ok(changes)
+    }
+}

@@ -1,0 +1,263 @@
+//! What `xnlb status` shows: the stable JSON document (see the README) and the table a person
+//! reads. Built by the controller from its state and the datapath's counters.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use lb_common::{
+    addr::PROTO_UDP,
+    flow::{FLOW_CLOSING, FlowEntry, FlowKey},
+    settings::DatapathSettings,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::BackendState;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub mode: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub config: String,
+    pub conntrack: ConntrackStatus,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// `client` or `server`.
+    pub role: String,
+    /// How the program was attached: `native`, `generic`, or `adopted` (from a previous daemon).
+    pub attached: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConntrackStatus {
+    /// Live flows (not yet timed out).
+    pub entries: u64,
+    pub max_entries: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub ports: Vec<String>,
+    pub protocol: String,
+    pub filtering: String,
+    pub affinity: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    /// `null` keeps the client's destination port.
+    pub port: Option<u16>,
+    pub state: BackendState,
+    pub weight: u32,
+    pub priority: u32,
+    pub health: HealthStatus,
+    pub active_flows: u64,
+    pub new_flows: u64,
+    /// Both directions.
+    pub packets: u64,
+    pub bytes: u64,
+    pub packets_to_backend: u64,
+    pub bytes_to_backend: u64,
+    pub packets_to_client: u64,
+    pub bytes_to_client: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthStatus {
+    /// Whether the service has a health check.
+    pub checked: bool,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// Live flows per backend id, from a read of the connection table. A flow counts while its
+/// last packet is younger than its protocol's (or closing) timeout, as the datapath judges it.
+pub fn flow_census(
+    flows: &[(FlowKey, FlowEntry)],
+    settings: &DatapathSettings,
+    now_ns: u64,
+) -> (u64, HashMap<u32, u64>) {
+    let mut per_backend = HashMap::new();
+    let mut total = 0;
+    for (key, entry) in flows {
+        let timeout = if entry.state == FLOW_CLOSING {
+            settings.tcp_closing_timeout_ns
+        } else if key.proto == PROTO_UDP {
+            settings.udp_timeout_ns
+        } else {
+            settings.tcp_timeout_ns
+        };
+        if now_ns.saturating_sub(entry.last_seen_ns) < timeout {
+            total += 1;
+            *per_backend.entry(entry.backend_id).or_insert(0) += 1;
+        }
+    }
+    (total, per_backend)
+}
+
+/// The clock the datapath stamps flows with (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn human(n: u64, unit: &str) -> String {
+    const STEPS: [&str; 5] = ["", "k", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < STEPS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}{unit}")
+    } else {
+        format!("{v:.1}{}{unit}", STEPS[i])
+    }
+}
+
+impl Status {
+    /// The table `xnlb status` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ifaces: Vec<String> = self
+            .interfaces
+            .iter()
+            .map(|i| format!("{} {} ({})", i.role, i.name, i.attached))
+            .collect();
+        let _ = writeln!(
+            out,
+            "xnlb {}   {}   flows {}/{}   config {}",
+            self.mode,
+            ifaces.join(", "),
+            self.conntrack.entries,
+            self.conntrack.max_entries,
+            self.config
+        );
+        for s in &self.services {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "{}  {}:{} {}  filtering {}  affinity {}  {} pkts {}  dropped {}",
+                s.name,
+                s.vip,
+                s.ports.join(","),
+                s.protocol,
+                s.filtering,
+                s.affinity,
+                human(s.packets, ""),
+                human(s.bytes, "B"),
+                s.dropped
+            );
+            let rows: Vec<[String; 9]> = s
+                .backends
+                .iter()
+                .map(|b| {
+                    [
+                        b.name.clone(),
+                        match b.port {
+                            Some(p) => format!("{}:{p}", b.address),
+                            None => b.address.clone(),
+                        },
+                        b.state.label().to_string(),
+                        b.weight.to_string(),
+                        b.active_flows.to_string(),
+                        b.new_flows.to_string(),
+                        human(b.packets, ""),
+                        human(b.bytes, "B"),
+                        b.health.detail.clone(),
+                    ]
+                })
+                .collect();
+            let header = [
+                "BACKEND", "ADDRESS", "STATE", "WEIGHT", "FLOWS", "NEW", "PACKETS", "BYTES",
+                "HEALTH",
+            ];
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cells: &[&str]| {
+                let mut l = String::from("  ");
+                for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        l.push_str(c);
+                    } else {
+                        let _ = write!(l, "{c:<w$}  ");
+                    }
+                }
+                l
+            };
+            let _ = writeln!(out, "{}", line(&header));
+            for r in &rows {
+                let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+                let _ = writeln!(out, "{}", line(&cells));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::addr::PROTO_TCP;
+
+    #[test]
+    fn census_counts_only_live_flows() {
+        let mut s = DatapathSettings::defaults();
+        s.tcp_timeout_ns = 100;
+        s.tcp_closing_timeout_ns = 10;
+        s.udp_timeout_ns = 50;
+        let flow = |proto, backend_id, last_seen_ns, state| {
+            (
+                FlowKey {
+                    proto,
+                    ..Default::default()
+                },
+                FlowEntry {
+                    last_seen_ns,
+                    backend_id,
+                    state,
+                    ..Default::default()
+                },
+            )
+        };
+        let flows = [
+            flow(PROTO_TCP, 1, 950, 0),
+            flow(PROTO_TCP, 1, 899, 0),
+            flow(PROTO_TCP, 2, 995, FLOW_CLOSING),
+            flow(PROTO_TCP, 2, 985, FLOW_CLOSING),
+            flow(PROTO_UDP, 3, 960, 0),
+            flow(PROTO_UDP, 3, 940, 0),
+        ];
+        let (total, per) = flow_census(&flows, &s, 1000);
+        assert_eq!(total, 3);
+        assert_eq!(per.get(&1), Some(&1));
+        assert_eq!(per.get(&2), Some(&1));
+        assert_eq!(per.get(&3), Some(&1));
+    }
+
+    #[test]
+    fn sizes_read_like_a_person_writes_them() {
+        assert_eq!(human(999, ""), "999");
+        assert_eq!(human(1_234_567, "B"), "1.2MB");
+    }
+}

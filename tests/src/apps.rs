@@ -1,0 +1,109 @@
+//! The applications on the test networks: a line server on each backend that answers every line
+//! with its name and the client address it saw, and a client for it. Sockets are opened inside
+//! the namespaces by the test's own threads; every wait is bounded.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use crate::netns::NetNs;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server answering `<name> <client address>` to every line, until dropped.
+pub struct LineServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl LineServer {
+    pub fn start(ns: &NetNs, port: u16, name: &str) -> Self {
+        let listener =
+            ns.run_in(|| TcpListener::bind(("0.0.0.0", port)).expect("bind line server"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_string());
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let name = name.clone();
+                        thread::spawn(move || serve(stream, peer, &name));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for LineServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(stream: TcpStream, peer: SocketAddr, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writeln!(writer, "{name} {}", peer.ip()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One connection from the client namespace to a line server.
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    pub fn connect(ns: &NetNs, addr: Ipv4Addr, port: u16) -> std::io::Result<Self> {
+        let stream = ns.run_in(|| TcpStream::connect_timeout(&(addr, port).into(), IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends a line; returns (backend name, client address the backend saw).
+    pub fn ask(&mut self) -> std::io::Result<(String, String)> {
+        writeln!(self.writer, "hello")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut parts = line.split_whitespace();
+        let name = parts.next().unwrap_or_default().to_string();
+        let seen = parts.next().unwrap_or_default().to_string();
+        Ok((name, seen))
+    }
+}
+
+/// Opens `n` fresh connections and returns which backend answered each.
+pub fn spread(ns: &NetNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let mut c = LineClient::connect(ns, addr, port)
+                .unwrap_or_else(|e| panic!("connection {i} to {addr}:{port}: {e}"));
+            c.ask()
+                .unwrap_or_else(|e| panic!("connection {i} to {addr}:{port} got no answer: {e}"))
+                .0
+        })
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! The real `xnlb` binary run as a daemon inside a test namespace, with its own config file,
+//! admin socket and pin directory, so tests can run side by side. Dropping the handle stops the
+//! daemon and removes whatever it pinned, also after a `kill -9`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The `xnlb` binary next to this test executable (`cargo xtask test` builds it first).
+pub fn xnlb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("xnlb");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build`, or run `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where one daemon keeps its files.
+pub struct DaemonFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl DaemonFiles {
+    pub fn new() -> Self {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("xnlb-test-{id}"));
+        fs::create_dir_all(&dir).expect("test dir");
+        Self {
+            config: dir.join("xnlb.yaml"),
+            socket: dir.join("xnlb.sock"),
+            log: dir.join("daemon.log"),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xnlb-test-{id}")),
+            dir,
+        }
+    }
+}
+
+pub struct Daemon {
+    pub files: DaemonFiles,
+    ns_name: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes `config` and starts `xnlb run` in `ns`; returns once the admin socket answers.
+    pub fn start(ns: &NetNs, config: &str) -> Self {
+        let d0 = Self {
+            files: DaemonFiles::new(),
+            ns_name: ns.name().to_string(),
+            child: None,
+        };
+        d0.write_config(config);
+        let mut d = d0;
+        d.spawn(ns);
+        d
+    }
+
+    /// Starts the daemon process (again) and waits for it.
+    pub fn spawn(&mut self, ns: &NetNs) {
+        assert_eq!(ns.name(), self.ns_name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.files.log)
+            .expect("daemon log");
+        let child = ns
+            .command(xnlb_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.files.config)
+            .arg("--pin-dir")
+            .arg(&self.files.pin_dir)
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn xnlb run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("xnlb run exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xnlb run did not answer within 30 s:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs an `xnlb` client verb against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(xnlb_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.files.socket)
+            .output()
+            .expect("run xnlb")
+    }
+
+    /// `cli`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "xnlb {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON")
+    }
+
+    /// Writes the config file, pointing `admin.socket` at this daemon's own socket.
+    pub fn write_config(&self, config: &str) {
+        assert!(
+            !config.contains("\nadmin:"),
+            "the harness sets admin.socket itself"
+        );
+        let text = format!(
+            "{config}\nadmin:\n  socket: {}\n",
+            self.files.socket.display()
+        );
+        fs::write(&self.files.config, text).expect("write config");
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) for the daemon to exit by itself; returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not exit within {limit:?}:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.files.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.cli(&["stop"]);
+            self.kill9();
+        }
+        // After a kill -9 the pins keep the program attached: removing them detaches it.
+        if let Ok(entries) = fs::read_dir(&self.files.pin_dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.files.pin_dir);
+        let _ = fs::remove_dir_all(&self.files.dir);
+    }
+}
+
+/// GET `path` from `addr` inside `ns` with a plain HTTP/1.0 request; returns the body.
+pub fn http_get(ns: &NetNs, addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = ns
+        .run_in(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    body.to_string()
+}

@@ -1,0 +1,113 @@
+//! Namespaced networks with the daemon's view of the world: real interfaces, real routes,
+//! real TCP. The two-arm layout:
+//!
+//! ```text
+//!  client ns            balancer ns                         switch ns          backend ns (×N)
+//!  eth0 198.18.0.10 ── cli0 198.18.0.1 [xnlb] srv0 198.18.2.1 ── lb [br0] bN ── eth0 198.18.2.(10+N)
+//!  default via .0.1                                                           default via 198.18.2.1
+//! ```
+//! The VIP 198.18.1.100 is reached through the client's default route. Test-bed settings follow
+//! `shared/XDP-ON-VETH.md`: senders have tx checksum offload off; the veths that receive
+//! redirected frames (client eth0, switch port `lb`) have GRO on.
+
+use std::net::Ipv4Addr;
+
+use crate::netns::NetNs;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const LB_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+
+/// Backend `n` (1-based).
+pub fn backend_ip(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 2, 10 + n as u8)
+}
+
+pub struct TwoArm {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub switch: NetNs,
+    pub backends: Vec<NetNs>,
+}
+
+impl TwoArm {
+    pub fn new(backends: usize) -> Self {
+        let client = NetNs::new("cli");
+        let lb = NetNs::new("lb");
+        let switch = NetNs::new("sw");
+        let backends: Vec<NetNs> = (1..=backends).map(|_| NetNs::new("be")).collect();
+
+        lb.ip(&[
+            "link",
+            "add",
+            "cli0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.name(),
+        ]);
+        lb.ip(&[
+            "link",
+            "add",
+            "srv0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lb",
+            "netns",
+            switch.name(),
+        ]);
+        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "cli0"]);
+        lb.ip(&["addr", "add", "198.18.2.1/24", "dev", "srv0"]);
+        lb.ip(&["link", "set", "cli0", "up"]);
+        lb.ip(&["link", "set", "srv0", "up"]);
+        lb.sysctl("net.ipv4.ip_forward", "1");
+
+        client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        switch.ip(&["link", "set", "lb", "master", "br0", "up"]);
+        switch.exec(&["ethtool", "-K", "lb", "gro", "on"]);
+        for (i, be) in backends.iter().enumerate() {
+            let port = format!("b{}", i + 1);
+            switch.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                be.name(),
+            ]);
+            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+            be.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", backend_ip(i + 1)),
+                "dev",
+                "eth0",
+            ]);
+            be.ip(&["link", "set", "eth0", "up"]);
+            be.ip(&["route", "add", "default", "via", "198.18.2.1"]);
+            be.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        }
+        Self {
+            client,
+            lb,
+            switch,
+            backends,
+        }
+    }
+}

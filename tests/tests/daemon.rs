@@ -1,0 +1,319 @@
+//! The daemon as an administrator meets it: `xnlb run` in a two-arm namespace network with real
+//! TCP through it; `status`, `drain`/`enable`, `reload` (good and broken), SIGHUP, metrics,
+//! `kill -9` with an open connection and a restart that adopts the running datapath, `stop`.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use xnlb_tests::{
+    apps::{LineClient, LineServer, spread},
+    daemon::{Daemon, http_get},
+    topology::{CLIENT_IP, TwoArm, VIP, backend_ip},
+};
+
+const PORT: u16 = 80;
+const METRICS: &str = "127.0.0.1:9779";
+
+/// A two-arm config balancing VIP:80 over the first `n` backends.
+fn config(n: usize) -> String {
+    let backends: String = (1..=n)
+        .map(|i| format!("      - {{ name: b{i}, address: {} }}\n", backend_ip(i)))
+        .collect();
+    format!(
+        "mode: two-arm
+interfaces:
+  client: cli0
+  server: srv0
+services:
+  - name: web
+    vip: {VIP}
+    ports: [{PORT}]
+    affinity: none
+    backends:
+{backends}metrics:
+  listen: {METRICS}
+"
+    )
+}
+
+fn backend_states(d: &Daemon) -> Vec<(String, String)> {
+    d.status_json()["services"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn names(list: &[String]) -> BTreeSet<&str> {
+    list.iter().map(String::as_str).collect()
+}
+
+struct Scrape {
+    text: String,
+    samples: Vec<prometheus_parse::Sample>,
+}
+
+impl Scrape {
+    fn take(net: &TwoArm) -> Self {
+        let text = http_get(&net.lb, METRICS.parse::<SocketAddr>().unwrap(), "/metrics");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let parsed =
+            prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+        Self {
+            text,
+            samples: parsed.samples,
+        }
+    }
+
+    /// Sum of `name` over samples whose labels include all of `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    }
+}
+
+#[test]
+fn daemon_lifecycle_with_real_connections() {
+    let net = TwoArm::new(3);
+    let _servers: Vec<LineServer> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| LineServer::start(ns, PORT, &format!("b{}", i + 1)))
+        .collect();
+    let mut d = Daemon::start(&net.lb, &config(2));
+
+    // Status: one service, two backends up; the table names them; the VIP is announced.
+    let status = d.status_json();
+    assert_eq!(status["services"][0]["name"], "web");
+    assert_eq!(status["services"][0]["vip"], VIP.to_string());
+    assert_eq!(
+        backend_states(&d),
+        vec![("b1".into(), "up".into()), ("b2".into(), "up".into())]
+    );
+    let table = d.ok(&["status"]);
+    assert!(
+        table.contains("web") && table.contains("b1") && table.contains("b2"),
+        "{table}"
+    );
+    let addrs = String::from_utf8(
+        net.lb
+            .command("ip")
+            .args(["-4", "addr", "show", "dev", "cli0"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        addrs.contains(&format!("{VIP}/32")),
+        "VIP not announced on cli0: {addrs}"
+    );
+
+    // Traffic: connections spread over both backends, which see the real client address.
+    let before = Scrape::take(&net);
+    let seen = spread(&net.client, VIP, PORT, 24);
+    assert_eq!(names(&seen), BTreeSet::from(["b1", "b2"]), "{seen:?}");
+    let mut long = LineClient::connect(&net.client, VIP, PORT).expect("long-lived connection");
+    let (long_backend, client_seen) = long.ask().expect("answer");
+    assert_eq!(
+        client_seen,
+        CLIENT_IP.to_string(),
+        "two-arm keeps the client address"
+    );
+
+    // Metrics: SPEC's names are there and the counters moved with the traffic.
+    let after = Scrape::take(&net);
+    for name in [
+        "xnlb_packets_total",
+        "xnlb_bytes_total",
+        "xnlb_flows_total",
+        "xnlb_backend_up",
+        "xnlb_backend_state",
+        "xnlb_conntrack_entries",
+        "xnlb_drops_total",
+        "xnlb_xdp_actions_total",
+    ] {
+        assert!(
+            after.samples.iter().any(|s| s.metric == name),
+            "metric {name} missing:\n{}",
+            after.text
+        );
+    }
+    let to_backend = |s: &Scrape| s.sum("xnlb_packets_total", &[("direction", "to_backend")]);
+    let to_client = |s: &Scrape| s.sum("xnlb_packets_total", &[("direction", "to_client")]);
+    let flows = |s: &Scrape| s.sum("xnlb_flows_total", &[("service", "web")]);
+    assert!(
+        to_backend(&after) - to_backend(&before) >= 24.0 * 3.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        to_client(&after) - to_client(&before) >= 24.0 * 2.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        flows(&after) - flows(&before),
+        25.0,
+        "one new flow per connection"
+    );
+    assert_eq!(after.sum("xnlb_backend_up", &[("backend", "b1")]), 1.0);
+    assert_eq!(
+        after.sum("xnlb_backend_state", &[("backend", "b2"), ("state", "up")]),
+        1.0
+    );
+    assert!(after.sum("xnlb_conntrack_entries", &[]) >= 1.0);
+    assert!(after.sum("xnlb_xdp_actions_total", &[("action", "redirect")]) > 0.0);
+
+    // Drain the long connection's backend: no new flows reach it, the old one continues.
+    d.ok(&["drain", "web", &long_backend]);
+    assert!(backend_states(&d).contains(&(long_backend.clone(), "draining".into())));
+    let seen = spread(&net.client, VIP, PORT, 16);
+    assert!(
+        !names(&seen).contains(long_backend.as_str()),
+        "drained backend took new flows: {seen:?}"
+    );
+    assert_eq!(
+        long.ask().expect("drained backend keeps its connection").0,
+        long_backend
+    );
+    d.ok(&["enable", "web", &long_backend]);
+    let seen = spread(&net.client, VIP, PORT, 24);
+    assert!(
+        names(&seen).contains(long_backend.as_str()),
+        "enabled backend got nothing: {seen:?}"
+    );
+
+    // Admin errors are one line, non-zero, and list what is valid.
+    let out = d.cli(&["drain", "web", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("b1, b2") && err.lines().count() == 1,
+        "{err}"
+    );
+    let out = d.cli(&["disable", "mail", "b1"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("services: web")
+    );
+
+    // Reload with a third backend: the established connection survives, b3 takes flows.
+    d.write_config(&config(3));
+    let msg = d.ok(&["reload"]);
+    assert!(msg.contains("reloaded"), "{msg}");
+    assert_eq!(backend_states(&d).len(), 3);
+    assert_eq!(
+        long.ask().expect("connection survives a reload").0,
+        long_backend
+    );
+    let seen = spread(&net.client, VIP, PORT, 30);
+    assert!(names(&seen).contains("b3"), "{seen:?}");
+
+    // A broken file: reload fails with every problem listed, the old config keeps forwarding.
+    d.write_config(
+        &config(3)
+            .replace("affinity: none", "affinity: none\n    colour: blue")
+            .replace("{ name: b2,", "{ name: b2, weight: 5000,"),
+    );
+    let out = d.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken reload must fail");
+    assert!(err.contains("colour") && err.contains(":"), "{err}");
+    assert_eq!(backend_states(&d).len(), 3);
+    assert_eq!(spread(&net.client, VIP, PORT, 6).len(), 6);
+
+    // SIGHUP reloads too: back to two backends.
+    d.write_config(&config(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend_states(&d).len() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // kill -9 with the connection open: forwarding goes on without the daemon.
+    let long_backend = if long_backend == "b3" {
+        long = LineClient::connect(&net.client, VIP, PORT).unwrap();
+        long.ask().unwrap().0
+    } else {
+        long_backend
+    };
+    d.kill9();
+    assert_eq!(long.ask().expect("flow survives kill -9").0, long_backend);
+    let seen = spread(&net.client, VIP, PORT, 12);
+    assert_eq!(
+        names(&seen),
+        BTreeSet::from(["b1", "b2"]),
+        "new connections balanced without a daemon"
+    );
+    let out = d.cli(&["status"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+
+    // Restart: the pinned datapath is adopted, the flow survives, counters carry on.
+    d.spawn(&net.lb);
+    let status = d.status_json();
+    assert_eq!(status["interfaces"][0]["attached"], "adopted", "{status}");
+    assert_eq!(
+        long.ask().expect("flow survives the restart").0,
+        long_backend
+    );
+    let active: u64 = status["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["active_flows"].as_u64().unwrap())
+        .sum();
+    assert!(active >= 1, "{status}");
+    assert!(
+        d.log().contains("adopted the running datapath"),
+        "{}",
+        d.log()
+    );
+    let restarted = Scrape::take(&net);
+    assert!(
+        flows(&restarted) >= flows(&after) + 25.0,
+        "counters survive the restart"
+    );
+
+    // Stop: detached, unpinned, the VIP removed, the CLI says the daemon is gone.
+    assert!(d.ok(&["stop"]).contains("stopped"));
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+    assert!(!d.files.pin_dir.exists(), "pins removed on stop");
+    let addrs = String::from_utf8(
+        net.lb
+            .command("ip")
+            .args(["-4", "addr", "show", "dev", "cli0"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !addrs.contains(&VIP.to_string()),
+        "VIP still on cli0: {addrs}"
+    );
+    let out = d.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
