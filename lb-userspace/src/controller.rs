@@ -311,9 +311,9 @@ impl Controller {
                 name: s.name.clone(),
                 vip: s.vip.to_string(),
                 ports: s.ports.iter().map(|p| p.to_string()).collect(),
-                protocol: lower(&s.protocol),
-                filtering: lower(&s.filtering),
-                affinity: lower(&s.affinity),
+                protocol: config::word(&s.protocol),
+                filtering: config::word(&s.filtering),
+                affinity: config::word(&s.affinity),
                 packets: stats.packets,
                 bytes: stats.bytes,
                 dropped: stats.dropped,
@@ -368,14 +368,6 @@ impl Controller {
         info!("detached and unpinned");
         Ok(())
     }
-}
-
-/// The serde name of a config enum value (`single`, `multiple`, ...).
-fn lower<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Settings a running daemon cannot change: they need `xnlb stop` and a new `xnlb run`.

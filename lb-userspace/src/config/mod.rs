@@ -336,7 +336,7 @@ impl Config {
         let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
         let _ = writeln!(
             out,
-            "{file}: OK: {mode}; {} services, {backends} backends; conntrack {} entries",
+            "{file}: OK: {mode}; {} service(s), {backends} backend(s); conntrack {} entries",
             self.services.len(),
             self.conntrack.max_entries
         );
@@ -359,13 +359,13 @@ impl Config {
                 .collect();
             let _ = writeln!(
                 out,
-                "  {} {}:{} {:?}/{:?}/affinity {:?}: {} ({health})",
+                "  {} {}:{} {}, filtering {}, affinity {}: {} ({health})",
                 s.name,
                 s.vip,
                 ports.join(","),
-                s.protocol,
-                s.filtering,
-                s.affinity,
+                word(&s.protocol),
+                word(&s.filtering),
+                word(&s.affinity),
                 names.join(", ")
             );
         }
@@ -384,6 +384,14 @@ impl Config {
             .flat_map(|s| s.addresses.iter().map(|&a| v4_of(a)))
             .collect()
     }
+}
+
+/// The word a config uses for an enum value (`single`, `two-arm`, ...).
+pub fn word<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn v4_of(addr: IpAddr) -> Ipv4Addr {
@@ -548,8 +556,27 @@ fn deserialize<T: DeserializeOwned>(
             (p, i) => format!("{p}.{i}"),
         };
         let message = e.into_inner().to_string();
-        problems.push(Problem::new(path, message));
+        let hint = did_you_mean(&message);
+        let mut problem = Problem::new(path, message);
+        problem.hint = hint;
+        problems.push(problem);
     })
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and variants): the closest
+/// expected word, when it is close.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (wrong, expected) = rest.split_once('`')?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|w| (strsim::levenshtein(wrong, w), w))
+        .min()?;
+    (best.0 <= 2 || best.0 * 3 <= wrong.len()).then(|| format!("did you mean `{}`?", best.1))
 }
 
 /// Problems only the running system can show (interfaces that do not exist). `check` skips
