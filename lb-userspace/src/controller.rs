@@ -176,10 +176,9 @@ impl Controller {
 
     /// Re-reads the config file and applies the difference. On any error nothing changes.
     pub fn reload(&mut self) -> Result<String> {
-        let loaded = config::load(&self.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let loaded = config::load_for_run(&self.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let new = loaded.config;
-        let mut problems = config::system_problems(&new);
-        problems.extend(restart_only_changes(&self.config, &new));
+        let problems = restart_only_changes(&self.config, &new);
         if !problems.is_empty() {
             let err = config::ConfigError {
                 file: self.config_path.display().to_string(),

@@ -24,15 +24,7 @@ use crate::{
 };
 
 pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
-    let loaded = config::load(config_path).map_err(|e| anyhow!("{e}"))?;
-    let problems = config::system_problems(&loaded.config);
-    if !problems.is_empty() {
-        let err = config::ConfigError {
-            file: config_path.display().to_string(),
-            problems,
-        };
-        return Err(anyhow!("{err}"));
-    }
+    let loaded = config::load_for_run(config_path).map_err(|e| anyhow!("{e}"))?;
     for w in &loaded.warnings {
         warn!("{w}");
     }

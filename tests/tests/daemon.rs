@@ -2,7 +2,7 @@
 //! TCP through it; `status`, `drain`/`enable`, `reload` (good and broken), SIGHUP, metrics,
 //! `kill -9` with an open connection and a restart that adopts the running datapath, `stop`.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
     apps::{LineClient, LineServer, spread},
@@ -105,6 +105,19 @@ fn daemon_lifecycle_with_real_connections() {
         backend_states(&d),
         vec![("b1".into(), "up".into()), ("b2".into(), "up".into())]
     );
+    let out = d.cli(&["status"]);
+    let nobody = std::process::Command::new(xnlb_tests::daemon::xnlb_bin())
+        .args(["status", "--socket"])
+        .arg(&d.files.socket)
+        .uid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        !nobody.status.success() && err.contains("permission denied"),
+        "{err}"
+    );
+    assert!(out.status.success());
     let table = d.ok(&["status"]);
     assert!(
         table.contains("web") && table.contains("b1") && table.contains("b2"),
@@ -297,6 +310,29 @@ fn daemon_lifecycle_with_real_connections() {
         "counters survive the restart"
     );
 
+    // What an administrator sees (printed for the record; `--nocapture` shows it).
+    println!("$ xnlb status\n{}", d.ok(&["status"]));
+    let excerpt: Vec<&str> = restarted
+        .text
+        .lines()
+        .filter(|l| {
+            [
+                "xnlb_packets_total",
+                "xnlb_flows_total",
+                "xnlb_backend_up",
+                "xnlb_conntrack_entries",
+                "xnlb_drops_total{reason=\"no_service\"}",
+                "xnlb_xdp_actions_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .collect();
+    println!(
+        "$ curl http://{METRICS}/metrics (excerpt)\n{}",
+        excerpt.join("\n")
+    );
+
     // Stop: detached, unpinned, the VIP removed, the CLI says the daemon is gone.
     assert!(d.ok(&["stop"]).contains("stopped"));
     assert!(d.wait_exit(Duration::from_secs(10)).success());
@@ -316,4 +352,62 @@ fn daemon_lifecycle_with_real_connections() {
     );
     let out = d.cli(&["status"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+fn sigterm_detaches_and_a_second_daemon_or_a_missing_interface_is_refused() {
+    let net = TwoArm::new(1);
+    let mut d = Daemon::start(&net.lb, &config(1));
+    assert!(d.files.pin_dir.join("link-cli0").exists());
+
+    // A second daemon on the same socket refuses before touching the datapath.
+    let second = net
+        .lb
+        .command(xnlb_tests::daemon::xnlb_bin())
+        .args(["run", "--config"])
+        .arg(&d.files.config)
+        .args(["--pin-dir", "/sys/fs/bpf/xnlb-never-used"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("already running"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/sys/fs/bpf/xnlb-never-used").exists());
+    assert!(
+        d.ok(&["status"]).contains("web"),
+        "the first daemon is untouched"
+    );
+
+    // `run` checks the system: an interface that does not exist is refused with its location.
+    let bad = d.files.dir.join("bad.yaml");
+    std::fs::write(&bad, config(1).replace("server: srv0", "server: nope0")).unwrap();
+    let out = net
+        .lb
+        .command(xnlb_tests::daemon::xnlb_bin())
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(":4:3: interfaces.server: interface `nope0` does not exist"),
+        "{err}"
+    );
+
+    // SIGTERM: detach, unpin, exit 0; traffic to the VIP is no longer balanced.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        d.log()
+    );
+    assert!(!d.files.pin_dir.exists(), "pins removed on SIGTERM");
+    assert!(!d.files.socket.exists(), "socket removed on SIGTERM");
 }

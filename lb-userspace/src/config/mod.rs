@@ -477,6 +477,24 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parse(&text, &file)
 }
 
+/// `load`, plus the checks only the running system can answer (`run` and `reload`).
+pub fn load_for_run(path: &Path) -> Result<Loaded, ConfigError> {
+    let loaded = load(path)?;
+    let mut problems = system_problems(&loaded.config);
+    if problems.is_empty() {
+        return Ok(loaded);
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = Locations::index(&text);
+    for p in &mut problems {
+        p.at = at.find(&p.path);
+    }
+    Err(ConfigError {
+        file: path.display().to_string(),
+        problems,
+    })
+}
+
 /// Parses and checks a config held in memory; `file` names it in messages.
 pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     let fail = |problems| ConfigError {
@@ -581,7 +599,7 @@ fn did_you_mean(message: &str) -> Option<String> {
 
 /// Problems only the running system can show (interfaces that do not exist). `check` skips
 /// these because it may run on another machine; `run` and `reload` refuse such a config.
-pub fn system_problems(config: &Config) -> Vec<Problem> {
+fn system_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut check = |name: &str, path: &str| {
         let c = std::ffi::CString::new(name).unwrap_or_default();
