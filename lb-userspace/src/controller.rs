@@ -195,6 +195,7 @@ impl Controller {
             .assign(&new, self.dp.ring_capacity(), BACKEND_SLOTS)?;
 
         let old_ids = self.ids.clone();
+        let old_lifecycles = self.lifecycles.clone();
         let old_config = std::mem::replace(&mut self.config, new);
         let mut new_ids = old_ids.clone();
         new_ids.assign(&self.config, self.dp.ring_capacity(), BACKEND_SLOTS)?;
@@ -224,9 +225,14 @@ impl Controller {
                 })
             }
             Err(e) => {
-                // Put the old config back; the maps still hold what `programmed` records.
+                // Put the old config, ids and states back and move the maps back to them;
+                // `programmed` records exactly what the failed apply wrote.
                 self.config = old_config;
-                let _ = self.reprogram();
+                self.ids = old_ids;
+                self.lifecycles = old_lifecycles;
+                if let Err(again) = self.reprogram() {
+                    warn!("restoring the previous config after a failed reload: {again:#}");
+                }
                 Err(e.context("applying the new config (the old one keeps running)"))
             }
         }

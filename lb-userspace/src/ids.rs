@@ -208,6 +208,33 @@ mod tests {
     }
 
     #[test]
+    fn recover_finds_the_ids_a_running_datapath_uses() {
+        use crate::{lifecycle::BackendState, plan};
+        // Ids as a long-running daemon left them (b moved once, so ids are not 0, 1, 2).
+        let mut running = IdBook::default();
+        running
+            .assign(&config(&[("a", "198.18.2.1"), ("b", "198.18.2.2")]), 4, 8)
+            .unwrap();
+        let now = config(&[
+            ("a", "198.18.2.1"),
+            ("b", "198.18.2.9"),
+            ("c", "198.18.2.3"),
+        ]);
+        running.assign(&now, 4, 8).unwrap();
+        let image = plan::image(&now, &running, |_, _| BackendState::Up);
+        let mut backends = image.backends.clone();
+        // The retired id is still in BACKENDS, marked down.
+        let mut old = backends[&0];
+        old.state = BackendState::Down.datapath();
+        backends.insert(1, old);
+
+        let recovered = IdBook::recover(&now, &image.rules, &backends);
+        assert_eq!(recovered.services, running.services);
+        assert_eq!(recovered.backends, running.backends);
+        assert_eq!(recovered.retired, BTreeSet::from([1]));
+    }
+
+    #[test]
     fn retired_ids_are_reused_last_and_capacity_is_enforced() {
         let mut book = IdBook::default();
         book.assign(&config(&[("a", "198.18.2.1"), ("b", "198.18.2.2")]), 1, 2)

@@ -86,7 +86,8 @@ impl Lifecycle {
                 l.healthy = true;
             }
             BACKEND_DISABLED => l.admin = AdminState::Disabled,
-            BACKEND_DOWN => l.healthy = false,
+            // Without a health check nothing would ever bring it back up.
+            BACKEND_DOWN => l.healthy = !health_checked,
             _ => l.healthy = true,
         }
         if health_checked {
@@ -128,5 +129,9 @@ mod tests {
         for state in BackendState::ALL {
             assert_eq!(Lifecycle::adopted(state.datapath(), true).state(), state);
         }
+        assert_eq!(
+            Lifecycle::adopted(BackendState::Down.datapath(), false).state(),
+            BackendState::Up
+        );
     }
 }
