@@ -106,7 +106,10 @@ fn daemon_lifecycle_with_real_connections() {
         vec![("b1".into(), "up".into()), ("b2".into(), "up".into())]
     );
     let out = d.cli(&["status"]);
-    let nobody = std::process::Command::new(xnlb_tests::daemon::xnlb_bin())
+    // A copy nobody may execute wherever the checkout lives.
+    let bin = d.files.dir.join("xnlb-copy");
+    std::fs::copy(xnlb_tests::daemon::xnlb_bin(), &bin).unwrap();
+    let nobody = std::process::Command::new(&bin)
         .args(["status", "--socket"])
         .arg(&d.files.socket)
         .uid(65534)
