@@ -24,6 +24,22 @@ pub fn backend_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2, 10 + n as u8)
 }
 
+/// A veth pair: `name` in `ns`, its peer `peer` in `peer_ns`.
+fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
+    ns.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        peer_ns.name(),
+    ]);
+}
+
 pub struct TwoArm {
     pub client: NetNs,
     pub lb: NetNs,
@@ -38,30 +54,8 @@ impl TwoArm {
         let switch = NetNs::new("sw");
         let backends: Vec<NetNs> = (1..=backends).map(|_| NetNs::new("be")).collect();
 
-        lb.ip(&[
-            "link",
-            "add",
-            "cli0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            client.name(),
-        ]);
-        lb.ip(&[
-            "link",
-            "add",
-            "srv0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lb",
-            "netns",
-            switch.name(),
-        ]);
+        veth(&lb, "cli0", &client, "eth0");
+        veth(&lb, "srv0", &switch, "lb");
         lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "cli0"]);
         lb.ip(&["addr", "add", "198.18.2.1/24", "dev", "srv0"]);
         lb.ip(&["link", "set", "cli0", "up"]);
@@ -79,18 +73,7 @@ impl TwoArm {
         switch.exec(&["ethtool", "-K", "lb", "gro", "on"]);
         for (i, be) in backends.iter().enumerate() {
             let port = format!("b{}", i + 1);
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                be.name(),
-            ]);
+            veth(&switch, &port, be, "eth0");
             switch.ip(&["link", "set", &port, "master", "br0", "up"]);
             be.ip(&[
                 "addr",

@@ -49,6 +49,23 @@ fn backend_states(d: &Daemon) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `ip -4 addr show dev cli0` in the balancer namespace.
+fn cli0_addresses(net: &TwoArm) -> String {
+    let out = net
+        .lb
+        .command("ip")
+        .args(["-4", "addr", "show", "dev", "cli0"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Sends `signal` to the daemon process.
+fn signal(d: &Daemon, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(d.pid().expect("daemon running") as i32);
+    nix::sys::signal::kill(pid, signal).unwrap();
+}
+
 fn names(list: &[String]) -> BTreeSet<&str> {
     list.iter().map(String::as_str).collect()
 }
@@ -126,15 +143,7 @@ fn daemon_lifecycle_with_real_connections() {
         table.contains("web") && table.contains("b1") && table.contains("b2"),
         "{table}"
     );
-    let addrs = String::from_utf8(
-        net.lb
-            .command("ip")
-            .args(["-4", "addr", "show", "dev", "cli0"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let addrs = cli0_addresses(&net);
     assert!(
         addrs.contains(&format!("{VIP}/32")),
         "VIP not announced on cli0: {addrs}"
@@ -254,11 +263,7 @@ fn daemon_lifecycle_with_real_connections() {
 
     // SIGHUP reloads too: back to two backends.
     d.write_config(&config(2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid().unwrap() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGHUP);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while backend_states(&d).len() != 2 {
         assert!(
@@ -340,15 +345,7 @@ fn daemon_lifecycle_with_real_connections() {
     assert!(d.ok(&["stop"]).contains("stopped"));
     assert!(d.wait_exit(Duration::from_secs(10)).success());
     assert!(!d.files.pin_dir.exists(), "pins removed on stop");
-    let addrs = String::from_utf8(
-        net.lb
-            .command("ip")
-            .args(["-4", "addr", "show", "dev", "cli0"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let addrs = cli0_addresses(&net);
     assert!(
         !addrs.contains(&VIP.to_string()),
         "VIP still on cli0: {addrs}"
@@ -401,11 +398,7 @@ fn sigterm_detaches_and_a_second_daemon_or_a_missing_interface_is_refused() {
     );
 
     // SIGTERM: detach, unpin, exit 0; traffic to the VIP is no longer balanced.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid().unwrap() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
     assert!(
         d.wait_exit(Duration::from_secs(10)).success(),
         "{}",
