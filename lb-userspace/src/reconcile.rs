@@ -173,24 +173,14 @@ impl Programmed {
                 changes.rules_added += 1;
             }
         }
-        let gone: Vec<_> = now
-            .rules
-            .keys()
-            .filter(|k| !want.rules.contains_key(k))
-            .copied()
-            .collect();
+        let gone = absent_from(&now.rules, &want.rules);
         for key in gone {
             dp.remove_rule(key)?;
             now.rules.remove(&key);
             changes.rules_removed += 1;
         }
 
-        let gone: Vec<u32> = now
-            .services
-            .keys()
-            .filter(|s| !want.services.contains_key(s))
-            .copied()
-            .collect();
+        let gone = absent_from(&now.services, &want.services);
         for sid in gone {
             dp.remove_service(sid)?;
             now.services.remove(&sid);
@@ -198,12 +188,7 @@ impl Programmed {
             self.unknown_tables.remove(&sid);
             changes.services_removed += 1;
         }
-        let gone: Vec<u32> = now
-            .backends
-            .keys()
-            .filter(|id| !want.backends.contains_key(id))
-            .copied()
-            .collect();
+        let gone = absent_from(&now.backends, &want.backends);
         for id in gone {
             let mut b = now.backends[&id];
             if b.state != BACKEND_DOWN {
@@ -223,4 +208,12 @@ impl Programmed {
         }
         Ok(changes)
     }
+}
+
+/// Keys of `have` that `want` lacks (collected, so `have` can be changed while they are removed).
+fn absent_from<K: Ord + Copy, A, B>(have: &BTreeMap<K, A>, want: &BTreeMap<K, B>) -> Vec<K> {
+    have.keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect()
 }
