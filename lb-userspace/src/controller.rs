@@ -9,14 +9,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use lb_common::stats::{DropReason, FlowEvent, PassReason};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
     attach::{self, Attached},
     config::{self, Config, Mode},
     datapath::{BACKEND_SLOTS, Datapath, DatapathSizes},
+    health::{self, Report, Targets},
     ids::IdBook,
-    lifecycle::{AdminState, Lifecycle},
+    lifecycle::{AdminState, BackendState, Lifecycle},
     plan,
     reconcile::{Changes, Programmed},
     status::{
@@ -28,8 +30,7 @@ use crate::{
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnlb";
 const PROGRAM_PIN: &str = "program";
 
-/// (service, backend) names.
-type BackendName = (String, String);
+use crate::health::BackendName;
 
 pub struct Controller {
     dp: Datapath,
@@ -42,6 +43,8 @@ pub struct Controller {
     /// (interface, role, how attached).
     attached: Vec<(String, &'static str, String)>,
     vips: VipOwner,
+    /// What the health checker probes, published to it.
+    targets: watch::Sender<Targets>,
 }
 
 /// Datapath counters that are not per service or backend, labelled for metrics.
@@ -78,7 +81,7 @@ impl Controller {
                         let state = programmed.image.backends[&id].state;
                         lifecycles.insert(
                             (s.name.clone(), b.name.clone()),
-                            Lifecycle::adopted(state, s.health.is_some()),
+                            Lifecycle::adopted(state, s.health.as_ref()),
                         );
                     }
                 }
@@ -98,8 +101,10 @@ impl Controller {
                 ids.backends.len()
             );
         }
+        let (targets, _) = watch::channel(health::targets(&config));
         let mut ctl = Controller {
             dp,
+            targets,
             vips: VipOwner::new(&config.interfaces.client),
             config,
             config_path: config_path.to_path_buf(),
@@ -156,14 +161,110 @@ impl Controller {
             for b in &s.backends {
                 self.lifecycles
                     .entry((s.name.clone(), b.name.clone()))
-                    .or_insert_with(|| Lifecycle::new(s.health.is_some()));
+                    .or_insert_with(|| Lifecycle::new(s.health.as_ref()));
             }
         }
         let lifecycles = &self.lifecycles;
         let image = plan::image(&self.config, &self.ids, |s, b| {
             lifecycles[&(s.to_string(), b.to_string())].state()
         });
-        Ok(self.programmed.apply(&mut self.dp, &image, &fresh)?)
+        let serving_before = self.serving();
+        let changes = self.programmed.apply(&mut self.dp, &image, &fresh)?;
+        self.log_service_transitions(&serving_before);
+        Ok(changes)
+    }
+
+    /// Services with at least one backend taking new flows, by name.
+    fn serving(&self) -> BTreeMap<String, bool> {
+        self.config
+            .services
+            .iter()
+            .map(|s| {
+                let serving = self.ids.services.get(&s.name).is_some_and(|sid| {
+                    self.programmed
+                        .image
+                        .services
+                        .get(sid)
+                        .is_some_and(|p| p.serving())
+                });
+                (s.name.clone(), serving)
+            })
+            .collect()
+    }
+
+    /// One log line when a service loses its last backend in rotation or gets one back, not one
+    /// per dropped packet.
+    fn log_service_transitions(&self, before: &BTreeMap<String, bool>) {
+        for (name, now) in self.serving() {
+            let was = before.get(&name).copied().unwrap_or(false);
+            if was && !now {
+                warn!(
+                    "service {name}: no backend in rotation; new flows are dropped \
+                     (xnlb_drops_total{{reason=\"no_backend\"}})"
+                );
+            } else if !was && now {
+                let n = self
+                    .config
+                    .service(&name)
+                    .map(|s| {
+                        s.backends
+                            .iter()
+                            .filter(|b| self.state_of(&name, &b.name).in_rotation())
+                            .count()
+                    })
+                    .unwrap_or(0);
+                info!("service {name}: in service with {n} backend(s) in rotation");
+            }
+        }
+    }
+
+    fn state_of(&self, service: &str, backend: &str) -> BackendState {
+        self.lifecycles[&(service.to_string(), backend.to_string())].state()
+    }
+
+    /// What the health checker should probe; it follows every reload.
+    pub fn health_targets(&self) -> watch::Receiver<Targets> {
+        self.targets.subscribe()
+    }
+
+    /// Counts probe results; logs each change of health once and reprograms the datapath when
+    /// a backend's state changed. Results for targets the config has since changed are stale
+    /// and ignored.
+    pub fn apply_probes(&mut self, reports: Vec<Report>) -> Result<()> {
+        let mut changed = false;
+        for r in reports {
+            let key = (r.target.service.clone(), r.target.backend.clone());
+            if self.targets.borrow().get(&key) != Some(&r.target) {
+                continue;
+            }
+            let Some(life) = self.lifecycles.get_mut(&key) else {
+                continue;
+            };
+            let before = life.state();
+            let Some(tracker) = life.health.as_mut() else {
+                continue;
+            };
+            let Some(change) = tracker.record(r.outcome, r.latency, r.at) else {
+                continue;
+            };
+            let after = life.state();
+            let (service, backend) = &key;
+            let overridden = if before == after {
+                format!(" (stays {}: administrator)", after.label())
+            } else {
+                changed = true;
+                String::new()
+            };
+            if change.healthy {
+                info!("{service}/{backend} up: {}{overridden}", change.reason);
+            } else {
+                warn!("{service}/{backend} down: {}{overridden}", change.reason);
+            }
+        }
+        if changed {
+            self.reprogram()?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -213,6 +314,7 @@ impl Controller {
         });
         match self.reprogram() {
             Ok(changes) => {
+                self.targets.send_replace(health::targets(&self.config));
                 if self.config.announce_vips {
                     self.vips.sync(&self.programmed.image.vips, false)?;
                 } else {
@@ -297,11 +399,7 @@ impl Controller {
                     state: life.state(),
                     weight: b.weight,
                     priority: s.priority_of(i),
-                    health: HealthStatus {
-                        checked: s.health.is_some(),
-                        healthy: life.healthy,
-                        detail: life.health_detail.clone(),
-                    },
+                    health: HealthStatus::of(life),
                     active_flows: per_backend.get(&id).copied().unwrap_or(0),
                     new_flows: st.new_flows,
                     packets: st.to_backend_packets + st.to_client_packets,

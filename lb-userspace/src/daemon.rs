@@ -20,7 +20,7 @@ use crate::{
     admin::{self, Request, Shared},
     config,
     controller::Controller,
-    metrics,
+    health, metrics,
 };
 
 pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
@@ -49,8 +49,12 @@ async fn serve(config: config::Config, config_path: &Path, pin_dir: &Path) -> Re
         tokio::task::spawn_blocking(move || Controller::start(config, &config_path, &pin_dir))
             .await??
     };
+    let targets = ctl.health_targets();
     let shared: Shared = Arc::new(Mutex::new(Some(ctl)));
-    let (registry, _observed) = metrics::registry(shared.clone());
+    let (registry, observed) = metrics::registry(shared.clone());
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    tokio::spawn(health::follow(targets, reports_tx));
+    tokio::spawn(apply_health(reports_rx, shared.clone(), observed));
     let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
     tokio::spawn(admin::serve(admin_listener, shared.clone(), stopped_tx));
     let metrics_addr = metrics_listener.local_addr()?;
@@ -92,6 +96,35 @@ async fn serve(config: config::Config, config_path: &Path, pin_dir: &Path) -> Re
         Ok(())
     } else {
         Err(anyhow!("stopping: {}", answer.message.unwrap_or_default()))
+    }
+}
+
+/// Hands probe results to the controller in batches (one reprogram for many changes), off
+/// the async workers because the controller writes maps.
+async fn apply_health(
+    mut reports: mpsc::UnboundedReceiver<health::Report>,
+    shared: Shared,
+    observed: metrics::Observed,
+) {
+    let mut batch = Vec::new();
+    while reports.recv_many(&mut batch, 512).await > 0 {
+        for r in &batch {
+            observed.probe(r);
+        }
+        let (shared, batch) = (shared.clone(), std::mem::take(&mut batch));
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_mut() {
+                Some(ctl) => ctl.apply_probes(batch),
+                None => Ok(()),
+            }
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("applying health results: {e:#}"),
+            Err(e) => error!("applying health results: {e}"),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod daemon;
 pub mod datapath;
 pub mod ebpf_object;
+pub mod health;
 pub mod ids;
 pub mod lifecycle;
 pub mod maglev;

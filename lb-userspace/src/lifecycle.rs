@@ -4,6 +4,8 @@
 use lb_common::backend::{BACKEND_DISABLED, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP};
 use serde::{Deserialize, Serialize};
 
+use crate::{config::Health, health::tracker::Tracker};
+
 /// What the administrator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,51 +55,59 @@ impl BackendState {
 }
 
 /// One (service, backend)'s lifecycle.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Lifecycle {
     pub admin: AdminState,
-    pub healthy: bool,
-    /// Why it is healthy or not, in words (`no health check`, `waiting for probes`, ...).
-    pub health_detail: String,
+    /// Rise/fall counting; `None` when the service has no health check (always healthy).
+    pub health: Option<Tracker>,
 }
 
 impl Lifecycle {
     /// A backend seen for the first time: up when its service has no health check, otherwise
     /// down until it passes `rise` probes.
-    pub fn new(health_checked: bool) -> Self {
+    pub fn new(check: Option<&Health>) -> Self {
         Self {
             admin: AdminState::Enabled,
-            healthy: !health_checked,
-            health_detail: if health_checked {
-                "waiting for probes".into()
-            } else {
-                "no health check".into()
-            },
+            health: check.map(|h| Tracker::new(h.rise, h.fall, false)),
         }
     }
 
     /// A backend found in a running datapath (daemon restart): it keeps the state it had, so
-    /// a restart never takes working backends out of rotation.
-    pub fn adopted(datapath_state: u8, health_checked: bool) -> Self {
-        let mut l = Self::new(health_checked);
-        match datapath_state {
+    /// a restart never takes working backends out of rotation; probes take over from there.
+    pub fn adopted(datapath_state: u8, check: Option<&Health>) -> Self {
+        let mut l = Self::new(check);
+        let was_healthy = match datapath_state {
             BACKEND_DRAINING => {
                 l.admin = AdminState::Draining;
-                l.healthy = true;
+                true
             }
-            BACKEND_DISABLED => l.admin = AdminState::Disabled,
-            // Without a health check nothing would ever bring it back up.
-            BACKEND_DOWN => l.healthy = !health_checked,
-            _ => l.healthy = true,
-        }
-        if health_checked {
-            l.health_detail = "adopted from the running datapath; waiting for probes".into();
+            BACKEND_DISABLED => {
+                l.admin = AdminState::Disabled;
+                false
+            }
+            BACKEND_DOWN => false,
+            _ => true,
+        };
+        if let Some(t) = &mut l.health {
+            t.healthy = was_healthy;
         }
         l
     }
 
+    pub fn healthy(&self) -> bool {
+        self.health.as_ref().is_none_or(|t| t.healthy)
+    }
+
+    /// The health column of `xnlb status`.
+    pub fn health_detail(&self) -> String {
+        match &self.health {
+            Some(t) => t.summary(),
+            None => "no health check".to_string(),
+        }
+    }
+
     pub fn state(&self) -> BackendState {
-        match (self.admin, self.healthy) {
+        match (self.admin, self.healthy()) {
             (AdminState::Disabled, _) => BackendState::Disabled,
             (AdminState::Draining, _) => BackendState::Draining,
             (AdminState::Enabled, true) => BackendState::Up,
@@ -110,27 +120,40 @@ impl Lifecycle {
 mod tests {
     use super::*;
 
+    fn check() -> Health {
+        serde_yaml::from_str("http: {path: /, port: 80}").unwrap()
+    }
+
     #[test]
     fn admin_states_override_health() {
-        let mut l = Lifecycle::new(false);
-        assert_eq!(l.state(), BackendState::Up);
-        l.healthy = false;
+        let mut l = Lifecycle::new(Some(&check()));
         assert_eq!(l.state(), BackendState::Down);
+        assert_eq!(l.health_detail(), "waiting for probes");
+        l.health.as_mut().unwrap().healthy = true;
+        assert_eq!(l.state(), BackendState::Up);
         l.admin = AdminState::Draining;
         assert_eq!(l.state(), BackendState::Draining);
         l.admin = AdminState::Disabled;
-        l.healthy = true;
         assert_eq!(l.state(), BackendState::Disabled);
-        assert_eq!(Lifecycle::new(true).state(), BackendState::Down);
+        l.admin = AdminState::Enabled;
+        l.health.as_mut().unwrap().healthy = false;
+        assert_eq!(l.state(), BackendState::Down);
+        let unchecked = Lifecycle::new(None);
+        assert_eq!(unchecked.state(), BackendState::Up);
+        assert_eq!(unchecked.health_detail(), "no health check");
     }
 
     #[test]
     fn adoption_keeps_the_datapath_state() {
         for state in BackendState::ALL {
-            assert_eq!(Lifecycle::adopted(state.datapath(), true).state(), state);
+            assert_eq!(
+                Lifecycle::adopted(state.datapath(), Some(&check())).state(),
+                state
+            );
         }
+        // Without a health check nothing would ever bring a down backend back up.
         assert_eq!(
-            Lifecycle::adopted(BackendState::Down.datapath(), false).state(),
+            Lifecycle::adopted(BackendState::Down.datapath(), None).state(),
             BackendState::Up
         );
     }

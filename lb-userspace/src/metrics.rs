@@ -11,7 +11,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{
         MetricType,
-        counter::ConstCounter,
+        counter::{ConstCounter, Counter},
         family::Family,
         gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
@@ -20,7 +20,9 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{admin::Shared, controller::Counters, lifecycle::BackendState, status::Status};
+use crate::{
+    admin::Shared, controller::Counters, health::Report, lifecycle::BackendState, status::Status,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
@@ -28,10 +30,40 @@ pub struct ProbeLabels {
     pub backend: String,
 }
 
-/// Metrics the daemon updates itself (health probes, issue 4 of the plan).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeResultLabels {
+    pub service: String,
+    pub backend: String,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Metrics the daemon updates itself: one observation per health probe.
 #[derive(Clone)]
 pub struct Observed {
     pub probe_seconds: Family<ProbeLabels, Histogram>,
+    pub probes: Family<ProbeResultLabels, Counter>,
+}
+
+impl Observed {
+    pub fn probe(&self, report: &Report) {
+        let (service, backend) = (report.target.service.clone(), report.target.backend.clone());
+        let result = if report.outcome.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.probes
+            .get_or_create(&ProbeResultLabels {
+                service: service.clone(),
+                backend: backend.clone(),
+                result,
+            })
+            .inc();
+        self.probe_seconds
+            .get_or_create(&ProbeLabels { service, backend })
+            .observe(report.latency.as_secs_f64());
+    }
 }
 
 /// Builds the registry: the datapath collector plus the daemon's own metrics.
@@ -42,11 +74,23 @@ pub fn registry(shared: Shared) -> (Registry, Observed) {
     });
     registry.register(
         "xnlb_health_probe_seconds",
-        "Duration of health probes",
+        "Duration of health probes (a timed-out probe counts its timeout)",
         probe_seconds.clone(),
     );
+    let probes = Family::<ProbeResultLabels, Counter>::default();
+    registry.register(
+        "xnlb_health_probes",
+        "Health probes by result",
+        probes.clone(),
+    );
     registry.register_collector(Box::new(DatapathCollector { shared }));
-    (registry, Observed { probe_seconds })
+    (
+        registry,
+        Observed {
+            probe_seconds,
+            probes,
+        },
+    )
 }
 
 struct DatapathCollector {

@@ -30,6 +30,13 @@ pub struct ServicePlan {
     pub table: Vec<u32>,
 }
 
+impl ServicePlan {
+    /// Has a backend for new flows (otherwise they are dropped as `no_backend`).
+    pub fn serving(&self) -> bool {
+        self.info.ring_size > 0 || self.info.single_backend != NO_BACKEND
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub settings: DatapathSettings,

@@ -10,7 +10,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::BackendState;
+use crate::lifecycle::{BackendState, Lifecycle};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -77,7 +77,44 @@ pub struct HealthStatus {
     /// Whether the service has a health check.
     pub checked: bool,
     pub healthy: bool,
+    /// One line in words: `HTTP 200 OK in 1.2ms`, `3 failures, last: HTTP 503 ...`.
     pub detail: String,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    /// `null` until the first probe (and always without a health check).
+    pub last_probe: Option<ProbeStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProbeStatus {
+    pub ok: bool,
+    /// `HTTP 200 OK`, `connect: connection refused`, `timeout after 1s connecting`, ...
+    pub result: String,
+    pub latency_ms: f64,
+    /// When it finished, seconds since the Unix epoch.
+    pub at: f64,
+}
+
+impl HealthStatus {
+    pub fn of(life: &Lifecycle) -> Self {
+        let tracker = life.health.as_ref();
+        Self {
+            checked: tracker.is_some(),
+            healthy: life.healthy(),
+            detail: life.health_detail(),
+            consecutive_successes: tracker.map_or(0, |t| t.successes),
+            consecutive_failures: tracker.map_or(0, |t| t.failures),
+            last_probe: tracker.and_then(|t| t.last.as_ref()).map(|p| ProbeStatus {
+                ok: p.ok,
+                result: p.result.clone(),
+                latency_ms: p.latency.as_secs_f64() * 1000.0,
+                at: p
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            }),
+        }
+    }
 }
 
 /// Live flows per backend id, from a read of the connection table. A flow counts while its

@@ -224,6 +224,15 @@ fn bad_files_list_every_problem_with_its_location() {
             ],
         ),
         (
+            "health path with a space, host that is no name",
+            edit("path: /owa/healthcheck.htm", "path: /owa/health check.htm")
+                .replace("host: mail.contoso.com", "host: mail contoso"),
+            vec![
+                "23:9: services[0].health.http.path: `/owa/health check.htm` is not a valid request path",
+                "27:9: services[0].health.http.host: `mail contoso` is not a host name",
+            ],
+        ),
+        (
             "mistakes in two services are all reported",
             edit("rise: 2", "rise: -2").replace("affinity: network", "affinity: nearby"),
             vec![

@@ -324,6 +324,31 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
                 )
                 .hint("e.g. /owa/healthcheck.htm"),
             );
+        } else if h
+            .http
+            .path
+            .parse::<hyper::http::uri::PathAndQuery>()
+            .is_err()
+        {
+            out.push(
+                Problem::new(
+                    hp("http.path"),
+                    format!("`{}` is not a valid request path", h.http.path),
+                )
+                .hint("spaces and other special characters must be percent-encoded"),
+            );
+        }
+        if let Some(host) = &h.http.host
+            && (rustls::pki_types::ServerName::try_from(host.as_str()).is_err()
+                || host.parse::<hyper::http::uri::Authority>().is_err())
+        {
+            out.push(
+                Problem::new(
+                    hp("http.host"),
+                    format!("`{host}` is not a host name"),
+                )
+                .hint("the name the backend's certificate and virtual host answer to, e.g. mail.contoso.com"),
+            );
         }
         if h.http.port == 0 {
             out.push(Problem::new(hp("http.port"), "port 0 is not a port"));
