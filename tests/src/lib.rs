@@ -4,7 +4,9 @@
 
 pub mod apps;
 pub mod bed;
+pub mod certs;
 pub mod daemon;
+pub mod http_backend;
 pub mod netns;
 pub mod packets;
 pub mod topology;

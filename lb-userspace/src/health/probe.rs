@@ -103,13 +103,19 @@ impl HttpProbe {
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("HTTP request: {e}"))?;
+        // The connection is driven here, not in a spawned task, so nothing outlives the probe.
+        // It may finish (Connection: close) in the same poll that delivers the response.
+        let send = sender.send_request(request);
+        tokio::pin!(send);
         let response = tokio::select! {
-            r = sender.send_request(request) => r.map_err(|e| format!("HTTP: {}", hyper_cause(&e)))?,
-            r = connection => return Err(match r {
-                Ok(()) => "HTTP: connection closed before a response".to_string(),
-                Err(e) => format!("HTTP: {}", hyper_cause(&e)),
-            }),
-        };
+            biased;
+            r = &mut send => r,
+            r = connection => match r {
+                Ok(()) => send.await,
+                Err(e) => return Err(format!("HTTP: {}", hyper_cause(&e))),
+            },
+        }
+        .map_err(|e| format!("HTTP: {}", hyper_cause(&e)))?;
         let status = response.status();
         let line = status_line(status);
         if self.check.expect_status.contains(&status.as_u16()) {
