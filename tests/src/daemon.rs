@@ -60,15 +60,26 @@ pub struct Daemon {
     pub files: DaemonFiles,
     ns_name: String,
     child: Option<Child>,
+    /// Environment for the daemon process (e.g. `SSL_CERT_FILE`).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Writes `config` and starts `xnlb run` in `ns`; returns once the admin socket answers.
     pub fn start(ns: &NetNs, config: &str) -> Self {
+        Self::start_with_env(ns, config, &[])
+    }
+
+    /// `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(ns: &NetNs, config: &str, env: &[(&str, &str)]) -> Self {
         let d0 = Self {
             files: DaemonFiles::new(),
             ns_name: ns.name().to_string(),
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d0.write_config(config);
         let mut d = d0;
@@ -91,6 +102,7 @@ impl Daemon {
             .arg(&self.files.config)
             .arg("--pin-dir")
             .arg(&self.files.pin_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
@@ -225,4 +237,43 @@ pub fn http_get(ns: &NetNs, addr: std::net::SocketAddr, path: &str) -> String {
         "GET {path}: {head}"
     );
     body.to_string()
+}
+
+/// One scrape of the daemon's `/metrics` (served inside `ns` at `listen`), parsed.
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<prometheus_parse::Sample>,
+}
+
+impl Scrape {
+    pub fn take(ns: &NetNs, listen: &str) -> Self {
+        let addr = listen.parse().expect("metrics address");
+        let text = http_get(ns, addr, "/metrics");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let parsed =
+            prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
+        Self {
+            text,
+            samples: parsed.samples,
+        }
+    }
+
+    /// Sum of `name` over samples whose labels include all of `labels` (histograms: their
+    /// sample count).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.last().map_or(0.0, |b| b.count)
+                }
+                _ => 0.0,
+            })
+            .sum()
+    }
 }

@@ -2,11 +2,11 @@
 //! TCP through it; `status`, `drain`/`enable`, `reload` (good and broken), SIGHUP, metrics,
 //! `kill -9` with an open connection and a restart that adopts the running datapath, `stop`.
 
-use std::{collections::BTreeSet, net::SocketAddr, os::unix::process::CommandExt, time::Duration};
+use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
     apps::{LineClient, LineServer, spread},
-    daemon::{Daemon, http_get},
+    daemon::{Daemon, Scrape},
     topology::{CLIENT_IP, TwoArm, VIP, backend_ip},
 };
 
@@ -70,39 +70,6 @@ fn names(list: &[String]) -> BTreeSet<&str> {
     list.iter().map(String::as_str).collect()
 }
 
-struct Scrape {
-    text: String,
-    samples: Vec<prometheus_parse::Sample>,
-}
-
-impl Scrape {
-    fn take(net: &TwoArm) -> Self {
-        let text = http_get(&net.lb, METRICS.parse::<SocketAddr>().unwrap(), "/metrics");
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        let parsed =
-            prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text");
-        Self {
-            text,
-            samples: parsed.samples,
-        }
-    }
-
-    /// Sum of `name` over samples whose labels include all of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    }
-}
-
 #[test]
 fn daemon_lifecycle_with_real_connections() {
     let net = TwoArm::new(3);
@@ -150,7 +117,7 @@ fn daemon_lifecycle_with_real_connections() {
     );
 
     // Traffic: connections spread over both backends, which see the real client address.
-    let before = Scrape::take(&net);
+    let before = Scrape::take(&net.lb, METRICS);
     let seen = spread(&net.client, VIP, PORT, 24);
     assert_eq!(names(&seen), BTreeSet::from(["b1", "b2"]), "{seen:?}");
     let mut long = LineClient::connect(&net.client, VIP, PORT).expect("long-lived connection");
@@ -162,7 +129,7 @@ fn daemon_lifecycle_with_real_connections() {
     );
 
     // Metrics: SPEC's names are there and the counters moved with the traffic.
-    let after = Scrape::take(&net);
+    let after = Scrape::take(&net.lb, METRICS);
     for name in [
         "xnlb_packets_total",
         "xnlb_bytes_total",
@@ -312,7 +279,7 @@ fn daemon_lifecycle_with_real_connections() {
         "{}",
         d.log()
     );
-    let restarted = Scrape::take(&net);
+    let restarted = Scrape::take(&net.lb, METRICS);
     assert!(
         flows(&restarted) >= flows(&after) + 25.0,
         "counters survive the restart"
