@@ -45,6 +45,8 @@ pub struct Controller {
     vips: VipOwner,
     /// What the health checker probes, published to it.
     targets: watch::Sender<Targets>,
+    /// Maglev tables of the last image, reused while their members stay.
+    tables: plan::TableCache,
 }
 
 /// Datapath counters that are not per service or backend, labelled for metrics.
@@ -105,6 +107,7 @@ impl Controller {
         let mut ctl = Controller {
             dp,
             targets,
+            tables: plan::TableCache::default(),
             vips: VipOwner::new(&config.interfaces.client),
             config,
             config_path: config_path.to_path_buf(),
@@ -161,13 +164,17 @@ impl Controller {
             for b in &s.backends {
                 self.lifecycles
                     .entry((s.name.clone(), b.name.clone()))
-                    .or_insert_with(|| Lifecycle::new(s.health.as_ref()));
+                    .or_insert_with(|| Lifecycle::new(s.health.as_ref()))
+                    .follow(s.health.as_ref());
             }
         }
         let lifecycles = &self.lifecycles;
-        let image = plan::image(&self.config, &self.ids, |s, b| {
-            lifecycles[&(s.to_string(), b.to_string())].state()
-        });
+        let image = plan::image(
+            &self.config,
+            &self.ids,
+            |s, b| lifecycles[&(s.to_string(), b.to_string())].state(),
+            &mut self.tables,
+        );
         let serving_before = self.serving();
         let changes = self.programmed.apply(&mut self.dp, &image, &fresh)?;
         self.log_service_transitions(&serving_before);
@@ -300,17 +307,11 @@ impl Controller {
         let old_config = std::mem::replace(&mut self.config, new);
         let mut new_ids = old_ids.clone();
         new_ids.assign(&self.config, self.dp.ring_capacity(), BACKEND_SLOTS)?;
-        // A backend keeps its lifecycle (drain, health) while it keeps its id and its service
-        // keeps or lacks a health check as before.
-        let config = &self.config;
+        // A backend keeps its lifecycle (drain, health) while it keeps its id; `reprogram`
+        // makes it follow a changed health block.
         self.lifecycles.retain(|(s, b), _| {
-            let same_id = old_ids.backend_id(s, b).is_some()
-                && old_ids.backend_id(s, b) == new_ids.backend_id(s, b);
-            let same_health = match (old_config.service(s), config.service(s)) {
-                (Some(o), Some(n)) => o.health.is_some() == n.health.is_some(),
-                _ => false,
-            };
-            same_id && same_health
+            old_ids.backend_id(s, b).is_some()
+                && old_ids.backend_id(s, b) == new_ids.backend_id(s, b)
         });
         match self.reprogram() {
             Ok(changes) => {

@@ -221,7 +221,12 @@ mod tests {
             ("c", "198.18.2.3"),
         ]);
         running.assign(&now, 4, 8).unwrap();
-        let image = plan::image(&now, &running, |_, _| BackendState::Up);
+        let image = plan::image(
+            &now,
+            &running,
+            |_, _| BackendState::Up,
+            &mut plan::TableCache::default(),
+        );
         let mut backends = image.backends.clone();
         // The retired id is still in BACKENDS, marked down.
         let mut old = backends[&0];

@@ -94,6 +94,22 @@ impl Lifecycle {
         l
     }
 
+    /// Follows a reloaded `health` block: new rise/fall apply from the next probe; a check
+    /// added to a running service starts from "healthy" (the backend was serving, and must
+    /// fail `fall` probes to leave, rather than the whole service going dark until `rise`
+    /// probes pass); a removed check leaves the backend healthy.
+    pub fn follow(&mut self, check: Option<&Health>) {
+        match (&mut self.health, check) {
+            (Some(t), Some(h)) => {
+                t.rise = h.rise;
+                t.fall = h.fall;
+            }
+            (None, Some(h)) => self.health = Some(Tracker::new(h.rise, h.fall, true)),
+            (Some(_), None) => self.health = None,
+            (None, None) => {}
+        }
+    }
+
     pub fn healthy(&self) -> bool {
         self.health.as_ref().is_none_or(|t| t.healthy)
     }
@@ -141,6 +157,27 @@ mod tests {
         let unchecked = Lifecycle::new(None);
         assert_eq!(unchecked.state(), BackendState::Up);
         assert_eq!(unchecked.health_detail(), "no health check");
+    }
+
+    #[test]
+    fn a_reloaded_health_block_keeps_serving_backends_serving() {
+        let mut unchecked = Lifecycle::new(None);
+        let mut h = check();
+        h.fall = 5;
+        unchecked.follow(Some(&h));
+        assert_eq!(unchecked.state(), BackendState::Up);
+        assert_eq!(unchecked.health.as_ref().unwrap().fall, 5);
+        let mut down = Lifecycle::new(Some(&check()));
+        down.follow(Some(&h));
+        assert_eq!(
+            down.state(),
+            BackendState::Down,
+            "a new threshold changes no state"
+        );
+        assert_eq!(down.health.as_ref().unwrap().fall, 5);
+        down.follow(None);
+        assert_eq!(down.state(), BackendState::Up);
+        assert_eq!(down.health_detail(), "no health check");
     }
 
     #[test]

@@ -83,6 +83,8 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal, not in journald or a log file.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             match daemon::run(&config, &pin_dir) {
                 Ok(()) => ExitCode::SUCCESS,

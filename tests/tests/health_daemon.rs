@@ -66,8 +66,10 @@ fn backend_list(n: usize) -> String {
 
 /// `web` (HTTP checks), `owa` (HTTPS, verified, with a host name) and `pri` (filtering single)
 /// on one VIP, with fast checks so the test takes seconds.
+const FAST: &str = "      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
+
 fn config() -> String {
-    let fast = "      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
+    let fast = FAST;
     format!(
         "mode: two-arm
 interfaces:
@@ -323,6 +325,51 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     assert_eq!(backend_json(&d, "web", "b2")["state"], "down");
     servers[1].http.set(HEALTH, Answer::Status(200));
     wait_state(&d, &[("web", "b2")], "up", LIMIT);
+
+    // A reload that changes web's page and drops pri's check: the prober follows, and no
+    // backend leaves rotation on the way.
+    let moved = "/owa/moved/healthcheck.htm";
+    let reloaded = config()
+        .replacen(
+            &format!("path: {HEALTH}, port: 8080"),
+            &format!("path: {moved}, port: 8080"),
+            1,
+        )
+        .replace(
+            &format!("    health:\n      http: {{ path: {PRI_HEALTH}, port: 8080 }}\n{FAST}"),
+            "",
+        );
+    let downs = count(&d.log(), " down: ");
+    assert_ne!(reloaded, config());
+    d.write_config(&reloaded);
+    let says = d.ok(&["reload"]);
+    assert!(says.contains("reloaded"), "{says}");
+    let deadline = Instant::now() + LIMIT;
+    while servers.iter().any(|s| s.http.hosts_seen(moved).len() < 2) {
+        assert!(Instant::now() < deadline, "the new page is not probed");
+        thread::sleep(Duration::from_millis(25));
+    }
+    wait_state(&d, &all, "up", Duration::ZERO);
+    assert_eq!(
+        backend_json(&d, "pri", "b1")["health"]["detail"],
+        "no health check"
+    );
+    assert_eq!(
+        count(&d.log(), " down: "),
+        downs,
+        "no new down transitions:\n{}",
+        d.log()
+    );
+
+    println!("what the daemon logged about health:");
+    for line in d
+        .log()
+        .lines()
+        .filter(|l| l.contains(" up: ") || l.contains(" down: ") || l.contains("service web:"))
+    {
+        println!("  {line}");
+    }
+    println!("{}", d.ok(&["status"]));
 
     d.ok(&["stop"]);
     d.wait_exit(Duration::from_secs(10));
