@@ -44,6 +44,15 @@ impl LineServer {
     }
 }
 
+/// A line server on `port` in each backend namespace, named `b1`, `b2`, ... in order.
+pub fn line_servers(backends: &[NetNs], port: u16) -> Vec<LineServer> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| LineServer::start(ns, port, &format!("b{}", i + 1)))
+        .collect()
+}
+
 impl Drop for LineServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

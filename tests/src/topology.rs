@@ -19,6 +19,10 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const LB_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
+/// The start of an `xnlb` config for the `TwoArm` balancer, up to `services:`.
+pub const TWO_ARM_CONFIG_HEAD: &str =
+    "mode: two-arm\ninterfaces:\n  client: cli0\n  server: srv0\nservices:\n";
+
 /// Backend `n` (1-based).
 pub fn backend_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2, 10 + n as u8)

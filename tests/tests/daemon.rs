@@ -5,9 +5,9 @@
 use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
-    apps::{LineClient, LineServer, spread},
+    apps::{LineClient, line_servers, spread},
     daemon::{Daemon, Scrape},
-    topology::{CLIENT_IP, TwoArm, VIP, backend_ip},
+    topology::{CLIENT_IP, TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
 };
 
 const PORT: u16 = 80;
@@ -19,12 +19,7 @@ fn config(n: usize) -> String {
         .map(|i| format!("      - {{ name: b{i}, address: {} }}\n", backend_ip(i)))
         .collect();
     format!(
-        "mode: two-arm
-interfaces:
-  client: cli0
-  server: srv0
-services:
-  - name: web
+        "{TWO_ARM_CONFIG_HEAD}  - name: web
     vip: {VIP}
     ports: [{PORT}]
     affinity: none
@@ -73,12 +68,7 @@ fn names(list: &[String]) -> BTreeSet<&str> {
 #[test]
 fn daemon_lifecycle_with_real_connections() {
     let net = TwoArm::new(3);
-    let _servers: Vec<LineServer> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| LineServer::start(ns, PORT, &format!("b{}", i + 1)))
-        .collect();
+    let _servers = line_servers(&net.backends, PORT);
     let mut d = Daemon::start(&net.lb, &config(2));
 
     // Status: one service, two backends up; the table names them; the VIP is announced.

@@ -14,11 +14,11 @@ use std::{
 };
 
 use xnlb_tests::{
-    apps::{LineClient, LineServer, spread},
+    apps::{LineClient, LineServer, line_servers, spread},
     certs::TestCa,
     daemon::{Daemon, Scrape},
     http_backend::{Answer, HttpBackend},
-    topology::{TwoArm, VIP, backend_ip},
+    topology::{TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
 };
 
 const METRICS: &str = "127.0.0.1:9779";
@@ -64,43 +64,45 @@ fn backend_list(n: usize) -> String {
         .collect()
 }
 
-/// `web` (HTTP checks), `owa` (HTTPS, verified, with a host name) and `pri` (filtering single)
-/// on one VIP, with fast checks so the test takes seconds.
 const FAST: &str = "      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
 
-fn config() -> String {
-    let fast = FAST;
+/// The `web` service on VIP:80 over three backends, checked on :8080, with `timing` lines.
+fn web(timing: &str) -> String {
     format!(
-        "mode: two-arm
-interfaces:
-  client: cli0
-  server: srv0
-services:
-  - name: web
+        "  - name: web
     vip: {VIP}
     ports: [80]
     affinity: none
     backends:
-{b3}    health:
+{}    health:
       http: {{ path: {HEALTH}, port: 8080 }}
-{fast}  - name: owa
+{timing}",
+        backend_list(3)
+    )
+}
+
+/// `web` (HTTP checks), `owa` (HTTPS, verified, with a host name) and `pri` (filtering single)
+/// on one VIP, with fast checks so the test takes seconds.
+fn config() -> String {
+    format!(
+        "{TWO_ARM_CONFIG_HEAD}{web}  - name: owa
     vip: {VIP}
     ports: [443]
     affinity: none
     backends:
 {b2}    health:
       http: {{ path: {HEALTH}, port: 8443, tls: true, host: {NAME} }}
-{fast}  - name: pri
+{FAST}  - name: pri
     vip: {VIP}
     ports: [81]
     filtering: single
     backends:
 {b2}    health:
       http: {{ path: {PRI_HEALTH}, port: 8080 }}
-{fast}metrics:
+{FAST}metrics:
   listen: {METRICS}
 ",
-        b3 = backend_list(3),
+        web = web(FAST),
         b2 = backend_list(2),
     )
 }
@@ -382,12 +384,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
 #[test]
 fn detection_time_with_default_settings() {
     let net = TwoArm::new(3);
-    let _lines: Vec<LineServer> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| LineServer::start(ns, 80, &format!("b{}", i + 1)))
-        .collect();
+    let _lines = line_servers(&net.backends, 80);
     let pages: Vec<HttpBackend> = net
         .backends
         .iter()
@@ -402,22 +399,8 @@ fn detection_time_with_default_settings() {
         })
         .collect();
     let config = format!(
-        "mode: two-arm
-interfaces:
-  client: cli0
-  server: srv0
-services:
-  - name: web
-    vip: {VIP}
-    ports: [80]
-    affinity: none
-    backends:
-{}    health:
-      http: {{ path: {HEALTH}, port: 8080 }}
-metrics:
-  listen: {METRICS}
-",
-        backend_list(3)
+        "{TWO_ARM_CONFIG_HEAD}{}metrics:\n  listen: {METRICS}\n",
+        web("")
     );
     let d = Daemon::start(&net.lb, &config);
     let rise = wait_state(
