@@ -150,6 +150,7 @@ impl Controller {
                 Attached::Adopted => "adopted".to_string(),
             };
             info!("XDP on {iface} ({role} side): {how}");
+            attach::accept_local_sources(&iface)?;
             self.attached.push((iface, role, how));
         }
         Ok(())

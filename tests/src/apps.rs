@@ -82,6 +82,20 @@ pub struct LineClient {
 impl LineClient {
     pub fn connect(ns: &NetNs, addr: Ipv4Addr, port: u16) -> std::io::Result<Self> {
         let stream = ns.run_in(|| TcpStream::connect_timeout(&(addr, port).into(), IO_TIMEOUT))?;
+        Self::over(stream)
+    }
+
+    /// `connect`, from source address `src` (one of the client namespace's addresses).
+    pub fn connect_from(
+        ns: &NetNs,
+        src: Ipv4Addr,
+        addr: Ipv4Addr,
+        port: u16,
+    ) -> std::io::Result<Self> {
+        Self::over(connect_from(ns, src, (addr, port).into())?)
+    }
+
+    fn over(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         Ok(Self {
@@ -115,4 +129,37 @@ pub fn spread(ns: &NetNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
                 .0
         })
         .collect()
+}
+
+/// A TCP connection from `src` (bound before connecting) to `dst`, made inside `ns`.
+fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = ns.run_in(|| Socket::new(Domain::IPV4, Type::STREAM, None))?;
+    socket.bind(&SocketAddr::from((src, 0)).into())?;
+    socket.connect_timeout(&dst.into(), IO_TIMEOUT)?;
+    Ok(socket.into())
+}
+
+/// `GET path` to `dst` from source address `src` inside `ns` (HTTP/1.0, one connection);
+/// returns the status and the body. Bounded by `IO_TIMEOUT`.
+pub fn http_get_from(
+    ns: &NetNs,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = connect_from(ns, src, dst)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {dst}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_string()))
 }

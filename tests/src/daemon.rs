@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -15,17 +15,22 @@ use crate::netns::NetNs;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// The `xnlb` binary next to this test executable (`cargo xtask test` builds it first).
+/// The `xnlb` binary beside this executable: in its directory (a binary such as the demo) or
+/// one up (a test in `deps/`). `cargo xtask test` and `demo` build it first.
 pub fn xnlb_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("xnlb");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build`, or run `cargo xtask test`)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("xnlb"), dir.parent().unwrap_or(dir).join("xnlb")];
+    candidates
+        .iter()
+        .find(|b| b.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: build it first (`cargo build`, or run `cargo xtask test`)",
+                candidates[1].display()
+            )
+        })
 }
 
 /// Where one daemon keeps its files.

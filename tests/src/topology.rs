@@ -52,6 +52,20 @@ pub struct TwoArm {
 }
 
 impl TwoArm {
+    /// Adds `n` more addresses to the client (198.18.0.11, .12, ...) and returns them with the
+    /// first one (`CLIENT_IP`) in front: many clients for distribution and affinity.
+    pub fn client_addresses(&self, n: usize) -> Vec<Ipv4Addr> {
+        assert!(n < 200, "one /24 of clients");
+        let mut all = vec![CLIENT_IP];
+        for i in 0..n {
+            let addr = Ipv4Addr::new(198, 18, 0, 11 + i as u8);
+            self.client
+                .ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            all.push(addr);
+        }
+        all
+    }
+
     pub fn new(backends: usize) -> Self {
         let client = NetNs::new("cli");
         let lb = NetNs::new("lb");

@@ -106,6 +106,14 @@ fn daemon_lifecycle_with_real_connections() {
         "VIP not announced on cli0: {addrs}"
     );
 
+    // A client the balancer has never exchanged ARP with: the first reply waits in the kernel
+    // for neighbour resolution (`no_neighbour`), which needs accept_local on the interfaces.
+    let newcomer = net.client_addresses(1)[1];
+    let mut first = LineClient::connect_from(&net.client, newcomer, VIP, PORT)
+        .expect("a client without a neighbour entry connects");
+    assert_eq!(first.ask().expect("answer").1, newcomer.to_string());
+    drop(first);
+
     // Traffic: connections spread over both backends, which see the real client address.
     let before = Scrape::take(&net.lb, METRICS);
     let seen = spread(&net.client, VIP, PORT, 24);

@@ -24,7 +24,7 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the balancer on a built-in demo network.
+    /// Set up, build, and show the balancer at work on a demo network (namespaces). Needs root.
     Demo,
     /// Set up, build, and run the benchmarks. Needs root.
     Bench {
@@ -53,11 +53,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Verb::Demo => {
             setup::run()?;
-            println!(
-                "The demo network (client, balancer, three Exchange-like backends) is not built yet:\n\
-                 it arrives with the end-to-end issue. `cargo xtask test` runs the datapath today."
-            );
-            Ok(())
+            workspace::require_root("the demo loads XDP programs and creates network namespaces")?;
+            println!("Building xnlb and the demo (release)...");
+            workspace::cargo(&[
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "lb-userspace",
+                "--bin",
+                "xnlb",
+            ])?;
+            workspace::cargo(&[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "xnlb-tests",
+                "--bin",
+                "xnlb-demo",
+            ])
         }
         Verb::Bench { args } => {
             setup::run()?;
