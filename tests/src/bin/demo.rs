@@ -112,6 +112,19 @@ fn placement(net: &TwoArm, clients: &[Ipv4Addr]) -> Result<BTreeMap<Ipv4Addr, St
     clients.iter().map(|&c| Ok((c, ask(net, c)?))).collect()
 }
 
+/// Copies the daemon's log out of its scratch directory when the demo ends, however it ends
+/// (declared after the daemon, so it runs before the daemon's cleanup).
+struct KeptLog {
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
+}
+
+impl Drop for KeptLog {
+    fn drop(&mut self) {
+        let _ = std::fs::copy(&self.from, &self.to);
+    }
+}
+
 fn backends_up(d: &Daemon) -> usize {
     d.status_json()["services"][0]["backends"]
         .as_array()
@@ -154,11 +167,15 @@ fn run() -> Result<()> {
 
     let started = Instant::now();
     let d = Daemon::start(&net.lb, &config());
-    println!("\n  daemon log: {}", d.files.log.display());
+    let log = KeptLog {
+        from: d.files.log.clone(),
+        to: std::env::temp_dir().join("xnlb-demo.log"),
+    };
+    println!("\n  daemon log: {} (kept after the demo)", log.to.display());
     println!("\n1. Starting xnlb. Backends stay out of rotation until their health pages pass.");
     while backends_up(&d) < 3 {
         if started.elapsed() > Duration::from_secs(20) {
-            bail!("backends not up after 20 s; see {}", d.files.log.display());
+            bail!("backends not up after 20 s; see {}", log.to.display());
         }
         pause(Duration::from_millis(50))?;
     }
@@ -213,10 +230,7 @@ fn run() -> Result<()> {
             break;
         }
         if failed.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "cas2 still chosen after 10 s; see {}",
-                d.files.log.display()
-            );
+            bail!("cas2 still chosen after 10 s; see {}", log.to.display());
         }
         pause(Duration::from_millis(50))?;
     }
@@ -246,7 +260,7 @@ fn run() -> Result<()> {
             break;
         }
         if recovered.elapsed() > Duration::from_secs(10) {
-            bail!("cas2 not back after 10 s; see {}", d.files.log.display());
+            bail!("cas2 not back after 10 s; see {}", log.to.display());
         }
         pause(Duration::from_millis(50))?;
     }
