@@ -16,7 +16,7 @@ use crate::{
     attach::{self, Attached},
     config::{self, Config, Mode},
     datapath::{BACKEND_SLOTS, Datapath, DatapathSizes},
-    health::{self, Report, Targets},
+    health::{self, BackendName, Report, Targets},
     ids::IdBook,
     lifecycle::{AdminState, BackendState, Lifecycle},
     plan,
@@ -29,8 +29,6 @@ use crate::{
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnlb";
 const PROGRAM_PIN: &str = "program";
-
-use crate::health::BackendName;
 
 pub struct Controller {
     dp: Datapath,
@@ -150,7 +148,9 @@ impl Controller {
                 Attached::Adopted => "adopted".to_string(),
             };
             info!("XDP on {iface} ({role} side): {how}");
-            attach::accept_local_sources(&iface)?;
+            if let Err(e) = attach::accept_local_sources(&iface) {
+                warn!("{e:#}: a client the balancer has not resolved yet may fail to connect");
+            }
             self.attached.push((iface, role, how));
         }
         Ok(())
