@@ -148,17 +148,27 @@ pub fn http_get_from(
     dst: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    use std::io::Read;
-    let mut stream = connect_from(ns, src, dst)?;
+    let stream = connect_from(ns, src, dst)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    http_exchange(stream, dst, path)
+}
+
+/// Sends `GET path` (HTTP/1.0) over `stream` to `dst` and reads the whole response; returns
+/// the status and the body. The caller sets the stream's timeouts.
+pub fn http_exchange(
+    mut stream: TcpStream,
+    dst: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {dst}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head
-        .split_whitespace()
-        .nth(1)
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
     Ok((status, body.to_string()))

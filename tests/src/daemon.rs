@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::NetNs;
+use crate::{apps::http_exchange, netns::NetNs};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -224,24 +224,43 @@ impl Drop for Daemon {
     }
 }
 
-/// GET `path` from `addr` inside `ns` with a plain HTTP/1.0 request; returns the body.
+/// GET `path` from `addr` inside `ns` with a plain HTTP/1.0 request; returns the body of the
+/// 200 it must answer.
 pub fn http_get(ns: &NetNs, addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = ns
+    let stream = ns
         .run_in(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "GET {path}: {head}"
-    );
-    body.to_string()
+    let (status, body) =
+        http_exchange(stream, addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}");
+    body
+}
+
+/// The backends of `service` in a `status --json` document.
+pub fn backends_of<'a>(status: &'a serde_json::Value, service: &str) -> &'a [serde_json::Value] {
+    status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("service {service} in status"))["backends"]
+        .as_array()
+        .expect("backends")
+}
+
+/// One backend of `service` in a `status --json` document.
+pub fn backend_of<'a>(
+    status: &'a serde_json::Value,
+    service: &str,
+    backend: &str,
+) -> &'a serde_json::Value {
+    backends_of(status, service)
+        .iter()
+        .find(|b| b["name"] == backend)
+        .unwrap_or_else(|| panic!("backend {backend} in {service}"))
 }
 
 /// One scrape of the daemon's `/metrics` (served inside `ns` at `listen`), parsed.

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
     apps::{LineClient, line_servers, spread},
-    daemon::{Daemon, Scrape},
+    daemon::{Daemon, Scrape, backends_of},
     topology::{CLIENT_IP, TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
 };
 
@@ -31,9 +31,7 @@ fn config(n: usize) -> String {
 }
 
 fn backend_states(d: &Daemon) -> Vec<(String, String)> {
-    d.status_json()["services"][0]["backends"]
-        .as_array()
-        .expect("backends")
+    backends_of(&d.status_json(), "web")
         .iter()
         .map(|b| {
             (

@@ -16,7 +16,7 @@ use std::{
 use xnlb_tests::{
     apps::{LineClient, LineServer, line_servers, spread},
     certs::TestCa,
-    daemon::{Daemon, Scrape},
+    daemon::{Daemon, Scrape, backend_of},
     http_backend::{Answer, HttpBackend},
     topology::{TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
 };
@@ -108,31 +108,19 @@ fn config() -> String {
 }
 
 fn backend_json(d: &Daemon, service: &str, backend: &str) -> serde_json::Value {
-    let status = d.status_json();
-    let s = status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == service)
-        .unwrap_or_else(|| panic!("service {service} in status"))
-        .clone();
-    s["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == backend)
-        .unwrap_or_else(|| panic!("backend {backend} in {service}"))
-        .clone()
+    backend_of(&d.status_json(), service, backend).clone()
 }
 
 /// Polls `xnlb status` until every listed backend is in `state`; returns how long it took.
 fn wait_state(d: &Daemon, backends: &[(&str, &str)], state: &str, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
+        let status = d.status_json();
         let pending: Vec<String> = backends
             .iter()
-            .filter(|(s, b)| backend_json(d, s, b)["state"] != state)
-            .map(|(s, b)| format!("{s}/{b}: {}", backend_json(d, s, b)["health"]))
+            .map(|(s, b)| (s, b, backend_of(&status, s, b)))
+            .filter(|(_, _, json)| json["state"] != state)
+            .map(|(s, b, json)| format!("{s}/{b}: {}", json["health"]))
             .collect();
         if pending.is_empty() {
             return start.elapsed();

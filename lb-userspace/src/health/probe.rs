@@ -15,7 +15,8 @@ use http_body_util::Empty;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    ClientConfig, ConfigBuilder, DigitallySignedStruct, SignatureScheme, WantsVerifier,
+    client::WantsClientCert,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
     pki_types::{CertificateDer, ServerName, UnixTime},
@@ -59,11 +60,9 @@ impl HttpProbe {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS: {}", tls_cause(&e)))?;
-            progress.at("waiting for the response");
-            self.exchange(tls).await
+            self.exchange(tls, progress).await
         } else {
-            progress.at("waiting for the response");
-            self.exchange(tcp).await
+            self.exchange(tcp, progress).await
         }
     }
 
@@ -90,10 +89,11 @@ impl HttpProbe {
     }
 
     /// GET over an established (maybe TLS) connection; the connection closes when this returns.
-    async fn exchange<S>(&self, stream: S) -> Outcome
+    async fn exchange<S>(&self, stream: S, progress: &Progress) -> Outcome
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        progress.at("waiting for the response");
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP: {e}"))?;
@@ -188,50 +188,51 @@ fn tls_config(verify: bool) -> Arc<ClientConfig> {
     static ACCEPTING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     if verify {
         VERIFYING
-            .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                let found = rustls_native_certs::load_native_certs();
-                for e in &found.errors {
-                    warn!("loading the system's CA certificates: {e}");
-                }
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    warn!(
-                        "no CA certificates found: every probe with verify_tls: true will fail \
-                         (install ca-certificates or set SSL_CERT_FILE)"
-                    );
-                }
-                finish(
-                    ClientConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .expect("ring supports the default versions")
-                        .with_root_certificates(roots),
-                )
-            })
+            .get_or_init(|| client_config(|b| b.with_root_certificates(system_roots())))
             .clone()
     } else {
         ACCEPTING
             .get_or_init(|| {
-                finish(
-                    ClientConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .expect("ring supports the default versions")
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(
-                            provider(),
-                        ))),
-                )
+                client_config(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(Arc::new(
+                            AcceptAnyCertificate(provider()),
+                        ))
+                })
             })
             .clone()
     }
 }
 
-fn finish(
-    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+/// A client config with the ring provider, its default TLS versions, HTTP/1.1 by ALPN and the
+/// certificate verification `verifier` chooses.
+fn client_config(
+    verifier: impl FnOnce(
+        ConfigBuilder<ClientConfig, WantsVerifier>,
+    ) -> ConfigBuilder<ClientConfig, WantsClientCert>,
 ) -> Arc<ClientConfig> {
-    let mut config = builder.with_no_client_auth();
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions");
+    let mut config = verifier(builder).with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        warn!("loading the system's CA certificates: {e}");
+    }
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        warn!(
+            "no CA certificates found: every probe with verify_tls: true will fail \
+             (install ca-certificates or set SSL_CERT_FILE)"
+        );
+    }
+    roots
 }
 
 /// `verify_tls: false`: any certificate for any name is accepted (self-signed Exchange

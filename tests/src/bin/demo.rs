@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use xnlb_tests::{
     apps::http_get_from,
-    daemon::{Daemon, Scrape},
+    daemon::{Daemon, Scrape, backends_of},
     http_backend::{Answer, HttpBackend},
     topology::{TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
 };
@@ -126,10 +126,10 @@ impl Drop for KeptLog {
 }
 
 fn backends_up(d: &Daemon) -> usize {
-    d.status_json()["services"][0]["backends"]
-        .as_array()
-        .map(|bs| bs.iter().filter(|b| b["state"] == "up").count())
-        .unwrap_or(0)
+    backends_of(&d.status_json(), "owa")
+        .iter()
+        .filter(|b| b["state"] == "up")
+        .count()
 }
 
 fn run() -> Result<()> {
