@@ -48,6 +48,21 @@ pub fn xnlb(ctx: XdpContext) -> u32 {
     action
 }
 
+/// The floor: parse Ethernet, pass. Not part of balancing. Benchmarks measure the balancer
+/// against it, and the one-arm test bed attaches it to the veth facing the balancer, standing in
+/// for a real NIC's receive path so that `XDP_TX` on veth is delivered (`XDP-ON-VETH.md`).
+#[xdp]
+pub fn xnlb_floor(ctx: XdpContext) -> u32 {
+    match ptr_at::<EthHdr>(&ctx, 0) {
+        Some(eth) => {
+            // Read the EtherType so the floor pays for the one header every program parses.
+            let _ = unsafe { core::ptr::read_volatile(&(*eth).proto) };
+            xdp_action::XDP_PASS
+        }
+        None => xdp_action::XDP_PASS,
+    }
+}
+
 #[inline(always)]
 fn addr_key(addr: u32) -> AddrKey {
     AddrKey {

@@ -3,7 +3,8 @@
 //! The daemon calls it from its event loop; nothing here knows about sockets or signals.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -121,10 +122,20 @@ impl Controller {
         ctl.dp.pin_program(&pin_dir.join(PROGRAM_PIN))?;
         if ctl.config.announce_vips {
             ctl.vips
-                .sync(&ctl.programmed.image.vips, adopted)
+                .sync(&ctl.announced(), adopted)
                 .context("adding the VIPs to the client interface")?;
         }
         Ok(ctl)
+    }
+
+    /// The addresses the client interface must answer ARP for: the VIPs and, in one-arm, the
+    /// SNAT addresses (backends send their replies there).
+    fn announced(&self) -> BTreeSet<Ipv4Addr> {
+        let mut addrs = self.programmed.image.vips.clone();
+        if self.config.mode == Mode::OneArm {
+            addrs.extend(self.config.snat_v4());
+        }
+        addrs
     }
 
     fn attach(&mut self) -> Result<()> {
@@ -318,7 +329,7 @@ impl Controller {
             Ok(changes) => {
                 self.targets.send_replace(health::targets(&self.config));
                 if self.config.announce_vips {
-                    self.vips.sync(&self.programmed.image.vips, false)?;
+                    self.vips.sync(&self.announced(), false)?;
                 } else {
                     self.vips.release_all()?;
                 }

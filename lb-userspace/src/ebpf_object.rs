@@ -5,3 +5,7 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// Name of the XDP program inside [`XDP_OBJECT`].
 pub const XDP_PROGRAM: &str = "xnlb";
+
+/// Name of the floor program inside [`XDP_OBJECT`]: parse Ethernet, pass. For benchmarks (the
+/// cost every XDP program pays) and test beds (a NIC-like receiver on veth peers).
+pub const FLOOR_PROGRAM: &str = "xnlb_floor";

@@ -1,19 +1,20 @@
-//! The applications on the test networks: a line server on each backend that answers every line
-//! with its name and the client address it saw, and a client for it. Sockets are opened inside
-//! the namespaces by the test's own threads; every wait is bounded.
+//! The applications on the test networks: a line server and a UDP echo server on each backend
+//! that answer with their name and the client address they saw, clients for them, and a client
+//! for long transfers from the HTTP backends. Sockets are opened inside the namespaces by the
+//! test's own threads; every wait is bounded.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    thread,
+    thread::{self, JoinHandle},
     time::Duration,
 };
 
-use crate::netns::NetNs;
+use crate::{http_backend::STREAM_LINE, netns::NetNs};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -161,7 +162,6 @@ pub fn http_exchange(
     dst: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    use std::io::Read;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {dst}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -172,4 +172,126 @@ pub fn http_exchange(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
     Ok((status, body.to_string()))
+}
+
+/// A long-lived download of `/stream/<lines>` from an HTTP backend through the balancer. Once
+/// started it names the backend serving it; `finish` says whether every byte arrived.
+pub struct Transfer {
+    /// The backend's name and the client address it saw.
+    pub backend: String,
+    pub seen: String,
+    expected: usize,
+    rest: JoinHandle<std::io::Result<usize>>,
+}
+
+impl Transfer {
+    pub fn start(
+        ns: &NetNs,
+        src: Ipv4Addr,
+        dst: SocketAddr,
+        lines: usize,
+    ) -> std::io::Result<Self> {
+        let mut stream = connect_from(ns, src, dst)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        write!(
+            stream,
+            "GET /stream/{lines} HTTP/1.0\r\nHost: {dst}\r\n\r\n"
+        )?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.") || !line.contains(" 200 ") {
+            return Err(std::io::Error::other(format!("stream answered {line:?}")));
+        }
+        while line != "\r\n" {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        line.clear();
+        reader.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let backend = parts.next().unwrap_or_default().to_string();
+        let seen = parts.next().unwrap_or_default().to_string();
+        let rest = thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match reader.read(&mut buf)? {
+                    0 => return Ok(total),
+                    n => total += n,
+                }
+            }
+        });
+        Ok(Self {
+            backend,
+            seen,
+            expected: lines * STREAM_LINE,
+            rest,
+        })
+    }
+
+    /// Waits for the end; `Err` names how much arrived or what broke it.
+    pub fn finish(self) -> Result<usize, String> {
+        match self.rest.join().expect("transfer thread") {
+            Ok(n) if n == self.expected => Ok(n),
+            Ok(n) => Err(format!("{n} of {} bytes arrived", self.expected)),
+            Err(e) => Err(format!("broken: {e}")),
+        }
+    }
+}
+
+/// A UDP server answering every datagram with `<name> <client address>`, until dropped.
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpEcho {
+    pub fn start(ns: &NetNs, port: u16, name: &str) -> Self {
+        let socket = ns.run_in(|| UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP echo"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_string());
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                }
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One datagram from `src` to `dst` and its answer: (backend name, client address it saw).
+/// Tries three times, a second apart (UDP may lose the first while ARP resolves).
+pub fn udp_ask(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<(String, String)> {
+    let socket = ns.run_in(|| UdpSocket::bind((src, 0)))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    socket.connect(dst)?;
+    let mut buf = [0u8; 1500];
+    let mut last = None;
+    for _ in 0..3 {
+        socket.send(b"hello")?;
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (name, seen) = text.split_once(' ').unwrap_or((&text, ""));
+                return Ok((name.to_string(), seen.to_string()));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three tries"))
 }

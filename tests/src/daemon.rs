@@ -202,6 +202,29 @@ impl Daemon {
         }
     }
 
+    /// Polls `xnlb status` until every listed backend is in `state`; returns how long it took.
+    pub fn wait_state(&self, backends: &[(&str, &str)], state: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let status = self.status_json();
+            let pending: Vec<String> = backends
+                .iter()
+                .map(|(s, b)| (s, b, backend_of(&status, s, b)))
+                .filter(|(_, _, json)| json["state"] != state)
+                .map(|(s, b, json)| format!("{s}/{b}: {}", json["health"]))
+                .collect();
+            if pending.is_empty() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not {state} within {limit:?}: {pending:?}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.files.log).unwrap_or_default()
     }

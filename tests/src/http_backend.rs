@@ -1,7 +1,8 @@
 //! A backend's web server for the tests: HTTP or HTTPS (hyper + rustls), answering health pages
 //! (`…healthcheck.htm`) the way the test sets them at run time (200, 503, a redirect, a slow
-//! answer) and any other path with `<name> <client address>`. It records the `Host` header of
-//! every request. Runs on its own thread with its own runtime until dropped.
+//! answer), `/stream/<n>` with a long-lived transfer (see [`STREAM_LINE`]), and any other path
+//! with `<name> <client address>`. It records the `Host` header of every request. Runs on its own
+//! thread with its own runtime until dropped.
 
 use std::{
     collections::HashMap,
@@ -13,13 +14,20 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full, channel::Channel};
 use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{certs::TlsIdentity, netns::NetNs};
+
+/// `/stream/<n>` answers `<name> <client address>\n`, then `n` lines of this many bytes (the
+/// newline included), one every [`STREAM_TICK`]: a transfer that lasts `n` ticks.
+pub const STREAM_LINE: usize = 1024;
+pub const STREAM_TICK: Duration = Duration::from_millis(20);
+
+type Body = Either<Full<Bytes>, Channel<Bytes>>;
 
 /// How a health page answers.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,7 +170,7 @@ async fn answer(
     peer: SocketAddr,
     name: String,
     pages: Arc<Mutex<Pages>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let host = req
         .headers()
@@ -179,11 +187,15 @@ async fn answer(
     let reply = |status: u16, body: String| {
         Response::builder()
             .status(StatusCode::from_u16(status).expect("status"))
-            .body(Full::new(Bytes::from(body)))
+            .body(Either::Left(Full::new(Bytes::from(body))))
             .expect("response")
     };
+    let greeting = format!("{name} {}\n", peer.ip());
+    if let Some(lines) = path.strip_prefix("/stream/").and_then(|n| n.parse().ok()) {
+        return Ok(Response::new(Either::Right(stream(greeting, lines))));
+    }
     Ok(match health {
-        None => reply(200, format!("{name} {}\n", peer.ip())),
+        None => reply(200, greeting),
         Some(Answer::Status(code)) => reply(code, format!("{name} health {code}\n")),
         Some(Answer::Slow(d)) => {
             tokio::time::sleep(d).await;
@@ -196,4 +208,25 @@ async fn answer(
             r
         }
     })
+}
+
+/// The body of `/stream/<lines>`, written by its own task; a client that goes away ends it.
+fn stream(greeting: String, lines: usize) -> Channel<Bytes> {
+    let (mut tx, body) = Channel::new(1);
+    tokio::spawn(async move {
+        if tx.send_data(Bytes::from(greeting)).await.is_err() {
+            return;
+        }
+        let mut line = vec![b'x'; STREAM_LINE];
+        line[STREAM_LINE - 1] = b'\n';
+        let line = Bytes::from(line);
+        let mut tick = tokio::time::interval(STREAM_TICK);
+        for _ in 0..lines {
+            tick.tick().await;
+            if tx.send_data(line.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    body
 }

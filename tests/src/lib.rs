@@ -8,5 +8,7 @@ pub mod certs;
 pub mod daemon;
 pub mod http_backend;
 pub mod netns;
+pub mod nic;
 pub mod packets;
 pub mod topology;
+pub mod wire;

@@ -1,31 +1,53 @@
 //! Namespaced networks with the daemon's view of the world: real interfaces, real routes,
-//! real TCP. The two-arm layout:
+//! real TCP. Two layouts, one type ([`Net`]) so a test can run in either mode.
 //!
+//! Two-arm (routed; backends see the client's address):
 //! ```text
 //!  client ns            balancer ns                         switch ns          backend ns (×N)
 //!  eth0 198.18.0.10 ── cli0 198.18.0.1 [xnlb] srv0 198.18.2.1 ── lb [br0] bN ── eth0 198.18.2.(10+N)
 //!  default via .0.1                                                           default via 198.18.2.1
 //! ```
-//! The VIP 198.18.1.100 is reached through the client's default route. Test-bed settings follow
-//! `shared/XDP-ON-VETH.md`: senders have tx checksum offload off; the veths that receive
-//! redirected frames (client eth0, switch port `lb`) have GRO on.
+//! The VIP 198.18.1.100 is reached through the client's default route.
+//!
+//! One-arm (one subnet; backends see the SNAT address and do not route through the balancer):
+//! ```text
+//!  client ns eth0 198.18.0.10 ── c  ─┐
+//!  balancer ns lan0 198.18.0.1 ── lb ─┼─ br0 (switch ns)
+//!  backend ns eth0 198.18.0.(200+N) ── bN ─┘
+//! ```
+//! The VIP 198.18.0.100 and the SNAT address 198.18.0.2 are answered by the balancer (xnlb adds
+//! them to lan0); the switch port facing the balancer carries the floor XDP program, standing in
+//! for a NIC, so that frames the balancer sends back out with `XDP_TX` are delivered.
+//!
+//! In both, the client namespace also stands for a router with clients behind it: addresses in
+//! 198.19.0.0/16 ([`Net::remote_clients`]), which the balancer routes via 198.18.0.10.
+//! Test-bed settings follow `shared/XDP-ON-VETH.md`: senders have tx checksum offload off; the
+//! veths that receive redirected frames (two-arm client eth0 and switch port `lb`) have GRO on.
 
 use std::net::Ipv4Addr;
 
-use crate::netns::NetNs;
+use crate::{netns::NetNs, nic::NicStandIn};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const LB_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const ONE_ARM_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const SNAT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
-/// The start of an `xnlb` config for the `TwoArm` balancer, up to `services:`.
+/// The start of an `xnlb` config for the two-arm balancer, up to `services:`.
 pub const TWO_ARM_CONFIG_HEAD: &str =
     "mode: two-arm\ninterfaces:\n  client: cli0\n  server: srv0\nservices:\n";
 
-/// Backend `n` (1-based).
+/// Two-arm backend `n` (1-based).
 pub fn backend_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2, 10 + n as u8)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    TwoArm,
+    OneArm,
 }
 
 /// A veth pair: `name` in `ns`, its peer `peer` in `peer_ns`.
@@ -44,18 +66,162 @@ fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
     ]);
 }
 
-pub struct TwoArm {
+pub struct Net {
+    pub mode: Mode,
     pub client: NetNs,
     pub lb: NetNs,
     pub switch: NetNs,
     pub backends: Vec<NetNs>,
+    /// Detaches with the topology (one-arm only).
+    _nic: Option<NicStandIn>,
 }
 
-impl TwoArm {
+/// The two-arm layout, by the name the older tests use.
+pub type TwoArm = Net;
+
+impl Net {
+    /// The two-arm layout with `backends` backends (as `TwoArm::new`).
+    pub fn new(backends: usize) -> Self {
+        Self::build(Mode::TwoArm, backends)
+    }
+
+    pub fn build(mode: Mode, backends: usize) -> Self {
+        let net = Self {
+            mode,
+            client: NetNs::new("cli"),
+            lb: NetNs::new("lb"),
+            switch: NetNs::new("sw"),
+            backends: (1..=backends).map(|_| NetNs::new("be")).collect(),
+            _nic: None,
+        };
+        net.switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        net.switch.ip(&["link", "set", "br0", "up"]);
+        match mode {
+            Mode::TwoArm => net.wire_two_arm(),
+            Mode::OneArm => net.wire_one_arm(),
+        }
+    }
+
+    fn wire_two_arm(self) -> Self {
+        let Self { lb, client, .. } = &self;
+        veth(lb, "cli0", client, "eth0");
+        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "cli0"]);
+        lb.ip(&["link", "set", "cli0", "up"]);
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        self.switch_port(lb, "srv0", "lb");
+        lb.ip(&["addr", "add", "198.18.2.1/24", "dev", "srv0"]);
+        lb.ip(&["link", "set", "srv0", "up"]);
+        self.switch.exec(&["ethtool", "-K", "lb", "gro", "on"]);
+        self.wire_backends(&["route", "add", "default", "via", "198.18.2.1"]);
+        self.route_remote_clients();
+        self
+    }
+
+    fn wire_one_arm(mut self) -> Self {
+        self.switch_port(&self.client, "eth0", "c");
+        let client = &self.client;
+        client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        self.switch_port(&self.lb, "lan0", "lb");
+        self.lb
+            .ip(&["addr", "add", &format!("{LB_CLIENT_IP}/24"), "dev", "lan0"]);
+        self.lb.ip(&["link", "set", "lan0", "up"]);
+        self.wire_backends(&[]);
+        self.route_remote_clients();
+        self._nic = Some(NicStandIn::attach(&self.switch, &["lb"]));
+        self
+    }
+
+    /// A veth from `dev` in `ns` to port `port` of the switch's bridge.
+    fn switch_port(&self, ns: &NetNs, dev: &str, port: &str) {
+        veth(&self.switch, port, ns, dev);
+        self.switch
+            .ip(&["link", "set", port, "master", "br0", "up"]);
+    }
+
+    /// Addresses the backends, `route` (when given) as each one's route.
+    fn wire_backends(&self, route: &[&str]) {
+        for (i, be) in self.backends.iter().enumerate() {
+            self.switch_port(be, "eth0", &format!("b{}", i + 1));
+            let addr = format!("{}/24", self.backend_ip(i + 1));
+            be.ip(&["addr", "add", &addr, "dev", "eth0"]);
+            be.ip(&["link", "set", "eth0", "up"]);
+            if !route.is_empty() {
+                be.ip(route);
+            }
+            be.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        }
+    }
+
+    /// The balancer reaches 198.19.0.0/16 through the client namespace, as through a router.
+    fn route_remote_clients(&self) {
+        self.lb.ip(&[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            &CLIENT_IP.to_string(),
+        ]);
+    }
+
+    pub fn vip(&self) -> Ipv4Addr {
+        match self.mode {
+            Mode::TwoArm => VIP,
+            Mode::OneArm => ONE_ARM_VIP,
+        }
+    }
+
+    /// Backend `n` (1-based).
+    pub fn backend_ip(&self, n: usize) -> Ipv4Addr {
+        match self.mode {
+            Mode::TwoArm => backend_ip(n),
+            Mode::OneArm => Ipv4Addr::new(198, 18, 0, 200 + n as u8),
+        }
+    }
+
+    /// The start of an `xnlb` config for this balancer, up to `services:`.
+    pub fn config_head(&self) -> String {
+        match self.mode {
+            Mode::TwoArm => TWO_ARM_CONFIG_HEAD.to_string(),
+            Mode::OneArm => format!(
+                "mode: one-arm\ninterfaces:\n  client: lan0\nsnat:\n  addresses: [{SNAT_IP}]\nservices:\n"
+            ),
+        }
+    }
+
+    /// The source address a backend sees for a connection from `client`.
+    pub fn seen_by_backend(&self, client: Ipv4Addr) -> Ipv4Addr {
+        match self.mode {
+            Mode::TwoArm => client,
+            Mode::OneArm => SNAT_IP,
+        }
+    }
+
+    /// The balancer's interface facing the clients.
+    pub fn client_iface(&self) -> &'static str {
+        match self.mode {
+            Mode::TwoArm => "cli0",
+            Mode::OneArm => "lan0",
+        }
+    }
+
+    /// The balancer's own address on the client side (for host traffic such as ping).
+    pub fn lb_address(&self) -> Ipv4Addr {
+        LB_CLIENT_IP
+    }
+
     /// Adds `n` more addresses to the client (198.18.0.11, .12, ...) and returns them with the
     /// first one (`CLIENT_IP`) in front: many clients for distribution and affinity.
     pub fn client_addresses(&self, n: usize) -> Vec<Ipv4Addr> {
-        assert!(n < 200, "one /24 of clients");
+        assert!(
+            n < 80,
+            "client addresses stay below the VIP and the backends"
+        );
         let mut all = vec![CLIENT_IP];
         for i in 0..n {
             let addr = Ipv4Addr::new(198, 18, 0, 11 + i as u8);
@@ -66,49 +232,20 @@ impl TwoArm {
         all
     }
 
-    pub fn new(backends: usize) -> Self {
-        let client = NetNs::new("cli");
-        let lb = NetNs::new("lb");
-        let switch = NetNs::new("sw");
-        let backends: Vec<NetNs> = (1..=backends).map(|_| NetNs::new("be")).collect();
-
-        veth(&lb, "cli0", &client, "eth0");
-        veth(&lb, "srv0", &switch, "lb");
-        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "cli0"]);
-        lb.ip(&["addr", "add", "198.18.2.1/24", "dev", "srv0"]);
-        lb.ip(&["link", "set", "cli0", "up"]);
-        lb.ip(&["link", "set", "srv0", "up"]);
-        lb.sysctl("net.ipv4.ip_forward", "1");
-
-        client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
-        client.ip(&["link", "set", "eth0", "up"]);
-        client.ip(&["route", "add", "default", "via", "198.18.0.1"]);
-        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
-
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
-        switch.ip(&["link", "set", "lb", "master", "br0", "up"]);
-        switch.exec(&["ethtool", "-K", "lb", "gro", "on"]);
-        for (i, be) in backends.iter().enumerate() {
-            let port = format!("b{}", i + 1);
-            veth(&switch, &port, be, "eth0");
-            switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-            be.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", backend_ip(i + 1)),
-                "dev",
-                "eth0",
-            ]);
-            be.ip(&["link", "set", "eth0", "up"]);
-            be.ip(&["route", "add", "default", "via", "198.18.2.1"]);
-            be.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-        }
-        Self {
-            client,
-            lb,
-            switch,
-            backends,
-        }
+    /// Clients behind the client namespace's router: `per` addresses in each of the /24s
+    /// 198.19.1.0 ... 198.19.`networks`.0, grouped by network.
+    pub fn remote_clients(&self, networks: u8, per: u8) -> Vec<Vec<Ipv4Addr>> {
+        (1..=networks)
+            .map(|net| {
+                (1..=per)
+                    .map(|host| {
+                        let addr = Ipv4Addr::new(198, 19, net, host);
+                        self.client
+                            .ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+                        addr
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }

@@ -111,29 +111,6 @@ fn backend_json(d: &Daemon, service: &str, backend: &str) -> serde_json::Value {
     backend_of(&d.status_json(), service, backend).clone()
 }
 
-/// Polls `xnlb status` until every listed backend is in `state`; returns how long it took.
-fn wait_state(d: &Daemon, backends: &[(&str, &str)], state: &str, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let status = d.status_json();
-        let pending: Vec<String> = backends
-            .iter()
-            .map(|(s, b)| (s, b, backend_of(&status, s, b)))
-            .filter(|(_, _, json)| json["state"] != state)
-            .map(|(s, b, json)| format!("{s}/{b}: {}", json["health"]))
-            .collect();
-        if pending.is_empty() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "not {state} within {limit:?}: {pending:?}\n{}",
-            d.log()
-        );
-        thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
@@ -159,7 +136,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
         ("pri", "b1"),
         ("pri", "b2"),
     ];
-    let took = wait_state(&d, &all, "up", LIMIT);
+    let took = d.wait_state(&all, "up", LIMIT);
     println!("all 7 checked backends up {took:?} after the daemon answered");
     let b1 = backend_json(&d, "owa", "b1");
     let health = &b1["health"];
@@ -193,7 +170,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
 
     // web/b1's page fails: down after fall probes, with the reason, once in the log.
     servers[0].http.set(HEALTH, Answer::Status(503));
-    wait_state(&d, &[("web", "b1")], "down", LIMIT);
+    d.wait_state(&[("web", "b1")], "down", LIMIT);
     let b1 = backend_json(&d, "web", "b1");
     assert_eq!(
         b1["health"]["detail"],
@@ -262,7 +239,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     let drops_before = no_backend(&m);
     servers[1].http.set(HEALTH, Answer::Status(503));
     servers[2].http.set(HEALTH, Answer::Status(503));
-    wait_state(&d, &[("web", "b2"), ("web", "b3")], "down", LIMIT);
+    d.wait_state(&[("web", "b2"), ("web", "b3")], "down", LIMIT);
     let refused = net
         .client
         .run_in(|| TcpStream::connect_timeout(&(VIP, 80).into(), Duration::from_millis(500)));
@@ -274,12 +251,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     for s in &servers {
         s.http.set(HEALTH, Answer::Status(200));
     }
-    let took = wait_state(
-        &d,
-        &[("web", "b1"), ("web", "b2"), ("web", "b3")],
-        "up",
-        LIMIT,
-    );
+    let took = d.wait_state(&[("web", "b1"), ("web", "b2"), ("web", "b3")], "up", LIMIT);
     println!("web back up {took:?} after its pages recovered (rise 2 × 300ms)");
     assert_eq!(count(&d.log(), "service web: in service with"), 2);
     let web = spread(&net.client, VIP, 80, 30);
@@ -295,10 +267,10 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     };
     all_on("b1");
     servers[0].http.set(PRI_HEALTH, Answer::Status(503));
-    wait_state(&d, &[("pri", "b1")], "down", LIMIT);
+    d.wait_state(&[("pri", "b1")], "down", LIMIT);
     all_on("b2");
     servers[0].http.set(PRI_HEALTH, Answer::Status(200));
-    wait_state(&d, &[("pri", "b1")], "up", LIMIT);
+    d.wait_state(&[("pri", "b1")], "up", LIMIT);
     all_on("b1");
 
     // Administrative states override health: a drained backend that fails stays draining;
@@ -314,7 +286,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     d.ok(&["enable", "web", "b2"]);
     assert_eq!(backend_json(&d, "web", "b2")["state"], "down");
     servers[1].http.set(HEALTH, Answer::Status(200));
-    wait_state(&d, &[("web", "b2")], "up", LIMIT);
+    d.wait_state(&[("web", "b2")], "up", LIMIT);
 
     // A reload that changes web's page and drops pri's check: the prober follows, and no
     // backend leaves rotation on the way.
@@ -339,7 +311,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
         assert!(Instant::now() < deadline, "the new page is not probed");
         thread::sleep(Duration::from_millis(25));
     }
-    wait_state(&d, &all, "up", Duration::ZERO);
+    d.wait_state(&all, "up", Duration::ZERO);
     assert_eq!(
         backend_json(&d, "pri", "b1")["health"]["detail"],
         "no health check"
@@ -391,12 +363,7 @@ fn detection_time_with_default_settings() {
         web("")
     );
     let d = Daemon::start(&net.lb, &config);
-    let rise = wait_state(
-        &d,
-        &[("web", "b1"), ("web", "b2"), ("web", "b3")],
-        "up",
-        LIMIT,
-    );
+    let rise = d.wait_state(&[("web", "b1"), ("web", "b2"), ("web", "b3")], "up", LIMIT);
 
     // New connections every 20 ms from here on, each noting when it was opened and where it
     // landed.
@@ -416,7 +383,7 @@ fn detection_time_with_default_settings() {
         thread::sleep(Duration::from_millis(500));
         let failed = Instant::now();
         pages[0].set(HEALTH, Answer::Status(503));
-        let shown_down = wait_state(&d, &[("web", "b1")], "down", LIMIT);
+        let shown_down = d.wait_state(&[("web", "b1")], "down", LIMIT);
         thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
         (failed, shown_down)
