@@ -52,7 +52,7 @@ pub fn client_flow(
     } else if l4.is_tcp() && !l4.is_syn() {
         stats::flow_event(FlowEvent::NonSynMiss);
     }
-    new_flow(svc, service_id, key, s, now)
+    new_flow(svc, service_id, key, l4.is_syn(), s, now)
 }
 
 /// Refreshes the owning flow when its backend replies.
@@ -112,6 +112,7 @@ fn new_flow(
     svc: &ServiceInfo,
     service_id: u32,
     key: &FlowKey,
+    syn: bool,
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
@@ -131,7 +132,10 @@ fn new_flow(
         claim_snat_port(key, backend, &owner, s, now)?
     } else {
         let reply = reply_tuple(key, backend, key.src, key.src_port);
-        if !claim(&reply, &owner, s, now) {
+        // Two services on one VIP may send a client's reused source port to the same backend
+        // port: the backend sees the old connection's tuple again, as after any port reuse, and
+        // a new SYN may take it over from a closing flow (as the backend's TIME_WAIT allows).
+        if !claim(&reply, &owner, Takeover::from(syn), s, now) {
             return Err(DropReason::ReplyCollision);
         }
         reply
@@ -194,7 +198,7 @@ fn claim_snat_port(
         let pick = hash_addr_port(&key.src, key.src_port, hash ^ attempt) % span;
         let port = (s.snat_port_min as u32 + pick) as u16;
         let reply = reply_tuple(key, backend, addr, port.to_be());
-        if claim(&reply, owner, s, now) {
+        if claim(&reply, owner, Takeover::GoneOnly, s, now) {
             return Ok(reply);
         }
         stats::flow_event(FlowEvent::SnatPortRetry);
@@ -202,24 +206,60 @@ fn claim_snat_port(
     Err(DropReason::SnatExhausted)
 }
 
-/// Takes `reply` for `owner`: free, already ours, or held by a flow that is gone.
+/// Whose reply tuple a new flow may take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// Only from a flow that is gone.
+    GoneOnly,
+    /// Also from a closing flow (a TCP SYN reusing the tuple).
+    Closing,
+}
+
+impl Takeover {
+    #[inline(always)]
+    fn from(syn: bool) -> Self {
+        if syn { Self::Closing } else { Self::GoneOnly }
+    }
+}
+
+/// Takes `reply` for `owner`: free, already ours, or held by a flow that is gone (or closing,
+/// when `takeover` allows).
 #[inline(always)]
-fn claim(reply: &FlowKey, owner: &ReplyEntry, s: &DatapathSettings, now: u64) -> bool {
+fn claim(
+    reply: &FlowKey,
+    owner: &ReplyEntry,
+    takeover: Takeover,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
     if REPLIES.insert(reply, owner, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
     let free = match unsafe { REPLIES.get(reply) } {
         None => true,
-        Some(held) => held.client.same(&owner.client) || owner_gone(&held.client, reply, s, now),
+        Some(held) => {
+            held.client.same(&owner.client) || owner_gone(&held.client, reply, takeover, s, now)
+        }
     };
     free && REPLIES.insert(reply, owner, BPF_ANY as u64).is_ok()
 }
 
-/// The flow `client` no longer owns `reply`: it is gone, expired, or moved to another tuple.
+/// The flow `client` no longer owns `reply`: it is gone, expired, moved to another tuple, or
+/// (with `Takeover::Closing`) closing.
 #[inline(always)]
-fn owner_gone(client: &FlowKey, reply: &FlowKey, s: &DatapathSettings, now: u64) -> bool {
+fn owner_gone(
+    client: &FlowKey,
+    reply: &FlowKey,
+    takeover: Takeover,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
     match unsafe { FLOWS.get(client) } {
         None => true,
-        Some(f) => !f.reply.same(reply) || expired(f, client.proto, s, now),
+        Some(f) => {
+            !f.reply.same(reply)
+                || expired(f, client.proto, s, now)
+                || (takeover == Takeover::Closing && f.state == FLOW_CLOSING)
+        }
     }
 }

@@ -275,6 +275,45 @@ fn a_backend_port_rewrites_the_destination_port() {
     );
 }
 
+#[test]
+fn a_syn_takes_over_the_reply_tuple_of_a_closing_flow_only() {
+    // Two services on one VIP send to the same backend port: a client reusing its source port
+    // for the other service produces the same tuple at the backend.
+    let mut bed = Bed::new();
+    let backend = vec![(0, backend_ip(1), 8443, 100)];
+    bed.install(&ServiceSpec::tcp(0, 443, backend.clone()));
+    let mut other = ServiceSpec::tcp(1, 444, backend);
+    other.backends[0].0 = 1;
+    bed.install(&other);
+    let client = (client_ip(11), 41_000);
+    let send = |port, flags| {
+        let pkt = bed.from_client(Pkt::tcp(client, (VIP, port), flags));
+        bed.run(bed.client_if, &pkt.bytes()).0
+    };
+    assert_eq!(send(443, SYN), XDP_REDIRECT);
+    assert_eq!(send(444, SYN), XDP_DROP, "the open flow keeps its tuple");
+    assert_eq!(bed.drops(DropReason::ReplyCollision), 1);
+
+    assert_eq!(send(443, FIN_ACK), XDP_REDIRECT);
+    assert_eq!(send(444, SYN), XDP_REDIRECT, "a SYN takes over from the closing flow");
+    let reply = bed.from_backend(
+        Pkt::tcp((backend_ip(1), 8443), client, SYN_ACK),
+        bed.server_if,
+    );
+    let (_, out) = bed.run(bed.server_if, &reply.bytes());
+    assert_eq!(
+        out,
+        reply
+            .clone()
+            .addressed((VIP, 444), client)
+            .ttl(63)
+            .macs(bed.client_if.mac, ROUTER_MAC)
+            .bytes(),
+        "replies now belong to the new flow"
+    );
+    assert_eq!(bed.drops(DropReason::ReplyCollision), 1);
+}
+
 /// Sends a client packet to VIP:443 and returns the backend address it was redirected to.
 fn sent_to(bed: &Bed, client: (Ipv4Addr, u16), flags: TcpFlags) -> Ipv4Addr {
     let pkt = bed.from_client(Pkt::tcp(client, (VIP, 443), flags));
