@@ -121,3 +121,10 @@ pub fn accept_local_sources(iface: &str) -> Result<()> {
     info!("{iface}: accept_local=1 (translated packets waiting for ARP carry a local source)");
     Ok(())
 }
+
+/// Whether the kernel forwards IPv4 that arrives on `iface`. Without it `bpf_fib_lookup` gives
+/// no next hop, so every balanced packet goes to the kernel (`no_fast_route`), which drops it.
+pub fn forwards(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+        .is_ok_and(|v| v.trim() == "1")
+}

@@ -162,6 +162,13 @@ impl Controller {
             if let Err(e) = attach::accept_local_sources(&iface) {
                 warn!("{e:#}: a client the balancer has not resolved yet may fail to connect");
             }
+            if !attach::forwards(&iface) {
+                warn!(
+                    "{iface}: IPv4 forwarding is off, so balanced packets cannot be forwarded \
+                     (xnlb_passes_total{{reason=\"no_fast_route\"}}) and the kernel drops them; \
+                     enable it with sysctl -w net.ipv4.conf.{iface}.forwarding=1"
+                );
+            }
             self.attached.push((iface, role, how));
         }
         Ok(())

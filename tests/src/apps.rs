@@ -233,6 +233,11 @@ impl Transfer {
         })
     }
 
+    /// Whether the transfer is still going (so what happens now happens during it).
+    pub fn running(&self) -> bool {
+        !self.rest.is_finished()
+    }
+
     /// Waits for the end; `Err` names how much arrived or what broke it.
     pub fn finish(self) -> Result<usize, String> {
         match self.rest.join().expect("transfer thread") {

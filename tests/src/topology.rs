@@ -76,15 +76,7 @@ pub struct Net {
     _nic: Option<NicStandIn>,
 }
 
-/// The two-arm layout, by the name the older tests use.
-pub type TwoArm = Net;
-
 impl Net {
-    /// The two-arm layout with `backends` backends (as `TwoArm::new`).
-    pub fn new(backends: usize) -> Self {
-        Self::build(Mode::TwoArm, backends)
-    }
-
     pub fn build(mode: Mode, backends: usize) -> Self {
         let net = Self {
             mode,
@@ -96,6 +88,7 @@ impl Net {
         };
         net.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         net.switch.ip(&["link", "set", "br0", "up"]);
+        net.plain_switch();
         match mode {
             Mode::TwoArm => net.wire_two_arm(),
             Mode::OneArm => net.wire_one_arm(),
@@ -131,10 +124,25 @@ impl Net {
         self.lb
             .ip(&["addr", "add", &format!("{LB_CLIENT_IP}/24"), "dev", "lan0"]);
         self.lb.ip(&["link", "set", "lan0", "up"]);
+        self.lb.sysctl("net.ipv4.ip_forward", "1");
         self.wire_backends(&[]);
         self.route_remote_clients();
         self._nic = Some(NicStandIn::attach(&self.switch, &["lb"]));
         self
+    }
+
+    /// Makes the bridge a plain L2 switch. Where the host has `br_netfilter` loaded, a new
+    /// namespace's bridges pass frames through the IP layer's checks, which drop malformed
+    /// headers before they reach the balancer; a real switch does not look at them.
+    fn plain_switch(&self) {
+        self.switch.run_in(|| {
+            for table in ["iptables", "ip6tables", "arptables"] {
+                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
+                if std::path::Path::new(&path).exists() {
+                    std::fs::write(&path, "0").unwrap_or_else(|e| panic!("{path}: {e}"));
+                }
+            }
+        });
     }
 
     /// A veth from `dev` in `ns` to port `port` of the switch's bridge.

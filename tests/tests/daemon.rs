@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 use xnlb_tests::{
     apps::{LineClient, line_servers, spread},
     daemon::{Daemon, Scrape, backends_of},
-    topology::{CLIENT_IP, TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
+    topology::{CLIENT_IP, Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
 
 const PORT: u16 = 80;
@@ -43,7 +43,7 @@ fn backend_states(d: &Daemon) -> Vec<(String, String)> {
 }
 
 /// `ip -4 addr show dev cli0` in the balancer namespace.
-fn cli0_addresses(net: &TwoArm) -> String {
+fn cli0_addresses(net: &Net) -> String {
     let out = net
         .lb
         .command("ip")
@@ -65,7 +65,7 @@ fn names(list: &[String]) -> BTreeSet<&str> {
 
 #[test]
 fn daemon_lifecycle_with_real_connections() {
-    let net = TwoArm::new(3);
+    let net = Net::build(Mode::TwoArm, 3);
     let _servers = line_servers(&net.backends, PORT);
     let mut d = Daemon::start(&net.lb, &config(2));
 
@@ -319,7 +319,7 @@ fn daemon_lifecycle_with_real_connections() {
 
 #[test]
 fn sigterm_detaches_and_a_second_daemon_or_a_missing_interface_is_refused() {
-    let net = TwoArm::new(1);
+    let net = Net::build(Mode::TwoArm, 1);
     let mut d = Daemon::start(&net.lb, &config(1));
     assert!(d.files.pin_dir.join("link-cli0").exists());
 

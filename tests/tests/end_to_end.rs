@@ -362,6 +362,10 @@ fn lifecycle(mode: Mode) {
     farm.web[1].set(HEALTH, Answer::Status(200));
     let back = d.wait_state(&[("owa", "b2")], "up", LIMIT);
     let b2_client = client_of(&farm, &clients, "b2");
+    assert!(
+        held.running(),
+        "{mode_name}: the transfer must span the failure and the return"
+    );
     println!(
         "{mode_name}: b2 back in rotation {:.2}s after its page recovered (client {b2_client})",
         back.as_secs_f64()
@@ -375,6 +379,10 @@ fn lifecycle(mode: Mode) {
     let draining = farm.transfer(client_of(&farm, &clients, "b3"), 100);
     d.ok(&["drain", "owa", "b3"]);
     let after: Vec<String> = clients.iter().map(|&c| farm.get(c, HTTP)).collect();
+    assert!(
+        draining.running(),
+        "{mode_name}: the transfer must span the drain"
+    );
     assert!(
         !after.contains(&"b3".to_string()),
         "{mode_name}: drained b3 got new connections"
@@ -395,6 +403,10 @@ fn lifecycle(mode: Mode) {
     d.ok(&["reload"]);
     d.wait_state(&[("owa", "b4")], "up", LIMIT);
     let after: Vec<String> = clients.iter().map(|&c| farm.get(c, HTTP)).collect();
+    assert!(
+        transfers.iter().all(Transfer::running),
+        "{mode_name}: the transfers must span the reload"
+    );
     let moved: Vec<(&String, &String)> =
         before.iter().zip(&after).filter(|(a, b)| a != b).collect();
     println!(
@@ -454,7 +466,15 @@ fn fail_static(mode: Mode) {
     assert_eq!(tally(&during).len(), 3, "{mode_name}: {during:?}");
 
     d.spawn(&farm.net.lb);
-    assert!(d.log().contains("adopted the running datapath"), "{mode_name}: {}", d.log());
+    assert!(
+        transfer.running(),
+        "{mode_name}: the transfer must span the restart"
+    );
+    assert!(
+        d.log().contains("adopted the running datapath"),
+        "{mode_name}: {}",
+        d.log()
+    );
     let bytes = transfer
         .finish()
         .unwrap_or_else(|e| panic!("{mode_name}: transfer across kill -9 and restart: {e}"));

@@ -295,7 +295,11 @@ fn a_syn_takes_over_the_reply_tuple_of_a_closing_flow_only() {
     assert_eq!(bed.drops(DropReason::ReplyCollision), 1);
 
     assert_eq!(send(443, FIN_ACK), XDP_REDIRECT);
-    assert_eq!(send(444, SYN), XDP_REDIRECT, "a SYN takes over from the closing flow");
+    assert_eq!(
+        send(444, SYN),
+        XDP_REDIRECT,
+        "a SYN takes over from the closing flow"
+    );
     let reply = bed.from_backend(
         Pkt::tcp((backend_ip(1), 8443), client, SYN_ACK),
         bed.server_if,

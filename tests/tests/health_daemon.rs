@@ -18,7 +18,7 @@ use xnlb_tests::{
     certs::TestCa,
     daemon::{Daemon, Scrape, backend_of},
     http_backend::{Answer, HttpBackend},
-    topology::{TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
+    topology::{Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
 
 const METRICS: &str = "127.0.0.1:9779";
@@ -34,7 +34,7 @@ struct Backend {
     https: HttpBackend,
 }
 
-fn backends(net: &TwoArm, ca: &TestCa) -> Vec<Backend> {
+fn backends(net: &Net, ca: &TestCa) -> Vec<Backend> {
     net.backends
         .iter()
         .enumerate()
@@ -119,7 +119,7 @@ const LIMIT: Duration = Duration::from_secs(15);
 
 #[test]
 fn backends_leave_and_rejoin_rotation_by_health() {
-    let net = TwoArm::new(3);
+    let net = Net::build(Mode::TwoArm, 3);
     let scratch = std::env::temp_dir().join(format!("xnlb-health-daemon-{}", std::process::id()));
     let ca = TestCa::new(&scratch);
     let servers = backends(&net, &ca);
@@ -343,7 +343,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
 /// only assertion is the SPEC's bound plus a second for scheduling.
 #[test]
 fn detection_time_with_default_settings() {
-    let net = TwoArm::new(3);
+    let net = Net::build(Mode::TwoArm, 3);
     let _lines = line_servers(&net.backends, 80);
     let pages: Vec<HttpBackend> = net
         .backends

@@ -16,7 +16,7 @@ use xnlb_tests::{
     apps::http_get_from,
     daemon::{Daemon, Scrape, backends_of},
     http_backend::{Answer, HttpBackend},
-    topology::{TWO_ARM_CONFIG_HEAD, TwoArm, VIP, backend_ip},
+    topology::{Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
 
 const HEALTH: &str = "/owa/healthcheck.htm";
@@ -94,7 +94,7 @@ metrics:
 }
 
 /// One request from `client`; returns the backend that answered.
-fn ask(net: &TwoArm, client: Ipv4Addr) -> Result<String> {
+fn ask(net: &Net, client: Ipv4Addr) -> Result<String> {
     let (status, body) = http_get_from(&net.client, client, SocketAddr::from((VIP, 80)), "/")
         .with_context(|| format!("GET http://{VIP}/ from {client}"))?;
     if status != 200 {
@@ -108,7 +108,7 @@ fn ask(net: &TwoArm, client: Ipv4Addr) -> Result<String> {
 }
 
 /// Which backend each client lands on (affinity single: one request tells).
-fn placement(net: &TwoArm, clients: &[Ipv4Addr]) -> Result<BTreeMap<Ipv4Addr, String>> {
+fn placement(net: &Net, clients: &[Ipv4Addr]) -> Result<BTreeMap<Ipv4Addr, String>> {
     clients.iter().map(|&c| Ok((c, ask(net, c)?))).collect()
 }
 
@@ -138,7 +138,7 @@ fn run() -> Result<()> {
         "Everything runs in network namespaces made for this demo, addressed from 198.18.0.0/15.\n"
     );
 
-    let net = TwoArm::new(3);
+    let net = Net::build(Mode::TwoArm, 3);
     let clients = net.client_addresses(CLIENTS - 1);
     let servers: Vec<HttpBackend> = net
         .backends
