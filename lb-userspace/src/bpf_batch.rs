@@ -86,16 +86,21 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
 
 /// Writes `values[i]` at index `first + i` of an array map.
 pub fn update_array<V: Pod>(fd: BorrowedFd<'_>, first: u32, values: &[V]) -> io::Result<()> {
+    let keys: Vec<u32> = (0..values.len() as u32).map(|i| first + i).collect();
+    update(fd, &keys, values)
+}
+
+/// Writes `values[i]` under `keys[i]` (any map type that supports batches).
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
     const CHUNK: usize = 8192;
-    for (n, chunk) in values.chunks(CHUNK).enumerate() {
-        let base = first + (n * CHUNK) as u32;
-        let keys: Vec<u32> = (0..chunk.len() as u32).map(|i| base + i).collect();
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         let mut done = 0usize;
-        while done < chunk.len() {
+        while done < keys.len() {
             let mut attr = BatchAttr {
                 keys: keys[done..].as_ptr() as u64,
-                values: chunk[done..].as_ptr() as u64,
-                count: (chunk.len() - done) as u32,
+                values: values[done..].as_ptr() as u64,
+                count: (keys.len() - done) as u32,
                 map_fd: fd.as_raw_fd() as u32,
                 ..Default::default()
             };

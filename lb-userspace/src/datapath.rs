@@ -1,7 +1,11 @@
 //! The loaded XDP datapath and typed access to its maps. Everything that writes or reads the
 //! kernel's state goes through here; the daemon, the tests and the benchmarks share it.
 
-use std::{net::Ipv4Addr, os::fd::AsFd, path::Path};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
@@ -558,10 +562,63 @@ impl Datapath {
         })
     }
 
+    /// Writes connection-table entries directly, in batches (benchmarks fill the table with
+    /// them; the datapath alone creates flows in service).
+    pub fn insert_flows(&mut self, flows: &[(FlowKey, FlowEntry)]) -> Result<()> {
+        let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
+        let fd = self.map_data("FLOWS")?.fd().as_fd();
+        bpf_batch::update(fd, &keys, &entries).map_err(|source| DatapathError::Io {
+            what: "writing FLOWS",
+            source,
+        })
+    }
+
+    /// What each map costs: its shape and the memory the kernel charges for it.
+    pub fn footprints(&self) -> Result<Vec<MapFootprint>> {
+        MAP_NAMES
+            .iter()
+            .map(|&name| {
+                let data = self.map_data(name)?;
+                let info = data.info().map_err(map_err(name))?;
+                let fdinfo = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+                let memlock = std::fs::read_to_string(&fdinfo)
+                    .ok()
+                    .and_then(|text| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix("memlock:"))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+                    .ok_or(DatapathError::Io {
+                        what: "reading the map's memlock from fdinfo",
+                        source: std::io::ErrorKind::NotFound.into(),
+                    })?;
+                Ok(MapFootprint {
+                    name,
+                    kind: format!("{:?}", info.map_type().map_err(map_err(name))?),
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                    memlock,
+                })
+            })
+            .collect()
+    }
+
     /// Every reply entry (reply tuple → client tuple).
     pub fn replies(&self) -> Result<Vec<(FlowKey, ReplyEntry)>> {
         self.hash_entries("REPLIES")
     }
+}
+
+/// One map's shape and the bytes the kernel charges for it (`memlock` in its fdinfo).
+#[derive(Clone, Debug)]
+pub struct MapFootprint {
+    pub name: &'static str,
+    pub kind: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub memlock: u64,
 }
 
 /// An IPv4 address as the datapath stores it.

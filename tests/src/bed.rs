@@ -311,36 +311,43 @@ impl Bed {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, Duration), aya::programs::ProgramError> {
-        let md = XdpMd {
-            data: 0,
-            data_end: frame.len() as u32,
-            data_meta: 0,
-            ingress_ifindex: ingress.index,
-            rx_queue_index: 0,
-            egress_ifindex: 0,
-        };
-        // SAFETY: XdpMd is plain old data with no padding.
-        let md_bytes = unsafe {
-            std::slice::from_raw_parts(
-                &md as *const XdpMd as *const u8,
-                std::mem::size_of::<XdpMd>(),
-            )
-        };
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self
-            .dp
-            .program()
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(md_bytes),
-                repeat,
-                ..Default::default()
-            })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out, result.duration))
+        test_run(self.dp.program().expect("program"), ingress, frame, repeat)
     }
+}
+
+/// Runs `prog` `repeat` times in the kernel (`BPF_PROG_TEST_RUN`) on `frame` as if it arrived
+/// on `ingress`; returns the action, the output and the kernel's average time per run.
+pub fn test_run(
+    prog: &aya::programs::Xdp,
+    ingress: Iface,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, Duration), aya::programs::ProgramError> {
+    let md = XdpMd {
+        data: 0,
+        data_end: frame.len() as u32,
+        data_meta: 0,
+        ingress_ifindex: ingress.index,
+        rx_queue_index: 0,
+        egress_ifindex: 0,
+    };
+    // SAFETY: XdpMd is plain old data with no padding.
+    let md_bytes = unsafe {
+        std::slice::from_raw_parts(
+            &md as *const XdpMd as *const u8,
+            std::mem::size_of::<XdpMd>(),
+        )
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(md_bytes),
+        repeat,
+        ..Default::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out, result.duration))
 }
 
 impl Default for Bed {

@@ -75,11 +75,24 @@ fn run(cli: Cli) -> Result<()> {
             ])
         }
         Verb::Bench { args } => {
-            setup::run()?;
-            workspace::require_root("the benchmarks load XDP programs")?;
+            setup::run_for_bench()?;
+            workspace::require_root(
+                "the benchmarks load XDP programs and create network namespaces",
+            )?;
+            println!("Building xnlb and the benchmarks (release)...");
+            workspace::cargo(&[
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "lb-userspace",
+                "--bin",
+                "xnlb",
+            ])?;
             let mut bench = vec![
                 "run",
                 "--release",
+                "-q",
                 "-p",
                 "xnlb-tests",
                 "--bin",

@@ -14,14 +14,22 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 /// Commands the tests and the demo use, with the Debian package that provides each.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+/// What the benchmarks add: the load generator and the balancers xnlb is compared with.
+const BENCH_TOOLS: &[(&str, &str)] = &[("wrk", "wrk"), ("haproxy", "haproxy"), ("nft", "nftables")];
 
 pub fn run() -> Result<()> {
     let sysroot = nightly_sysroot()?;
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
-    ensure_debian_tools()?;
+    ensure_debian_tools(DEBIAN_TOOLS)?;
     println!("setup: ready");
     Ok(())
+}
+
+/// `run`, plus the benchmarks' Debian packages.
+pub fn run_for_bench() -> Result<()> {
+    run()?;
+    ensure_debian_tools(BENCH_TOOLS)
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
@@ -124,8 +132,8 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ensure_debian_tools() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_TOOLS
+fn ensure_debian_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(cmd, _)| {
             output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_none()

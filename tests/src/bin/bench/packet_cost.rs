@@ -1,0 +1,345 @@
+//! Per-packet cost of the real XDP object, timed by the kernel with `BPF_PROG_TEST_RUN` in the
+//! datapath test bed, next to the floor program (parse Ethernet, pass) timed the same way.
+//!
+//! Two methods. `repeat` runs the program N times inside one syscall on the same buffer: exact,
+//! but only for cases that leave the packet as it is, because a rewritten packet is no longer
+//! addressed to the VIP on the second run. Every case is therefore also measured as N calls of
+//! one run each: the kernel copies a fresh packet in every time and times the run itself, which
+//! adds a fixed per-run overhead to every case and to the floor alike.
+
+use aya::programs::Xdp;
+use lb_common::{
+    addr::{FAMILY_V4, PROTO_TCP},
+    flow::{FLOW_OPEN, FlowEntry, FlowKey},
+};
+use xnlb::{
+    datapath::{DatapathSizes, addr_v4},
+    ebpf_object::FLOOR_PROGRAM,
+};
+use xnlb_tests::{bed::*, nic::load_floor, packets::*};
+
+use crate::{Budget, Progress};
+
+/// One measured case.
+#[derive(Clone, Debug)]
+pub struct Cost {
+    pub case: String,
+    pub action: &'static str,
+    /// ns per packet, as the mean of `runs` single runs.
+    pub single_ns: f64,
+    pub runs: u32,
+    /// ns per packet with the in-kernel repeat, where the case allows it.
+    pub repeat_ns: Option<f64>,
+}
+
+pub struct PacketCosts {
+    pub floor: Cost,
+    pub cases: Vec<Cost>,
+}
+
+/// Where bytes sit in an Ethernet + IPv4 (no options) + TCP frame.
+const SRC_IP: std::ops::Range<usize> = 26..30;
+const SRC_PORT: std::ops::Range<usize> = 34..36;
+
+fn action_name(action: u32) -> &'static str {
+    ["aborted", "drop", "pass", "tx", "redirect"]
+        .get(action as usize)
+        .copied()
+        .unwrap_or("?")
+}
+
+/// The mean of `runs` single kernel-timed runs; `vary(i, frame)` may rewrite the frame before
+/// run `i` (a new 5-tuple, another established flow).
+fn single(
+    prog: &Xdp,
+    ingress: Iface,
+    frame: &[u8],
+    runs: u32,
+    want: u32,
+    mut vary: impl FnMut(u32, &mut [u8]),
+) -> f64 {
+    let mut frame = frame.to_vec();
+    let mut total = 0u128;
+    for i in 0..runs {
+        vary(i, &mut frame);
+        let (action, _, took) = test_run(prog, ingress, &frame, 1).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, want, "run {i}: unexpected action");
+        total += took.as_nanos();
+    }
+    total as f64 / runs as f64
+}
+
+fn repeated(prog: &Xdp, ingress: Iface, frame: &[u8], repeat: u32, want: u32) -> f64 {
+    let (action, _, per_run) = test_run(prog, ingress, frame, repeat).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(action, want, "unexpected action");
+    per_run.as_nanos() as f64
+}
+
+/// Client `i` of many: a distinct (address, port) for each `i` below 3.2 billion.
+fn client(i: u32) -> ([u8; 4], u16) {
+    let host = i / 50_000;
+    (
+        [198, 19, (host >> 8) as u8, host as u8],
+        10_000 + (i % 50_000) as u16,
+    )
+}
+
+fn set_client(i: u32, frame: &mut [u8]) {
+    let (addr, port) = client(i);
+    frame[SRC_IP].copy_from_slice(&addr);
+    frame[SRC_PORT].copy_from_slice(&port.to_be_bytes());
+}
+
+fn cost(case: &str, action: u32, single_ns: f64, runs: u32, repeat_ns: Option<f64>) -> Cost {
+    Cost {
+        case: case.to_string(),
+        action: action_name(action),
+        single_ns,
+        runs,
+        repeat_ns,
+    }
+}
+
+fn three_backends(ip: fn(u8) -> std::net::Ipv4Addr) -> Vec<(u32, std::net::Ipv4Addr, u16, u32)> {
+    (1..=3).map(|n| (n as u32 - 1, ip(n), 0, 100)).collect()
+}
+
+/// Section 1: every case the datapath distinguishes, and the floor.
+pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
+    let runs = budget.single_runs;
+    let repeat = budget.repeat;
+    // Room for every new flow of the run without eviction.
+    let mut bed = Bed::with_sizes(DatapathSizes {
+        flows: runs + 65_536,
+        ring_services: 4,
+    });
+    bed.install(&ServiceSpec::tcp(0, 443, three_backends(backend_ip)));
+    let mut floor_obj = load_floor();
+    let floor: &mut Xdp = floor_obj
+        .program_mut(FLOOR_PROGRAM)
+        .expect("floor")
+        .try_into()
+        .expect("XDP");
+    let prog = bed.dp.program().expect("program");
+
+    let first = (client_ip(1), 40_000);
+    let syn = bed.from_client(Pkt::tcp(first, (VIP, 443), SYN)).bytes();
+    let ack = bed.from_client(Pkt::tcp(first, (VIP, 443), ACK)).bytes();
+    let chosen = backend_ip(bed.predict(0, first.0, first.1) as u8 + 1);
+    let reply = bed
+        .from_backend(Pkt::tcp((chosen, 443), first, ACK), bed.server_if)
+        .bytes();
+    let stranger = std::net::Ipv4Addr::new(198, 18, 9, 9);
+    let other = bed
+        .from_client(Pkt::tcp(first, (stranger, 443), ACK))
+        .bytes();
+    let no_rule = bed.from_client(Pkt::tcp(first, (VIP, 80), SYN)).bytes();
+    let mut malformed = syn.clone();
+    malformed[14] = 0x43; // IHL 3
+
+    progress.step("per packet: the floor");
+    let floor_cost = cost(
+        "floor: parse Ethernet, pass",
+        XDP_PASS,
+        single(floor, bed.client_if, &ack, runs, XDP_PASS, |_, _| {}),
+        runs,
+        Some(repeated(floor, bed.client_if, &ack, repeat, XDP_PASS)),
+    );
+    let mut cases = Vec::new();
+    let unchanged: [(&str, &[u8], u32); 3] = [
+        ("non-VIP packet (to the kernel)", &other, XDP_PASS),
+        ("VIP port without a rule (drop)", &no_rule, XDP_DROP),
+        ("malformed IPv4 to the VIP (drop)", &malformed, XDP_DROP),
+    ];
+    for (case, frame, want) in unchanged {
+        progress.step(&format!("per packet: {case}"));
+        let one = single(prog, bed.client_if, frame, runs, want, |_, _| {});
+        let rep = repeated(prog, bed.client_if, frame, repeat, want);
+        cases.push(cost(case, want, one, runs, Some(rep)));
+    }
+
+    progress.step("per packet: established flow");
+    bed.run(bed.client_if, &syn);
+    let one = single(prog, bed.client_if, &ack, runs, XDP_REDIRECT, |_, _| {});
+    cases.push(cost(
+        "established flow (client → backend)",
+        XDP_REDIRECT,
+        one,
+        runs,
+        None,
+    ));
+
+    progress.step("per packet: reply");
+    let one = single(prog, bed.server_if, &reply, runs, XDP_REDIRECT, |_, _| {});
+    cases.push(cost(
+        "reply (backend → client, reverse NAT)",
+        XDP_REDIRECT,
+        one,
+        runs,
+        None,
+    ));
+
+    progress.step("per packet: new flow");
+    let one = single(prog, bed.client_if, &syn, runs, XDP_REDIRECT, set_client);
+    cases.push(cost(
+        "new flow (SYN, new 5-tuple every run)",
+        XDP_REDIRECT,
+        one,
+        runs,
+        None,
+    ));
+
+    progress.step("per packet: one-arm new flow");
+    // One-arm: a service on port 444 over backends on cli0's subnet, SNAT ports 1024-65535.
+    // Ports per backend are finite, so fewer runs: each of 3 backends fills at most a quarter.
+    bed.one_arm((1024, 65535));
+    let mut one_arm = ServiceSpec::tcp(1, 444, three_backends(one_arm_backend_ip));
+    for (i, b) in one_arm.backends.iter_mut().enumerate() {
+        b.0 = 3 + i as u32;
+    }
+    bed.install(&one_arm);
+    let prog = bed.dp.program().expect("program");
+    let snat_runs = runs.min(45_000);
+    let syn444 = bed.from_client(Pkt::tcp(first, (VIP, 444), SYN)).bytes();
+    let one = single(prog, bed.client_if, &syn444, snat_runs, XDP_TX, set_client);
+    cases.push(cost(
+        "one-arm new flow (SYN, SNAT port claim)",
+        XDP_TX,
+        one,
+        snat_runs,
+        None,
+    ));
+
+    PacketCosts {
+        floor: floor_cost,
+        cases,
+    }
+}
+
+/// `(x, ns per packet)` points of one scaling curve.
+pub type Curve = Vec<(u32, f64)>;
+
+/// `CLOCK_MONOTONIC_COARSE`, the clock `bpf_ktime_get_coarse_ns` reads.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Section 2a: established-flow cost with `sizes` flows already in the table. Each run sends
+/// the next packet of a flow picked at random from the whole table, so lookups touch memory
+/// all over it as real traffic would.
+pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) -> Curve {
+    let mut curve = Vec::new();
+    for &n in sizes {
+        progress.step(&format!(
+            "scaling: established flow, {n} flows in the table"
+        ));
+        let mut bed = Bed::with_sizes(DatapathSizes {
+            flows: n + 65_536,
+            ring_services: 4,
+        });
+        bed.install(&ServiceSpec::tcp(0, 443, three_backends(backend_ip)));
+        let now = coarse_now_ns();
+        let flows: Vec<(FlowKey, FlowEntry)> = (0..n)
+            .map(|i| {
+                let (addr, port) = client(i);
+                let key = FlowKey {
+                    src: addr_v4(addr.into()),
+                    dst: addr_v4(VIP),
+                    src_port: port.to_be(),
+                    dst_port: 443u16.to_be(),
+                    proto: PROTO_TCP,
+                    family: FAMILY_V4,
+                    _pad: [0; 2],
+                };
+                let backend = i % 3;
+                let reply = FlowKey {
+                    src: addr_v4(backend_ip(backend as u8 + 1)),
+                    dst: key.src,
+                    src_port: key.dst_port,
+                    dst_port: key.src_port,
+                    ..key
+                };
+                let entry = FlowEntry {
+                    last_seen_ns: now,
+                    reply,
+                    backend_id: backend,
+                    state: FLOW_OPEN,
+                    _pad: [0; 3],
+                };
+                (key, entry)
+            })
+            .collect();
+        bed.dp
+            .insert_flows(&flows)
+            .expect("fill the connection table");
+        let prog = bed.dp.program().expect("program");
+        let ack = bed
+            .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), ACK))
+            .bytes();
+        let mut pick = Lcg::seeded(n);
+        let ns = single(
+            prog,
+            bed.client_if,
+            &ack,
+            budget.scale_runs,
+            XDP_REDIRECT,
+            |_, frame| set_client(pick.below(n), frame),
+        );
+        curve.push((n, ns));
+    }
+    curve
+}
+
+/// Section 2b: new-flow cost with `counts` backends in the service. Backends share the bed's
+/// eight neighbour addresses, on distinct ports, so every choice has a next hop.
+pub fn new_flow_by_backends(counts: &[u32], budget: &Budget, progress: &mut Progress) -> Curve {
+    let mut curve = Vec::new();
+    for &n in counts {
+        progress.step(&format!("scaling: new flow, {n} backends"));
+        let mut bed = Bed::with_sizes(DatapathSizes {
+            flows: budget.scale_runs + 65_536,
+            ring_services: 4,
+        });
+        let backends = (0..n)
+            .map(|i| (i, backend_ip(1 + (i % 8) as u8), 10_000 + i as u16, 100))
+            .collect();
+        bed.install(&ServiceSpec::tcp(0, 443, backends));
+        let prog = bed.dp.program().expect("program");
+        let syn = bed
+            .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
+            .bytes();
+        let ns = single(
+            prog,
+            bed.client_if,
+            &syn,
+            budget.scale_runs,
+            XDP_REDIRECT,
+            set_client,
+        );
+        curve.push((n, ns));
+    }
+    curve
+}
+
+/// A small deterministic generator (the same flows are picked in every run of the bench).
+struct Lcg(u64);
+
+impl Lcg {
+    fn seeded(seed: u32) -> Self {
+        Self(0x9e37_79b9_7f4a_7c15 ^ seed as u64)
+    }
+
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) % n as u64) as u32
+    }
+}
