@@ -110,7 +110,11 @@ fn main() {
     let publish = args.iter().any(|a| a == "--publish");
     let mut progress = Progress {
         step: 0,
-        total: 8 + TABLE_SIZES.len() + 2 * BACKEND_COUNTS.len() + 2 + 6,
+        total: 8
+            + TABLE_SIZES.len()
+            + 2 * BACKEND_COUNTS.len()
+            + 2
+            + end_to_end::BALANCERS.len() * end_to_end::WORKLOADS.len(),
         start: Instant::now(),
     };
 

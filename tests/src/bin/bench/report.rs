@@ -352,7 +352,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     );
     let _ = writeln!(
         md,
-        "## 3. End to end\n\nThe two-arm namespace network of the end-to-end tests (client → balancer → bridge → three backends running the tests' HTTP server), one balancer after the other in this run: nftables DNAT (`numgen inc mod 3` map in prerouting), HAProxy `mode tcp` (round robin; the VIP local to the balancer), and xnlb (`affinity: none`). Load: wrk, 2 threads, 32 connections, {} s per row after a 1 s warm-up; *keep-alive requests* reuse connections, *new connections* send `Connection: close` so every request is a new TCP connection through the balancer. Everything shares {} cores, so machine CPU per request (all namespaces, from `/proc/stat`) is the fair cost comparison; the balancer's own CPU is HAProxy's process time, or xnlb's XDP run time from BPF run-time statistics in a second run of the same load (they cost a little per packet, so the measured run has them off). nftables works in softirq context and cannot be separated.\n\n{}\n![end to end]({})\n",
+        "## 3. End to end\n\nThe two-arm namespace network of the end-to-end tests (client → balancer → bridge → three backends running the tests' HTTP server), one balancer after the other in this run: nftables DNAT (`numgen inc mod 3` map in prerouting), HAProxy `mode tcp` (round robin; the VIP local to the balancer), and xnlb (`affinity: none`). Load: wrk, 2 threads, 32 connections, {} s per row after a 1 s warm-up; *keep-alive requests* reuse connections, *new connections* send `Connection: close` so every request is a new TCP connection through the balancer (the client namespace has `tcp_tw_reuse=1`, as load generators do, so its own port search does not become the bottleneck). Everything shares {} cores, so machine CPU per request (all namespaces, from `/proc/stat`) is the fair cost comparison; the balancer's own CPU is HAProxy's process time, or xnlb's XDP run time from BPF run-time statistics in a second run of the same load (they cost a little per packet, so the measured run has them off). nftables works in softirq context and cannot be separated.\n\n{}\n![end to end]({})\n",
         budget.e2e_secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         e2e_table(&r.end_to_end),
@@ -361,7 +361,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     let (sizes, maps) = &r.memory;
     let _ = writeln!(
         md,
-        "## 4. Memory\n\nEvery map at a default config's sizes ({} flows; ring tables for {} services), as the kernel charges it (`memlock` in the map's fdinfo).\n\n| map | type | key B | value B | max entries | bytes |\n|---|---|---:|---:|---:|---:|",
+        "## 4. Memory\n\nEvery map at a default config's sizes ({} flows; ring tables for {} services), as the kernel charges it (`memlock` in the map's fdinfo). The LPM trie of port rules allocates a node per rule as rules are added, so the kernel reports 0 for it up front.\n\n| map | type | key B | value B | max entries | bytes |\n|---|---|---:|---:|---:|---:|",
         sizes.flows, sizes.ring_services
     );
     for m in maps {
