@@ -2,13 +2,17 @@
 
 use std::path::Path;
 
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 const SIZE: (u32, u32) = (720, 420);
-const COLOURS: [RGBColor; 3] = [
+const COLOURS: [RGBColor; 4] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
 ];
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
@@ -97,21 +101,12 @@ pub fn bars(
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(300)
-        .build_cartesian_2d(0.0..x_max * 1.15, 0.0..rows as f64)?;
-    let label_of = |y: &f64| {
-        let row = (rows as f64 - y).floor() as usize;
-        if row < rows && row % per_group == 0 && (y.fract() == 0.0) {
-            labels[row / per_group].clone()
-        } else {
-            String::new()
-        }
-    };
+        .build_cartesian_2d(0.0..x_max * 1.4, 0.0..rows as f64)?; // room for the legend
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc(x_desc)
-        .y_labels(rows + 1)
-        .y_label_formatter(&label_of)
+        .y_label_formatter(&|_| String::new())
         .draw()?;
     for (s, (name, values)) in series.iter().enumerate() {
         let colour = COLOURS[s % COLOURS.len()];
@@ -137,6 +132,16 @@ pub fn bars(
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
+    // Group labels left of the axis, centred on their group.
+    let style = ("sans-serif", 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Right, VPos::Center));
+    for (g, label) in labels.iter().enumerate() {
+        let centre = rows as f64 - (g * per_group) as f64 - per_group as f64 / 2.0;
+        let (x, y) = chart.backend_coord(&(0.0, centre));
+        root.draw(&Text::new(label.clone(), (x - 8, y), style.clone()))?;
+    }
     root.present()?;
     Ok(())
 }
