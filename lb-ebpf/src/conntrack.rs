@@ -37,7 +37,8 @@ pub fn client_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+    let existing = FLOWS.get_ptr_mut(key);
+    if let Some(entry) = existing {
         let e = unsafe { &mut *entry };
         if still_valid(e, key, l4, s, now) {
             e.last_seen_ns = now;
@@ -52,7 +53,7 @@ pub fn client_flow(
     } else if l4.is_tcp() && !l4.is_syn() {
         stats::flow_event(FlowEvent::NonSynMiss);
     }
-    new_flow(svc, service_id, key, l4.is_syn(), s, now)
+    new_flow(svc, service_id, key, l4.is_syn(), existing, s, now)
 }
 
 /// Refreshes the owning flow when its backend replies.
@@ -113,6 +114,7 @@ fn new_flow(
     service_id: u32,
     key: &FlowKey,
     syn: bool,
+    existing: Option<*mut FlowEntry>,
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
@@ -132,11 +134,17 @@ fn new_flow(
         claim_snat_port(key, backend, &owner, s, now)?
     } else {
         let reply = reply_tuple(key, backend, key.src, key.src_port);
-        // Two services on one VIP may send a client's reused source port to the same backend
-        // port: the backend sees the old connection's tuple again, as after any port reuse, and
-        // a new SYN may take it over from a closing flow (as the backend's TIME_WAIT allows).
-        if !claim(&reply, &owner, Takeover::from(syn), s, now) {
-            return Err(DropReason::ReplyCollision);
+        // A client reusing its port for the same backend finds its old reply entry: refreshed
+        // in place, without a new element.
+        let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(&reply) });
+        if !(ours && refresh_own(&reply, &owner)) {
+            // Two services on one VIP may send a client's reused source port to the same
+            // backend port: the backend sees the old connection's tuple again, as after any
+            // port reuse, and a new SYN may take it over from a closing flow (as the backend's
+            // TIME_WAIT allows).
+            if !claim(&reply, &owner, Takeover::from(syn), s, now) {
+                return Err(DropReason::ReplyCollision);
+            }
         }
         reply
     };
@@ -147,8 +155,15 @@ fn new_flow(
         state: FLOW_OPEN,
         _pad: [0; 3],
     };
-    if FLOWS.insert(key, &entry, BPF_ANY as u64).is_err() {
-        return Err(DropReason::FlowTableFull);
+    match existing {
+        // The key's old entry (expired, closing, or its backend gone) becomes the new flow in
+        // place: an LRU insert would allocate an element and free the old one.
+        Some(e) => unsafe { *e = entry },
+        None => {
+            if FLOWS.insert(key, &entry, BPF_ANY as u64).is_err() {
+                return Err(DropReason::FlowTableFull);
+            }
+        }
     }
     stats::new_flow(service_id, backend_id);
     Ok(Flow { reply, backend_id })
@@ -219,6 +234,25 @@ impl Takeover {
     #[inline(always)]
     fn from(syn: bool) -> Self {
         if syn { Self::Closing } else { Self::GoneOnly }
+    }
+}
+
+/// `reply` is still held by this client: points it at the new backend, in place. False when the
+/// entry is gone or belongs to another flow (then `claim` decides).
+#[inline(always)]
+fn refresh_own(reply: &FlowKey, owner: &ReplyEntry) -> bool {
+    match REPLIES.get_ptr_mut(reply) {
+        Some(held) => {
+            let held = unsafe { &mut *held };
+            if !held.client.same(&owner.client) {
+                return false;
+            }
+            if held.backend_id != owner.backend_id {
+                held.backend_id = owner.backend_id;
+            }
+            true
+        }
+        None => false,
     }
 }
 

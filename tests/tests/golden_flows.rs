@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use lb_common::{
     addr::PROTO_UDP,
     backend::{BACKEND_DOWN, BACKEND_DRAINING},
-    flow::FLOW_CLOSING,
+    flow::{FLOW_CLOSING, FLOW_OPEN},
     service::{AFFINITY_NETWORK, AFFINITY_SINGLE, FILTERING_DISABLED, FILTERING_SINGLE},
     settings::DatapathSettings,
     stats::{DropReason, FlowEvent, PassReason},
@@ -513,6 +513,25 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
         &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
     );
     assert_eq!(bed.dp.service_stats(0).unwrap().new_flows, 2);
+    // It reuses the old entries in place: one flow, open again, and one reply entry that still
+    // undoes the NAT for the backend's answer.
+    let flows = bed.dp.flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.state, FLOW_OPEN);
+    assert_eq!(bed.dp.replies().unwrap().len(), 1);
+    let chosen = ip_of(flows[0].1.backend_id);
+    let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &reply.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        reply
+            .clone()
+            .addressed((VIP, 443), client)
+            .ttl(63)
+            .macs(bed.client_if.mac, ROUTER_MAC)
+            .bytes()
+    );
 }
 
 #[test]

@@ -189,6 +189,33 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         None,
     ));
 
+    progress.step("per packet: new flow on a reused tuple");
+    // A client reusing a source port after its connection closed (a NATed client, a busy
+    // load generator): FIN (not timed), then the SYN that starts the next connection.
+    let fin = bed
+        .from_client(Pkt::tcp(first, (VIP, 443), FIN_ACK))
+        .bytes();
+    let reused = 1_000;
+    let mut total = 0u128;
+    for i in 0..runs {
+        let mut f = fin.clone();
+        let mut s = syn.clone();
+        set_client(i % reused, &mut f);
+        set_client(i % reused, &mut s);
+        test_run(prog, bed.client_if, &f, 1).expect("FIN");
+        let (action, _, took) = test_run(prog, bed.client_if, &s, 1).expect("SYN");
+        assert_eq!(action, XDP_REDIRECT);
+        total += took.as_nanos();
+    }
+    let one = total as f64 / runs as f64;
+    cases.push(cost(
+        "new flow on a reused tuple (SYN after FIN)",
+        XDP_REDIRECT,
+        one,
+        runs,
+        None,
+    ));
+
     progress.step("per packet: one-arm new flow");
     // One-arm: a service on port 444 over backends on cli0's subnet, SNAT ports 1024-65535.
     // Ports per backend are finite, so fewer runs: each of 3 backends fills at most a quarter.
