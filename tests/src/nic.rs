@@ -18,11 +18,7 @@ pub struct NicStandIn {
 impl NicStandIn {
     pub fn attach(ns: &NetNs, devs: &[&str]) -> Self {
         let mut ebpf = load_floor();
-        let prog: &mut Xdp = ebpf
-            .program_mut(FLOOR_PROGRAM)
-            .expect("the floor program is in the object")
-            .try_into()
-            .expect("an XDP program");
+        let prog = floor_program(&mut ebpf);
         ns.run_in(|| {
             for dev in devs {
                 prog.attach(dev, XdpMode::Driver)
@@ -42,11 +38,16 @@ pub fn load_floor() -> Ebpf {
         .map_max_entries("RING", 1)
         .load(XDP_OBJECT)
         .expect("load the XDP object");
-    let prog: &mut Xdp = ebpf
-        .program_mut(FLOOR_PROGRAM)
+    floor_program(&mut ebpf)
+        .load()
+        .expect("verify the floor program");
+    ebpf
+}
+
+/// The floor program inside an object from [`load_floor`].
+pub fn floor_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(FLOOR_PROGRAM)
         .expect("the floor program is in the object")
         .try_into()
-        .expect("an XDP program");
-    prog.load().expect("verify the floor program");
-    ebpf
+        .expect("an XDP program")
 }

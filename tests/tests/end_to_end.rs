@@ -96,6 +96,12 @@ impl Farm {
         )
     }
 
+    /// `web`: VIP:80 over three equal backends, affinity none.
+    fn web_config(&self) -> String {
+        let backends = self.backends(&[1, 2, 3], |_| "".into());
+        self.config(&[self.service("web", HTTP, "    affinity: none\n", &backends)])
+    }
+
     fn vip(&self, port: u16) -> SocketAddr {
         (self.net.vip(), port).into()
     }
@@ -125,6 +131,28 @@ impl Farm {
     fn scrape(&self) -> Scrape {
         Scrape::take(&self.net.lb, METRICS)
     }
+}
+
+/// Two tests for each scenario: `<two>` runs it in two-arm mode, `<one>` in one-arm mode.
+macro_rules! in_both_modes {
+    ($($scenario:ident: $two:ident, $one:ident;)+) => {$(
+        #[test]
+        fn $two() {
+            $scenario(Mode::TwoArm);
+        }
+
+        #[test]
+        fn $one() {
+            $scenario(Mode::OneArm);
+        }
+    )+};
+}
+
+in_both_modes! {
+    balancing: balancing_two_arm, balancing_one_arm;
+    lifecycle: health_drain_reload_two_arm, health_drain_reload_one_arm;
+    fail_static: fail_static_two_arm, fail_static_one_arm;
+    bad_input: bad_input_two_arm, bad_input_one_arm;
 }
 
 fn tally<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
@@ -286,16 +314,6 @@ fn balancing(mode: Mode) {
     assert_eq!(counts.len(), 3, "{mode_name}: {counts:?}");
 }
 
-#[test]
-fn balancing_two_arm() {
-    balancing(Mode::TwoArm);
-}
-
-#[test]
-fn balancing_one_arm() {
-    balancing(Mode::OneArm);
-}
-
 // 3, 4 and 5: health, drain, adding a backend by reload, with transfers that must survive.
 
 const FAST: &str = "    health:\n      http: { path: /owa/healthcheck.htm, port: 80 }\n      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
@@ -430,28 +448,12 @@ fn lifecycle(mode: Mode) {
     }
 }
 
-#[test]
-fn health_drain_reload_two_arm() {
-    lifecycle(Mode::TwoArm);
-}
-
-#[test]
-fn health_drain_reload_one_arm() {
-    lifecycle(Mode::OneArm);
-}
-
 // 6. Fail-static.
 
 fn fail_static(mode: Mode) {
     let farm = Farm::new(mode, 3);
     let mode_name = farm.mode();
-    let all = [1, 2, 3];
-    let config = farm.config(&[farm.service(
-        "web",
-        HTTP,
-        "    affinity: none\n",
-        &farm.backends(&all, |_| "".into()),
-    )]);
+    let config = farm.web_config();
     let mut d = Daemon::start(&farm.net.lb, &config);
     let clients = farm.net.client_addresses(19);
     let transfer = farm.transfer(clients[0], 250);
@@ -494,16 +496,6 @@ fn fail_static(mode: Mode) {
     assert_eq!(misses, 0.0, "{mode_name}: flows lost across the restart");
 }
 
-#[test]
-fn fail_static_two_arm() {
-    fail_static(Mode::TwoArm);
-}
-
-#[test]
-fn fail_static_one_arm() {
-    fail_static(Mode::OneArm);
-}
-
 // 7. Bad input on the wire.
 
 /// A frame from the client to `dst` with the client's and the balancer's MACs.
@@ -517,13 +509,7 @@ fn bad_input(mode: Mode) {
     const BURST: usize = 500;
     let farm = Farm::new(mode, 3);
     let mode_name = farm.mode();
-    let all = [1, 2, 3];
-    let config = farm.config(&[farm.service(
-        "web",
-        HTTP,
-        "    affinity: none\n",
-        &farm.backends(&all, |_| "".into()),
-    )]);
+    let config = farm.web_config();
     let _d = Daemon::start(&farm.net.lb, &config);
     let clients = farm.net.client_addresses(9);
     let src = |i: usize| (clients[i % clients.len()], 40000 + i as u16);
@@ -624,14 +610,4 @@ fn bad_input(mode: Mode) {
         (BURST * kinds.len()) as f64,
         "{mode_name}: XDP_DROP count"
     );
-}
-
-#[test]
-fn bad_input_two_arm() {
-    bad_input(Mode::TwoArm);
-}
-
-#[test]
-fn bad_input_one_arm() {
-    bad_input(Mode::OneArm);
 }

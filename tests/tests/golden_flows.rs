@@ -32,6 +32,17 @@ fn expected_to_backend(bed: &Bed, pkt: &Pkt, backend: (Ipv4Addr, u16)) -> Vec<u8
         .bytes()
 }
 
+/// What the client should get for a backend's `reply` to `client`: source restored to
+/// VIP:`port`, TTL-1, towards the router.
+fn expected_to_client(bed: &Bed, reply: &Pkt, port: u16, client: (Ipv4Addr, u16)) -> Vec<u8> {
+    reply
+        .clone()
+        .addressed((VIP, port), client)
+        .ttl(reply.ttl - 1)
+        .macs(bed.client_if.mac, ROUTER_MAC)
+        .bytes()
+}
+
 #[test]
 fn two_arm_syn_goes_to_the_predicted_backend_and_the_flow_and_its_replies_follow() {
     let mut bed = Bed::new();
@@ -65,12 +76,7 @@ fn two_arm_syn_goes_to_the_predicted_backend_and_the_flow_and_its_replies_follow
     );
     let (action, out) = bed.run(bed.server_if, &reply.bytes());
     assert_eq!(action, XDP_REDIRECT, "back to the client-side interface");
-    let want = reply
-        .clone()
-        .addressed((VIP, 443), client)
-        .ttl(63)
-        .macs(bed.client_if.mac, ROUTER_MAC)
-        .bytes();
+    let want = expected_to_client(&bed, &reply, 443, client);
     assert_eq!(out, want, "reply: source restored to the VIP");
 
     let stats = bed.dp.backend_stats(chosen).unwrap();
@@ -121,12 +127,7 @@ fn one_arm_snat_both_directions_out_the_same_interface() {
     );
     let (action, out) = bed.run(bed.client_if, &reply.bytes());
     assert_eq!(action, XDP_TX);
-    let want = reply
-        .clone()
-        .addressed((VIP, 443), client)
-        .ttl(63)
-        .macs(bed.client_if.mac, ROUTER_MAC)
-        .bytes();
+    let want = expected_to_client(&bed, &reply, 443, client);
     assert_eq!(out, want, "reverse SNAT and DNAT");
 }
 
@@ -264,15 +265,7 @@ fn a_backend_port_rewrites_the_destination_port() {
         bed.server_if,
     );
     let (_, out) = bed.run(bed.server_if, &reply.bytes());
-    assert_eq!(
-        out,
-        reply
-            .clone()
-            .addressed((VIP, 443), client)
-            .ttl(63)
-            .macs(bed.client_if.mac, ROUTER_MAC)
-            .bytes()
-    );
+    assert_eq!(out, expected_to_client(&bed, &reply, 443, client));
 }
 
 #[test]
@@ -307,12 +300,7 @@ fn a_syn_takes_over_the_reply_tuple_of_a_closing_flow_only() {
     let (_, out) = bed.run(bed.server_if, &reply.bytes());
     assert_eq!(
         out,
-        reply
-            .clone()
-            .addressed((VIP, 444), client)
-            .ttl(63)
-            .macs(bed.client_if.mac, ROUTER_MAC)
-            .bytes(),
+        expected_to_client(&bed, &reply, 444, client),
         "replies now belong to the new flow"
     );
     assert_eq!(bed.drops(DropReason::ReplyCollision), 1);
@@ -523,15 +511,7 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
     let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
     let (action, out) = bed.run(bed.server_if, &reply.bytes());
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(
-        out,
-        reply
-            .clone()
-            .addressed((VIP, 443), client)
-            .ttl(63)
-            .macs(bed.client_if.mac, ROUTER_MAC)
-            .bytes()
-    );
+    assert_eq!(out, expected_to_client(&bed, &reply, 443, client));
 }
 
 #[test]

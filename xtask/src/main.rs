@@ -55,15 +55,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             workspace::require_root("the demo loads XDP programs and creates network namespaces")?;
             println!("Building xnlb and the demo (release)...");
-            workspace::cargo(&[
-                "build",
-                "--release",
-                "-q",
-                "-p",
-                "lb-userspace",
-                "--bin",
-                "xnlb",
-            ])?;
+            build_xnlb_release()?;
             workspace::cargo(&[
                 "run",
                 "--release",
@@ -80,15 +72,7 @@ fn run(cli: Cli) -> Result<()> {
                 "the benchmarks load XDP programs and create network namespaces",
             )?;
             println!("Building xnlb and the benchmarks (release)...");
-            workspace::cargo(&[
-                "build",
-                "--release",
-                "-q",
-                "-p",
-                "lb-userspace",
-                "--bin",
-                "xnlb",
-            ])?;
+            build_xnlb_release()?;
             let mut bench = vec![
                 "run",
                 "--release",
@@ -103,4 +87,17 @@ fn run(cli: Cli) -> Result<()> {
             workspace::cargo(&bench)
         }
     }
+}
+
+/// The daemon the demo and the benchmarks run, built in release mode.
+fn build_xnlb_release() -> Result<()> {
+    workspace::cargo(&[
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "xnlb",
+    ])
 }

@@ -12,11 +12,12 @@ use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
     flow::{FLOW_OPEN, FlowEntry, FlowKey},
 };
-use xnlb::{
-    datapath::{DatapathSizes, addr_v4},
-    ebpf_object::FLOOR_PROGRAM,
+use xnlb::datapath::{DatapathSizes, addr_v4};
+use xnlb_tests::{
+    bed::*,
+    nic::{floor_program, load_floor},
+    packets::*,
 };
-use xnlb_tests::{bed::*, nic::load_floor, packets::*};
 
 use crate::{Budget, Progress};
 
@@ -115,11 +116,7 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
     });
     bed.install(&ServiceSpec::tcp(0, 443, three_backends(backend_ip)));
     let mut floor_obj = load_floor();
-    let floor: &mut Xdp = floor_obj
-        .program_mut(FLOOR_PROGRAM)
-        .expect("floor")
-        .try_into()
-        .expect("XDP");
+    let floor = floor_program(&mut floor_obj);
     let prog = bed.dp.program().expect("program");
 
     let first = (client_ip(1), 40_000);

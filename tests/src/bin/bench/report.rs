@@ -201,6 +201,13 @@ fn e2e_table(runs: &[Run]) -> String {
     s
 }
 
+/// `| x | ns | × floor |` rows of a scaling curve.
+fn curve_rows(md: &mut String, curve: &crate::packet_cost::Curve, floor: f64) {
+    for &(x, ns) in curve {
+        let _ = writeln!(md, "| {x} | {ns:.1} | {} |", ratio(ns, floor));
+    }
+}
+
 fn draw(dir: &Path, r: &Results) -> Result<(), Box<dyn std::error::Error>> {
     let labels: Vec<String> = std::iter::once(&r.packet.floor)
         .chain(&r.packet.cases)
@@ -313,25 +320,13 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
         "Established-flow cost with the connection table already holding N flows; each run sends the next packet of a flow picked at random from the whole table ({} runs per point).\n\n| flows in the table | ns/packet | × floor |\n|---:|---:|---:|",
         budget.scale_runs
     );
-    for &(n, ns) in &r.by_table_size {
-        let _ = writeln!(
-            md,
-            "| {n} | {ns:.1} | {} |",
-            ratio(ns, r.packet.floor.single_ns)
-        );
-    }
+    curve_rows(&mut md, &r.by_table_size, r.packet.floor.single_ns);
     let _ = writeln!(md, "\n![established by table size]({})\n", PLOTS[1]);
     let _ = writeln!(
         md,
         "New-flow cost (SYN, new 5-tuple each run) with N backends in the service.\n\n| backends | ns/packet | × floor |\n|---:|---:|---:|"
     );
-    for &(n, ns) in &r.by_backends {
-        let _ = writeln!(
-            md,
-            "| {n} | {ns:.1} | {} |",
-            ratio(ns, r.packet.floor.single_ns)
-        );
-    }
+    curve_rows(&mut md, &r.by_backends, r.packet.floor.single_ns);
     let _ = writeln!(md, "\n![new flow by backends]({})\n", PLOTS[2]);
     let _ = writeln!(
         md,
