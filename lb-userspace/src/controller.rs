@@ -123,7 +123,7 @@ impl Controller {
         if ctl.config.announce_vips {
             ctl.vips
                 .sync(&ctl.announced(), adopted)
-                .context("adding the VIPs to the client interface")?;
+                .context("adding the VIPs (and one-arm SNAT addresses) to the client interface")?;
         }
         Ok(ctl)
     }
