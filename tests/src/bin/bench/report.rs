@@ -111,6 +111,22 @@ pub fn summary(r: &Results) -> String {
     );
     for w in WORKLOADS {
         let get = |b| run_of(&r.end_to_end, b, w.name);
+        if let (Some(g), Some(n)) = (get("xnlb (generic XDP)"), get("nftables")) {
+            row(
+                &format!(
+                    "{}: xnlb generic XDP vs nftables (per second; veth test bed)",
+                    w.name
+                ),
+                format!(
+                    "{:.0} vs {:.0} = {}",
+                    g.per_second,
+                    n.per_second,
+                    ratio(g.per_second, n.per_second)
+                ),
+                "≥ 1×",
+                g.per_second >= n.per_second,
+            );
+        }
         if let (Some(x), Some(h), Some(n)) = (get("xnlb"), get("haproxy"), get("nftables")) {
             row(
                 &format!("{}: xnlb vs HAProxy (per second)", w.name),
@@ -310,7 +326,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     let _ = writeln!(md, "## Summary\n\n{}", summary(r));
     let _ = writeln!(
         md,
-        "## 1. Per-packet cost\n\nThe real XDP object in the datapath test bed (a namespace whose veths, routes and neighbours make `bpf_fib_lookup` answer as on a router), timed by the kernel with `BPF_PROG_TEST_RUN`, next to the floor: a program that parses the Ethernet header and passes. *Single runs* are N calls of one run each, with a fresh copy of the packet each time (the kernel times the run; the per-run timing overhead is in every row, the floor included). The *in-kernel repeat* runs the program N times on one buffer and is exact, but only for packets the program does not rewrite: a translated packet is no longer addressed to the VIP on its second run. New flows use a new client address and port on every run, so the connection table always misses; one-arm new flows are fewer because SNAT ports per backend are finite.\n\n{}\n![per-packet cost]({})\n",
+        "## 1. Per-packet cost\n\nThe real XDP object in the datapath test bed (a namespace whose veths, routes and neighbours make `bpf_fib_lookup` answer as on a router), timed by the kernel with `BPF_PROG_TEST_RUN`, next to the floor: a program that parses the Ethernet header and passes. *Single runs* are N calls of one run each, with a fresh copy of the packet each time (the kernel times the run; the per-run timing overhead is in every row, the floor included). The *in-kernel repeat* runs the program N times on one buffer and is exact, but only for packets the program does not rewrite: a translated packet is no longer addressed to the VIP on its second run. New flows use a new client address and port on every run, so the connection table always misses; the reused-tuple case is a client port coming back after its connection closed (FIN not timed, then the SYN), which updates the flow's entries in place; one-arm new flows are fewer because SNAT ports per backend are finite.\n\n{}\n![per-packet cost]({})\n",
         packet_table(r),
         PLOTS[0]
     );
@@ -347,7 +363,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     );
     let _ = writeln!(
         md,
-        "## 3. End to end\n\nThe two-arm namespace network of the end-to-end tests (client → balancer → bridge → three backends running the tests' HTTP server), one balancer after the other in this run: nftables DNAT (`numgen inc mod 3` map in prerouting), HAProxy `mode tcp` (round robin; the VIP local to the balancer), and xnlb (`affinity: none`). Load: wrk, 2 threads, 32 connections, {} s per row after a 1 s warm-up; *keep-alive requests* reuse connections, *new connections* send `Connection: close` so every request is a new TCP connection through the balancer (the client namespace has `tcp_tw_reuse=1`, as load generators do, so its own port search does not become the bottleneck). Everything shares {} cores, so machine CPU per request (all namespaces, from `/proc/stat`) is the fair cost comparison; the balancer's own CPU is HAProxy's process time, or xnlb's XDP run time from BPF run-time statistics in a second run of the same load (they cost a little per packet, so the measured run has them off). nftables works in softirq context and cannot be separated.\n\n{}\n![end to end]({})\n",
+        "## 3. End to end\n\nThe two-arm namespace network of the end-to-end tests (client → balancer → bridge → three backends running the tests' HTTP server), one balancer after the other in this run: nftables DNAT (`numgen inc mod 3` map in prerouting), HAProxy `mode tcp` (round robin; the VIP local to the balancer), and xnlb (`affinity: none`) with native XDP, then with generic (skb) XDP. On veth, native XDP costs what a NIC driver does not: every packet the kernel built is copied into an XDP frame, and after the redirect turned back into an skb; generic XDP runs on the skb itself. A NIC runs native XDP before any skb exists, so the generic row is the closer picture of the program's own cost here, and the native row is the mode a deployment uses. Load: wrk, 2 threads, 32 connections, {} s per row after a 1 s warm-up; *keep-alive requests* reuse connections, *new connections* send `Connection: close` so every request is a new TCP connection through the balancer (the client namespace has `tcp_tw_reuse=1`, as load generators do, so its own port search does not become the bottleneck). Everything shares {} cores, so machine CPU per request (all namespaces, from `/proc/stat`) is the fair cost comparison; the balancer's own CPU is HAProxy's process time, or xnlb's XDP run time from BPF run-time statistics in a second run of the same load (they cost a little per packet, so the measured run has them off). nftables works in softirq context and cannot be separated.\n\n{}\n![end to end]({})\n",
         budget.e2e_secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         e2e_table(&r.end_to_end),
