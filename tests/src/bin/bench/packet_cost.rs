@@ -11,6 +11,7 @@ use aya::programs::Xdp;
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
     flow::{FLOW_OPEN, FlowEntry, FlowKey},
+    settings::{DatapathSettings, MAX_SNAT_ADDRS, MODE_ONE_ARM},
 };
 use xnlb::datapath::{DatapathSizes, addr_v4};
 use xnlb_tests::{
@@ -101,20 +102,23 @@ fn cost(case: &str, action: u32, single_ns: f64, runs: u32, repeat_ns: Option<f6
     }
 }
 
-fn three_backends(ip: fn(u8) -> std::net::Ipv4Addr) -> Vec<(u32, std::net::Ipv4Addr, u16, u32)> {
-    (1..=3).map(|n| (n as u32 - 1, ip(n), 0, 100)).collect()
+/// Three equal two-arm backends, ids 0..=2.
+fn three_backends() -> Vec<(u32, std::net::Ipv4Addr, u16, u32)> {
+    (1..=3)
+        .map(|n| (n as u32 - 1, backend_ip(n), 0, 100))
+        .collect()
 }
 
 /// Section 1: every case the datapath distinguishes, and the floor.
 pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
     let runs = budget.single_runs;
     let repeat = budget.repeat;
-    // Room for every new flow of the run without eviction.
+    // Room for every new flow of the run (two-arm, then one-arm) without eviction.
     let mut bed = Bed::with_sizes(DatapathSizes {
-        flows: runs + 65_536,
+        flows: 2 * runs + 65_536,
         ring_services: 4,
     });
-    bed.install(&ServiceSpec::tcp(0, 443, three_backends(backend_ip)));
+    bed.install(&ServiceSpec::tcp(0, 443, three_backends()));
     let mut floor_obj = load_floor();
     let floor = floor_program(&mut floor_obj);
     let prog = bed.dp.program().expect("program");
@@ -214,23 +218,30 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
     ));
 
     progress.step("per packet: one-arm new flow");
-    // One-arm: a service on port 444 over backends on cli0's subnet, SNAT ports 1024-65535.
-    // Ports per backend are finite, so fewer runs: each of 3 backends fills at most a quarter.
-    bed.one_arm((1024, 65535));
-    let mut one_arm = ServiceSpec::tcp(1, 444, three_backends(one_arm_backend_ip));
-    for (i, b) in one_arm.backends.iter_mut().enumerate() {
-        b.0 = 3 + i as u32;
+    // One-arm: a service on port 444 over the bed's eight one-arm backends, from 16 SNAT
+    // addresses with ports 1024-65535: room for 8 million flows, so a million new flows fill
+    // an eighth of it and the last claims sometimes retry, as in a busy SNAT pool.
+    let mut settings = DatapathSettings::defaults();
+    settings.mode = MODE_ONE_ARM;
+    settings.snat_port_min = 1024;
+    settings.snat_port_max = 65535;
+    settings.snat_count = MAX_SNAT_ADDRS as u32;
+    for (i, slot) in settings.snat_addrs.iter_mut().enumerate() {
+        *slot = addr_v4(std::net::Ipv4Addr::new(198, 18, 0, 2 + i as u8));
     }
-    bed.install(&one_arm);
+    bed.settings(&settings);
+    let backends = (1..=8)
+        .map(|n| (2 + n as u32, one_arm_backend_ip(n), 0, 100))
+        .collect();
+    bed.install(&ServiceSpec::tcp(1, 444, backends));
     let prog = bed.dp.program().expect("program");
-    let snat_runs = runs.min(45_000);
     let syn444 = bed.from_client(Pkt::tcp(first, (VIP, 444), SYN)).bytes();
-    let one = single(prog, bed.client_if, &syn444, snat_runs, XDP_TX, set_client);
+    let one = single(prog, bed.client_if, &syn444, runs, XDP_TX, set_client);
     cases.push(cost(
         "one-arm new flow (SYN, SNAT port claim)",
         XDP_TX,
         one,
-        snat_runs,
+        runs,
         None,
     ));
 
@@ -267,7 +278,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
             flows: n + 65_536,
             ring_services: 4,
         });
-        bed.install(&ServiceSpec::tcp(0, 443, three_backends(backend_ip)));
+        bed.install(&ServiceSpec::tcp(0, 443, three_backends()));
         let now = coarse_now_ns();
         let flows: Vec<(FlowKey, FlowEntry)> = (0..n)
             .map(|i| {
