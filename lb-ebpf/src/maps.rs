@@ -2,7 +2,7 @@
 //! (connection table, rings) from its config before loading.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -45,8 +45,10 @@ pub static SERVICES: HashMap<u32, ServiceInfo> =
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Consistent-hash tables, built in userspace: `RING[service.ring_base + hash % service.ring_size]`.
+/// Mmap-able, so the controller writes a table with one copy.
 #[map]
-pub static RING: Array<u32> = Array::with_max_entries(RING_MAX_SIZE * RING_SLOTS_PER_SERVICE, 0);
+pub static RING: Array<u32> =
+    Array::with_max_entries(RING_MAX_SIZE * RING_SLOTS_PER_SERVICE, BPF_F_MMAPABLE);
 
 /// Client tuple → flow.
 #[map]

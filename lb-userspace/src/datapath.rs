@@ -30,6 +30,7 @@ use lb_common::{
 use crate::{
     bpf_batch,
     ebpf_object::{XDP_OBJECT, XDP_PROGRAM},
+    mapped_array::MappedArray,
     port_rules,
 };
 
@@ -151,6 +152,10 @@ impl Default for DatapathSizes {
 }
 
 pub struct Datapath {
+    // Field order is drop order: unmap the ring before the map goes.
+    /// `RING` in our memory; `None` for a ring adopted from an xnlb that made it without
+    /// `BPF_F_MMAPABLE` (then tables are written with syscalls).
+    ring_view: Option<MappedArray>,
     ebpf: Ebpf,
     ring_slots: u32,
 }
@@ -193,9 +198,15 @@ impl Datapath {
             }
         }
         let ebpf = loader.load(XDP_OBJECT)?;
-        let mut dp = Self { ebpf, ring_slots };
-        // An adopted RING keeps the size it was created with.
-        dp.ring_slots = dp.max_entries("RING")? / RING_MAX_SIZE;
+        let mut dp = Self {
+            ring_view: None,
+            ebpf,
+            ring_slots,
+        };
+        // An adopted RING keeps the size (and flags) it was created with.
+        let ring_entries = dp.max_entries("RING")?;
+        dp.ring_slots = ring_entries / RING_MAX_SIZE;
+        dp.ring_view = MappedArray::map(dp.map_data("RING")?.fd().as_fd(), ring_entries);
         dp.program_mut()?.load()?;
         Ok(dp)
     }
@@ -215,6 +226,12 @@ impl Datapath {
     pub fn max_entries(&self, name: &'static str) -> Result<u32> {
         let info = self.map_data(name)?.info().map_err(map_err(name))?;
         Ok(info.max_entries())
+    }
+
+    /// Whether ring tables are written through the mmap-ed `RING` (false only for a ring adopted
+    /// from an older xnlb).
+    pub fn ring_mapped(&self) -> bool {
+        self.ring_view.is_some()
     }
 
     /// Services that can have a ring table.
@@ -425,6 +442,10 @@ impl Datapath {
             return Err(DatapathError::RingTooLarge(table.len()));
         }
         let base = slot * RING_MAX_SIZE;
+        if let Some(view) = &mut self.ring_view {
+            view.write(base as usize, table);
+            return Ok(base);
+        }
         let fd = self.map_data("RING")?.fd().as_fd();
         bpf_batch::update_array(fd, base, table).map_err(|source| DatapathError::Io {
             what: "writing RING",

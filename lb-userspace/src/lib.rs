@@ -13,6 +13,7 @@ pub mod health;
 pub mod ids;
 pub mod lifecycle;
 pub mod maglev;
+pub mod mapped_array;
 pub mod metrics;
 pub mod plan;
 pub mod port_rules;

@@ -602,6 +602,10 @@ fn a_mid_flow_packet_without_state_is_balanced_and_counted() {
 #[test]
 fn switching_a_ring_moves_new_flows_only() {
     let mut bed = Bed::new();
+    assert!(
+        bed.dp.ring_mapped(),
+        "ring tables are written through the mmap-ed map"
+    );
     let mut spec = ServiceSpec::tcp(0, 443, three_backends());
     bed.install(&spec);
     let established: Vec<(u16, Ipv4Addr)> = (40_000..40_050)
