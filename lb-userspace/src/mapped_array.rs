@@ -4,7 +4,7 @@
 //! most of a 100-service reload).
 //!
 //! The kernel lays array elements out 8 bytes apart (`round_up(value_size, 8)`), so each u32
-//! sits in the low half of a u64 slot.
+//! sits in the first four bytes of a u64 slot.
 
 use std::{
     os::fd::{AsRawFd, BorrowedFd},
