@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
@@ -49,12 +49,12 @@ async fn serve(config: config::Config, config_path: &Path, pin_dir: &Path) -> Re
         tokio::task::spawn_blocking(move || Controller::start(config, &config_path, &pin_dir))
             .await??
     };
-    let targets = ctl.health_targets();
+    let (targets, probed) = (ctl.health_targets(), ctl.health_targets());
     let shared: Shared = Arc::new(Mutex::new(Some(ctl)));
     let (registry, observed) = metrics::registry(shared.clone());
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     tokio::spawn(health::follow(targets, reports_tx));
-    tokio::spawn(apply_health(reports_rx, shared.clone(), observed));
+    tokio::spawn(apply_health(reports_rx, probed, shared.clone(), observed));
     let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
     tokio::spawn(admin::serve(admin_listener, shared.clone(), stopped_tx));
     let metrics_addr = metrics_listener.local_addr()?;
@@ -100,16 +100,34 @@ async fn serve(config: config::Config, config_path: &Path, pin_dir: &Path) -> Re
 }
 
 /// Hands probe results to the controller in batches (one reprogram for many changes), off
-/// the async workers because the controller writes maps.
+/// the async workers because the controller writes maps. Counts them in the metrics, whose
+/// series follow what is `probed`.
 async fn apply_health(
     mut reports: mpsc::UnboundedReceiver<health::Report>,
+    mut probed: watch::Receiver<health::Targets>,
     shared: Shared,
     observed: metrics::Observed,
 ) {
     let mut batch = Vec::new();
-    while reports.recv_many(&mut batch, 512).await > 0 {
-        for r in &batch {
-            observed.probe(r);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            changed = probed.changed(), if watching => {
+                // The controller is gone when the sender is: nothing more to follow.
+                watching = changed.is_ok();
+                observed.retain(&probed.borrow_and_update());
+                continue;
+            }
+            n = reports.recv_many(&mut batch, 512) => if n == 0 { break },
+        }
+        {
+            // A result from a probe a reload just removed would bring its series back.
+            let current = probed.borrow();
+            for r in &batch {
+                if current.contains_key(&(r.target.service.clone(), r.target.backend.clone())) {
+                    observed.probe(r);
+                }
+            }
         }
         let (shared, batch) = (shared.clone(), std::mem::take(&mut batch));
         let applied = tokio::task::spawn_blocking(move || {

@@ -2,7 +2,10 @@
 //! per-CPU maps on each scrape (summed over CPUs, the connection table read in batches), so
 //! the datapath does no work for metrics; gauges come from the controller's state.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
@@ -21,7 +24,11 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use crate::{
-    admin::Shared, controller::Counters, health::Report, lifecycle::BackendState, status::Status,
+    admin::Shared,
+    controller::Counters,
+    health::{BackendName, Report, Targets},
+    lifecycle::BackendState,
+    status::Status,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,11 +50,17 @@ pub struct ProbeResultLabels {
 pub struct Observed {
     pub probe_seconds: Family<ProbeLabels, Histogram>,
     pub probes: Family<ProbeResultLabels, Counter>,
+    /// The (service, backend) pairs with series, so the ones no longer probed can be removed.
+    seen: Arc<Mutex<BTreeSet<BackendName>>>,
 }
 
 impl Observed {
     pub fn probe(&self, report: &Report) {
         let (service, backend) = (report.target.service.clone(), report.target.backend.clone());
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((service.clone(), backend.clone()));
         let result = if report.outcome.is_ok() {
             "success"
         } else {
@@ -63,6 +76,27 @@ impl Observed {
         self.probe_seconds
             .get_or_create(&ProbeLabels { service, backend })
             .observe(report.latency.as_secs_f64());
+    }
+
+    /// Removes the probe series of backends no longer probed (gone by a reload, or their
+    /// service's health block removed), so a scrape shows only what is checked.
+    pub fn retain(&self, probed: &Targets) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|(service, backend)| {
+            if probed.contains_key(&(service.clone(), backend.clone())) {
+                return true;
+            }
+            let (service, backend) = (service.clone(), backend.clone());
+            for result in ["success", "failure"] {
+                self.probes.remove(&ProbeResultLabels {
+                    service: service.clone(),
+                    backend: backend.clone(),
+                    result,
+                });
+            }
+            self.probe_seconds.remove(&ProbeLabels { service, backend });
+            false
+        });
     }
 }
 
@@ -89,6 +123,7 @@ pub fn registry(shared: Shared) -> (Registry, Observed) {
         Observed {
             probe_seconds,
             probes,
+            seen: Arc::default(),
         },
     )
 }

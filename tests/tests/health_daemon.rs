@@ -111,6 +111,16 @@ fn backend_json(d: &Daemon, service: &str, backend: &str) -> serde_json::Value {
     backend_of(&d.status_json(), service, backend).clone()
 }
 
+/// Lines of the `xnlb_health_probe*` families for `service` in a scrape.
+fn probe_series(net: &Net, service: &str) -> usize {
+    let label = format!("service=\"{service}\"");
+    Scrape::take(&net.lb, METRICS)
+        .text
+        .lines()
+        .filter(|l| l.starts_with("xnlb_health_probe") && l.contains(&label))
+        .count()
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
@@ -302,6 +312,10 @@ fn backends_leave_and_rejoin_rotation_by_health() {
             "",
         );
     let downs = count(&d.log(), " down: ");
+    assert!(
+        probe_series(&net, "pri") > 0,
+        "pri's probes are in the scrape before the reload"
+    );
     assert_ne!(reloaded, config());
     d.write_config(&reloaded);
     let says = d.ok(&["reload"]);
@@ -316,6 +330,12 @@ fn backends_leave_and_rejoin_rotation_by_health() {
         backend_json(&d, "pri", "b1")["health"]["detail"],
         "no health check"
     );
+    assert_eq!(
+        probe_series(&net, "pri"),
+        0,
+        "the probe series of backends no longer checked leave the scrape"
+    );
+    assert!(probe_series(&net, "web") > 0);
     assert_eq!(
         count(&d.log(), " down: "),
         downs,
