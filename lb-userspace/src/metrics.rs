@@ -82,11 +82,11 @@ impl Observed {
     /// service's health block removed), so a scrape shows only what is checked.
     pub fn retain(&self, probed: &Targets) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|(service, backend)| {
-            if probed.contains_key(&(service.clone(), backend.clone())) {
+        seen.retain(|pair| {
+            if probed.contains_key(pair) {
                 return true;
             }
-            let (service, backend) = (service.clone(), backend.clone());
+            let (service, backend) = pair.clone();
             for result in ["success", "failure"] {
                 self.probes.remove(&ProbeResultLabels {
                     service: service.clone(),
