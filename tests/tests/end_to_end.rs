@@ -109,8 +109,13 @@ impl Farm {
     /// One HTTP request from `src` to VIP:`port`; the backend that answered. Checks the address
     /// the backend saw: the client's in two-arm, the SNAT address in one-arm.
     fn get(&self, src: Ipv4Addr, port: u16) -> String {
-        let (status, body) = http_get_from(&self.net.client, src, self.vip(port), "/")
-            .unwrap_or_else(|e| panic!("{}: GET from {src} to port {port}: {e}", self.mode()));
+        self.try_get(src, port)
+            .unwrap_or_else(|e| panic!("{}: GET from {src} to port {port}: {e}", self.mode()))
+    }
+
+    /// `get`, returning a connection error instead of panicking on it.
+    fn try_get(&self, src: Ipv4Addr, port: u16) -> std::io::Result<String> {
+        let (status, body) = http_get_from(&self.net.client, src, self.vip(port), "/")?;
         assert_eq!(status, 200, "{body}");
         let (backend, seen) = body.trim().split_once(' ').expect("<backend> <client>");
         assert_eq!(
@@ -119,7 +124,7 @@ impl Farm {
             "{}: the address {backend} saw for {src}",
             self.mode()
         );
-        backend.to_string()
+        Ok(backend.to_string())
     }
 
     /// Opens a transfer of `ticks` ticks from `src`.
@@ -349,6 +354,7 @@ fn lifecycle(mode: Mode) {
     farm.web[1].set(HEALTH, Answer::Status(503));
     let mut last_hit = None;
     let mut after_down = 0;
+    let mut resets = 0;
     let mut i = 0;
     // New connections until b2 is shown down, then 40 more: none may reach it.
     while after_down < 40 {
@@ -357,8 +363,20 @@ fn lifecycle(mode: Mode) {
             "{mode_name}: b2 never went down\n{}",
             d.log()
         );
-        let backend = farm.get(clients[i % clients.len()], HTTP);
+        let src = clients[i % clients.len()];
         i += 1;
+        let backend = match farm.try_get(src, HTTP) {
+            Ok(backend) => backend,
+            // A connection b2 accepted just before it left rotation moves with its flow to a
+            // live backend, which resets it (flows of a down backend re-select). Only while
+            // the transition happens, and rarely.
+            Err(e) if after_down == 0 && resets < 2 => {
+                println!("{mode_name}: a connection racing b2's removal was reset: {e}");
+                resets += 1;
+                continue;
+            }
+            Err(e) => panic!("{mode_name}: GET from {src}: {e} ({resets} resets before)"),
+        };
         if backend == "b2" {
             assert_eq!(
                 after_down, 0,
