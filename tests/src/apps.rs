@@ -4,6 +4,7 @@
 //! test's own threads; every wait is bounded.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -172,6 +173,15 @@ pub fn http_exchange(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
     Ok((status, body.to_string()))
+}
+
+/// How many times each name occurs (e.g. which backend answered each request).
+pub fn tally<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for n in names {
+        *counts.entry(n.clone()).or_default() += 1;
+    }
+    counts
 }
 
 /// A long-lived download of `/stream/<lines>` from an HTTP backend through the balancer. Once

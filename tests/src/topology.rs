@@ -89,28 +89,32 @@ impl Net {
         net.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         net.switch.ip(&["link", "set", "br0", "up"]);
         net.plain_switch();
-        match mode {
+        let net = match mode {
             Mode::TwoArm => net.wire_two_arm(),
             Mode::OneArm => net.wire_one_arm(),
-        }
+        };
+        // The balancer is a router in both modes (one-arm forwards out the interface the
+        // packet came in on).
+        net.lb.sysctl("net.ipv4.ip_forward", "1");
+        net.route_remote_clients();
+        net
     }
 
     fn wire_two_arm(self) -> Self {
         let Self { lb, client, .. } = &self;
         veth(lb, "cli0", client, "eth0");
-        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "cli0"]);
+        lb.ip(&["addr", "add", &format!("{LB_CLIENT_IP}/24"), "dev", "cli0"]);
         lb.ip(&["link", "set", "cli0", "up"]);
-        lb.sysctl("net.ipv4.ip_forward", "1");
         client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
         client.ip(&["link", "set", "eth0", "up"]);
-        client.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+        client.ip(&["route", "add", "default", "via", &LB_CLIENT_IP.to_string()]);
         client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
         self.switch_port(lb, "srv0", "lb");
-        lb.ip(&["addr", "add", "198.18.2.1/24", "dev", "srv0"]);
+        lb.ip(&["addr", "add", &format!("{LB_SERVER_IP}/24"), "dev", "srv0"]);
         lb.ip(&["link", "set", "srv0", "up"]);
         self.switch.exec(&["ethtool", "-K", "lb", "gro", "on"]);
-        self.wire_backends(&["route", "add", "default", "via", "198.18.2.1"]);
-        self.route_remote_clients();
+        let via = LB_SERVER_IP.to_string();
+        self.wire_backends(&["route", "add", "default", "via", &via]);
         self
     }
 
@@ -124,9 +128,7 @@ impl Net {
         self.lb
             .ip(&["addr", "add", &format!("{LB_CLIENT_IP}/24"), "dev", "lan0"]);
         self.lb.ip(&["link", "set", "lan0", "up"]);
-        self.lb.sysctl("net.ipv4.ip_forward", "1");
         self.wire_backends(&[]);
-        self.route_remote_clients();
         self._nic = Some(NicStandIn::attach(&self.switch, &["lb"]));
         self
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use xnlb_tests::{
-    apps::{Transfer, UdpEcho, http_get_from, udp_ask},
+    apps::{Transfer, UdpEcho, http_get_from, tally, udp_ask},
     daemon::{Daemon, Scrape, backend_of},
     http_backend::{Answer, HttpBackend},
     packets::{Pkt, SYN},
@@ -158,14 +158,6 @@ in_both_modes! {
     lifecycle: health_drain_reload_two_arm, health_drain_reload_one_arm;
     fail_static: fail_static_two_arm, fail_static_one_arm;
     bad_input: bad_input_two_arm, bad_input_one_arm;
-}
-
-fn tally<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for n in names {
-        *counts.entry(n.clone()).or_default() += 1;
-    }
-    counts
 }
 
 fn shares(counts: &BTreeMap<String, usize>) -> String {

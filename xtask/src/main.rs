@@ -55,16 +55,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             workspace::require_root("the demo loads XDP programs and creates network namespaces")?;
             println!("Building xnlb and the demo (release)...");
-            build_xnlb_release()?;
-            workspace::cargo(&[
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "xnlb-tests",
-                "--bin",
-                "xnlb-demo",
-            ])
+            run_release("xnlb-demo", &[])
         }
         Verb::Bench { args } => {
             setup::run_for_bench()?;
@@ -72,25 +63,14 @@ fn run(cli: Cli) -> Result<()> {
                 "the benchmarks load XDP programs and create network namespaces",
             )?;
             println!("Building xnlb and the benchmarks (release)...");
-            build_xnlb_release()?;
-            let mut bench = vec![
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "xnlb-tests",
-                "--bin",
-                "xnlb-bench",
-                "--",
-            ];
-            bench.extend(args.iter().map(String::as_str));
-            workspace::cargo(&bench)
+            run_release("xnlb-bench", &args)
         }
     }
 }
 
-/// The daemon the demo and the benchmarks run, built in release mode.
-fn build_xnlb_release() -> Result<()> {
+/// Builds the daemon in release mode (the demo and the benchmarks start it), then runs the
+/// test crate's program `bin` in release mode with `args`.
+fn run_release(bin: &str, args: &[String]) -> Result<()> {
     workspace::cargo(&[
         "build",
         "--release",
@@ -99,5 +79,17 @@ fn build_xnlb_release() -> Result<()> {
         "lb-userspace",
         "--bin",
         "xnlb",
-    ])
+    ])?;
+    let mut run = vec![
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "xnlb-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    run.extend(args.iter().map(String::as_str));
+    workspace::cargo(&run)
 }

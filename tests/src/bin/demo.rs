@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use xnlb_tests::{
-    apps::http_get_from,
+    apps::{http_get_from, tally},
     daemon::{Daemon, Scrape, backends_of},
     http_backend::{Answer, HttpBackend},
     topology::{Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
@@ -185,18 +185,17 @@ fn run() -> Result<()> {
     );
 
     println!("\n2. Distribution: 10 requests from each of the {CLIENTS} client addresses.");
-    let mut per_backend: BTreeMap<String, usize> = BTreeMap::new();
+    let mut all = Vec::new();
     let mut sticky = 0;
     for &c in &clients {
         let answers: Vec<String> = (0..10).map(|_| ask(&net, c)).collect::<Result<_>>()?;
         if answers.iter().all(|a| *a == answers[0]) {
             sticky += 1;
         }
-        for a in answers {
-            *per_backend.entry(a).or_default() += 1;
-        }
+        all.extend(answers);
         check_interrupt()?;
     }
+    let per_backend = tally(&all);
     let total: usize = per_backend.values().sum();
     for (b, n) in &per_backend {
         println!(

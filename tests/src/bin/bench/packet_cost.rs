@@ -197,10 +197,9 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         .from_client(Pkt::tcp(first, (VIP, 443), FIN_ACK))
         .bytes();
     let reused = 1_000;
+    let (mut f, mut s) = (fin, syn.clone());
     let mut total = 0u128;
     for i in 0..runs {
-        let mut f = fin.clone();
-        let mut s = syn.clone();
         set_client(i % reused, &mut f);
         set_client(i % reused, &mut s);
         test_run(prog, bed.client_if, &f, 1).expect("FIN");
