@@ -45,3 +45,20 @@ pub struct AddrKey {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+impl AddrKey {
+    /// The key of an IPv4 address held as its network-order word (`Ipv4Hdr.src`/`.dst`).
+    #[inline(always)]
+    pub const fn v4_word(word: u32) -> Self {
+        Self {
+            addr: [word, 0, 0, 0],
+            family: FAMILY_V4,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The key of the IPv4 address `octets`.
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        Self::v4_word(u32::from_ne_bytes(octets))
+    }
+}

@@ -3,7 +3,11 @@
 //! the NAT. A reply key is claimed with `BPF_NOEXIST`, so two flows never share one (in one-arm
 //! mode that is what makes an SNAT port unique).
 
-use crate::addr::Addr;
+use crate::{
+    addr::{Addr, PROTO_UDP},
+    kernel_enum::kernel_enum,
+    settings::DatapathSettings,
+};
 
 /// A directional 5-tuple. Ports in network byte order.
 #[repr(C)]
@@ -19,10 +23,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// TCP life of a flow, for timeouts.
-pub const FLOW_OPEN: u8 = 0;
-/// A FIN or RST was seen: the entry lives `tcp_closing_timeout` after its last packet.
-pub const FLOW_CLOSING: u8 = 1;
+kernel_enum! {
+    /// TCP life of a flow, for timeouts.
+    FlowState {
+        Open = 0 => "open",
+        /// A FIN or RST was seen: the entry lives `tcp_closing_timeout` after its last packet.
+        Closing = 1 => "closing",
+    }
+    default Open
+}
 
 /// Value in `FLOWS`: the translation applied to the client's packets.
 #[repr(C)]
@@ -33,7 +42,7 @@ pub struct FlowEntry {
     /// The reply tuple this flow owns in `REPLIES` (backend → client or SNAT address).
     pub reply: FlowKey,
     pub backend_id: u32,
-    /// `FLOW_OPEN` or `FLOW_CLOSING`.
+    /// A [`FlowState`] as `u8`.
     pub state: u8,
     pub _pad: [u8; 3],
 }
@@ -66,5 +75,23 @@ impl FlowKey {
             && self.dst_port == o.dst_port
             && self.proto == o.proto
             && self.family == o.family
+    }
+}
+
+impl FlowEntry {
+    /// Whether this flow of protocol `proto` has outlived its timeout at `now_ns` (the
+    /// datapath's clock). The one expiry rule: the datapath and `xnlb status` both use it.
+    #[inline(always)]
+    pub fn expired(&self, proto: u8, s: &DatapathSettings, now_ns: u64) -> bool {
+        let timeout = if proto == PROTO_UDP {
+            s.udp_timeout_ns
+        } else if self.state == FlowState::Closing as u8 {
+            s.tcp_closing_timeout_ns
+        } else {
+            s.tcp_timeout_ns
+        };
+        // Saturating: a stamp newer than `now_ns` (written by another CPU after this packet read
+        // the clock, or a status read on a finer clock) is fresh, never expired.
+        now_ns.saturating_sub(self.last_seen_ns) >= timeout
     }
 }

@@ -2,7 +2,7 @@
 //! to predict (and test) that choice.
 
 use crate::addr::{Addr, v4_prefix_mask};
-use crate::service::{AFFINITY_NETWORK, AFFINITY_NONE, AFFINITY_SINGLE};
+use crate::service::Affinity;
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
@@ -48,13 +48,13 @@ pub const fn affinity_hash(
     client_port: u16,
     seed: u32,
 ) -> u32 {
-    match affinity {
-        AFFINITY_NONE => hash_addr_port(client, client_port, seed),
-        AFFINITY_NETWORK => {
-            let masked = [client[0] & v4_prefix_mask(network_prefix), 0, 0, 0];
-            hash_addr_port(&masked, 0, seed)
-        }
-        // AFFINITY_SINGLE and anything unknown: the client address alone is the safe choice.
-        AFFINITY_SINGLE | _ => hash_addr_port(client, 0, seed),
+    if affinity == Affinity::None as u8 {
+        hash_addr_port(client, client_port, seed)
+    } else if affinity == Affinity::Network as u8 {
+        let masked = [client[0] & v4_prefix_mask(network_prefix), 0, 0, 0];
+        hash_addr_port(&masked, 0, seed)
+    } else {
+        // `single` and anything unknown: the client address alone is the safe choice.
+        hash_addr_port(client, 0, seed)
     }
 }

@@ -5,11 +5,15 @@
 //! the rest zero), so IPv6 needs no new layout. Ports are stored in network byte order.
 #![no_std]
 
+mod kernel_enum;
+
 pub mod addr;
 pub mod backend;
 pub mod checksum;
 pub mod flow;
 pub mod hash;
+pub mod limits;
+pub mod maps;
 pub mod service;
 pub mod settings;
 pub mod stats;

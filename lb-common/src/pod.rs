@@ -3,7 +3,11 @@
 use crate::{addr, backend, flow, service, settings, stats};
 
 macro_rules! pod {
-    ($($t:ty),+ $(,)?) => { $(unsafe impl aya::Pod for $t {})+ };
+    ($($t:ty),+ $(,)?) => { $(
+        // SAFETY: `#[repr(C)]`, integer fields and arrays only, explicit padding and a size
+        // assertion next to each type: every byte pattern is a valid value and none is hidden.
+        unsafe impl aya::Pod for $t {}
+    )+ };
 }
 
 pod!(

@@ -1,6 +1,9 @@
 //! Services: which (VIP, protocol, port) tuples are balanced, and how.
 
-use crate::addr::Addr;
+use crate::{
+    addr::{Addr, FAMILY_V4},
+    kernel_enum::kernel_enum,
+};
 
 /// Bytes of [`ServiceRuleKey`] that a rule's prefix can cover: family, protocol, padding and VIP
 /// (20 bytes, always matched in full) followed by the 16-bit port.
@@ -36,15 +39,46 @@ pub struct ServiceRule {
 }
 const _: () = assert!(core::mem::size_of::<ServiceRule>() == 4);
 
-/// NLB filtering modes.
-pub const FILTERING_MULTIPLE: u8 = 0;
-pub const FILTERING_SINGLE: u8 = 1;
-pub const FILTERING_DISABLED: u8 = 2;
+impl ServiceRuleKey {
+    /// The key of an IPv4 rule (or lookup) for `vip_word:port` (both in network order).
+    #[inline(always)]
+    pub const fn v4(proto: u8, vip_word: u32, port_be: u16) -> Self {
+        Self {
+            family: FAMILY_V4,
+            proto,
+            _pad: [0; 2],
+            vip: [vip_word, 0, 0, 0],
+            port: port_be,
+            _pad_tail: [0; 2],
+        }
+    }
+}
 
-/// NLB affinity modes: what the new-flow hash covers.
-pub const AFFINITY_NONE: u8 = 0;
-pub const AFFINITY_SINGLE: u8 = 1;
-pub const AFFINITY_NETWORK: u8 = 2;
+kernel_enum! {
+    /// NLB's filtering modes: how a port rule spreads its traffic.
+    Filtering {
+        /// Over all backends by the consistent-hash table.
+        Multiple = 0 => "multiple",
+        /// To the one backend of best priority that is up (failover).
+        Single = 1 => "single",
+        /// Dropped.
+        Disabled = 2 => "disabled",
+    }
+    default Multiple
+}
+
+kernel_enum! {
+    /// NLB's affinity: what the new-flow hash covers. NLB's default is `single`.
+    Affinity {
+        /// Client address and port.
+        None = 0 => "none",
+        /// Client address.
+        Single = 1 => "single",
+        /// Client network (`network_prefix`).
+        Network = 2 => "network",
+    }
+    default Single
+}
 
 /// Largest consistent-hash table (a prime); also the stride between tables in the ring array.
 pub const RING_MAX_SIZE: u32 = 65537;
@@ -66,11 +100,11 @@ pub struct ServiceInfo {
     pub single_backend: u32,
     /// Seed of the affinity hash, so services do not share hash collisions.
     pub hash_seed: u32,
-    /// One of the `FILTERING_*` constants.
+    /// A [`Filtering`] as `u8`.
     pub filtering: u8,
-    /// One of the `AFFINITY_*` constants.
+    /// An [`Affinity`] as `u8`.
     pub affinity: u8,
-    /// Prefix length for `AFFINITY_NETWORK`.
+    /// Prefix length for [`Affinity::Network`].
     pub network_prefix: u8,
     pub _pad: u8,
 }

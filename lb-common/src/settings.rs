@@ -1,11 +1,34 @@
 //! Datapath-wide settings: one element of an array map, written by the controller.
 
-use crate::addr::Addr;
+use crate::{addr::Addr, kernel_enum::kernel_enum};
 
-/// Two-arm: DNAT only, the client address is preserved, replies route through the balancer.
-pub const MODE_TWO_ARM: u8 = 0;
-/// One-arm: DNAT and SNAT to one of the SNAT addresses.
-pub const MODE_ONE_ARM: u8 = 1;
+kernel_enum! {
+    /// How the balancer sits between clients and backends.
+    Mode {
+        /// DNAT only, the client address is preserved, replies route through the balancer.
+        TwoArm = 0 => "two-arm",
+        /// DNAT and SNAT to one of the SNAT addresses.
+        OneArm = 1 => "one-arm",
+        /// Direct server return: accepted by the schema, refused by validation until the
+        /// datapath does it.
+        Dsr = 2 => "dsr",
+    }
+    default TwoArm
+}
+
+/// Connection-table timeouts when the config does not say (seconds).
+pub const DEFAULT_TCP_TIMEOUT_SECS: u64 = 2 * 3600;
+pub const DEFAULT_TCP_CLOSING_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 60;
+/// SNAT source ports when the config does not say: below Linux's ephemeral range
+/// (32768-60999), so the balancer's own connections to backends (health probes) never collide
+/// with an SNAT port on a shared address.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 32767;
+/// The fewest SNAT ports a config may give.
+pub const MIN_SNAT_PORTS: u32 = 256;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// At most this many SNAT addresses.
 pub const MAX_SNAT_ADDRS: usize = 16;
@@ -25,7 +48,7 @@ pub struct DatapathSettings {
     /// SNAT source ports are allocated from `snat_port_min..=snat_port_max` (host byte order).
     pub snat_port_min: u16,
     pub snat_port_max: u16,
-    /// `MODE_TWO_ARM` or `MODE_ONE_ARM`.
+    /// A [`Mode`] as `u8` (two-arm or one-arm).
     pub mode: u8,
     pub _pad: [u8; 7],
 }
@@ -35,16 +58,14 @@ impl DatapathSettings {
     /// Settings that balance nothing special: two-arm, SPEC default timeouts.
     pub const fn defaults() -> Self {
         Self {
-            tcp_timeout_ns: 2 * 3600 * 1_000_000_000,
-            tcp_closing_timeout_ns: 30 * 1_000_000_000,
-            udp_timeout_ns: 60 * 1_000_000_000,
+            tcp_timeout_ns: DEFAULT_TCP_TIMEOUT_SECS * NS_PER_SEC,
+            tcp_closing_timeout_ns: DEFAULT_TCP_CLOSING_TIMEOUT_SECS * NS_PER_SEC,
+            udp_timeout_ns: DEFAULT_UDP_TIMEOUT_SECS * NS_PER_SEC,
             snat_addrs: [[0; 4]; MAX_SNAT_ADDRS],
             snat_count: 0,
-            // Below Linux's ephemeral range (32768-60999), so the balancer's own connections to
-            // backends (health probes) never collide with an SNAT port on a shared address.
-            snat_port_min: 1024,
-            snat_port_max: 32767,
-            mode: MODE_TWO_ARM,
+            snat_port_min: DEFAULT_SNAT_PORT_MIN,
+            snat_port_max: DEFAULT_SNAT_PORT_MAX,
+            mode: Mode::TwoArm as u8,
             _pad: [0; 7],
         }
     }

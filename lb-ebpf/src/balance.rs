@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     flow::FlowKey,
-    service::{FILTERING_DISABLED, RULE_LOOKUP_BITS, ServiceRuleKey},
+    service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
     stats::{DropReason, PassReason},
 };
 
@@ -64,14 +64,7 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
     let key = tuple(ip, &l4);
     let rule_key = Key::new(
         RULE_LOOKUP_BITS,
-        ServiceRuleKey {
-            family: FAMILY_V4,
-            proto: key.proto,
-            _pad: [0; 2],
-            vip: key.dst,
-            port: key.dst_port,
-            _pad_tail: [0; 2],
-        },
+        ServiceRuleKey::v4(key.proto, key.dst[0], key.dst_port),
     );
     let Some(rule) = SERVICE_RULES.get(&rule_key) else {
         return Outcome::Drop(DropReason::NoService);
@@ -82,7 +75,7 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
     };
     let bytes = frame_len(ctx);
     stats::service_packet(service_id, bytes);
-    if svc.filtering == FILTERING_DISABLED {
+    if svc.filtering == Filtering::Disabled as u8 {
         stats::service_dropped(service_id);
         return Outcome::Drop(DropReason::FilteringDisabled);
     }

@@ -5,12 +5,11 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    addr::PROTO_UDP,
-    backend::{BackendInfo, keeps_flows},
-    flow::{FLOW_CLOSING, FLOW_OPEN, FlowEntry, FlowKey, ReplyEntry},
+    backend::{BackendInfo, BackendState},
+    flow::{FlowEntry, FlowKey, FlowState, ReplyEntry},
     hash::hash_addr_port,
     service::{NO_BACKEND, ServiceInfo},
-    settings::{DatapathSettings, MAX_SNAT_ADDRS, MODE_ONE_ARM, SNAT_PORT_ATTEMPTS},
+    settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode, SNAT_PORT_ATTEMPTS},
     stats::{DropReason, FlowEvent},
 };
 
@@ -43,7 +42,7 @@ pub fn client_flow(
         if still_valid(e, key, l4, s, now) {
             e.last_seen_ns = now;
             if l4.is_fin_or_rst() {
-                e.state = FLOW_CLOSING;
+                e.state = FlowState::Closing as u8;
             }
             return Ok(Flow {
                 reply: e.reply,
@@ -64,22 +63,10 @@ pub fn reply_seen(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) {
         if f.reply.same(reply) {
             f.last_seen_ns = now;
             if l4.is_fin_or_rst() {
-                f.state = FLOW_CLOSING;
+                f.state = FlowState::Closing as u8;
             }
         }
     }
-}
-
-#[inline(always)]
-fn expired(e: &FlowEntry, proto: u8, s: &DatapathSettings, now: u64) -> bool {
-    let timeout = if proto == PROTO_UDP {
-        s.udp_timeout_ns
-    } else if e.state == FLOW_CLOSING {
-        s.tcp_closing_timeout_ns
-    } else {
-        s.tcp_timeout_ns
-    };
-    now.wrapping_sub(e.last_seen_ns) >= timeout
 }
 
 /// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the
@@ -87,17 +74,17 @@ fn expired(e: &FlowEntry, proto: u8, s: &DatapathSettings, now: u64) -> bool {
 /// no longer belongs to it.
 #[inline(always)]
 fn still_valid(e: &FlowEntry, key: &FlowKey, l4: &L4, s: &DatapathSettings, now: u64) -> bool {
-    if expired(e, key.proto, s, now) || (l4.is_syn() && e.state == FLOW_CLOSING) {
+    if e.expired(key.proto, s, now) || (l4.is_syn() && e.state == FlowState::Closing as u8) {
         return false;
     }
     match BACKENDS.get(e.backend_id) {
-        Some(b) if keeps_flows(b.state) => {}
+        Some(b) if BackendState::byte_keeps_flows(b.state) => {}
         _ => {
             stats::flow_event(FlowEvent::ReselectedDown);
             return false;
         }
     }
-    if s.mode == MODE_ONE_ARM {
+    if s.mode == Mode::OneArm as u8 {
         // An LRU may evict the reply entry alone; then another flow may have taken the port.
         let owned = matches!(unsafe { REPLIES.get(&e.reply) }, Some(r) if r.client.same(key));
         if !owned {
@@ -130,7 +117,7 @@ fn new_flow(
         backend_id,
         _pad: 0,
     };
-    let reply = if s.mode == MODE_ONE_ARM {
+    let reply = if s.mode == Mode::OneArm as u8 {
         claim_snat_port(key, backend, &owner, s, now)?
     } else {
         let reply = reply_tuple(key, backend, key.src, key.src_port);
@@ -152,7 +139,7 @@ fn new_flow(
         last_seen_ns: now,
         reply,
         backend_id,
-        state: FLOW_OPEN,
+        state: FlowState::Open as u8,
         _pad: [0; 3],
     };
     match existing {
@@ -292,8 +279,8 @@ fn owner_gone(
         None => true,
         Some(f) => {
             !f.reply.same(reply)
-                || expired(f, client.proto, s, now)
-                || (takeover == Takeover::Closing && f.state == FLOW_CLOSING)
+                || f.expired(client.proto, s, now)
+                || (takeover == Takeover::Closing && f.state == FlowState::Closing as u8)
         }
     }
 }

@@ -14,7 +14,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    addr::{AddrKey, FAMILY_V4},
+    addr::AddrKey,
     stats::{DropReason, PassReason},
 };
 
@@ -64,15 +64,6 @@ pub fn xnlb_floor(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn addr_key(addr: u32) -> AddrKey {
-    AddrKey {
-        addr: [addr, 0, 0, 0],
-        family: FAMILY_V4,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
 fn process(ctx: &XdpContext) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::Pass(PassReason::Truncated);
@@ -87,7 +78,7 @@ fn process(ctx: &XdpContext) -> Outcome {
         return Outcome::Pass(PassReason::Truncated);
     };
     let ip = unsafe { &mut *ip };
-    let to_vip = unsafe { VIPS.get(&addr_key(ip.dst)) }.is_some();
+    let to_vip = unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some();
     if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
         return if to_vip {
             Outcome::Drop(DropReason::MalformedIp)
@@ -98,7 +89,7 @@ fn process(ctx: &XdpContext) -> Outcome {
     if to_vip {
         return balance::to_vip(ctx, eth, ip);
     }
-    if unsafe { BACKEND_ADDRS.get(&addr_key(ip.src)) }.is_some() {
+    if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
         return balance::from_backend(ctx, eth, ip);
     }
     Outcome::Pass(PassReason::NotOurs)

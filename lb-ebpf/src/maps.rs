@@ -1,5 +1,6 @@
-//! Every map of the datapath. Sizes here are defaults; the controller sets the real ones
-//! (connection table, rings) from its config before loading.
+//! Every map of the datapath. Names and sizes come from `lb_common::{maps, limits}`; the
+//! controller sets the connection table's and the rings' real sizes from its config before
+//! loading.
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
@@ -10,13 +11,11 @@ use lb_common::{
     addr::AddrKey,
     backend::BackendInfo,
     flow::{FlowEntry, FlowKey, ReplyEntry},
+    limits::{DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS},
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
-    stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats},
+    stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
 };
-
-pub const MAX_SERVICES: u32 = 256;
-pub const MAX_BACKENDS: u32 = 4096;
 
 /// Mode, timeouts and SNAT addresses (one element).
 #[map]
@@ -24,7 +23,7 @@ pub static SETTINGS: Array<DatapathSettings> = Array::with_max_entries(1, 0);
 
 /// Addresses the balancer owns: traffic to them is balanced or dropped, never passed on blindly.
 #[map]
-pub static VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
+pub static VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Addresses of backends: only packets from these can be replies of balanced flows.
 #[map]
@@ -32,7 +31,8 @@ pub static BACKEND_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_
 
 /// (VIP, protocol, port prefix) → service: port rules and ranges.
 #[map]
-pub static SERVICE_RULES: LpmTrie<ServiceRuleKey, ServiceRule> = LpmTrie::with_max_entries(8192, 0);
+pub static SERVICE_RULES: LpmTrie<ServiceRuleKey, ServiceRule> =
+    LpmTrie::with_max_entries(MAX_RULE_PREFIXES, 0);
 
 /// Service id → how it selects. Not preallocated: an update swaps the element under RCU, so a
 /// reader sees the old service or the new one, never a mix.
@@ -52,11 +52,13 @@ pub static RING: Array<u32> =
 
 /// Client tuple → flow.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(262_144, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 /// Reply tuple → the client tuple to restore.
 #[map]
-pub static REPLIES: LruHashMap<FlowKey, ReplyEntry> = LruHashMap::with_max_entries(262_144, 0);
+pub static REPLIES: LruHashMap<FlowKey, ReplyEntry> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
@@ -76,4 +78,5 @@ pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::
 pub static FLOW_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FlowEvent::COUNT, 0);
 
 #[map]
-pub static XDP_ACTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(5, 0);
+pub static XDP_ACTIONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(XDP_ACTION_LABELS.len() as u32, 0);

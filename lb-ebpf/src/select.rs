@@ -2,10 +2,10 @@
 //! only indexed, with the hash shared with userspace (`lb_common::hash`).
 
 use lb_common::{
-    backend::BACKEND_UP,
+    backend::BackendState,
     flow::FlowKey,
     hash::affinity_hash,
-    service::{FILTERING_SINGLE, NO_BACKEND, ServiceInfo},
+    service::{Filtering, NO_BACKEND, ServiceInfo},
 };
 
 use crate::maps::{BACKENDS, RING};
@@ -16,13 +16,13 @@ const DOWN_RETRIES: u32 = 2;
 
 #[inline(always)]
 fn is_up(backend_id: u32) -> bool {
-    matches!(BACKENDS.get(backend_id), Some(b) if b.state == BACKEND_UP)
+    matches!(BACKENDS.get(backend_id), Some(b) if b.state == BackendState::Up as u8)
 }
 
 /// The backend for a new flow, or `NO_BACKEND` when the service has no usable one.
 #[inline(always)]
 pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> u32 {
-    if svc.filtering == FILTERING_SINGLE {
+    if svc.filtering == Filtering::Single as u8 {
         let id = svc.single_backend;
         return if is_up(id) { id } else { NO_BACKEND };
     }

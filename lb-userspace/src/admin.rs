@@ -1,24 +1,16 @@
-//! The admin socket: one JSON request per line, one JSON response per line, over a Unix socket
-//! only root can open (mode 0600). The CLI is its client.
+//! The admin protocol: one JSON request per line, one JSON response per line, over a Unix
+//! socket only root can open (mode 0600). The CLI is its client (here); the daemon serves it
+//! (`daemon::admin_socket`).
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::{fs::PermissionsExt, net::UnixStream},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use lb_model::status::Status;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
-    net::UnixListener,
-    sync::mpsc,
-};
-use tracing::{info, warn};
-
-use crate::{controller::Controller, lifecycle::AdminState, status::Status};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verb", rename_all = "lowercase")]
@@ -42,7 +34,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn ok(message: String) -> Self {
+    pub fn ok(message: String) -> Self {
         Self {
             ok: true,
             message: Some(message),
@@ -50,126 +42,12 @@ impl Response {
         }
     }
 
-    fn error(e: &anyhow::Error) -> Self {
+    pub fn error(e: &anyhow::Error) -> Self {
         Self {
             ok: false,
             message: Some(format!("{e:#}")),
             status: None,
         }
-    }
-}
-
-/// The controller as the daemon's tasks share it; `None` once stopped.
-pub type Shared = Arc<Mutex<Option<Controller>>>;
-
-/// Binds the admin socket, refusing if a daemon already answers on it. A socket file left by a
-/// killed daemon is replaced.
-pub fn bind(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            bail!(
-                "xnlb is already running (a daemon answers on {})",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// Answers requests until the process ends. A `stop` request stops the controller, answers,
-/// then tells the daemon to exit through `stopped`.
-pub async fn serve(listener: UnixListener, shared: Shared, stopped: mpsc::Sender<()>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("admin socket: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let request: Result<Request, _> = serde_json::from_str(&line);
-            let is_stop = matches!(request, Ok(Request::Stop));
-            let response = match request {
-                Ok(request) => {
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || handle(&shared, request))
-                        .await
-                        .unwrap_or_else(|e| Response::error(&anyhow::anyhow!("{e}")))
-                }
-                Err(e) => Response::error(&anyhow::anyhow!("bad request: {e}")),
-            };
-            let mut out = serde_json::to_string(&response).unwrap_or_default();
-            out.push('\n');
-            let _ = write.write_all(out.as_bytes()).await;
-            let _ = write.shutdown().await;
-            if is_stop && response.ok {
-                let _ = stopped.send(()).await;
-            }
-        });
-    }
-}
-
-/// Carries out one request against the controller.
-pub fn handle(shared: &Shared, request: Request) -> Response {
-    let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(ctl) = guard.as_mut() else {
-        return Response::error(&anyhow::anyhow!("xnlb is stopping"));
-    };
-    let result = match request {
-        Request::Status => {
-            return match ctl.status() {
-                Ok(status) => Response {
-                    ok: true,
-                    message: None,
-                    status: Some(status),
-                },
-                Err(e) => Response::error(&e),
-            };
-        }
-        Request::Drain { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Draining)
-        }
-        Request::Disable { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Disabled)
-        }
-        Request::Enable { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Enabled)
-        }
-        Request::Reload => {
-            let r = ctl.reload();
-            match &r {
-                Ok(m) => info!("{m}"),
-                Err(e) => warn!("reload refused: {e:#}"),
-            }
-            r
-        }
-        Request::Stop => {
-            let ctl = guard.take().expect("checked above");
-            ctl.stop()
-                .map(|()| "stopped: detached and unpinned".to_string())
-        }
-    };
-    match result {
-        Ok(message) => Response::ok(message),
-        Err(e) => Response::error(&e),
     }
 }
 

@@ -1,22 +1,20 @@
-//! The xnlb controller library: the embedded XDP object, typed access to its maps, and the pure
-//! logic that decides what goes into them (consistent-hash tables, port rules).
+//! The xnlb controller library. Its folders are its layers; imports go one way, down:
+//!
+//! - `model` (the `lb-model` crate, re-exported; `config` is part of it): pure — the config,
+//!   ids, lifecycles, Maglev tables, port rules and the map image. No I/O, no aya, no tokio.
+//! - `datapath`: everything that calls bpf(2) — the embedded object, the maps, reconcile,
+//!   attach, batched and mmap-ed writes, the counter reader.
+//! - `host`: the rest of the system — interfaces, sysctls, bpffs, VIP addresses.
+//! - `health`: HTTP/HTTPS probes and their schedule.
+//! - `daemon`: `xnlb run` — the controller's thread, reloads, backend state changes, the admin
+//!   socket, status and metrics.
+//! - `admin`: the admin protocol and the CLI's client.
+
+pub use lb_model as model;
+pub use lb_model::config;
 
 pub mod admin;
-pub mod attach;
-pub mod bpf_batch;
-pub mod config;
-pub mod controller;
 pub mod daemon;
 pub mod datapath;
-pub mod ebpf_object;
 pub mod health;
-pub mod ids;
-pub mod lifecycle;
-pub mod maglev;
-pub mod mapped_array;
-pub mod metrics;
-pub mod plan;
-pub mod port_rules;
-pub mod reconcile;
-pub mod status;
-pub mod vip_owner;
+pub mod host;

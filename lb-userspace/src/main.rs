@@ -6,8 +6,7 @@ use clap::{Parser, Subcommand};
 use xnlb::{
     admin::{self, Request},
     config::{self, DEFAULT_SOCKET},
-    controller::DEFAULT_PIN_DIR,
-    daemon,
+    daemon::{self, controller::DEFAULT_PIN_DIR},
 };
 
 #[derive(Parser)]

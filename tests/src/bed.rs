@@ -12,17 +12,19 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    backend::{BACKEND_UP, BackendInfo},
+    backend::{BackendInfo, BackendState},
     hash::affinity_hash,
     service::{
-        AFFINITY_NONE, FILTERING_MULTIPLE, FILTERING_SINGLE, NO_BACKEND, RING_MAX_SIZE,
-        RING_SLOTS_PER_SERVICE, ServiceInfo,
+        Affinity, Filtering, NO_BACKEND, RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo,
     },
-    settings::{DatapathSettings, MODE_ONE_ARM},
+    settings::{DatapathSettings, Mode},
 };
 use xnlb::{
-    datapath::{Datapath, DatapathSizes, addr_v4},
-    maglev::{self, Member},
+    datapath::{Datapath, DatapathSizes},
+    model::{
+        maglev::{self, Member},
+        port_rules::{RuleKey, addr_v4},
+    },
 };
 
 use crate::netns::{Entered, NetNs};
@@ -87,8 +89,8 @@ impl ServiceSpec {
             vip: VIP,
             proto: lb_common::addr::PROTO_TCP,
             ports: (port, port),
-            filtering: FILTERING_MULTIPLE,
-            affinity: AFFINITY_NONE,
+            filtering: Filtering::Multiple as u8,
+            affinity: Affinity::None as u8,
             network_prefix: 24,
             backends,
         }
@@ -195,7 +197,7 @@ impl Bed {
     /// Switches the datapath to one-arm mode with the bed's SNAT address and `ports`.
     pub fn one_arm(&mut self, ports: (u16, u16)) {
         let mut s = DatapathSettings::defaults();
-        s.mode = MODE_ONE_ARM;
+        s.mode = Mode::OneArm as u8;
         s.snat_addrs[0] = addr_v4(SNAT_ADDR);
         s.snat_count = 1;
         s.snat_port_min = ports.0;
@@ -216,7 +218,7 @@ impl Bed {
                 addr: addr_v4(addr),
                 port: port.to_be(),
                 family: lb_common::addr::FAMILY_V4,
-                state: BACKEND_UP,
+                state: BackendState::Up as u8,
                 service_id: spec.id,
             };
             self.dp.set_backend(id, &info).expect("backend");
@@ -224,9 +226,9 @@ impl Bed {
         }
         self.publish(spec);
         let (lo, hi) = spec.ports;
-        self.dp
-            .add_port_rule(spec.vip, spec.proto, lo, hi, spec.id)
-            .expect("rule");
+        for key in RuleKey::covering(spec.vip, spec.proto, lo, hi) {
+            self.dp.insert_rule(key, spec.id).expect("rule");
+        }
     }
 
     /// (Re)builds the service's table from `spec` into the slot it does not use, and switches.
@@ -255,7 +257,7 @@ impl Bed {
         let info = ServiceInfo {
             ring_base: base,
             ring_size: table.len() as u32,
-            single_backend: if spec.filtering == FILTERING_SINGLE {
+            single_backend: if spec.filtering == Filtering::Single as u8 {
                 single
             } else {
                 NO_BACKEND
@@ -364,15 +366,18 @@ pub const XDP_REDIRECT: u32 = 4;
 
 impl Bed {
     pub fn drops(&self, reason: lb_common::stats::DropReason) -> u64 {
-        self.dp.drop_count(reason).expect("drop counter")
+        self.dp.reader().drop_count(reason).expect("drop counter")
     }
 
     pub fn passes(&self, reason: lb_common::stats::PassReason) -> u64 {
-        self.dp.pass_count(reason).expect("pass counter")
+        self.dp.reader().pass_count(reason).expect("pass counter")
     }
 
     pub fn events(&self, event: lb_common::stats::FlowEvent) -> u64 {
-        self.dp.flow_event_count(event).expect("flow event counter")
+        self.dp
+            .reader()
+            .flow_event_count(event)
+            .expect("flow event counter")
     }
 
     /// A client packet as the router hands it to cli0.

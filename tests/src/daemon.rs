@@ -42,6 +42,12 @@ pub struct DaemonFiles {
     pub log: PathBuf,
 }
 
+impl Default for DaemonFiles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl DaemonFiles {
     pub fn new() -> Self {
         let id = format!(

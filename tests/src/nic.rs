@@ -6,7 +6,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, xdp::XdpMode},
 };
-use xnlb::ebpf_object::{FLOOR_PROGRAM, XDP_OBJECT};
+use xnlb::datapath::object::{FLOOR_PROGRAM, XDP_OBJECT};
 
 use crate::netns::NetNs;
 

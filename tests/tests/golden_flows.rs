@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 
 use lb_common::{
     addr::PROTO_UDP,
-    backend::{BACKEND_DOWN, BACKEND_DRAINING},
-    flow::{FLOW_CLOSING, FLOW_OPEN},
-    service::{AFFINITY_NETWORK, AFFINITY_SINGLE, FILTERING_DISABLED, FILTERING_SINGLE},
+    backend::BackendState,
+    flow::FlowState,
+    service::{Affinity, Filtering},
     settings::DatapathSettings,
     stats::{DropReason, FlowEvent, PassReason},
 };
@@ -79,7 +79,7 @@ fn two_arm_syn_goes_to_the_predicted_backend_and_the_flow_and_its_replies_follow
     let want = expected_to_client(&bed, &reply, 443, client);
     assert_eq!(out, want, "reply: source restored to the VIP");
 
-    let stats = bed.dp.backend_stats(chosen).unwrap();
+    let stats = bed.dp.reader().backend_stats(chosen).unwrap();
     assert_eq!(
         (
             stats.new_flows,
@@ -88,7 +88,7 @@ fn two_arm_syn_goes_to_the_predicted_backend_and_the_flow_and_its_replies_follow
         ),
         (1, 4, 1)
     );
-    assert_eq!(bed.dp.service_stats(0).unwrap().new_flows, 1);
+    assert_eq!(bed.dp.reader().service_stats(0).unwrap().new_flows, 1);
 }
 
 #[test]
@@ -106,7 +106,7 @@ fn one_arm_snat_both_directions_out_the_same_interface() {
 
     let (action, out) = bed.run(bed.client_if, &syn.bytes());
     assert_eq!(action, XDP_TX, "one-arm: out the interface it came in on");
-    let flows = bed.dp.flows().unwrap();
+    let flows = bed.dp.reader().flows().unwrap();
     assert_eq!(flows.len(), 1);
     let snat_port = u16::from_be(flows[0].1.reply.dst_port);
     assert!(
@@ -156,6 +156,7 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
     }
     let mut ports: Vec<u16> = bed
         .dp
+        .reader()
         .flows()
         .unwrap()
         .iter()
@@ -171,7 +172,7 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
     );
     assert_eq!(ok, flows);
     assert!(
-        ok <= 16 && ok >= 12,
+        (12..=16).contains(&ok),
         "{ok} of 16 ports allocated before hash attempts ran out"
     );
     assert_eq!(
@@ -344,7 +345,7 @@ fn affinity_none_spreads_one_clients_ports_as_predicted() {
 fn affinity_single_keeps_a_client_on_one_backend() {
     let mut bed = Bed::new();
     let mut spec = ServiceSpec::tcp(0, 443, three_backends());
-    spec.affinity = AFFINITY_SINGLE;
+    spec.affinity = Affinity::Single as u8;
     bed.install(&spec);
     let mut clients_per_backend = std::collections::HashMap::new();
     for n in 1..=30u16 {
@@ -370,7 +371,7 @@ fn affinity_single_keeps_a_client_on_one_backend() {
 fn affinity_network_keeps_a_slash_24_together() {
     let mut bed = Bed::new();
     let mut spec = ServiceSpec::tcp(0, 443, three_backends());
-    spec.affinity = AFFINITY_NETWORK;
+    spec.affinity = Affinity::Network as u8;
     spec.network_prefix = 24;
     bed.install(&spec);
     let mut per_net = std::collections::HashSet::new();
@@ -394,13 +395,13 @@ fn affinity_network_keeps_a_slash_24_together() {
 fn filtering_single_uses_the_best_backend_and_fails_over() {
     let mut bed = Bed::new();
     let mut spec = ServiceSpec::tcp(0, 443, three_backends());
-    spec.filtering = FILTERING_SINGLE;
+    spec.filtering = Filtering::Single as u8;
     bed.install(&spec);
     for n in 1..=10u16 {
         assert_eq!(backend_for(&bed, (client_ip(n), 40_000)), backend_ip(1));
     }
     // The controller marks cas1 down and points the service at the next priority.
-    bed.dp.set_backend_state(0, BACKEND_DOWN).unwrap();
+    bed.dp.set_backend_state(0, BackendState::Down).unwrap();
     assert_eq!(
         bed.run(
             bed.client_if,
@@ -420,7 +421,7 @@ fn filtering_single_uses_the_best_backend_and_fails_over() {
 fn filtering_disabled_and_no_healthy_backend_drop_with_reasons() {
     let mut bed = Bed::new();
     let mut spec = ServiceSpec::tcp(0, 443, three_backends());
-    spec.filtering = FILTERING_DISABLED;
+    spec.filtering = Filtering::Disabled as u8;
     bed.install(&spec);
     let syn = bed
         .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
@@ -432,11 +433,11 @@ fn filtering_disabled_and_no_healthy_backend_drop_with_reasons() {
     let spec = ServiceSpec::tcp(0, 443, three_backends());
     bed.install(&spec);
     for id in 0..3 {
-        bed.dp.set_backend_state(id, BACKEND_DOWN).unwrap();
+        bed.dp.set_backend_state(id, BackendState::Down).unwrap();
     }
     assert_eq!(bed.run(bed.client_if, &syn).0, XDP_DROP);
     assert_eq!(bed.drops(DropReason::NoBackend), 1);
-    assert_eq!(bed.dp.service_stats(0).unwrap().dropped, 1);
+    assert_eq!(bed.dp.reader().service_stats(0).unwrap().dropped, 1);
 }
 
 #[test]
@@ -492,21 +493,25 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
         &bed.from_client(Pkt::tcp(client, (VIP, 443), FIN_ACK))
             .bytes(),
     );
-    let flows = bed.dp.flows().unwrap();
-    assert_eq!(flows[0].1.state, FLOW_CLOSING, "FIN marks the flow closing");
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(
+        flows[0].1.state,
+        FlowState::Closing as u8,
+        "FIN marks the flow closing"
+    );
 
     // A retransmitted SYN while open keeps the flow; a SYN on a closing tuple is a new flow.
     bed.run(
         bed.client_if,
         &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
     );
-    assert_eq!(bed.dp.service_stats(0).unwrap().new_flows, 2);
+    assert_eq!(bed.dp.reader().service_stats(0).unwrap().new_flows, 2);
     // It reuses the old entries in place: one flow, open again, and one reply entry that still
     // undoes the NAT for the backend's answer.
-    let flows = bed.dp.flows().unwrap();
+    let flows = bed.dp.reader().flows().unwrap();
     assert_eq!(flows.len(), 1);
-    assert_eq!(flows[0].1.state, FLOW_OPEN);
-    assert_eq!(bed.dp.replies().unwrap().len(), 1);
+    assert_eq!(flows[0].1.state, FlowState::Open as u8);
+    assert_eq!(bed.dp.reader().replies().unwrap().len(), 1);
     let chosen = ip_of(flows[0].1.backend_id);
     let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
     let (action, out) = bed.run(bed.server_if, &reply.bytes());
@@ -526,7 +531,7 @@ fn timeouts_expire_flows() {
     bed.run(bed.client_if, &pkt);
     bed.run(bed.client_if, &pkt);
     assert_eq!(
-        bed.dp.service_stats(0).unwrap().new_flows,
+        bed.dp.reader().service_stats(0).unwrap().new_flows,
         1,
         "within the timeout: one flow"
     );
@@ -536,7 +541,7 @@ fn timeouts_expire_flows() {
     std::thread::sleep(std::time::Duration::from_millis(20)); // past the coarse clock's tick
     bed.run(bed.client_if, &pkt);
     assert_eq!(
-        bed.dp.service_stats(0).unwrap().new_flows,
+        bed.dp.reader().service_stats(0).unwrap().new_flows,
         2,
         "after the timeout: a new flow"
     );
@@ -563,9 +568,9 @@ fn established_flows_leave_a_dead_backend_but_stay_on_a_draining_one() {
     let (drain_port, draining) = flows[0];
     let (dead_port, dead) = flows[1];
     bed.dp
-        .set_backend_state(draining, BACKEND_DRAINING)
+        .set_backend_state(draining, BackendState::Draining)
         .unwrap();
-    bed.dp.set_backend_state(dead, BACKEND_DOWN).unwrap();
+    bed.dp.set_backend_state(dead, BackendState::Down).unwrap();
     spec.backends[draining as usize].3 = 0;
     spec.backends[dead as usize].3 = 0;
     bed.publish(&spec);
@@ -616,10 +621,10 @@ fn switching_a_ring_moves_new_flows_only() {
         .set_backend(
             3,
             &lb_common::backend::BackendInfo {
-                addr: xnlb::datapath::addr_v4(backend_ip(4)),
+                addr: xnlb::model::port_rules::addr_v4(backend_ip(4)),
                 port: 0,
                 family: lb_common::addr::FAMILY_V4,
-                state: lb_common::backend::BACKEND_UP,
+                state: lb_common::backend::BackendState::Up as u8,
                 service_id: 0,
             },
         )

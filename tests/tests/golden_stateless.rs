@@ -227,7 +227,7 @@ fn stateless_golden_packets() {
         assert_eq!(after, before + 1, "{}: its reason counter", row.name);
     }
     assert!(
-        bed.dp.flows().unwrap().is_empty(),
+        bed.dp.reader().flows().unwrap().is_empty(),
         "none of these may create a flow"
     );
 }

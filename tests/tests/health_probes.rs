@@ -17,8 +17,8 @@ use xnlb::{
         BackendName, Prober, Report, Target, Targets,
         probe::{HttpProbe, Outcome},
         schedule::Progress,
-        tracker::{Change, Tracker},
     },
+    model::rise_fall::{Change, Tracker},
 };
 use xnlb_tests::{
     certs::{TestCa, self_signed},

@@ -175,7 +175,7 @@ fn datapath_invariants_hold_for_generated_traffic() {
             );
         }
     }
-    let actions = bed.dp.action_counts().unwrap();
+    let actions = bed.dp.reader().action_counts().unwrap();
     println!("{PACKETS} packets: {tally:?}; actions {actions:?}");
     let forwarded: u64 = actions
         .iter()

@@ -6,7 +6,6 @@
 
 pub mod probe;
 pub mod schedule;
-pub mod tracker;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,7 +19,8 @@ use tokio::{
 };
 
 use crate::config::Config;
-use probe::{HttpProbe, Outcome};
+pub use lb_model::rise_fall::Outcome;
+use probe::HttpProbe;
 use schedule::{Timing, probe_forever};
 
 /// (service, backend) names.

@@ -38,8 +38,7 @@ pub struct HttpProbe {
     pub check: HttpCheck,
 }
 
-/// A probe's result: healthy or not, and the evidence.
-pub type Outcome = Result<String, String>;
+pub use lb_model::rise_fall::Outcome;
 
 impl HttpProbe {
     pub fn new(addr: SocketAddr, check: HttpCheck) -> Self {

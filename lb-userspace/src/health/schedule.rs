@@ -91,7 +91,7 @@ pub async fn probe_forever<P, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::tracker::Tracker;
+    use lb_model::rise_fall::Tracker;
 
     const INTERVAL: Duration = Duration::from_secs(2);
     const TIMEOUT: Duration = Duration::from_secs(1);

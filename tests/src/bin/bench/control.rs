@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use xnlb::maglev::{self, DEFAULT_TABLE_SIZE, Member};
+use xnlb::model::maglev::{self, DEFAULT_TABLE_SIZE, Member};
 use xnlb_tests::{
     daemon::Daemon,
     topology::{Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},

@@ -9,5 +9,5 @@ pub fn footprints(progress: &mut Progress) -> (DatapathSizes, Vec<MapFootprint>)
     progress.step("memory: map sizes");
     let sizes = DatapathSizes::default();
     let dp = Datapath::load(sizes).expect("load the XDP object");
-    (sizes, dp.footprints().expect("map footprints"))
+    (sizes, dp.reader().footprints().expect("map footprints"))
 }

@@ -10,10 +10,10 @@
 use aya::programs::Xdp;
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
-    flow::{FLOW_OPEN, FlowEntry, FlowKey},
-    settings::{DatapathSettings, MAX_SNAT_ADDRS, MODE_ONE_ARM},
+    flow::{FlowEntry, FlowKey, FlowState},
+    settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode},
 };
-use xnlb::datapath::{DatapathSizes, addr_v4};
+use xnlb::{datapath::DatapathSizes, model::port_rules::addr_v4};
 use xnlb_tests::{
     bed::*,
     nic::{floor_program, load_floor},
@@ -221,7 +221,7 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
     // addresses with ports 1024-65535: room for 8 million flows, so a million new flows fill
     // an eighth of it and the last claims sometimes retry, as in a busy SNAT pool.
     let mut settings = DatapathSettings::defaults();
-    settings.mode = MODE_ONE_ARM;
+    settings.mode = Mode::OneArm as u8;
     settings.snat_port_min = 1024;
     settings.snat_port_max = 65535;
     settings.snat_count = MAX_SNAT_ADDRS as u32;
@@ -303,7 +303,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
                     last_seen_ns: now,
                     reply,
                     backend_id: backend,
-                    state: FLOW_OPEN,
+                    state: FlowState::Open as u8,
                     _pad: [0; 3],
                 };
                 (key, entry)

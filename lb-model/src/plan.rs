@@ -7,19 +7,16 @@ use std::net::Ipv4Addr;
 use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
-    service::{
-        AFFINITY_NETWORK, AFFINITY_NONE, AFFINITY_SINGLE, FILTERING_DISABLED, FILTERING_MULTIPLE,
-        FILTERING_SINGLE, NO_BACKEND, ServiceInfo,
-    },
-    settings::{DatapathSettings, MODE_ONE_ARM, MODE_TWO_ARM},
+    service::{NO_BACKEND, ServiceInfo},
+    settings::{DatapathSettings, Mode},
 };
 
 use crate::{
-    config::{Affinity, Config, Filtering, Mode, Service},
-    datapath::{RuleKey, addr_v4},
+    config::{Config, Filtering, Service},
     ids::IdBook,
     lifecycle::BackendState,
     maglev::{self, Member},
+    port_rules::{RuleKey, addr_v4},
 };
 
 /// One service as the datapath holds it: its `SERVICES` value (without the ring base, which
@@ -122,7 +119,7 @@ pub fn image(
                     addr: addr_v4(b.address_v4()),
                     port: b.port.unwrap_or(0).to_be(),
                     family: FAMILY_V4,
-                    state: st.datapath(),
+                    state: st as u8,
                     service_id: sid,
                 },
             );
@@ -151,16 +148,8 @@ fn service_plan(
         ring_size: 0,
         single_backend: NO_BACKEND,
         hash_seed: hash_seed(&service.name),
-        filtering: match service.filtering {
-            Filtering::Multiple => FILTERING_MULTIPLE,
-            Filtering::Single => FILTERING_SINGLE,
-            Filtering::Disabled => FILTERING_DISABLED,
-        },
-        affinity: match service.affinity {
-            Affinity::None => AFFINITY_NONE,
-            Affinity::Single => AFFINITY_SINGLE,
-            Affinity::Network => AFFINITY_NETWORK,
-        },
+        filtering: service.filtering as u8,
+        affinity: service.affinity as u8,
         network_prefix: service.network_prefix,
         _pad: 0,
     };
@@ -194,10 +183,11 @@ pub fn hash_seed(name: &str) -> u32 {
 
 pub fn settings(config: &Config) -> DatapathSettings {
     let mut s = DatapathSettings::defaults();
+    // Validation refuses `dsr`; the datapath knows two-arm and one-arm.
     s.mode = match config.mode {
-        Mode::OneArm => MODE_ONE_ARM,
-        _ => MODE_TWO_ARM,
-    };
+        Mode::OneArm => Mode::OneArm,
+        Mode::TwoArm | Mode::Dsr => Mode::TwoArm,
+    } as u8;
     s.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
     s.tcp_closing_timeout_ns = config.conntrack.tcp_closing_timeout.as_nanos() as u64;
     s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
@@ -295,7 +285,7 @@ services:
         let c = ids.backend_id("web", "c").unwrap();
         let web = &img.services[&ids.services["web"]];
         assert!(!web.table.contains(&c));
-        assert_eq!(img.backends[&c].state, BackendState::Down.datapath());
+        assert_eq!(img.backends[&c].state, BackendState::Down as u8);
         let one = &img.services[&ids.services["one"]];
         assert_eq!(one.info.single_backend, ids.backend_id("one", "x").unwrap());
     }

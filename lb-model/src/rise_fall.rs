@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::probe::Outcome;
+/// What one probe found: `Ok("HTTP 200 OK")` or `Err("connect: connection refused")`.
+pub type Outcome = Result<String, String>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tracker {

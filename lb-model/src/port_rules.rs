@@ -2,6 +2,64 @@
 //! aligned power-of-two blocks, so the datapath finds the rule in one LPM lookup however wide
 //! the range is.
 
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    addr::v4,
+    service::{RULE_FIXED_BITS, ServiceRuleKey},
+};
+
+/// One port-rule prefix of a VIP: the key of `SERVICE_RULES` in the controller's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleKey {
+    pub vip: Ipv4Addr,
+    pub proto: u8,
+    /// First port of the prefix (host order).
+    pub port: u16,
+    /// Port bits that must match (16 = exactly `port`).
+    pub port_bits: u8,
+}
+
+impl RuleKey {
+    /// The prefixes that together cover `vip`:`lo..=hi`/`proto`.
+    pub fn covering(vip: Ipv4Addr, proto: u8, lo: u16, hi: u16) -> Vec<RuleKey> {
+        prefixes(lo, hi)
+            .into_iter()
+            .map(|p| RuleKey {
+                vip,
+                proto,
+                port: p.port,
+                port_bits: p.bits,
+            })
+            .collect()
+    }
+
+    /// The LPM key as the datapath holds it: (prefix length in bits, key data).
+    pub fn to_kernel(self) -> (u32, ServiceRuleKey) {
+        let data = ServiceRuleKey::v4(
+            self.proto,
+            u32::from_ne_bytes(self.vip.octets()),
+            self.port.to_be(),
+        );
+        (RULE_FIXED_BITS + self.port_bits as u32, data)
+    }
+
+    /// The rule an LPM key read back from the datapath stands for.
+    pub fn from_kernel(prefix_len: u32, data: &ServiceRuleKey) -> RuleKey {
+        RuleKey {
+            vip: Ipv4Addr::from(data.vip[0].to_ne_bytes()),
+            proto: data.proto,
+            port: u16::from_be(data.port),
+            port_bits: (prefix_len - RULE_FIXED_BITS) as u8,
+        }
+    }
+}
+
+/// The IPv4 address as the datapath stores it.
+pub fn addr_v4(addr: Ipv4Addr) -> lb_common::addr::Addr {
+    v4(addr.octets())
+}
+
 /// One aligned block: the `bits` high bits of `port` (0..=16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortPrefix {

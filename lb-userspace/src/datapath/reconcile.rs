@@ -14,14 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    backend::BACKEND_DOWN,
+    backend::BackendState,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
 };
+use lb_model::plan::{Image, ServicePlan};
 
-use crate::{
-    datapath::{Datapath, DatapathError},
-    plan::{Image, ServicePlan},
-};
+use super::{Datapath, DatapathError};
 
 #[derive(Clone, Debug)]
 pub struct Programmed {
@@ -191,8 +189,8 @@ impl Programmed {
         let gone = absent_from(&now.backends, &want.backends);
         for id in gone {
             let mut b = now.backends[&id];
-            if b.state != BACKEND_DOWN {
-                b.state = BACKEND_DOWN;
+            if b.state != BackendState::Down as u8 {
+                b.state = BackendState::Down as u8;
                 dp.set_backend(id, &b)?;
                 changes.backends_retired += 1;
             }

@@ -3,15 +3,12 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use lb_common::settings::MAX_SNAT_ADDRS;
+use lb_common::{
+    limits::{MAX_BACKENDS, MAX_FLOW_ENTRIES, MAX_SERVICES, MIN_FLOW_ENTRIES},
+    settings::{MAX_SNAT_ADDRS, MIN_SNAT_PORTS},
+};
 
 use super::{Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
-
-/// Limits of the datapath's maps (see `lb-ebpf/src/maps.rs`).
-pub const MAX_SERVICES: usize = 256;
-pub const MAX_BACKENDS: usize = 4096;
-const MIN_CONNTRACK: u32 = 1024;
-const MAX_CONNTRACK: u32 = 1 << 24;
 
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -103,22 +100,25 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
                 out.push(p);
             }
         }
-        if snat.ports.hi - snat.ports.lo < 255 {
+        if u32::from(snat.ports.hi - snat.ports.lo) + 1 < MIN_SNAT_PORTS {
             out.push(
                 Problem::new(
                     "snat.ports",
                     format!("{} leaves too few ports for SNAT", snat.ports),
                 )
-                .hint("give at least 256 ports, e.g. \"1024-32767\""),
+                .hint(format!(
+                    "give at least {MIN_SNAT_PORTS} ports, e.g. \"{}\"",
+                    super::default_snat_ports()
+                )),
             );
         }
     }
     let ct = &config.conntrack;
-    if !(MIN_CONNTRACK..=MAX_CONNTRACK).contains(&ct.max_entries) {
+    if !(MIN_FLOW_ENTRIES..=MAX_FLOW_ENTRIES).contains(&ct.max_entries) {
         out.push(Problem::new(
             "conntrack.max_entries",
             format!(
-                "{} is out of range {MIN_CONNTRACK}..={MAX_CONNTRACK}",
+                "{} is out of range {MIN_FLOW_ENTRIES}..={MAX_FLOW_ENTRIES}",
                 ct.max_entries
             ),
         ));
@@ -141,7 +141,7 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
     if config.services.is_empty() {
         out.push(Problem::new("services", "no services: nothing to balance"));
     }
-    if config.services.len() > MAX_SERVICES {
+    if config.services.len() > MAX_SERVICES as usize {
         out.push(Problem::new(
             "services",
             format!(
@@ -151,7 +151,7 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
         ));
     }
     let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
-    if backends > MAX_BACKENDS {
+    if backends > MAX_BACKENDS as usize {
         out.push(Problem::new(
             "services",
             format!("at most {MAX_BACKENDS} backends over all services, got {backends}"),
@@ -324,12 +324,7 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
                 )
                 .hint("e.g. /owa/healthcheck.htm"),
             );
-        } else if h
-            .http
-            .path
-            .parse::<hyper::http::uri::PathAndQuery>()
-            .is_err()
-        {
+        } else if h.http.path.parse::<http::uri::PathAndQuery>().is_err() {
             out.push(
                 Problem::new(
                     hp("http.path"),
@@ -339,8 +334,8 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
             );
         }
         if let Some(host) = &h.http.host
-            && (rustls::pki_types::ServerName::try_from(host.as_str()).is_err()
-                || host.parse::<hyper::http::uri::Authority>().is_err())
+            && (rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
+                || host.parse::<http::uri::Authority>().is_err())
         {
             out.push(
                 Problem::new(

@@ -1,10 +1,10 @@
 //! What state each (service, backend) is in, and what the datapath makes of it. Administrative
 //! states (drain, disable) override health; `enable` clears them.
 
-use lb_common::backend::{BACKEND_DISABLED, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP};
+pub use lb_common::backend::BackendState;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Health, health::tracker::Tracker};
+use crate::{config::Health, rise_fall::Tracker};
 
 /// What the administrator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,44 +14,6 @@ pub enum AdminState {
     Enabled,
     Draining,
     Disabled,
-}
-
-/// The state a backend is shown and programmed in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    Up,
-    Down,
-    Draining,
-    Disabled,
-}
-
-impl BackendState {
-    pub const ALL: [BackendState; 4] = [Self::Up, Self::Down, Self::Draining, Self::Disabled];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Up => "up",
-            Self::Down => "down",
-            Self::Draining => "draining",
-            Self::Disabled => "disabled",
-        }
-    }
-
-    /// The `BACKEND_*` byte the datapath acts on.
-    pub fn datapath(self) -> u8 {
-        match self {
-            Self::Up => BACKEND_UP,
-            Self::Down => BACKEND_DOWN,
-            Self::Draining => BACKEND_DRAINING,
-            Self::Disabled => BACKEND_DISABLED,
-        }
-    }
-
-    /// Takes new flows.
-    pub fn in_rotation(self) -> bool {
-        self == Self::Up
-    }
 }
 
 /// One (service, backend)'s lifecycle.
@@ -76,17 +38,17 @@ impl Lifecycle {
     /// a restart never takes working backends out of rotation; probes take over from there.
     pub fn adopted(datapath_state: u8, check: Option<&Health>) -> Self {
         let mut l = Self::new(check);
-        let was_healthy = match datapath_state {
-            BACKEND_DRAINING => {
+        let was_healthy = match BackendState::from_u8(datapath_state) {
+            Some(BackendState::Draining) => {
                 l.admin = AdminState::Draining;
                 true
             }
-            BACKEND_DISABLED => {
+            Some(BackendState::Disabled) => {
                 l.admin = AdminState::Disabled;
                 false
             }
-            BACKEND_DOWN => false,
-            _ => true,
+            Some(BackendState::Down) => false,
+            Some(BackendState::Up) | None => true,
         };
         if let Some(t) = &mut l.health {
             t.healthy = was_healthy;
@@ -182,15 +144,15 @@ mod tests {
 
     #[test]
     fn adoption_keeps_the_datapath_state() {
-        for state in BackendState::ALL {
+        for &state in BackendState::ALL {
             assert_eq!(
-                Lifecycle::adopted(state.datapath(), Some(&check())).state(),
+                Lifecycle::adopted(state as u8, Some(&check())).state(),
                 state
             );
         }
         // Without a health check nothing would ever bring a down backend back up.
         assert_eq!(
-            Lifecycle::adopted(BackendState::Down.datapath(), None).state(),
+            Lifecycle::adopted(BackendState::Down as u8, None).state(),
             BackendState::Up
         );
     }

@@ -1,6 +1,8 @@
-//! Prometheus metrics at `metrics.listen`/metrics. Counters are read from the datapath's
-//! per-CPU maps on each scrape (summed over CPUs, the connection table read in batches), so
-//! the datapath does no work for metrics; gauges come from the controller's state.
+//! Prometheus metrics at `metrics.listen`/metrics (`docs/metrics.md` lists them). Counters are
+//! read from the datapath's per-CPU maps on each scrape (summed over CPUs, the connection table
+//! read in batches) through the metrics' own `Reader`, so the datapath does no work for metrics;
+//! names and states come from the controller's last published `View`. A scrape never waits for
+//! the controller.
 
 use std::{
     collections::BTreeSet,
@@ -23,12 +25,13 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
+use lb_model::{lifecycle::BackendState, status::Status};
+use tokio::sync::watch;
+
+use super::status::{View, status};
 use crate::{
-    admin::Shared,
-    controller::Counters,
+    datapath::{Counters, Reader},
     health::{BackendName, Report, Targets},
-    lifecycle::BackendState,
-    status::Status,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,7 +104,7 @@ impl Observed {
 }
 
 /// Builds the registry: the datapath collector plus the daemon's own metrics.
-pub fn registry(shared: Shared) -> (Registry, Observed) {
+pub fn registry(view: watch::Receiver<Arc<View>>, reader: Arc<Reader>) -> (Registry, Observed) {
     let mut registry = Registry::default();
     let probe_seconds = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
         Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -117,7 +120,7 @@ pub fn registry(shared: Shared) -> (Registry, Observed) {
         "Health probes by result",
         probes.clone(),
     );
-    registry.register_collector(Box::new(DatapathCollector { shared }));
+    registry.register_collector(Box::new(DatapathCollector { view, reader }));
     (
         registry,
         Observed {
@@ -129,7 +132,8 @@ pub fn registry(shared: Shared) -> (Registry, Observed) {
 }
 
 struct DatapathCollector {
-    shared: Shared,
+    view: watch::Receiver<Arc<View>>,
+    reader: Arc<Reader>,
 }
 
 impl std::fmt::Debug for DatapathCollector {
@@ -172,13 +176,9 @@ fn gauge(
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = {
-            let guard = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            guard
-                .as_ref()
-                .and_then(|ctl| Some((ctl.status().ok()?, ctl.counters().ok()?)))
-        };
-        let Some((status, counters)) = snapshot else {
+        let view = self.view.borrow().clone();
+        let (Ok(status), Ok(counters)) = (status(&view, &self.reader), self.reader.counters())
+        else {
             return Ok(());
         };
         encode_snapshot(&mut encoder, &status, &counters)
@@ -215,7 +215,7 @@ fn encode_snapshot(
             flows.push((sb(), b.new_flows));
             active.push((sb(), b.active_flows as i64));
             up.push((sb(), i64::from(b.state == BackendState::Up)));
-            for st in BackendState::ALL {
+            for &st in BackendState::ALL {
                 let mut l = sb();
                 l.push(("state", st.label().to_string()));
                 state.push((l, i64::from(b.state == st)));

@@ -4,8 +4,7 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use lb_common::{
-    addr::PROTO_UDP,
-    flow::{FLOW_CLOSING, FlowEntry, FlowKey},
+    flow::{FlowEntry, FlowKey},
     settings::DatapathSettings,
 };
 use serde::{Deserialize, Serialize};
@@ -127,30 +126,12 @@ pub fn flow_census(
     let mut per_backend = HashMap::new();
     let mut total = 0;
     for (key, entry) in flows {
-        let timeout = if entry.state == FLOW_CLOSING {
-            settings.tcp_closing_timeout_ns
-        } else if key.proto == PROTO_UDP {
-            settings.udp_timeout_ns
-        } else {
-            settings.tcp_timeout_ns
-        };
-        if now_ns.saturating_sub(entry.last_seen_ns) < timeout {
+        if !entry.expired(key.proto, settings, now_ns) {
             total += 1;
             *per_backend.entry(entry.backend_id).or_insert(0) += 1;
         }
     }
     (total, per_backend)
-}
-
-/// The clock the datapath stamps flows with (`bpf_ktime_get_ns`).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn human(n: u64, unit: &str) -> String {
@@ -255,7 +236,10 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::addr::PROTO_TCP;
+    use lb_common::{
+        addr::{PROTO_TCP, PROTO_UDP},
+        flow::FlowState,
+    };
 
     #[test]
     fn census_counts_only_live_flows() {
@@ -280,8 +264,8 @@ mod tests {
         let flows = [
             flow(PROTO_TCP, 1, 950, 0),
             flow(PROTO_TCP, 1, 899, 0),
-            flow(PROTO_TCP, 2, 995, FLOW_CLOSING),
-            flow(PROTO_TCP, 2, 985, FLOW_CLOSING),
+            flow(PROTO_TCP, 2, 995, FlowState::Closing as u8),
+            flow(PROTO_TCP, 2, 985, FlowState::Closing as u8),
             flow(PROTO_UDP, 3, 960, 0),
             flow(PROTO_UDP, 3, 940, 0),
         ];

@@ -130,11 +130,7 @@ impl MarkedEventReceiver for Builder {
                     self.end_node();
                 }
             }
-            Event::Alias(_) => {
-                if self.begin_node(None, false, mark) {
-                    self.end_node();
-                }
-            }
+            Event::Alias(_) if self.begin_node(None, false, mark) => self.end_node(),
             Event::MappingStart(..) => {
                 self.begin_node(None, true, mark);
                 self.stack.push(Frame::Mapping { key: None });

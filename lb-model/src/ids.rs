@@ -12,7 +12,7 @@ use lb_common::backend::BackendInfo;
 
 use crate::{
     config::Config,
-    datapath::{RuleKey, addr_v4},
+    port_rules::{RuleKey, addr_v4},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -230,7 +230,7 @@ mod tests {
         let mut backends = image.backends.clone();
         // The retired id is still in BACKENDS, marked down.
         let mut old = backends[&0];
-        old.state = BackendState::Down.datapath();
+        old.state = BackendState::Down as u8;
         backends.insert(1, old);
 
         let recovered = IdBook::recover(&now, &image.rules, &backends);

@@ -1,0 +1,31 @@
+//! The datapath's maps by the names they are created and pinned under. `lb-ebpf/src/maps.rs`
+//! declares a static of each name; a datapath test checks that the object holds exactly these.
+
+macro_rules! map_names {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[doc = concat!("The `", stringify!($name), "` map.")]
+            pub const $name: &str = stringify!($name);
+        )+
+        /// Every map of the object.
+        pub const ALL: &[&str] = &[$($name),+];
+    };
+}
+
+map_names!(
+    SETTINGS,
+    VIPS,
+    BACKEND_ADDRS,
+    SERVICE_RULES,
+    SERVICES,
+    BACKENDS,
+    RING,
+    FLOWS,
+    REPLIES,
+    BACKEND_STATS,
+    SERVICE_STATS,
+    DROPS,
+    PASSES,
+    FLOW_EVENTS,
+    XDP_ACTIONS,
+);

@@ -1,0 +1,186 @@
+//! Reading a config: YAML, then types (every type error, each with its path), then validation,
+//! each problem placed at its `file:line:col` with a hint where one helps.
+
+use std::{fmt, path::Path};
+
+use serde::de::DeserializeOwned;
+
+use super::{Config, Service, locate::Locations, validate};
+
+/// One thing wrong with a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the document, e.g. `services[0].backends[1].weight`; empty for the whole file.
+    pub path: String,
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            at: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Every problem of one config file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            match p.at {
+                Some((line, col)) => write!(f, "{}:{line}:{col}: ", self.file)?,
+                None => write!(f, "{}: ", self.file)?,
+            }
+            if !p.path.is_empty() {
+                write!(f, "{}: ", p.path)?;
+            }
+            writeln!(f, "{}", p.message)?;
+            if let Some(hint) = &p.hint {
+                writeln!(f, "    hint: {hint}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A config that passed every check, with what is allowed but worth saying.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads and checks `path`. Does not look at the system (`xnlb::host::interfaces` does).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        problems: vec![Problem::new("", format!("cannot read the file: {e}"))],
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and checks a config held in memory; `file` names it in messages.
+pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: file.to_string(),
+        problems,
+    };
+    let doc: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(serde_yaml::Value::Null) => {
+            return Err(fail(vec![
+                Problem::new("", "the file is empty").hint("start from the example in the README"),
+            ]));
+        }
+        Ok(doc) => doc,
+        Err(e) => {
+            let mut p = Problem::new("", format!("not valid YAML: {e}"));
+            p.at = e.location().map(|l| (l.line(), l.column()));
+            return Err(fail(vec![p]));
+        }
+    };
+    let at = Locations::index(text);
+    let mut problems = Vec::new();
+    let config = typed(&doc, &mut problems);
+    if let Some(config) = &config {
+        problems.extend(validate::problems(config));
+    }
+    for p in &mut problems {
+        if p.at.is_none() {
+            p.at = at.find(&p.path);
+        }
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(Loaded {
+            warnings: validate::warnings(&config),
+            config,
+        }),
+        _ => Err(fail(problems)),
+    }
+}
+
+/// The typed config, or `None` with every type error found: the top level, then each service
+/// on its own so that a mistake in one does not hide mistakes in the next.
+fn typed(doc: &serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Config> {
+    if let Ok(config) = deserialize::<Config>(doc, "", problems) {
+        return Some(config);
+    }
+    problems.clear();
+    let mut top = doc.clone();
+    let services = match &mut top {
+        serde_yaml::Value::Mapping(m) => {
+            m.insert("services".into(), serde_yaml::Value::Sequence(vec![]))
+        }
+        _ => None,
+    };
+    let _ = deserialize::<Config>(&top, "", problems);
+    if let Some(serde_yaml::Value::Sequence(services)) = services {
+        for (i, service) in services.iter().enumerate() {
+            let path = format!("services[{i}]");
+            if let Ok(service) = deserialize::<Service>(service, &path, problems) {
+                problems.extend(validate::service_problems(&service, &path));
+            }
+        }
+    }
+    None
+}
+
+fn deserialize<T: DeserializeOwned>(
+    value: &serde_yaml::Value,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Result<T, ()> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix, inner.as_str()) {
+            (p, ".") => p.to_string(),
+            ("", i) => i.to_string(),
+            (p, i) if i.starts_with('[') => format!("{p}{i}"),
+            (p, i) => format!("{p}.{i}"),
+        };
+        let message = e.into_inner().to_string();
+        let hint = did_you_mean(&message);
+        let mut problem = Problem::new(path, message);
+        problem.hint = hint;
+        problems.push(problem);
+    })
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and variants): the closest
+/// expected word, when it is close.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (wrong, expected) = rest.split_once('`')?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|w| (strsim::levenshtein(wrong, w), w))
+        .min()?;
+    (best.0 <= 2 || best.0 * 3 <= wrong.len()).then(|| format!("did you mean `{}`?", best.1))
+}

@@ -1,0 +1,317 @@
+//! The YAML config: the schema as typed structs (`serde`, unknown keys rejected) with their
+//! defaults (`docs/config.md` describes every key). `load` reads and checks a file, `validate`
+//! says what cannot work, `summary` what would run. Pure: the checks only the running system
+//! can answer (do the interfaces exist) are the daemon's (`xnlb::host::interfaces`).
+
+mod duration;
+mod load;
+mod locate;
+mod ports;
+mod summary;
+mod validate;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use lb_common::{limits, settings};
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Loaded, Problem, load, parse};
+pub use locate::Locations;
+pub use ports::PortRange;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub mode: Mode,
+    pub interfaces: Interfaces,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    #[serde(default)]
+    pub snat: Option<Snat>,
+    #[serde(default)]
+    pub conntrack: Conntrack,
+    /// Make the kernel answer ARP for each VIP on the client interface (the VIP as a /32 there).
+    /// Off when the upstream router already routes the VIPs to the balancer.
+    #[serde(default = "yes")]
+    pub announce_vips: bool,
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+pub use lb_common::{
+    service::{Affinity, Filtering},
+    settings::Mode,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    pub client: String,
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic where the driver has no XDP support.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snat {
+    pub addresses: Vec<IpAddr>,
+    /// Source ports the balancer claims on the SNAT addresses. Keep it clear of the kernel's
+    /// own ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default).
+    #[serde(default = "default_snat_ports")]
+    pub ports: PortRange,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Conntrack {
+    pub max_entries: u32,
+    #[serde(with = "duration")]
+    pub tcp_timeout: Duration,
+    #[serde(with = "duration")]
+    pub tcp_closing_timeout: Duration,
+    #[serde(with = "duration")]
+    pub udp_timeout: Duration,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self {
+            max_entries: limits::DEFAULT_FLOW_ENTRIES,
+            tcp_timeout: Duration::from_secs(settings::DEFAULT_TCP_TIMEOUT_SECS),
+            tcp_closing_timeout: Duration::from_secs(settings::DEFAULT_TCP_CLOSING_TIMEOUT_SECS),
+            udp_timeout: Duration::from_secs(settings::DEFAULT_UDP_TIMEOUT_SECS),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    pub ports: Vec<PortRange>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub filtering: Filtering,
+    #[serde(default)]
+    pub affinity: Affinity,
+    #[serde(default = "default_network_prefix")]
+    pub network_prefix: u8,
+    #[serde(default, with = "duration")]
+    pub sticky_timeout: Duration,
+    pub backends: Vec<Backend>,
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Both,
+}
+
+impl Protocol {
+    pub fn includes(self, other: Protocol) -> bool {
+        self == Protocol::Both || other == Protocol::Both || self == other
+    }
+
+    /// IP protocol numbers this rule matches.
+    pub fn numbers(self) -> &'static [u8] {
+        use lb_common::addr::{PROTO_TCP, PROTO_UDP};
+        match self {
+            Protocol::Tcp => &[PROTO_TCP],
+            Protocol::Udp => &[PROTO_UDP],
+            Protocol::Both => &[PROTO_TCP, PROTO_UDP],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub name: String,
+    pub address: IpAddr,
+    /// Destination port towards the backend; `None` keeps the client's destination port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Order for `filtering: single` (lower wins); defaults to the position in the list.
+    #[serde(default)]
+    pub priority: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub http: HttpCheck,
+    #[serde(default = "default_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub path: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    /// Host header and TLS SNI.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9779)),
+        }
+    }
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/xnlb/xnlb.sock";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub socket: PathBuf,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+pub(crate) fn default_snat_ports() -> PortRange {
+    PortRange {
+        lo: settings::DEFAULT_SNAT_PORT_MIN,
+        hi: settings::DEFAULT_SNAT_PORT_MAX,
+    }
+}
+fn default_network_prefix() -> u8 {
+    24
+}
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const MAX_WEIGHT: u32 = 1000;
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_expect_status() -> Vec<u16> {
+    vec![200]
+}
+
+impl Service {
+    /// The VIP as IPv4 (validation rejects anything else).
+    pub fn vip_v4(&self) -> Ipv4Addr {
+        v4_of(self.vip)
+    }
+
+    /// Backends with their effective priority (explicit, or 1-based position).
+    pub fn priority_of(&self, index: usize) -> u32 {
+        self.backends[index].priority.unwrap_or(index as u32 + 1)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+impl Backend {
+    pub fn address_v4(&self) -> Ipv4Addr {
+        v4_of(self.address)
+    }
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Interfaces the program attaches to: the client side, and in two-arm the server side.
+    pub fn attach_interfaces(&self) -> Vec<&str> {
+        let mut out = vec![self.interfaces.client.as_str()];
+        if let (Mode::TwoArm, Some(server)) = (self.mode, &self.interfaces.server) {
+            out.push(server.as_str());
+        }
+        out
+    }
+
+    /// What `xnlb check` prints for a good file: what would run.
+    pub fn snat_v4(&self) -> Vec<Ipv4Addr> {
+        self.snat
+            .iter()
+            .flat_map(|s| s.addresses.iter().map(|&a| v4_of(a)))
+            .collect()
+    }
+}
+
+/// The word a config uses for an enum value (`single`, `two-arm`, ...).
+pub fn word<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn v4_of(addr: IpAddr) -> Ipv4Addr {
+    match addr {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => unreachable!("validation admits only IPv4 addresses, got {a}"),
+    }
+}

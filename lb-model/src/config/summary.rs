@@ -1,0 +1,71 @@
+//! What `xnlb check` prints for a good file: what would run.
+
+use std::fmt::Write as _;
+
+use super::{Config, Mode, word};
+
+impl Config {
+    pub fn summary(&self, file: &str) -> String {
+        let mut out = String::new();
+        let mode = match self.mode {
+            Mode::TwoArm => format!(
+                "two-arm, clients on {}, backends on {}",
+                self.interfaces.client,
+                self.interfaces.server.as_deref().unwrap_or("?")
+            ),
+            Mode::OneArm => format!(
+                "one-arm on {}, SNAT from {}",
+                self.interfaces.client,
+                self.snat_v4()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Mode::Dsr => "dsr".to_string(),
+        };
+        let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let _ = writeln!(
+            out,
+            "{file}: OK: {mode}; {} service(s), {backends} backend(s); conntrack {} entries",
+            self.services.len(),
+            self.conntrack.max_entries
+        );
+        for s in &self.services {
+            let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
+            let health = match &s.health {
+                Some(h) => format!(
+                    "{} {}:{} every {}",
+                    if h.http.tls { "https" } else { "http" },
+                    h.http.port,
+                    h.http.path,
+                    humantime::format_duration(h.interval)
+                ),
+                None => "no health check".to_string(),
+            };
+            let names: Vec<String> = s
+                .backends
+                .iter()
+                .map(|b| format!("{} {}", b.name, b.address))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} {}:{} {}, filtering {}, affinity {}: {} ({health})",
+                s.name,
+                s.vip,
+                ports.join(","),
+                word(&s.protocol),
+                word(&s.filtering),
+                word(&s.affinity),
+                names.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  metrics on http://{}/metrics, admin socket {}",
+            self.metrics.listen,
+            self.admin.socket.display()
+        );
+        out
+    }
+}

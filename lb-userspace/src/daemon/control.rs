@@ -1,0 +1,106 @@
+//! The controller's own thread: it owns the `Controller` and takes commands (administrator
+//! verbs, reloads, health batches) one at a time over a channel, each with a reply. Map writes
+//! are blocking syscalls, so this is a plain thread, not an async task; nothing shares the
+//! controller behind a lock.
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use super::controller::Controller;
+use crate::{
+    admin::{Request, Response},
+    health::Report,
+};
+use lb_model::lifecycle::AdminState;
+
+enum Command {
+    /// An administrator's verb (not `status`: that is read from the published view).
+    Admin(Request, oneshot::Sender<Response>),
+    /// Probe results to count.
+    Health(Vec<Report>),
+}
+
+/// How the daemon's tasks talk to the controller.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Handle {
+    /// Carries out `request` and waits for the answer.
+    pub async fn ask(&self, request: Request) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Admin(request, reply)).is_err() {
+            return Response::error(&anyhow::anyhow!("xnlb is stopping"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Response::error(&anyhow::anyhow!("xnlb is stopping")))
+    }
+
+    /// Hands over a batch of probe results; false once the controller is gone.
+    pub fn health(&self, batch: Vec<Report>) -> bool {
+        self.commands.send(Command::Health(batch)).is_ok()
+    }
+}
+
+/// Starts the controller's thread. It ends after a `stop` request (which detaches and unpins)
+/// or when every handle is gone (which leaves the pinned datapath forwarding).
+pub fn spawn(ctl: Controller) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("xnlb-controller".into())
+        .spawn(move || serve(ctl, rx))?;
+    Ok((Handle { commands: tx }, thread))
+}
+
+fn serve(mut ctl: Controller, mut commands: mpsc::UnboundedReceiver<Command>) {
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            Command::Health(batch) => {
+                if let Err(e) = ctl.apply_probes(batch) {
+                    error!("applying health results: {e:#}");
+                }
+            }
+            Command::Admin(Request::Stop, reply) => {
+                let answer = match ctl.stop() {
+                    Ok(()) => Response::ok("stopped: detached and unpinned".to_string()),
+                    Err(e) => Response::error(&e),
+                };
+                let _ = reply.send(answer);
+                return;
+            }
+            Command::Admin(request, reply) => {
+                let _ = reply.send(carry_out(&mut ctl, request));
+            }
+        }
+    }
+}
+
+fn carry_out(ctl: &mut Controller, request: Request) -> Response {
+    let result = match request {
+        Request::Drain { service, backend } => {
+            ctl.set_admin(&service, &backend, AdminState::Draining)
+        }
+        Request::Disable { service, backend } => {
+            ctl.set_admin(&service, &backend, AdminState::Disabled)
+        }
+        Request::Enable { service, backend } => {
+            ctl.set_admin(&service, &backend, AdminState::Enabled)
+        }
+        Request::Reload => {
+            let r = ctl.reload();
+            match &r {
+                Ok(m) => info!("{m}"),
+                Err(e) => warn!("reload refused: {e:#}"),
+            }
+            r
+        }
+        // `status` is read from the published view; `stop` ends the thread (above).
+        Request::Status | Request::Stop => Err(anyhow::anyhow!("not a controller command")),
+    };
+    match result {
+        Ok(message) => Response::ok(message),
+        Err(e) => Response::error(&e),
+    }
+}

@@ -1,0 +1,301 @@
+//! The controller: owns the loaded datapath and everything decided about it (config, ids,
+//! backend lifecycles, what the maps hold), and turns decisions into map writes. It runs on one
+//! thread of its own (`control`); nothing else touches its state. After every change it
+//! publishes a `View` that status and metrics read without asking it.
+//!
+//! Here: starting (load or adopt, program, attach, announce) and stopping. What a reload does
+//! is `reload.rs`; what happens when a backend fails, recovers or is drained is `backends.rs`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result};
+use lb_common::limits::{MAX_BACKENDS, MAX_SERVICES, MIN_RING_SERVICES};
+use lb_model::{
+    config::{Config, Mode},
+    ids::IdBook,
+    lifecycle::{BackendState, Lifecycle},
+    plan,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::status::{Attachment, View};
+use crate::{
+    datapath::{
+        self, Datapath, DatapathSizes, Reader,
+        attach::{self, Attached},
+        reconcile::{Changes, Programmed},
+    },
+    health::{self, BackendName, Targets},
+    host::{addresses::VipOwner, sysctl},
+};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnlb";
+const PROGRAM_PIN: &str = "program";
+
+pub struct Controller {
+    pub(super) dp: Datapath,
+    pub(super) config: Config,
+    pub(super) config_path: PathBuf,
+    pin_dir: PathBuf,
+    pub(super) ids: IdBook,
+    pub(super) lifecycles: BTreeMap<BackendName, Lifecycle>,
+    programmed: Programmed,
+    attached: Vec<Attachment>,
+    pub(super) vips: VipOwner,
+    /// What the health checker probes, published to it.
+    pub(super) targets: watch::Sender<Targets>,
+    /// What status and metrics show, published to them.
+    view: watch::Sender<Arc<View>>,
+    /// Maglev tables of the last image, reused while their members stay.
+    tables: plan::TableCache,
+}
+
+fn sizes_for(config: &Config) -> DatapathSizes {
+    DatapathSizes {
+        flows: config.conntrack.max_entries,
+        // Room to grow by reload: twice the services configured at start.
+        ring_services: (config.services.len() as u32 * 2).clamp(MIN_RING_SERVICES, MAX_SERVICES),
+    }
+}
+
+impl Controller {
+    /// Loads (or adopts) the datapath under `pin_dir`, programs it from `config`, attaches it
+    /// and announces the VIPs.
+    pub fn start(config: Config, config_path: &Path, pin_dir: &Path) -> Result<Self> {
+        let (dp, adopted) = Datapath::load_pinned(sizes_for(&config), pin_dir)
+            .context("loading the XDP datapath")?;
+        // What the maps hold, even when just created (all zero): the record must never assume.
+        let programmed = Programmed::read(&dp).context("reading the datapath's maps")?;
+        let mut ids = IdBook::default();
+        let mut lifecycles = BTreeMap::new();
+        if adopted {
+            ids = IdBook::recover(&config, &programmed.image.rules, &programmed.image.backends);
+            for s in &config.services {
+                for b in &s.backends {
+                    if let Some(id) = ids.backend_id(&s.name, &b.name) {
+                        let state = programmed.image.backends[&id].state;
+                        lifecycles.insert(
+                            (s.name.clone(), b.name.clone()),
+                            Lifecycle::adopted(state, s.health.as_ref()),
+                        );
+                    }
+                }
+            }
+            let running = dp.reader().max_entries(lb_common::maps::FLOWS)?;
+            if running != config.conntrack.max_entries {
+                warn!(
+                    "conntrack.max_entries is {} in the config but the running table has {running}; \
+                     the running table (and its flows) is kept until `xnlb stop` and a fresh start",
+                    config.conntrack.max_entries
+                );
+            }
+            info!(
+                "adopted the running datapath at {}: {} services, {} backends",
+                pin_dir.display(),
+                programmed.image.services.len(),
+                ids.backends.len()
+            );
+        }
+        let (targets, _) = watch::channel(health::targets(&config));
+        let (view, _) = watch::channel(Arc::new(View::starting(
+            &config,
+            config_path.display().to_string(),
+        )));
+        let mut ctl = Controller {
+            dp,
+            targets,
+            view,
+            tables: plan::TableCache::default(),
+            vips: VipOwner::new(&config.interfaces.client),
+            config,
+            config_path: config_path.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+            ids,
+            lifecycles,
+            programmed,
+            attached: Vec::new(),
+        };
+        let changes = ctl.reprogram().context("programming the datapath")?;
+        info!("datapath programmed: {changes}");
+        ctl.attach()?;
+        ctl.dp.pin_program(&pin_dir.join(PROGRAM_PIN))?;
+        if ctl.config.announce_vips {
+            ctl.vips
+                .sync(&ctl.announced(), adopted)
+                .context("adding the VIPs (and one-arm SNAT addresses) to the client interface")?;
+        }
+        ctl.publish();
+        Ok(ctl)
+    }
+
+    /// The addresses the client interface must answer ARP for: the VIPs and, in one-arm, the
+    /// SNAT addresses (backends send their replies there).
+    pub(super) fn announced(&self) -> BTreeSet<Ipv4Addr> {
+        let mut addrs = self.programmed.image.vips.clone();
+        if self.config.mode == Mode::OneArm {
+            addrs.extend(self.config.snat_v4());
+        }
+        addrs
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let ifaces: Vec<(String, &'static str)> = self
+            .config
+            .attach_interfaces()
+            .into_iter()
+            .zip(["client", "server"])
+            .map(|(i, r)| (i.to_string(), r))
+            .collect();
+        let keep: Vec<&str> = ifaces.iter().map(|(i, _)| i.as_str()).collect();
+        for stale in attach::stale_links(&self.pin_dir, &keep) {
+            info!("detaching from {stale}: the config no longer names it");
+            attach::detach(&self.pin_dir, &stale)?;
+        }
+        let mode = self.config.xdp_mode;
+        for (iface, role) in ifaces {
+            let how = attach::attach_or_adopt(self.dp.program_mut()?, &self.pin_dir, &iface, mode)?;
+            let how = match how {
+                Attached::New(m) => m.to_string(),
+                Attached::Adopted => "adopted".to_string(),
+            };
+            info!("XDP on {iface} ({role} side): {how}");
+            if let Err(e) = sysctl::accept_local_sources(&iface) {
+                warn!("{e:#}: a client the balancer has not resolved yet may fail to connect");
+            }
+            if !sysctl::forwards(&iface) {
+                warn!(
+                    "{iface}: IPv4 forwarding is off, so balanced packets cannot be forwarded \
+                     (xnlb_passes_total{{reason=\"no_fast_route\"}}) and the kernel drops them; \
+                     enable it with sysctl -w net.ipv4.conf.{iface}.forwarding=1"
+                );
+            }
+            self.attached.push(Attachment {
+                name: iface,
+                role,
+                how,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the image from config and lifecycles and applies it.
+    pub(super) fn reprogram(&mut self) -> Result<Changes> {
+        let fresh = self
+            .ids
+            .assign(&self.config, self.dp.ring_capacity(), MAX_BACKENDS)?;
+        for s in &self.config.services {
+            for b in &s.backends {
+                self.lifecycles
+                    .entry((s.name.clone(), b.name.clone()))
+                    .or_insert_with(|| Lifecycle::new(s.health.as_ref()))
+                    .follow(s.health.as_ref());
+            }
+        }
+        let lifecycles = &self.lifecycles;
+        let image = plan::image(
+            &self.config,
+            &self.ids,
+            |s, b| lifecycles[&(s.to_string(), b.to_string())].state(),
+            &mut self.tables,
+        );
+        let serving_before = self.serving();
+        let changes = self.programmed.apply(&mut self.dp, &image, &fresh)?;
+        self.log_service_transitions(&serving_before);
+        Ok(changes)
+    }
+
+    /// Services with at least one backend taking new flows, by name.
+    fn serving(&self) -> BTreeMap<String, bool> {
+        self.config
+            .services
+            .iter()
+            .map(|s| {
+                let serving = self.ids.services.get(&s.name).is_some_and(|sid| {
+                    self.programmed
+                        .image
+                        .services
+                        .get(sid)
+                        .is_some_and(|p| p.serving())
+                });
+                (s.name.clone(), serving)
+            })
+            .collect()
+    }
+
+    /// One log line when a service loses its last backend in rotation or gets one back, not one
+    /// per dropped packet.
+    fn log_service_transitions(&self, before: &BTreeMap<String, bool>) {
+        for (name, now) in self.serving() {
+            let was = before.get(&name).copied().unwrap_or(false);
+            if was && !now {
+                warn!(
+                    "service {name}: no backend in rotation; new flows are dropped \
+                     (xnlb_drops_total{{reason=\"no_backend\"}})"
+                );
+            } else if !was && now {
+                let n = self
+                    .config
+                    .service(&name)
+                    .map(|s| {
+                        s.backends
+                            .iter()
+                            .filter(|b| self.state_of(&name, &b.name).in_rotation())
+                            .count()
+                    })
+                    .unwrap_or(0);
+                info!("service {name}: in service with {n} backend(s) in rotation");
+            }
+        }
+    }
+
+    pub(super) fn state_of(&self, service: &str, backend: &str) -> BackendState {
+        self.lifecycles[&(service.to_string(), backend.to_string())].state()
+    }
+
+    /// What the health checker should probe; it follows every reload.
+    pub fn health_targets(&self) -> watch::Receiver<Targets> {
+        self.targets.subscribe()
+    }
+
+    /// What status and metrics show; it follows every change.
+    pub fn view(&self) -> watch::Receiver<Arc<View>> {
+        self.view.subscribe()
+    }
+
+    /// A reader of the datapath's counters for another thread.
+    pub fn reader(&self) -> Result<Reader> {
+        Ok(self.dp.share_reader()?)
+    }
+
+    /// Publishes the current state to status and metrics.
+    pub(super) fn publish(&self) {
+        self.view.send_replace(Arc::new(View {
+            mode: self.config.mode,
+            config: self.config.clone(),
+            config_path: self.config_path.display().to_string(),
+            ids: self.ids.clone(),
+            lifecycles: self.lifecycles.clone(),
+            attached: self.attached.clone(),
+            settings: self.programmed.image.settings,
+        }));
+    }
+
+    /// Detaches from every interface, removes the VIPs and every pin. Forwarding stops.
+    pub fn stop(mut self) -> Result<()> {
+        for a in &self.attached {
+            attach::detach(&self.pin_dir, &a.name)?;
+        }
+        self.vips.release_all()?;
+        let _ = std::fs::remove_file(self.pin_dir.join(PROGRAM_PIN));
+        datapath::unpin_maps(&self.pin_dir);
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        info!("detached and unpinned");
+        Ok(())
+    }
+}

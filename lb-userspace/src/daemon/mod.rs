@@ -1,0 +1,167 @@
+//! `xnlb run`: the daemon's life. Checks the config, claims the admin socket and the metrics
+//! address (so a second daemon fails before touching the datapath), starts the controller on
+//! its own thread, then serves requests and signals until told to stop. SIGHUP reloads;
+//! SIGTERM, SIGINT and `xnlb stop` detach and remove the pins. A `kill -9` leaves the pinned
+//! datapath forwarding.
+//!
+//! ```text
+//!  admin socket ──verbs──▶ ┌─────────────┐ ──map writes──▶ datapath
+//!  SIGHUP ───────reload──▶ │ controller  │
+//!  health probes ─batch──▶ │  (thread)   │ ──View──┐
+//!                          └─────────────┘         ▼
+//!  admin `status`, /metrics ◀── View + Reader (counters, connection table)
+//! ```
+
+pub mod admin_socket;
+mod backends;
+pub mod control;
+pub mod controller;
+pub mod metrics;
+mod reload;
+pub mod status;
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Context, Result, anyhow};
+use lb_model::config::Config;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+use self::{admin_socket::Answerer, control::Handle, controller::Controller};
+use crate::{
+    admin::Request,
+    health,
+    host::{bpffs, interfaces},
+};
+
+pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
+    let loaded = interfaces::load_for_run(config_path).map_err(|e| anyhow!("{e}"))?;
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    bpffs::raise_memlock();
+    bpffs::ensure_bpffs(pin_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(loaded.config, config_path, pin_dir))
+}
+
+async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()> {
+    let socket_path = config.admin.socket.clone();
+    let admin_listener = admin_socket::bind(&socket_path)?;
+    let metrics_listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+
+    let ctl = {
+        let (config_path, pin_dir) = (config_path.to_path_buf(), pin_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || Controller::start(config, &config_path, &pin_dir))
+            .await??
+    };
+    let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
+    let reader = Arc::new(ctl.reader()?);
+    let (controller, controller_thread) = control::spawn(ctl)?;
+
+    let (registry, observed) = metrics::registry(view.clone(), reader.clone());
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    tokio::spawn(health::follow(targets, reports_tx));
+    tokio::spawn(forward_health(
+        reports_rx,
+        probed,
+        controller.clone(),
+        observed,
+    ));
+    let answerer = Answerer {
+        controller: controller.clone(),
+        view,
+        reader,
+    };
+    let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
+    tokio::spawn(admin_socket::serve(admin_listener, answerer, stopped_tx));
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, Arc::new(registry)).await {
+            error!("{e:#}");
+        }
+    });
+    info!(
+        "xnlb running: admin socket {}, metrics http://{metrics_addr}/metrics",
+        socket_path.display()
+    );
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let stop = loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading {}", config_path.display());
+                // The controller logs the outcome; a failed reload keeps the old config.
+                let controller = controller.clone();
+                tokio::spawn(async move { controller.ask(Request::Reload).await });
+            }
+            _ = terminate.recv() => { info!("SIGTERM: stopping"); break true; }
+            _ = interrupt.recv() => { info!("SIGINT: stopping"); break true; }
+            _ = stopped_rx.recv() => { info!("stopped by `xnlb stop`"); break false; }
+        }
+    };
+    let result = if stop {
+        stop_controller(&controller).await
+    } else {
+        Ok(())
+    };
+    let _ = std::fs::remove_file(&socket_path);
+    drop(controller);
+    let _ = tokio::task::spawn_blocking(move || controller_thread.join()).await;
+    result
+}
+
+async fn stop_controller(controller: &Handle) -> Result<()> {
+    let answer = controller.ask(Request::Stop).await;
+    if answer.ok {
+        Ok(())
+    } else {
+        Err(anyhow!("stopping: {}", answer.message.unwrap_or_default()))
+    }
+}
+
+/// Hands probe results to the controller in batches (one reprogram for many changes), and
+/// counts them in the metrics, whose series follow what is `probed`.
+async fn forward_health(
+    mut reports: mpsc::UnboundedReceiver<health::Report>,
+    mut probed: watch::Receiver<health::Targets>,
+    controller: Handle,
+    observed: metrics::Observed,
+) {
+    let mut batch = Vec::new();
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            changed = probed.changed(), if watching => {
+                // The controller is gone when the sender is: nothing more to follow.
+                watching = changed.is_ok();
+                observed.retain(&probed.borrow_and_update());
+                continue;
+            }
+            n = reports.recv_many(&mut batch, 512) => if n == 0 { break },
+        }
+        {
+            // A result from a probe a reload just removed would bring its series back.
+            let current = probed.borrow();
+            for r in &batch {
+                if current.contains_key(&(r.target.service.clone(), r.target.backend.clone())) {
+                    observed.probe(r);
+                }
+            }
+        }
+        if !controller.health(std::mem::take(&mut batch)) {
+            break;
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! What a reload does: re-read the file, refuse what needs a restart, check the ids fit, then
+//! move the datapath to the new image; on any error put the old config, ids and states back and
+//! move the maps back to them, so the old config keeps running.
+
+use anyhow::{Result, bail};
+use lb_model::config::{self, Config};
+use tracing::warn;
+
+use super::controller::Controller;
+use crate::{health, host::interfaces};
+use lb_common::limits::MAX_BACKENDS;
+
+impl Controller {
+    /// Re-reads the config file and applies the difference. On any error nothing changes.
+    pub fn reload(&mut self) -> Result<String> {
+        let loaded =
+            interfaces::load_for_run(&self.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let new = loaded.config;
+        let problems = restart_only_changes(&self.config, &new);
+        if !problems.is_empty() {
+            let err = config::ConfigError {
+                file: self.config_path.display().to_string(),
+                problems,
+            };
+            bail!("{err}");
+        }
+        for w in &loaded.warnings {
+            warn!("{w}");
+        }
+        // Fail before touching anything if the ids do not fit.
+        let old_ids = self.ids.clone();
+        let mut new_ids = old_ids.clone();
+        new_ids.assign(&new, self.dp.ring_capacity(), MAX_BACKENDS)?;
+
+        let old_lifecycles = self.lifecycles.clone();
+        let old_config = std::mem::replace(&mut self.config, new);
+        // A backend keeps its lifecycle (drain, health) while it keeps its id; `reprogram`
+        // makes it follow a changed health block.
+        self.lifecycles.retain(|(s, b), _| {
+            old_ids.backend_id(s, b).is_some()
+                && old_ids.backend_id(s, b) == new_ids.backend_id(s, b)
+        });
+        match self.reprogram() {
+            Ok(changes) => {
+                self.targets.send_replace(health::targets(&self.config));
+                if self.config.announce_vips {
+                    self.vips.sync(&self.announced(), false)?;
+                } else {
+                    self.vips.release_all()?;
+                }
+                self.publish();
+                Ok(if changes.is_empty() {
+                    "reloaded: nothing changed".to_string()
+                } else {
+                    format!("reloaded: {changes}")
+                })
+            }
+            Err(e) => {
+                // `programmed` records exactly what the failed apply wrote.
+                self.config = old_config;
+                self.ids = old_ids;
+                self.lifecycles = old_lifecycles;
+                if let Err(again) = self.reprogram() {
+                    warn!("restoring the previous config after a failed reload: {again:#}");
+                }
+                self.publish();
+                Err(e.context("applying the new config (the old one keeps running)"))
+            }
+        }
+    }
+}
+
+/// Settings a running daemon cannot change: they need `xnlb stop` and a new `xnlb run`.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, path: &str| {
+        if changed {
+            out.push(
+                config::Problem::new(path, "cannot change while running")
+                    .hint("restart xnlb to apply it (`xnlb stop`, then `xnlb run`)"),
+            );
+        }
+    };
+    check(old.mode != new.mode, "mode");
+    check(old.interfaces != new.interfaces, "interfaces");
+    check(old.xdp_mode != new.xdp_mode, "xdp_mode");
+    check(
+        old.conntrack.max_entries != new.conntrack.max_entries,
+        "conntrack.max_entries",
+    );
+    check(old.metrics != new.metrics, "metrics");
+    check(old.admin != new.admin, "admin");
+    out
+}

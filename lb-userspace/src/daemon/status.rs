@@ -1,0 +1,128 @@
+//! `xnlb status` and the metrics read the same thing: the controller's last published `View`
+//! (names, ids, states) joined with the datapath's counters, read through a `Reader` of their
+//! own. Neither asks the controller, so neither waits for a reload or a health change.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use lb_common::{maps as names, settings::DatapathSettings};
+use lb_model::{
+    config::{self, Config, Mode},
+    ids::IdBook,
+    lifecycle::Lifecycle,
+    status::{
+        self, BackendStatus, ConntrackStatus, HealthStatus, InterfaceStatus, ServiceStatus, Status,
+    },
+};
+
+use crate::{
+    datapath::{Reader, monotonic_ns},
+    health::BackendName,
+};
+
+/// How the program sits on one interface.
+#[derive(Clone, Debug, Default)]
+pub struct Attachment {
+    pub name: String,
+    /// `client` or `server`.
+    pub role: &'static str,
+    /// `native`, `generic` or `adopted`.
+    pub how: String,
+}
+
+/// What the controller decided, as of its last change.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub mode: Mode,
+    pub config: Config,
+    pub config_path: String,
+    pub ids: IdBook,
+    pub lifecycles: BTreeMap<BackendName, Lifecycle>,
+    pub attached: Vec<Attachment>,
+    pub settings: DatapathSettings,
+}
+
+impl View {
+    /// Before the controller has programmed anything.
+    pub fn starting(config: &Config, config_path: String) -> Self {
+        Self {
+            mode: config.mode,
+            config: config.clone(),
+            config_path,
+            ids: IdBook::default(),
+            lifecycles: BTreeMap::new(),
+            attached: Vec::new(),
+            settings: DatapathSettings::defaults(),
+        }
+    }
+}
+
+/// The status document: the view's names and states with the datapath's counters.
+pub fn status(view: &View, reader: &Reader) -> Result<Status> {
+    let flows = reader.flows()?;
+    let (live, per_backend) = status::flow_census(&flows, &view.settings, monotonic_ns());
+    let mut services = Vec::new();
+    for s in &view.config.services {
+        let Some(&sid) = view.ids.services.get(&s.name) else {
+            continue;
+        };
+        let stats = reader.service_stats(sid)?;
+        let mut backends = Vec::new();
+        for (i, b) in s.backends.iter().enumerate() {
+            let (Some(id), Some(life)) = (
+                view.ids.backend_id(&s.name, &b.name),
+                view.lifecycles.get(&(s.name.clone(), b.name.clone())),
+            ) else {
+                continue;
+            };
+            let st = reader.backend_stats(id)?;
+            backends.push(BackendStatus {
+                name: b.name.clone(),
+                address: b.address.to_string(),
+                port: b.port,
+                state: life.state(),
+                weight: b.weight,
+                priority: s.priority_of(i),
+                health: HealthStatus::of(life),
+                active_flows: per_backend.get(&id).copied().unwrap_or(0),
+                new_flows: st.new_flows,
+                packets: st.to_backend_packets + st.to_client_packets,
+                bytes: st.to_backend_bytes + st.to_client_bytes,
+                packets_to_backend: st.to_backend_packets,
+                bytes_to_backend: st.to_backend_bytes,
+                packets_to_client: st.to_client_packets,
+                bytes_to_client: st.to_client_bytes,
+            });
+        }
+        services.push(ServiceStatus {
+            name: s.name.clone(),
+            vip: s.vip.to_string(),
+            ports: s.ports.iter().map(|p| p.to_string()).collect(),
+            protocol: config::word(&s.protocol),
+            filtering: s.filtering.label().to_string(),
+            affinity: s.affinity.label().to_string(),
+            packets: stats.packets,
+            bytes: stats.bytes,
+            dropped: stats.dropped,
+            backends,
+        });
+    }
+    Ok(Status {
+        mode: view.mode.label().to_string(),
+        interfaces: view
+            .attached
+            .iter()
+            .map(|a| InterfaceStatus {
+                name: a.name.clone(),
+                role: a.role.to_string(),
+                attached: a.how.clone(),
+            })
+            .collect(),
+        config: view.config_path.clone(),
+        conntrack: ConntrackStatus {
+            entries: live,
+            max_entries: reader.max_entries(names::FLOWS)?,
+        },
+        services,
+    })
+}

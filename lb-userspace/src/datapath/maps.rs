@@ -1,0 +1,219 @@
+//! What the controller owns in the datapath: settings, VIPs, backend addresses, backends, rings,
+//! services and port rules; written by `reconcile`, read back on adoption.
+
+use std::{net::Ipv4Addr, os::fd::AsFd};
+
+use aya::{
+    Pod,
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use lb_common::{
+    addr::{AddrKey, FAMILY_V4},
+    backend::{BackendInfo, BackendState},
+    flow::{FlowEntry, FlowKey},
+    limits::MAX_BACKENDS,
+    maps as names,
+    service::{RING_MAX_SIZE, ServiceInfo, ServiceRule, ServiceRuleKey},
+    settings::DatapathSettings,
+    stats::BackendStats,
+};
+use lb_model::port_rules::RuleKey;
+
+use super::{Datapath, DatapathError, Result, batch, io_err, map_err};
+
+impl Datapath {
+    fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<()> {
+        let mut array: Array<&mut MapData, V> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        array.set(index, value, 0).map_err(map_err(name))
+    }
+
+    fn array_get<V: Pod>(&self, name: &'static str, index: u32) -> Result<V> {
+        let array: Array<&MapData, V> = Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        array.get(&index, 0).map_err(map_err(name))
+    }
+
+    fn hash_insert<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+        value: &V,
+    ) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.insert(key, value, 0).map_err(map_err(name))
+    }
+
+    fn hash_remove<K: Pod, V: Pod>(&mut self, name: &'static str, key: &K) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        match map.remove(key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err(name)),
+        }
+    }
+
+    fn addr_keys(&self, name: &'static str) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .reader
+            .hash_entries::<AddrKey, u32>(name)?
+            .into_iter()
+            .filter(|(k, _)| k.family == FAMILY_V4)
+            .map(|(k, _)| Ipv4Addr::from(k.addr[0].to_ne_bytes()))
+            .collect())
+    }
+
+    pub fn set_settings(&mut self, settings: &DatapathSettings) -> Result<()> {
+        self.array_set(names::SETTINGS, 0, settings)
+    }
+
+    pub fn settings(&self) -> Result<DatapathSettings> {
+        self.array_get(names::SETTINGS, 0)
+    }
+
+    /// Makes `addr` a VIP: traffic to it is balanced or dropped from now on.
+    pub fn add_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_insert(names::VIPS, &AddrKey::v4(addr.octets()), &0u32)
+    }
+
+    pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>(names::VIPS, &AddrKey::v4(addr.octets()))
+    }
+
+    pub fn vips(&self) -> Result<Vec<Ipv4Addr>> {
+        self.addr_keys(names::VIPS)
+    }
+
+    /// Marks `addr` as a backend address whose packets may be replies of balanced flows.
+    pub fn add_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_insert(names::BACKEND_ADDRS, &AddrKey::v4(addr.octets()), &0u32)
+    }
+
+    pub fn remove_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>(names::BACKEND_ADDRS, &AddrKey::v4(addr.octets()))
+    }
+
+    pub fn backend_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        self.addr_keys(names::BACKEND_ADDRS)
+    }
+
+    /// Every `BACKENDS` element, in id order (unused ones are all zero).
+    pub fn backends(&self) -> Result<Vec<BackendInfo>> {
+        let fd = self.map_data(names::BACKENDS)?.fd().as_fd();
+        let mut all = batch::lookup_all::<u32, BackendInfo>(fd, MAX_BACKENDS as usize)
+            .map_err(io_err("reading BACKENDS"))?;
+        all.sort_by_key(|(id, _)| *id);
+        Ok(all.into_iter().map(|(_, b)| b).collect())
+    }
+
+    /// Zeroes a backend id's counters (before the id is given to a different backend).
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DatapathError::Io {
+            what: "counting CPUs",
+            source,
+        })?;
+        let zeros = PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+            .map_err(io_err("zeroing BACKEND_STATS"))?;
+        let name = names::BACKEND_STATS;
+        let mut array: PerCpuArray<&mut MapData, BackendStats> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        array.set(id, zeros, 0).map_err(map_err(name))
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &BackendInfo) -> Result<()> {
+        self.array_set(names::BACKENDS, id, backend)
+    }
+
+    pub fn backend(&self, id: u32) -> Result<BackendInfo> {
+        self.array_get(names::BACKENDS, id)
+    }
+
+    /// Changes only a backend's state (up, draining, down).
+    pub fn set_backend_state(&mut self, id: u32, state: BackendState) -> Result<()> {
+        let mut backend = self.backend(id)?;
+        backend.state = state as u8;
+        self.set_backend(id, &backend)
+    }
+
+    /// Writes a consistent-hash table into ring slot `slot` and returns its `ring_base`. The
+    /// table goes live only when a service is pointed at it (`set_service`): write the new
+    /// table into the slot the service is not using, then switch with one service write.
+    pub fn write_ring(&mut self, slot: u32, table: &[u32]) -> Result<u32> {
+        if slot >= self.ring_slots {
+            return Err(DatapathError::RingSlot {
+                slot,
+                capacity: self.ring_slots,
+            });
+        }
+        if table.len() > RING_MAX_SIZE as usize {
+            return Err(DatapathError::RingTooLarge(table.len()));
+        }
+        let base = slot * RING_MAX_SIZE;
+        if let Some(view) = &mut self.ring_view {
+            view.write(base as usize, table);
+            return Ok(base);
+        }
+        let fd = self.map_data(names::RING)?.fd().as_fd();
+        batch::update_array(fd, base, table).map_err(io_err("writing RING"))?;
+        Ok(base)
+    }
+
+    pub fn set_service(&mut self, id: u32, service: &ServiceInfo) -> Result<()> {
+        self.hash_insert(names::SERVICES, &id, service)
+    }
+
+    pub fn remove_service(&mut self, id: u32) -> Result<()> {
+        self.hash_remove::<u32, ServiceInfo>(names::SERVICES, &id)
+    }
+
+    pub fn services(&self) -> Result<Vec<(u32, ServiceInfo)>> {
+        self.reader.hash_entries(names::SERVICES)
+    }
+
+    fn rules_mut(&mut self) -> Result<LpmTrie<&mut MapData, ServiceRuleKey, ServiceRule>> {
+        LpmTrie::try_from(self.map_mut(names::SERVICE_RULES)?)
+            .map_err(map_err(names::SERVICE_RULES))
+    }
+
+    pub fn insert_rule(&mut self, key: RuleKey, service_id: u32) -> Result<()> {
+        let (bits, data) = key.to_kernel();
+        self.rules_mut()?
+            .insert(&Key::new(bits, data), ServiceRule { service_id }, 0)
+            .map_err(map_err(names::SERVICE_RULES))
+    }
+
+    pub fn remove_rule(&mut self, key: RuleKey) -> Result<()> {
+        let (bits, data) = key.to_kernel();
+        match self.rules_mut()?.remove(&Key::new(bits, data)) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err(names::SERVICE_RULES)),
+        }
+    }
+
+    pub fn rules(&self) -> Result<Vec<(RuleKey, u32)>> {
+        let name = names::SERVICE_RULES;
+        let rules: LpmTrie<&MapData, ServiceRuleKey, ServiceRule> =
+            LpmTrie::try_from(self.map(name)?).map_err(map_err(name))?;
+        rules
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(map_err(name))?;
+                Ok((
+                    RuleKey::from_kernel(k.prefix_len(), &k.data()),
+                    v.service_id,
+                ))
+            })
+            .collect()
+    }
+
+    /// Writes connection-table entries directly, in batches (benchmarks fill the table with
+    /// them; the datapath alone creates flows in service).
+    pub fn insert_flows(&mut self, flows: &[(FlowKey, FlowEntry)]) -> Result<()> {
+        let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
+        let fd = self.map_data(names::FLOWS)?.fd().as_fd();
+        batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))
+    }
+}

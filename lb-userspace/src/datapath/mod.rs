@@ -1,0 +1,209 @@
+//! The loaded XDP datapath: everything that calls bpf(2). `Datapath` loads (or adopts) the
+//! embedded object and owns it; `maps` writes and reads what the controller owns in it;
+//! `reader` reads counters and the connection table through handles of its own, so a metrics
+//! scrape never waits for the controller; `reconcile` moves the maps to an image the model
+//! computed; `attach` puts the program on interfaces. `batch` and `mmap` are the two fast ways
+//! to move many elements.
+
+pub mod attach;
+mod batch;
+mod maps;
+mod mmap;
+pub mod object;
+mod reader;
+pub mod reconcile;
+
+use std::{os::fd::AsFd, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData, MapError},
+    programs::{ProgramError, Xdp},
+};
+use lb_common::{
+    limits::{DEFAULT_FLOW_ENTRIES, MIN_RING_SERVICES},
+    maps as names,
+    service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
+    settings::DatapathSettings,
+};
+
+use self::{
+    mmap::MappedArray,
+    object::{XDP_OBJECT, XDP_PROGRAM},
+};
+pub use reader::{Counters, MapFootprint, Reader, monotonic_ns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("ring slot {slot} is out of range (capacity {capacity} tables)")]
+    RingSlot { slot: u32, capacity: u32 },
+    #[error("a ring table has {0} entries; at most {RING_MAX_SIZE}")]
+    RingTooLarge(usize),
+    #[error("pinning: {0}")]
+    Pin(#[from] aya::pin::PinError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, DatapathError>;
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
+    move |source| DatapathError::Io { what, source }
+}
+
+/// Sizes fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathSizes {
+    /// Entries in the connection table (each of `FLOWS` and `REPLIES`).
+    pub flows: u32,
+    /// Services that can have a ring table (two slots each, of `RING_MAX_SIZE` entries).
+    pub ring_services: u32,
+}
+
+impl Default for DatapathSizes {
+    fn default() -> Self {
+        Self {
+            flows: DEFAULT_FLOW_ENTRIES,
+            ring_services: MIN_RING_SERVICES,
+        }
+    }
+}
+
+pub struct Datapath {
+    // Field order is drop order: unmap the ring before the map goes.
+    /// `RING` in our memory; `None` for a ring adopted from an xnlb that made it without
+    /// `BPF_F_MMAPABLE` (then tables are written with syscalls).
+    ring_view: Option<MappedArray>,
+    ebpf: Ebpf,
+    reader: Reader,
+    ring_slots: u32,
+}
+
+impl Datapath {
+    /// Loads the embedded object (maps created, program verified), not yet attached anywhere.
+    pub fn load(sizes: DatapathSizes) -> Result<Self> {
+        let mut dp = Self::load_with(sizes, None)?;
+        dp.set_settings(&DatapathSettings::defaults())?;
+        Ok(dp)
+    }
+
+    /// Loads the object with every map pinned under `dir`. Maps already pinned there (a
+    /// previous daemon's) are reused as they are, contents and sizes included: that is how a
+    /// restarted daemon adopts a running datapath. Returns whether it adopted.
+    pub fn load_pinned(sizes: DatapathSizes, dir: &Path) -> Result<(Self, bool)> {
+        std::fs::create_dir_all(dir).map_err(io_err("creating the pin directory"))?;
+        let adopted = dir.join(names::FLOWS).exists();
+        let dp = Self::load_with(sizes, Some(dir))?;
+        Ok((dp, adopted))
+    }
+
+    fn load_with(sizes: DatapathSizes, pin_dir: Option<&Path>) -> Result<Self> {
+        let ring_slots = sizes.ring_services * RING_SLOTS_PER_SERVICE;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::FLOWS, sizes.flows)
+            .map_max_entries(names::REPLIES, sizes.flows)
+            .map_max_entries(names::RING, ring_slots * RING_MAX_SIZE);
+        if let Some(dir) = pin_dir {
+            for &name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(XDP_OBJECT)?;
+        let reader = Reader::of(&ebpf)?;
+        let mut dp = Self {
+            ring_view: None,
+            ebpf,
+            reader,
+            ring_slots,
+        };
+        // An adopted RING keeps the size (and flags) it was created with.
+        let ring_entries = dp.reader.max_entries(names::RING)?;
+        dp.ring_slots = ring_entries / RING_MAX_SIZE;
+        dp.ring_view = MappedArray::map(dp.map_data(names::RING)?.fd().as_fd(), ring_entries);
+        dp.program_mut()?.load()?;
+        Ok(dp)
+    }
+
+    /// Counters, statistics and the connection table, read through this datapath's handles.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    /// A reader with handles of its own, for another thread (metrics, status).
+    pub fn share_reader(&self) -> Result<Reader> {
+        self.reader.try_clone()
+    }
+
+    /// Whether ring tables are written through the mmap-ed `RING` (false only for a ring adopted
+    /// from an older xnlb).
+    pub fn ring_mapped(&self) -> bool {
+        self.ring_view.is_some()
+    }
+
+    /// Services that can have a ring table.
+    pub fn ring_capacity(&self) -> u32 {
+        self.ring_slots / RING_SLOTS_PER_SERVICE
+    }
+
+    /// Pins the loaded program at `path` (replacing an older pin).
+    pub fn pin_program(&mut self, path: &Path) -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        Ok(self.program_mut()?.pin(path)?)
+    }
+
+    pub fn program(&self) -> Result<&Xdp> {
+        let prog = self
+            .ebpf
+            .program(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingMap(XDP_PROGRAM))?;
+        Ok(prog.try_into()?)
+    }
+
+    pub fn program_mut(&mut self) -> Result<&mut Xdp> {
+        let prog = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(DatapathError::MissingMap(XDP_PROGRAM))?;
+        Ok(prog.try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn map_data(&self, name: &'static str) -> Result<&MapData> {
+        reader::data_of(self.map(name)?, name)
+    }
+}
+
+/// Removes every map pin of the datapath under `dir` (after `xnlb stop` detached it).
+pub fn unpin_maps(dir: &Path) {
+    for &name in names::ALL {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}

@@ -1,0 +1,78 @@
+//! What loading and pinning BPF objects needs from the host: locked-memory room and a BPF
+//! filesystem for the pins.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use tracing::info;
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (newer ones use memory cgroups):
+/// raise the soft limit to unlimited if allowed, else to the hard limit.
+pub fn raise_memlock() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write one rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit);
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) != 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+        }
+    }
+}
+
+/// The BPF filesystem's magic number (`statfs.f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_ROOT: &str = "/sys/fs/bpf";
+
+fn on_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: an all-zero `struct statfs` is a valid value (integers only).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and statfs writes one struct statfs into `st`.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Pins need a BPF filesystem. Systems that boot without one at /sys/fs/bpf get it mounted
+/// there, as systemd and Cilium do; anywhere else it must already exist.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    if parent != Path::new(BPF_FS_ROOT) {
+        return Err(anyhow!(
+            "{} is not on a BPF filesystem; choose a --pin-dir under {BPF_FS_ROOT}",
+            parent.display()
+        ));
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, target, fstype, opts) = (c("bpf"), c(BPF_FS_ROOT), c("bpf"), c("mode=0700"));
+    // SAFETY: plain mount(2) with NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(anyhow!(
+            "mounting the BPF filesystem at {BPF_FS_ROOT}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    info!("mounted the BPF filesystem at {BPF_FS_ROOT}");
+    Ok(())
+}
