@@ -29,6 +29,7 @@ fn transport(ctx: &XdpContext, ip: &Ipv4Hdr) -> Option<L4> {
 
 #[inline(always)]
 fn tuple(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &*l4.ports };
     FlowKey {
         src: [ip.src, 0, 0, 0],
@@ -70,6 +71,7 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
         return Outcome::Drop(DropReason::NoService);
     };
     let service_id = rule.service_id;
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
     let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
         return Outcome::Drop(DropReason::NoService);
     };
@@ -85,6 +87,7 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
     let Some(settings) = SETTINGS.get(0) else {
         return Outcome::Drop(DropReason::NoService);
     };
+    // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, now) {
         Ok(flow) => flow,
@@ -113,12 +116,14 @@ pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Out
         return Outcome::Pass(PassReason::Malformed);
     };
     let key = tuple(ip, &l4);
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
     let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
         return Outcome::Pass(PassReason::NotOurs);
     };
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
+    // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     conntrack::reply_seen(entry, &key, &l4, now);
     let client = &entry.client;

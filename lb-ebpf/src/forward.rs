@@ -22,7 +22,9 @@ const AF_INET: u8 = 2;
 
 #[inline(always)]
 pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Outcome {
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &*l4.ports };
+    // SAFETY: `bpf_fib_lookup`'s parameters are plain integers: all zero is a valid value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = ip.proto;
@@ -35,6 +37,7 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Ou
     let ingress = ctx.ingress_ifindex() as u32;
     fib.ifindex = ingress;
 
+    // SAFETY: `fib` is a live, initialised struct of exactly the size passed, and `ctx.ctx` is this program's own context.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
@@ -55,6 +58,7 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Ou
     if fib.ifindex == ingress {
         Outcome::Sent(xdp_action::XDP_TX)
     } else {
+        // SAFETY: a helper that takes plain integers.
         Outcome::Sent(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
     }
 }

@@ -2,6 +2,8 @@
 //! and hand everything else to the kernel untouched. Every outcome is counted with its reason.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Map keys go by reference: passing them by value would copy 20-40 bytes per lookup.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod balance;
 mod conntrack;
@@ -50,12 +52,13 @@ pub fn xnlb(ctx: XdpContext) -> u32 {
 
 /// The floor: parse Ethernet, pass. Not part of balancing. Benchmarks measure the balancer
 /// against it, and the one-arm test bed attaches it to the veth facing the balancer, standing in
-/// for a real NIC's receive path so that `XDP_TX` on veth is delivered (`XDP-ON-VETH.md`).
+/// for a real NIC's receive path so that `XDP_TX` on veth is delivered (`docs/testing.md`).
 #[xdp]
 pub fn xnlb_floor(ctx: XdpContext) -> u32 {
     match ptr_at::<EthHdr>(&ctx, 0) {
         Some(eth) => {
             // Read the EtherType so the floor pays for the one header every program parses.
+            // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
             let _ = unsafe { core::ptr::read_volatile(&(*eth).proto) };
             xdp_action::XDP_PASS
         }
@@ -68,6 +71,7 @@ fn process(ctx: &XdpContext) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::Pass(PassReason::Truncated);
     };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
     let eth = unsafe { &mut *eth };
     match u16::from_be(eth.proto) {
         ETH_P_IP => {}
@@ -77,7 +81,9 @@ fn process(ctx: &XdpContext) -> Outcome {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Outcome::Pass(PassReason::Truncated);
     };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
     let ip = unsafe { &mut *ip };
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
     let to_vip = unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some();
     if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
         return if to_vip {
@@ -89,6 +95,7 @@ fn process(ctx: &XdpContext) -> Outcome {
     if to_vip {
         return balance::to_vip(ctx, eth, ip);
     }
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
     if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
         return balance::from_backend(ctx, eth, ip);
     }

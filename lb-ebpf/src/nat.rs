@@ -13,10 +13,12 @@ pub fn rewrite(ip: &mut Ipv4Hdr, l4: &L4, src: u32, src_port: u16, dst: u32, dst
     ip.src = src;
     ip.dst = dst;
 
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &mut *l4.ports };
     let l4_delta = addrs.word(ports.src, src_port).word(ports.dst, dst_port);
     ports.src = src_port;
     ports.dst = dst_port;
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let check = unsafe { &mut *l4.check };
     *check = if l4.proto == PROTO_UDP {
         l4_delta.apply_udp(*check)

@@ -119,6 +119,7 @@ pub fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Op
         PROTO_TCP => {
             // Bytes 12..14: data offset (high nibble of byte 12) and flags (byte 13).
             let hdr: *const [u8; 20] = ptr_at(ctx, offset)?;
+            // SAFETY: `ptr_at` checked that these 20 bytes lie inside the packet.
             let hdr = unsafe { &*hdr };
             let doff = (hdr[12] >> 4) as usize * 4;
             if doff < 20 || doff > l4_len {

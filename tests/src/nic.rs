@@ -1,6 +1,6 @@
 //! A NIC stand-in for veth test beds: the floor XDP program (parse Ethernet, pass) attached in
 //! native mode to veths, so that frames a balancer on the peer sends back out with `XDP_TX` are
-//! delivered (`shared/XDP-ON-VETH.md`: XDP_TX on veth needs a native program on the peer).
+//! delivered (`docs/testing.md`: XDP_TX on veth needs a native program on the peer).
 
 use aya::{
     Ebpf, EbpfLoader,

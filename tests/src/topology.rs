@@ -21,7 +21,7 @@
 //!
 //! In both, the client namespace also stands for a router with clients behind it: addresses in
 //! 198.19.0.0/16 ([`Net::remote_clients`]), which the balancer routes via 198.18.0.10.
-//! Test-bed settings follow `shared/XDP-ON-VETH.md`: senders have tx checksum offload off; the
+//! Test-bed settings follow `docs/testing.md`: senders have tx checksum offload off; the
 //! veths that receive redirected frames (two-arm client eth0 and switch port `lb`) have GRO on.
 
 use std::net::Ipv4Addr;

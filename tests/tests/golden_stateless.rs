@@ -283,3 +283,16 @@ fn ip_options_are_honoured_not_misparsed() {
     );
     verify_checksums(&out).unwrap();
 }
+
+#[test]
+fn the_object_holds_exactly_the_maps_lb_common_names() {
+    let bed = Bed::new();
+    let mut held = bed.dp.map_names();
+    held.sort();
+    let mut named: Vec<String> = lb_common::maps::ALL.iter().map(|n| n.to_string()).collect();
+    named.sort();
+    assert_eq!(
+        held, named,
+        "lb-ebpf/src/maps.rs and lb_common::maps::ALL must list the same maps"
+    );
+}

@@ -47,6 +47,10 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             workspace::require_root("the tests load XDP programs and create network namespaces")?;
             workspace::cargo(&["build", "--all-targets"])?;
+            // Lints are part of the test: warnings fail it, for the host crates and for the
+            // datapath's sources (checked on the host target).
+            workspace::cargo(&["clippy", "-q", "--all-targets", "--", "-D", "warnings"])?;
+            workspace::cargo(&["clippy", "-q", "-p", "lb-ebpf", "--", "-D", "warnings"])?;
             let mut test = vec!["test", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
             workspace::cargo(&test)

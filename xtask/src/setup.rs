@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::workspace::{self, exec, output};
 
-/// bpf-linker release known to work with nightly's LLVM 22 (see DEVELOPERS.md).
+/// bpf-linker release known to work with nightly's LLVM 22 (see docs/testing.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain that builds the eBPF crate (`-Z build-std=core`).
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -22,8 +22,18 @@ pub fn run() -> Result<()> {
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_debian_tools(DEBIAN_TOOLS)?;
+    ensure_clippy()?;
     println!("setup: ready");
     Ok(())
+}
+
+/// `cargo xtask test` runs clippy with warnings as errors: the stable toolchain needs it.
+fn ensure_clippy() -> Result<()> {
+    if output(Command::new("cargo").args(["clippy", "--version"])).is_some() {
+        return Ok(());
+    }
+    println!("setup: adding clippy to the stable toolchain (the tests lint with it)");
+    exec(Command::new("rustup").args(["component", "add", "clippy"]))
 }
 
 /// `run`, plus the benchmarks' Debian packages.

@@ -186,6 +186,12 @@ impl Datapath {
         Ok(prog.try_into()?)
     }
 
+    /// The names of the maps the loaded object holds (`lb_common::maps::ALL`, no more, no less:
+    /// a datapath test checks it).
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_string()).collect()
+    }
+
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
         self.ebpf
             .map_mut(name)
