@@ -346,7 +346,7 @@ fn lifecycle(mode: Mode) {
     farm.web[1].set(HEALTH, Answer::Status(503));
     let mut last_hit = None;
     let mut after_down = 0;
-    let mut resets = 0;
+    let mut race = xnlb_tests::apps::RemovalRace::default();
     let mut i = 0;
     // New connections until b2 is shown down, then 40 more: none may reach it.
     while after_down < 40 {
@@ -359,15 +359,11 @@ fn lifecycle(mode: Mode) {
         i += 1;
         let backend = match farm.try_get(src, HTTP) {
             Ok(backend) => backend,
-            // A connection b2 accepted just before it left rotation moves with its flow to a
-            // live backend, which resets it (flows of a down backend re-select). Only while
-            // the transition happens, and rarely.
-            Err(e) if after_down == 0 && resets < 2 => {
-                println!("{mode_name}: a connection racing b2's removal was reset: {e}");
-                resets += 1;
-                continue;
-            }
-            Err(e) => panic!("{mode_name}: GET from {src}: {e} ({resets} resets before)"),
+            Err(e) if race.tolerate(mode_name, &e, after_down > 0) => continue,
+            Err(e) => panic!(
+                "{mode_name}: GET from {src}: {e} ({} resets before)",
+                race.resets()
+            ),
         };
         if backend == "b2" {
             assert_eq!(
