@@ -11,14 +11,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::stats::PassReason;
+use lb_common::{addr::FAMILY_V4, stats::PassReason};
 
 use crate::{
     Outcome, nat,
     packet::{EthHdr, Ipv4Hdr, L4},
 };
-
-const AF_INET: u8 = 2;
 
 #[inline(always)]
 pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Outcome {
@@ -26,7 +24,7 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Ou
     let ports = unsafe { &*l4.ports };
     // SAFETY: `bpf_fib_lookup`'s parameters are plain integers: all zero is a valid value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
+    fib.family = FAMILY_V4;
     fib.l4_protocol = ip.proto;
     fib.sport = ports.src;
     fib.dport = ports.dst;

@@ -36,11 +36,7 @@ impl RuleKey {
 
     /// The LPM key as the datapath holds it: (prefix length in bits, key data).
     pub fn to_kernel(self) -> (u32, ServiceRuleKey) {
-        let data = ServiceRuleKey::v4(
-            self.proto,
-            u32::from_ne_bytes(self.vip.octets()),
-            self.port.to_be(),
-        );
+        let data = ServiceRuleKey::v4(self.proto, addr_v4(self.vip)[0], self.port.to_be());
         (RULE_FIXED_BITS + self.port_bits as u32, data)
     }
 
