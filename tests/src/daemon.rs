@@ -16,8 +16,12 @@ use crate::{apps::http_exchange, netns::NetNs};
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The `xnlb` binary beside this executable: in its directory (a binary such as the demo) or
-/// one up (a test in `deps/`). `cargo xtask test` and `demo` build it first.
+/// one up (a test in `deps/`). `cargo xtask test` and `demo` build it first. `XNLB_BIN`
+/// names another build instead (to compare builds with the same tests).
 pub fn xnlb_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("XNLB_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
     let candidates = [dir.join("xnlb"), dir.parent().unwrap_or(dir).join("xnlb")];

@@ -2,10 +2,12 @@
 //! bed (the real XDP object run through `BPF_PROG_TEST_RUN` inside a namespace with real veth
 //! interfaces, routes and neighbours for `bpf_fib_lookup`), and packet builders.
 
+pub mod addresses;
 pub mod apps;
 pub mod bed;
 pub mod certs;
 pub mod daemon;
+pub mod flow_cases;
 pub mod http_backend;
 pub mod netns;
 pub mod nic;

@@ -26,23 +26,12 @@
 
 use std::net::Ipv4Addr;
 
+pub use crate::addresses::*;
 use crate::{netns::NetNs, nic::NicStandIn};
-
-pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
-pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-pub const LB_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
-pub const ONE_ARM_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
-pub const SNAT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 /// The start of an `xnlb` config for the two-arm balancer, up to `services:`.
 pub const TWO_ARM_CONFIG_HEAD: &str =
     "mode: two-arm\ninterfaces:\n  client: cli0\n  server: srv0\nservices:\n";
-
-/// Two-arm backend `n` (1-based).
-pub fn backend_ip(n: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 2, 10 + n as u8)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -173,7 +162,7 @@ impl Net {
         self.lb.ip(&[
             "route",
             "add",
-            "198.19.0.0/16",
+            REMOTE_CLIENTS,
             "via",
             &CLIENT_IP.to_string(),
         ]);
@@ -190,7 +179,7 @@ impl Net {
     pub fn backend_ip(&self, n: usize) -> Ipv4Addr {
         match self.mode {
             Mode::TwoArm => backend_ip(n),
-            Mode::OneArm => Ipv4Addr::new(198, 18, 0, 200 + n as u8),
+            Mode::OneArm => one_arm_backend_ip(n),
         }
     }
 
@@ -228,13 +217,9 @@ impl Net {
     /// Adds `n` more addresses to the client (198.18.0.11, .12, ...) and returns them with the
     /// first one (`CLIENT_IP`) in front: many clients for distribution and affinity.
     pub fn client_addresses(&self, n: usize) -> Vec<Ipv4Addr> {
-        assert!(
-            n < 80,
-            "client addresses stay below the VIP and the backends"
-        );
         let mut all = vec![CLIENT_IP];
         for i in 0..n {
-            let addr = Ipv4Addr::new(198, 18, 0, 11 + i as u8);
+            let addr = local_client_ip(i);
             self.client
                 .ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             all.push(addr);
@@ -249,7 +234,7 @@ impl Net {
             .map(|net| {
                 (1..=per)
                     .map(|host| {
-                        let addr = Ipv4Addr::new(198, 19, net, host);
+                        let addr = remote_client(net, host);
                         self.client
                             .ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
                         addr

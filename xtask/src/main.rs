@@ -73,7 +73,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Builds the daemon in release mode (the demo and the benchmarks start it), then runs the
-/// test crate's program `bin` in release mode with `args`.
+/// program `bin` of `tools/` in release mode with `args`.
 fn run_release(bin: &str, args: &[String]) -> Result<()> {
     workspace::cargo(&[
         "build",
@@ -89,7 +89,7 @@ fn run_release(bin: &str, args: &[String]) -> Result<()> {
         "--release",
         "-q",
         "-p",
-        "xnlb-tests",
+        "xnlb-tools",
         "--bin",
         bin,
         "--",

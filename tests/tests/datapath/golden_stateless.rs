@@ -37,19 +37,11 @@ fn with_frag(frame: Vec<u8>, flags_offset: u16) -> Vec<u8> {
 #[test]
 fn stateless_golden_packets() {
     let mut bed = Bed::new();
-    bed.install(&ServiceSpec::tcp(
-        0,
-        443,
-        vec![(0, backend_ip(1), 0, 100), (1, backend_ip(2), 0, 100)],
-    ));
+    bed.install(service("web", 443, &[backend_ip(1), backend_ip(2)]));
     let client = (client_ip(5), 40_000);
     let to_vip = |port| bed.from_client(Pkt::tcp(client, (VIP, port), SYN)).bytes();
     let elsewhere = bed
-        .from_client(Pkt::tcp(
-            client,
-            (std::net::Ipv4Addr::new(198, 18, 9, 9), 443),
-            SYN,
-        ))
+        .from_client(Pkt::tcp(client, (STRANGER, 443), SYN))
         .bytes();
 
     let mut arp = vec![0xff; 6];
@@ -248,7 +240,7 @@ fn frames_shorter_than_ethernet_never_reach_the_program() {
 fn ip_options_are_honoured_not_misparsed() {
     // IHL 6 (one 4-byte option): the ports are after the option, and the packet is balanced.
     let mut bed = Bed::new();
-    bed.install(&ServiceSpec::tcp(0, 443, vec![(0, backend_ip(1), 0, 100)]));
+    bed.install(service("web", 443, &[backend_ip(1)]));
     let plain = bed
         .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
         .bytes();

@@ -11,11 +11,11 @@ use aya::programs::Xdp;
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
     flow::{FlowEntry, FlowKey, FlowState},
-    settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode},
 };
 use xnlb::{datapath::DatapathSizes, model::port_rules::addr_v4};
 use xnlb_tests::{
     bed::*,
+    flow_cases::{self, Timing},
     nic::{floor_program, load_floor},
     packets::*,
 };
@@ -102,37 +102,36 @@ fn cost(case: &str, action: u32, single_ns: f64, runs: u32, repeat_ns: Option<f6
     }
 }
 
-/// Three equal two-arm backends, ids 0..=2.
-fn three_backends() -> Vec<(u32, std::net::Ipv4Addr, u16, u32)> {
-    (1..=3)
-        .map(|n| (n as u32 - 1, backend_ip(n), 0, 100))
-        .collect()
+/// A bed with room for every new flow of `runs` runs without eviction.
+fn bed_for(runs: u32) -> Bed {
+    Bed::with_sizes(DatapathSizes {
+        flows: runs + 65_536,
+        ring_services: 4,
+    })
 }
 
-/// Section 1: every case the datapath distinguishes, and the floor.
+/// Progress steps of `measure`: the floor, three untouched packets, the reused tuple, the rows.
+pub fn steps() -> usize {
+    5 + flow_cases::all().len()
+}
+
+/// Section 1: the floor, the packets the balancer refuses or leaves alone, and every golden
+/// flow case (`xnlb_tests::flow_cases`, the rows the golden tests prove correct), each on a
+/// fresh bed set up by the row.
 pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
     let runs = budget.single_runs;
     let repeat = budget.repeat;
-    // Room for every new flow of the run (two-arm, then one-arm) without eviction.
-    let mut bed = Bed::with_sizes(DatapathSizes {
-        flows: 2 * runs + 65_536,
-        ring_services: 4,
-    });
-    bed.install(&ServiceSpec::tcp(0, 443, three_backends()));
+    let mut bed = bed_for(runs);
+    flow_cases::three_backends(&mut bed);
     let mut floor_obj = load_floor();
     let floor = floor_program(&mut floor_obj);
     let prog = bed.dp.program().expect("program");
 
-    let first = (client_ip(1), 40_000);
+    let first = flow_cases::CLIENT;
     let syn = bed.from_client(Pkt::tcp(first, (VIP, 443), SYN)).bytes();
     let ack = bed.from_client(Pkt::tcp(first, (VIP, 443), ACK)).bytes();
-    let chosen = backend_ip(bed.predict(0, first.0, first.1) as u8 + 1);
-    let reply = bed
-        .from_backend(Pkt::tcp((chosen, 443), first, ACK), bed.server_if)
-        .bytes();
-    let stranger = std::net::Ipv4Addr::new(198, 18, 9, 9);
     let other = bed
-        .from_client(Pkt::tcp(first, (stranger, 443), ACK))
+        .from_client(Pkt::tcp(first, (STRANGER, 443), ACK))
         .bytes();
     let no_rule = bed.from_client(Pkt::tcp(first, (VIP, 80), SYN)).bytes();
     let mut malformed = syn.clone();
@@ -159,37 +158,6 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         cases.push(cost(case, want, one, runs, Some(rep)));
     }
 
-    progress.step("per packet: established flow");
-    bed.run(bed.client_if, &syn);
-    let one = single(prog, bed.client_if, &ack, runs, XDP_REDIRECT, |_, _| {});
-    cases.push(cost(
-        "established flow (client → backend)",
-        XDP_REDIRECT,
-        one,
-        runs,
-        None,
-    ));
-
-    progress.step("per packet: reply");
-    let one = single(prog, bed.server_if, &reply, runs, XDP_REDIRECT, |_, _| {});
-    cases.push(cost(
-        "reply (backend → client, reverse NAT)",
-        XDP_REDIRECT,
-        one,
-        runs,
-        None,
-    ));
-
-    progress.step("per packet: new flow");
-    let one = single(prog, bed.client_if, &syn, runs, XDP_REDIRECT, set_client);
-    cases.push(cost(
-        "new flow (SYN, new 5-tuple every run)",
-        XDP_REDIRECT,
-        one,
-        runs,
-        None,
-    ));
-
     progress.step("per packet: new flow on a reused tuple");
     // A client reusing a source port after its connection closed (a NATed client, a busy
     // load generator): FIN (not timed), then the SYN that starts the next connection.
@@ -215,34 +183,21 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         runs,
         None,
     ));
+    drop(bed);
 
-    progress.step("per packet: one-arm new flow");
-    // One-arm: a service on port 444 over the bed's eight one-arm backends, from 16 SNAT
-    // addresses with ports 1024-65535: room for 8 million flows, so a million new flows fill
-    // an eighth of it and the last claims sometimes retry, as in a busy SNAT pool.
-    let mut settings = DatapathSettings::defaults();
-    settings.mode = Mode::OneArm as u8;
-    settings.snat_port_min = 1024;
-    settings.snat_port_max = 65535;
-    settings.snat_count = MAX_SNAT_ADDRS as u32;
-    for (i, slot) in settings.snat_addrs.iter_mut().enumerate() {
-        *slot = addr_v4(std::net::Ipv4Addr::new(198, 18, 0, 2 + i as u8));
+    for case in flow_cases::all() {
+        progress.step(&format!("per packet: {}", case.name));
+        let mut bed = bed_for(runs);
+        (case.setup)(&mut bed);
+        let (ingress, pkt) = (case.input)(&bed);
+        let prog = bed.dp.program().expect("program");
+        let frame = pkt.bytes();
+        let one = match case.timing {
+            Timing::SameFlow => single(prog, ingress, &frame, runs, case.action, |_, _| {}),
+            Timing::NewClientEachRun => single(prog, ingress, &frame, runs, case.action, set_client),
+        };
+        cases.push(cost(case.name, case.action, one, runs, None));
     }
-    bed.settings(&settings);
-    let backends = (1..=8)
-        .map(|n| (2 + n as u32, one_arm_backend_ip(n), 0, 100))
-        .collect();
-    bed.install(&ServiceSpec::tcp(1, 444, backends));
-    let prog = bed.dp.program().expect("program");
-    let syn444 = bed.from_client(Pkt::tcp(first, (VIP, 444), SYN)).bytes();
-    let one = single(prog, bed.client_if, &syn444, runs, XDP_TX, set_client);
-    cases.push(cost(
-        "one-arm new flow (SYN, SNAT port claim)",
-        XDP_TX,
-        one,
-        runs,
-        None,
-    ));
 
     PacketCosts {
         floor: floor_cost,
@@ -277,7 +232,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
             flows: n + 65_536,
             ring_services: 4,
         });
-        bed.install(&ServiceSpec::tcp(0, 443, three_backends()));
+        flow_cases::three_backends(&mut bed);
         let now = coarse_now_ns();
         let flows: Vec<(FlowKey, FlowEntry)> = (0..n)
             .map(|i| {
@@ -291,9 +246,9 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
                     family: FAMILY_V4,
                     _pad: [0; 2],
                 };
-                let backend = i % 3;
+                let backend = backend_ip(1 + (i % 3) as usize);
                 let reply = FlowKey {
-                    src: addr_v4(backend_ip(backend as u8 + 1)),
+                    src: addr_v4(backend),
                     dst: key.src,
                     src_port: key.dst_port,
                     dst_port: key.src_port,
@@ -302,7 +257,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
                 let entry = FlowEntry {
                     last_seen_ns: now,
                     reply,
-                    backend_id: backend,
+                    backend_id: bed.program.backend_id_at("web", backend),
                     state: FlowState::Open as u8,
                     _pad: [0; 3],
                 };
@@ -340,10 +295,15 @@ pub fn new_flow_by_backends(counts: &[u32], budget: &Budget, progress: &mut Prog
             flows: budget.scale_runs + 65_536,
             ring_services: 4,
         });
-        let backends = (0..n)
-            .map(|i| (i, backend_ip(1 + (i % 8) as u8), 10_000 + i as u16, 100))
+        let mut web = service("web", 443, &[]);
+        web.backends = (0..n as usize)
+            .map(|i| {
+                let mut b = backend(&format!("b{i}"), backend_ip(1 + i % MAX_BED_BACKENDS));
+                b.port = Some(10_000 + i as u16);
+                b
+            })
             .collect();
-        bed.install(&ServiceSpec::tcp(0, 443, backends));
+        bed.install(web);
         let prog = bed.dp.program().expect("program");
         let syn = bed
             .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))

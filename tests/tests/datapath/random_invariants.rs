@@ -31,22 +31,11 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let mut rng = SmallRng::seed_from_u64(0x786e_6c62);
     let mut bed = Bed::new();
     let live: Vec<Ipv4Addr> = (1..=4).map(backend_ip).collect();
-    bed.install(&ServiceSpec::tcp(
-        0,
-        443,
-        live.iter()
-            .enumerate()
-            .map(|(i, &ip)| (i as u32, ip, 0, 100))
-            .collect(),
-    ));
-    let mut range = ServiceSpec::tcp(
-        1,
-        0,
-        vec![(4, backend_ip(5), 0, 100), (5, backend_ip(6), 0, 100)],
-    );
-    range.ports = (1024, 65535);
-    range.proto = lb_common::addr::PROTO_UDP;
-    bed.install(&range);
+    bed.install(service("web", 443, &live));
+    let mut range = service("rpc", 1024, &[backend_ip(5), backend_ip(6)]);
+    range.ports = vec![xnlb::config::PortRange { lo: 1024, hi: 65535 }];
+    range.protocol = xnlb::config::Protocol::Udp;
+    bed.install(range);
     let backends: Vec<Ipv4Addr> = (1..=6).map(backend_ip).collect();
 
     // Client tuple → backend it was sent to, for generating replies.

@@ -110,7 +110,7 @@ fn main() {
     let publish = args.iter().any(|a| a == "--publish");
     let mut progress = Progress {
         step: 0,
-        total: 9
+        total: packet_cost::steps()
             + TABLE_SIZES.len()
             + 2 * BACKEND_COUNTS.len()
             + 2

@@ -87,8 +87,8 @@ pub fn summary(r: &Results) -> String {
             .find(|c| c.case.starts_with(prefix))
             .map_or(0.0, |c| c.single_ns)
     };
-    let est = case("established");
-    let new = case("new flow");
+    let est = case("two-arm established");
+    let new = case("two-arm new flow");
     let mut s = String::from("| measure | result | target | met |\n|---|---|---|---|\n");
     let mut row = |what: &str, result: String, target: &str, met: bool| {
         let _ = writeln!(

@@ -1,0 +1,84 @@
+//! The one address plan of every test bed: the datapath bed (`bed`), the namespace networks
+//! (`topology`), the demo and the bench. Everything is in 198.18.0.0/15, the range set aside
+//! for benchmarking networks, and exists only inside namespaces the tests create.
+//!
+//! ```text
+//!  remote clients 198.19.0.0/16
+//!        │ (routed via the client namespace)
+//!  client / router 198.18.0.10 ── 198.18.0.1 [balancer] 198.18.2.1 ── backends 198.18.2.(10+n)
+//!                                 │  VIP 198.18.1.100 (two-arm)
+//!                                 └─ one-arm: VIP 198.18.0.100, SNAT 198.18.0.2 (and .151-.165),
+//!                                    backends 198.18.0.(200+n)
+//! ```
+
+use std::net::Ipv4Addr;
+
+/// The two-arm VIP, reached through the client's default route; the datapath bed uses it in
+/// both modes (there it is only a map key).
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+/// The one-arm VIP, on the shared subnet.
+pub const ONE_ARM_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+/// The balancer's client-side address (`cli0`, or `lan0` in one-arm).
+pub const LB_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The balancer's server-side address (`srv0`).
+pub const LB_SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// The one-arm SNAT address.
+pub const SNAT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The client namespace, which is also the router the remote clients sit behind.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// An address nothing answers: traffic to it is not the balancer's.
+pub const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
+/// A backend address the datapath bed has no route to (198.18.3.0/24 is unreachable there).
+pub const UNROUTABLE_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 10);
+/// A backend address on the server subnet with no neighbour entry in the datapath bed.
+pub const UNRESOLVED_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 99);
+/// How many backends of each kind the beds give neighbour entries and namespaces to at most.
+pub const MAX_BED_BACKENDS: usize = 8;
+
+/// Two-arm backend `n` (1-based), behind the server-side interface.
+pub fn backend_ip(n: usize) -> Ipv4Addr {
+    assert!((1..=40).contains(&n), "backend {n} outside the plan");
+    Ipv4Addr::new(198, 18, 2, 10 + n as u8)
+}
+
+/// One-arm backend `n` (1-based), on the client-side subnet.
+pub fn one_arm_backend_ip(n: usize) -> Ipv4Addr {
+    assert!((1..=50).contains(&n), "one-arm backend {n} outside the plan");
+    Ipv4Addr::new(198, 18, 0, 200 + n as u8)
+}
+
+/// Extra client address `n` (0-based) on the client namespace's own subnet: 198.18.0.11 up
+/// to .90, below the VIP and the one-arm backends.
+pub fn local_client_ip(n: usize) -> Ipv4Addr {
+    assert!(n < 80, "local client {n} outside the plan");
+    Ipv4Addr::new(198, 18, 0, 11 + n as u8)
+}
+
+/// Remote client `n` behind the client router (198.19.0.0/16).
+pub fn client_ip(n: u16) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, (n >> 8) as u8, n as u8)
+}
+
+/// Remote client `host` in /24 network `net` (198.19.`net`.`host`).
+pub fn remote_client(net: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, net, host)
+}
+
+/// The prefix the remote clients live in, as a route.
+pub const REMOTE_CLIENTS: &str = "198.19.0.0/16";
+
+/// The static MAC the beds give a neighbour with this address.
+pub const fn neighbour_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0, 0, 0, o[2], o[3]]
+}
+
+/// SNAT address `n` (0-based) of up to 16: the plan's `SNAT_IP`, then 198.18.0.151 upwards.
+pub fn snat_ip(n: usize) -> Ipv4Addr {
+    assert!(n < 16, "SNAT address {n} outside the plan");
+    if n == 0 {
+        SNAT_IP
+    } else {
+        Ipv4Addr::new(198, 18, 0, 150 + n as u8)
+    }
+}

@@ -1,0 +1,267 @@
+//! The datapath test bed: a namespace holding the balancer's two interfaces, with routes and
+//! static neighbours, so that `bpf_fib_lookup` inside `BPF_PROG_TEST_RUN` answers as it would
+//! on a real router. The calling thread enters the namespace for the bed's lifetime. Its maps
+//! are programmed by the controller's own model and reconcile code (`program`).
+//!
+//! ```text
+//!  clients 198.19.0.0/16 ── router 198.18.0.10 ── cli0 198.18.0.1 [balancer] srv0 198.18.2.1 ── backends 198.18.2.(10+n)
+//!                           one-arm backends 198.18.0.(200+n) and SNAT 198.18.0.2 sit on cli0's subnet
+//! ```
+
+mod program;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::backend::BackendState;
+use xnlb::{
+    config::Service,
+    datapath::{Datapath, DatapathSizes},
+};
+
+pub use crate::addresses::*;
+use crate::netns::{Entered, NetNs};
+use crate::packets::Pkt;
+pub use program::{Programmer, backend, service};
+
+/// The router in front of the clients: the plan's client namespace address.
+pub const ROUTER: Ipv4Addr = CLIENT_IP;
+pub const ROUTER_MAC: [u8; 6] = neighbour_mac(ROUTER);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Iface {
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+pub struct Bed {
+    // Field order is drop order: leave the namespace before deleting it.
+    _entered: Entered,
+    pub ns: NetNs,
+    pub dp: Datapath,
+    pub client_if: Iface,
+    pub server_if: Iface,
+    pub program: Programmer,
+}
+
+#[repr(C)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+impl Bed {
+    pub fn new() -> Self {
+        Self::with_sizes(DatapathSizes {
+            flows: 16_384,
+            ring_services: 4,
+        })
+    }
+
+    pub fn with_sizes(sizes: DatapathSizes) -> Self {
+        let ns = NetNs::new("dp");
+        for (dev, ip) in [("cli0", LB_CLIENT_IP), ("srv0", LB_SERVER_IP)] {
+            let addr = format!("{ip}/24");
+            let peer = format!("{dev}p");
+            ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+            ns.ip(&["addr", "add", &addr, "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+            ns.ip(&["link", "set", &peer, "up"]);
+            // GRO registers the veth's XDP receive queue, which BPF_PROG_TEST_RUN needs to
+            // accept the interface as ingress.
+            ns.exec(&["ethtool", "-K", dev, "gro", "on"]);
+        }
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+        ns.sysctl("net.ipv4.conf.cli0.forwarding", "1");
+        ns.sysctl("net.ipv4.conf.srv0.forwarding", "1");
+        // Like a real router: everything not local goes towards the clients' side; one prefix
+        // is unreachable so the no-route path can be tested.
+        ns.ip(&["route", "add", "default", "via", &ROUTER.to_string(), "dev", "cli0"]);
+        ns.ip(&["route", "add", "unreachable", "198.18.3.0/24"]);
+        let mut neighbours = vec![(ROUTER, "cli0")];
+        neighbours.extend((1..=MAX_BED_BACKENDS).map(|n| (backend_ip(n), "srv0")));
+        neighbours.extend((1..=MAX_BED_BACKENDS).map(|n| (one_arm_backend_ip(n), "cli0")));
+        for (ip, dev) in neighbours {
+            let mac = neighbour_mac(ip).map(|b| format!("{b:02x}")).join(":");
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        let client_if = Iface {
+            index: ns.ifindex("cli0"),
+            mac: ns.mac("cli0"),
+        };
+        let server_if = Iface {
+            index: ns.ifindex("srv0"),
+            mac: ns.mac("srv0"),
+        };
+        let entered = ns.enter();
+        let dp = Datapath::load(sizes).expect("load the XDP object");
+        let program = Programmer::new(&dp);
+        Self {
+            _entered: entered,
+            ns,
+            dp,
+            client_if,
+            server_if,
+            program,
+        }
+    }
+
+    /// Switches to one-arm mode with the plan's SNAT address and source ports `ports`.
+    pub fn one_arm(&mut self, ports: (u16, u16)) {
+        self.program.one_arm(&[SNAT_IP], ports);
+        self.program.apply(&mut self.dp);
+    }
+
+    /// Adds or replaces `service` (by name) and programs the maps as a reload would.
+    pub fn install(&mut self, service: Service) {
+        self.program.put(service);
+        self.program.apply(&mut self.dp);
+    }
+
+    /// Sets a backend's state and programs the maps as a health change or admin verb would.
+    pub fn set_state(&mut self, service: &str, backend: &str, state: BackendState) {
+        self.program.set_state(service, backend, state);
+        self.program.apply(&mut self.dp);
+    }
+
+    /// The address of the backend a new flow of `service` from `client:port` goes to,
+    /// predicted from the programmed table.
+    pub fn predict(&self, service: &str, client: Ipv4Addr, port: u16) -> Ipv4Addr {
+        self.program
+            .address_of(self.program.predict(service, client, port))
+    }
+
+    /// Programs the maps from `program` after a test changed it directly.
+    pub fn reprogram(&mut self) {
+        self.program.apply(&mut self.dp);
+    }
+
+    pub fn service_id(&self, name: &str) -> u32 {
+        self.program.service_id(name)
+    }
+
+    pub fn backend_id(&self, service: &str, backend: &str) -> u32 {
+        self.program.backend_id(service, backend)
+    }
+
+    /// Runs one packet through the real program as if it arrived on `ingress`.
+    pub fn run(&self, ingress: Iface, frame: &[u8]) -> (u32, Vec<u8>) {
+        let (action, out, _) = self.run_repeat(ingress, frame, 1);
+        (action, out)
+    }
+
+    /// Runs `repeat` times in the kernel; returns the action, the output and the average time.
+    pub fn run_repeat(
+        &self,
+        ingress: Iface,
+        frame: &[u8],
+        repeat: u32,
+    ) -> (u32, Vec<u8>, Duration) {
+        self.try_run(ingress, frame, repeat).unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN failed for a {}-byte frame: {e}",
+                frame.len()
+            )
+        })
+    }
+
+    /// Like [`Bed::run_repeat`], but returns the kernel's refusal instead of panicking.
+    pub fn try_run(
+        &self,
+        ingress: Iface,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration), aya::programs::ProgramError> {
+        test_run(self.dp.program().expect("program"), ingress, frame, repeat)
+    }
+}
+
+/// Runs `prog` `repeat` times in the kernel (`BPF_PROG_TEST_RUN`) on `frame` as if it arrived
+/// on `ingress`; returns the action, the output and the kernel's average time per run.
+pub fn test_run(
+    prog: &aya::programs::Xdp,
+    ingress: Iface,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<(u32, Vec<u8>, Duration), aya::programs::ProgramError> {
+    let md = XdpMd {
+        data: 0,
+        data_end: frame.len() as u32,
+        data_meta: 0,
+        ingress_ifindex: ingress.index,
+        rx_queue_index: 0,
+        egress_ifindex: 0,
+    };
+    // SAFETY: XdpMd is plain old data with no padding.
+    let md_bytes = unsafe {
+        std::slice::from_raw_parts(
+            &md as *const XdpMd as *const u8,
+            std::mem::size_of::<XdpMd>(),
+        )
+    };
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(md_bytes),
+        repeat,
+        ..Default::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out, result.duration))
+}
+
+impl Default for Bed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+impl Bed {
+    pub fn drops(&self, reason: lb_common::stats::DropReason) -> u64 {
+        self.dp.reader().drop_count(reason).expect("drop counter")
+    }
+
+    pub fn passes(&self, reason: lb_common::stats::PassReason) -> u64 {
+        self.dp.reader().pass_count(reason).expect("pass counter")
+    }
+
+    pub fn events(&self, event: lb_common::stats::FlowEvent) -> u64 {
+        self.dp
+            .reader()
+            .flow_event_count(event)
+            .expect("flow event counter")
+    }
+
+    /// A client packet as the router hands it to cli0.
+    pub fn from_client(&self, pkt: Pkt) -> Pkt {
+        pkt.macs(ROUTER_MAC, self.client_if.mac)
+    }
+
+    /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for one-arm).
+    pub fn from_backend(&self, pkt: Pkt, via: Iface) -> Pkt {
+        let mac = neighbour_mac(pkt.src);
+        pkt.macs(mac, via.mac)
+    }
+}

@@ -1,0 +1,307 @@
+//! Golden cases for balanced flows, one row each: how the bed is set up (the services, the
+//! mode, and the packets that come first), the packet, the action the balancer must take, the
+//! exact bytes it must send and the counter that must move. Expected bytes are built from
+//! scratch with etherparse, so byte equality also proves the incremental checksum updates.
+//!
+//! The golden tests check every row; the bench times every row's packet (`Timing` says how a
+//! row can be repeated), so what is measured is what is proven correct.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    settings::MAX_SNAT_ADDRS,
+    stats::{DropReason, FlowEvent, PassReason},
+};
+use xnlb::config::{Affinity, PortRange, Protocol};
+
+use crate::bed::*;
+use crate::packets::*;
+
+/// A counter of the datapath's.
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    Drop(DropReason),
+    Pass(PassReason),
+    Event(FlowEvent),
+}
+
+impl Counter {
+    pub fn read(self, bed: &Bed) -> u64 {
+        match self {
+            Counter::Drop(r) => bed.drops(r),
+            Counter::Pass(r) => bed.passes(r),
+            Counter::Event(e) => bed.events(e),
+        }
+    }
+}
+
+/// How the bench may repeat a row's packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// The same packet every run: it belongs to a flow the setup made.
+    SameFlow,
+    /// A new client address and port every run: every run is a new flow.
+    NewClientEachRun,
+}
+
+pub struct FlowCase {
+    pub name: &'static str,
+    /// Programs a fresh bed and sends what must come before the packet.
+    pub setup: fn(&mut Bed),
+    /// The packet and the interface it arrives on.
+    pub input: fn(&Bed) -> (Iface, Pkt),
+    pub action: u32,
+    /// What the balancer must send, given the bed after the run and the input.
+    pub output: fn(&Bed, &Pkt) -> Vec<u8>,
+    /// A counter that this packet moves by exactly one.
+    pub counts: Option<Counter>,
+    pub timing: Timing,
+}
+
+/// The client of every row.
+pub const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 0, 42), 51_000);
+
+/// The service every two-arm row uses: `web` on VIP:443 over three backends, affinity none
+/// (so one client's connections spread too).
+pub fn three_backends(bed: &mut Bed) {
+    let mut web = service("web", 443, &[1, 2, 3].map(backend_ip));
+    web.affinity = Affinity::None;
+    bed.install(web);
+}
+
+/// One-arm over the bed's one-arm backends, SNAT from every SNAT slot with ports 1024-65535:
+/// room for millions of flows, so the bench's new flows never run out of ports.
+pub fn one_arm(bed: &mut Bed) {
+    let snat: Vec<Ipv4Addr> = (0..MAX_SNAT_ADDRS).map(snat_ip).collect();
+    bed.program.one_arm(&snat, (1024, 65535));
+    let backends: Vec<Ipv4Addr> = (1..=MAX_BED_BACKENDS).map(one_arm_backend_ip).collect();
+    bed.install(service("web", 443, &backends));
+}
+
+fn syn_from_client(bed: &mut Bed) {
+    let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
+    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT, "setup SYN");
+}
+
+/// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
+pub fn to_backend(bed: &Bed, pkt: &Pkt, backend: (Ipv4Addr, u16)) -> Vec<u8> {
+    pkt.clone()
+        .addressed((pkt.src, pkt.src_port()), backend)
+        .ttl(pkt.ttl - 1)
+        .macs(bed.server_if.mac, neighbour_mac(backend.0))
+        .bytes()
+}
+
+/// What the client should get for a backend's `reply`: source restored to VIP:`port`, TTL-1,
+/// towards the router.
+pub fn to_client(bed: &Bed, reply: &Pkt, port: u16, client: (Ipv4Addr, u16)) -> Vec<u8> {
+    reply
+        .clone()
+        .addressed((VIP, port), client)
+        .ttl(reply.ttl - 1)
+        .macs(bed.client_if.mac, ROUTER_MAC)
+        .bytes()
+}
+
+/// The only flow's backend address and SNAT source (one-arm rows make exactly one).
+fn one_arm_flow(bed: &Bed) -> (Ipv4Addr, (Ipv4Addr, u16)) {
+    let flows = bed.dp.reader().flows().expect("flows");
+    assert_eq!(flows.len(), 1, "one flow");
+    let reply = flows[0].1.reply;
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&reply.src));
+    let snat = Ipv4Addr::from(lb_common::addr::v4_octets(&reply.dst));
+    (backend, (snat, u16::from_be(reply.dst_port)))
+}
+
+fn udp_service(bed: &mut Bed) {
+    let mut s = service("dns", 88, &[1, 2, 3].map(backend_ip));
+    s.protocol = Protocol::Udp;
+    bed.install(s);
+}
+
+fn udp_to_backend(bed: &Bed, pkt: &Pkt) -> Vec<u8> {
+    to_backend(bed, pkt, (bed.predict("dns", CLIENT.0, CLIENT.1), 88))
+}
+
+fn udp(zero_checksum: bool) -> Pkt {
+    let mut pkt = Pkt::udp(CLIENT, (VIP, 88));
+    pkt.l4 = Transport::Udp {
+        sport: CLIENT.1,
+        dport: 88,
+        zero_checksum,
+    };
+    pkt
+}
+
+fn backend_on_8443(bed: &mut Bed) {
+    let mut s = service("web", 443, &[backend_ip(1)]);
+    s.backends[0].port = Some(8443);
+    bed.install(s);
+}
+
+fn single_backend_at(bed: &mut Bed, addr: Ipv4Addr) {
+    bed.install(service("web", 443, &[addr]));
+}
+
+/// What a backend gets when the kernel, not the balancer, forwards the translated SYN.
+fn translated_only(to: Ipv4Addr) -> impl Fn(&Bed, &Pkt) -> Vec<u8> {
+    move |_, pkt| pkt.clone().addressed(CLIENT, (to, 443)).bytes()
+}
+
+pub fn all() -> Vec<FlowCase> {
+    vec![
+        FlowCase {
+            name: "two-arm new flow (SYN): DNAT to the predicted backend, TTL-1",
+            setup: three_backends,
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "two-arm established flow: the flow keeps its backend",
+            setup: |bed| {
+                three_backends(bed);
+                syn_from_client(bed);
+            },
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK))),
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+            counts: None,
+            timing: Timing::SameFlow,
+        },
+        FlowCase {
+            name: "two-arm reply: source restored to the VIP",
+            setup: |bed| {
+                three_backends(bed);
+                syn_from_client(bed);
+            },
+            input: |bed| {
+                let backend = bed.predict("web", CLIENT.0, CLIENT.1);
+                let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
+                (bed.server_if, bed.from_backend(reply, bed.server_if))
+            },
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+            counts: None,
+            timing: Timing::SameFlow,
+        },
+        FlowCase {
+            name: "mid-flow packet without state: balanced like its SYN, counted",
+            setup: three_backends,
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK))),
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+            counts: Some(Counter::Event(FlowEvent::NonSynMiss)),
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "port-range rule: any port of the range, the client's port kept",
+            setup: |bed| {
+                let mut s = service("rpc", 1024, &[1, 2, 3].map(backend_ip));
+                s.ports = vec![PortRange { lo: 1024, hi: 65535 }];
+                bed.install(s);
+            },
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 6001), SYN))),
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("rpc", CLIENT.0, CLIENT.1), 6001)),
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "UDP new flow",
+            setup: udp_service,
+            input: |bed| (bed.client_if, bed.from_client(udp(false))),
+            action: XDP_REDIRECT,
+            output: udp_to_backend,
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "UDP without a checksum: it stays without one",
+            setup: udp_service,
+            input: |bed| (bed.client_if, bed.from_client(udp(true))),
+            action: XDP_REDIRECT,
+            output: udp_to_backend,
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "a backend port rewrites the destination port",
+            setup: backend_on_8443,
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_backend(bed, pkt, (backend_ip(1), 8443)),
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "reply from a backend port: source restored to VIP:443",
+            setup: |bed| {
+                backend_on_8443(bed);
+                syn_from_client(bed);
+            },
+            input: |bed| {
+                let reply = Pkt::tcp((backend_ip(1), 8443), CLIENT, SYN_ACK);
+                (bed.server_if, bed.from_backend(reply, bed.server_if))
+            },
+            action: XDP_REDIRECT,
+            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+            counts: None,
+            timing: Timing::SameFlow,
+        },
+        FlowCase {
+            name: "one-arm new flow (SYN): DNAT and SNAT, out the interface it came in on",
+            setup: one_arm,
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            action: XDP_TX,
+            output: |bed, pkt| {
+                let (backend, snat) = one_arm_flow(bed);
+                assert_eq!(backend, bed.predict("web", CLIENT.0, CLIENT.1));
+                pkt.clone()
+                    .addressed(snat, (backend, 443))
+                    .ttl(pkt.ttl - 1)
+                    .macs(bed.client_if.mac, neighbour_mac(backend))
+                    .bytes()
+            },
+            counts: None,
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "one-arm reply: reverse SNAT and DNAT",
+            setup: |bed| {
+                one_arm(bed);
+                let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
+                assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_TX, "setup SYN");
+            },
+            input: |bed| {
+                let (backend, snat) = one_arm_flow(bed);
+                let reply = Pkt::tcp((backend, 443), snat, SYN_ACK);
+                (bed.client_if, bed.from_backend(reply, bed.client_if))
+            },
+            action: XDP_TX,
+            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+            counts: None,
+            timing: Timing::SameFlow,
+        },
+        FlowCase {
+            name: "unknown neighbour: translated, then the kernel forwards it and resolves ARP",
+            setup: |bed| single_backend_at(bed, UNRESOLVED_BACKEND),
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            action: XDP_PASS,
+            output: |bed, pkt| translated_only(UNRESOLVED_BACKEND)(bed, pkt),
+            counts: Some(Counter::Pass(PassReason::NoNeighbour)),
+            timing: Timing::NewClientEachRun,
+        },
+        FlowCase {
+            name: "no route: translated, then the kernel answers with ICMP unreachable",
+            setup: |bed| single_backend_at(bed, UNROUTABLE_BACKEND),
+            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            action: XDP_PASS,
+            output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
+            counts: Some(Counter::Pass(PassReason::NoFastRoute)),
+            timing: Timing::NewClientEachRun,
+        },
+    ]
+}

@@ -1,0 +1,166 @@
+//! What must not hurt: the daemon killed (fail-static), and bad input on the wire.
+
+use super::*;
+
+pub(super) fn fail_static(mode: Mode) {
+    let farm = Farm::new(mode, 3);
+    let mode_name = farm.mode();
+    let config = farm.web_config();
+    let mut d = Daemon::start(&farm.net.lb, &config);
+    let clients = farm.net.client_addresses(19);
+    let transfer = farm.transfer(clients[0], 250);
+    let before = farm.scrape();
+
+    d.kill9();
+    let during: Vec<String> = (0..60).map(|i| farm.get(clients[i % 20], HTTP)).collect();
+    println!(
+        "{mode_name}: 60 requests with the daemon dead: {}",
+        shares(&tally(&during))
+    );
+    assert_eq!(tally(&during).len(), 3, "{mode_name}: {during:?}");
+
+    d.spawn(&farm.net.lb);
+    assert!(
+        transfer.running(),
+        "{mode_name}: the transfer must span the restart"
+    );
+    assert!(
+        d.log().contains("adopted the running datapath"),
+        "{mode_name}: {}",
+        d.log()
+    );
+    let bytes = transfer
+        .finish()
+        .unwrap_or_else(|e| panic!("{mode_name}: transfer across kill -9 and restart: {e}"));
+    let after_restart: Vec<String> = (0..30).map(|i| farm.get(clients[i % 20], HTTP)).collect();
+    assert_eq!(
+        tally(&after_restart).len(),
+        3,
+        "{mode_name}: {after_restart:?}"
+    );
+    let after = farm.scrape();
+    let lost = after.sum("xnlb_drops_total", &[]) - before.sum("xnlb_drops_total", &[]);
+    let misses = after.sum("xnlb_flow_events_total", &[("event", "non_syn_miss")]);
+    println!(
+        "{mode_name}: transfer of {bytes} bytes survived; drops {lost}, non-SYN misses {misses}"
+    );
+    assert_eq!(lost, 0.0, "{mode_name}: drops across the restart");
+    assert_eq!(misses, 0.0, "{mode_name}: flows lost across the restart");
+}
+
+// 7. Bad input on the wire.
+
+/// A frame from the client to `dst` with the client's and the balancer's MACs.
+fn frame(farm: &Farm, pkt: Pkt) -> Vec<u8> {
+    let client = farm.net.client.mac("eth0");
+    let lb = farm.net.lb.mac(farm.net.client_iface());
+    pkt.macs(client, lb).bytes()
+}
+
+pub(super) fn bad_input(mode: Mode) {
+    const BURST: usize = 500;
+    let farm = Farm::new(mode, 3);
+    let mode_name = farm.mode();
+    let config = farm.web_config();
+    let _d = Daemon::start(&farm.net.lb, &config);
+    let clients = farm.net.client_addresses(9);
+    let src = |i: usize| (clients[i % clients.len()], 40000 + i as u16);
+    let vip = farm.net.vip();
+    let before = farm.scrape();
+
+    // Bad frames, each kind `BURST` times, interleaved.
+    let mut kinds: Vec<(&str, Vec<Vec<u8>>)> = Vec::new();
+    let syn = |i| Pkt::tcp(src(i), (vip, HTTP), SYN);
+    kinds.push((
+        "malformed_ip",
+        (0..BURST)
+            .map(|i| {
+                let mut f = frame(&farm, syn(i));
+                f[14] = 0x43; // IHL 3: shorter than an IPv4 header can be
+                f
+            })
+            .collect(),
+    ));
+    kinds.push((
+        "malformed_l4",
+        (0..BURST)
+            .map(|i| {
+                let mut f = frame(&farm, syn(i));
+                f.truncate(14 + 20 + 10); // half a TCP header
+                f[16..18].copy_from_slice(&30u16.to_be_bytes());
+                f
+            })
+            .collect(),
+    ));
+    kinds.push((
+        "fragment",
+        (0..BURST)
+            .map(|i| {
+                let mut f = frame(&farm, syn(i));
+                f[20] |= 0x20; // more fragments
+                f
+            })
+            .collect(),
+    ));
+    kinds.push((
+        "no_service",
+        (0..BURST)
+            .map(|i| frame(&farm, Pkt::tcp(src(i), (vip, 9999), SYN)))
+            .collect(),
+    ));
+    // Not for a VIP: UDP to the balancer's own address, which the kernel answers.
+    let host = farm.net.lb_address();
+    let strangers: Vec<Vec<u8>> = (0..BURST)
+        .map(|i| frame(&farm, Pkt::udp(src(i), (host, 9))))
+        .collect();
+
+    // Real traffic alongside, from another thread.
+    let traffic = thread::scope(|s| {
+        let real = s.spawn(|| {
+            (0..200)
+                .map(|i| farm.get(clients[i % clients.len()], HTTP))
+                .collect::<Vec<_>>()
+        });
+        let sender = FrameSender::open(&farm.net.client, "eth0");
+        for i in 0..BURST {
+            for (_, frames) in &kinds {
+                sender.send(&frames[i]).expect("send a bad frame");
+            }
+            sender.send(&strangers[i]).expect("send a stranger's frame");
+            if i % 50 == 0 {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        real.join().expect("real traffic")
+    });
+    assert_eq!(traffic.len(), 200);
+    println!(
+        "{mode_name}: 200 real requests during the burst: {}",
+        shares(&tally(&traffic))
+    );
+    assert!(
+        ping(&farm.net.client, host, Duration::from_secs(2)),
+        "{mode_name}: the balancer's own address no longer answers ping"
+    );
+
+    let after = farm.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    for (reason, _) in &kinds {
+        let counted = delta("xnlb_drops_total", &[("reason", reason)]);
+        println!("{mode_name}: xnlb_drops_total{{reason=\"{reason}\"}} +{counted}");
+        assert_eq!(counted, BURST as f64, "{mode_name}: drops for {reason}");
+    }
+    let passed = delta("xnlb_passes_total", &[("reason", "not_ours")]);
+    assert!(
+        passed >= BURST as f64,
+        "{mode_name}: not_ours passes +{passed}"
+    );
+    let sent_drops = delta("xnlb_xdp_actions_total", &[("action", "drop")]);
+    assert_eq!(
+        sent_drops,
+        (BURST * kinds.len()) as f64,
+        "{mode_name}: XDP_DROP count"
+    );
+}
+

@@ -1,0 +1,147 @@
+//! Health, drain, and adding a backend by reload, with transfers that must survive.
+
+use super::*;
+
+const FAST: &str = "    health:\n      http: { path: /owa/healthcheck.htm, port: 80 }\n      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
+/// fall × interval + timeout + 1 s, the bound for the fast settings.
+const DETECTION_BOUND: Duration = Duration::from_millis(2 * 300 + 200 + 1000);
+
+fn owa(farm: &Farm, backends: &[usize]) -> String {
+    let rest = "    affinity: single\n";
+    let service = farm.service("owa", HTTP, rest, &farm.backends(backends, |_| "".into()));
+    farm.config(&[service + FAST])
+}
+
+/// The client (of `clients`) whose connections go to `backend` under affinity single.
+fn client_of(farm: &Farm, clients: &[Ipv4Addr], backend: &str) -> Ipv4Addr {
+    *clients
+        .iter()
+        .find(|&&c| farm.get(c, HTTP) == backend)
+        .unwrap_or_else(|| panic!("no client reaches {backend}"))
+}
+
+pub(super) fn lifecycle(mode: Mode) {
+    let farm = Farm::new(mode, 4);
+    let mode_name = farm.mode();
+    let d = Daemon::start(&farm.net.lb, &owa(&farm, &[1, 2, 3]));
+    let backends = [("owa", "b1"), ("owa", "b2"), ("owa", "b3")];
+    d.wait_state(&backends, "up", LIMIT);
+    let clients = farm.net.client_addresses(59);
+
+    // 3. Health. A transfer to b1 runs throughout while b2's page fails and comes back.
+    let held = farm.transfer(client_of(&farm, &clients, "b1"), 300);
+    assert_eq!(held.backend, "b1");
+    let failed_at = Instant::now();
+    farm.web[1].set(HEALTH, Answer::Status(503));
+    let mut last_hit = None;
+    let mut after_down = 0;
+    let mut race = xnlb_tests::apps::RemovalRace::default();
+    let mut i = 0;
+    // New connections until b2 is shown down, then 40 more: none may reach it.
+    while after_down < 40 {
+        assert!(
+            failed_at.elapsed() < LIMIT,
+            "{mode_name}: b2 never went down\n{}",
+            d.log()
+        );
+        let src = clients[i % clients.len()];
+        i += 1;
+        let backend = match farm.try_get(src, HTTP) {
+            Ok(backend) => backend,
+            Err(e) if race.tolerate(mode_name, &e, after_down > 0) => continue,
+            Err(e) => panic!(
+                "{mode_name}: GET from {src}: {e} ({} resets before)",
+                race.resets()
+            ),
+        };
+        if backend == "b2" {
+            assert_eq!(
+                after_down, 0,
+                "{mode_name}: b2 got a connection after it was shown down"
+            );
+            last_hit = Some(failed_at.elapsed());
+        }
+        if after_down > 0 || backend_of(&d.status_json(), "owa", "b2")["state"] == "down" {
+            after_down += 1;
+        }
+    }
+    let last_hit = last_hit.expect("b2 took connections before it failed");
+    println!(
+        "{mode_name}: last new connection to b2 {:.2}s after its page failed (bound {:.1}s)",
+        last_hit.as_secs_f64(),
+        DETECTION_BOUND.as_secs_f64()
+    );
+    assert!(last_hit <= DETECTION_BOUND, "{mode_name}: {last_hit:?}");
+    farm.web[1].set(HEALTH, Answer::Status(200));
+    let back = d.wait_state(&[("owa", "b2")], "up", LIMIT);
+    let b2_client = client_of(&farm, &clients, "b2");
+    assert!(
+        held.running(),
+        "{mode_name}: the transfer must span the failure and the return"
+    );
+    println!(
+        "{mode_name}: b2 back in rotation {:.2}s after its page recovered (client {b2_client})",
+        back.as_secs_f64()
+    );
+    let held = held
+        .finish()
+        .unwrap_or_else(|e| panic!("{mode_name}: transfer to b1: {e}"));
+    println!("{mode_name}: the transfer to b1 ran throughout: {held} bytes");
+
+    // 4. Drain: the transfer to b3 completes; no new connection reaches b3.
+    let draining = farm.transfer(client_of(&farm, &clients, "b3"), 100);
+    d.ok(&["drain", "owa", "b3"]);
+    let after: Vec<String> = clients.iter().map(|&c| farm.get(c, HTTP)).collect();
+    assert!(
+        draining.running(),
+        "{mode_name}: the transfer must span the drain"
+    );
+    assert!(
+        !after.contains(&"b3".to_string()),
+        "{mode_name}: drained b3 got new connections"
+    );
+    draining
+        .finish()
+        .unwrap_or_else(|e| panic!("{mode_name}: transfer to drained b3: {e}"));
+    d.ok(&["enable", "owa", "b3"]);
+    d.wait_state(&[("owa", "b3")], "up", LIMIT);
+
+    // 5. Reload adding b4: transfers to b1..b3 survive; affinity clients that move go to b4.
+    let before: Vec<String> = clients.iter().map(|&c| farm.get(c, HTTP)).collect();
+    let transfers: Vec<Transfer> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|b| farm.transfer(client_of(&farm, &clients, b), 150))
+        .collect();
+    d.write_config(&owa(&farm, &[1, 2, 3, 4]));
+    d.ok(&["reload"]);
+    d.wait_state(&[("owa", "b4")], "up", LIMIT);
+    let after: Vec<String> = clients.iter().map(|&c| farm.get(c, HTTP)).collect();
+    assert!(
+        transfers.iter().all(Transfer::running),
+        "{mode_name}: the transfers must span the reload"
+    );
+    let moved: Vec<(&String, &String)> =
+        before.iter().zip(&after).filter(|(a, b)| a != b).collect();
+    println!(
+        "{mode_name}: adding b4 moved {} of {} affinity clients ({:.0}%; ideal 25%)",
+        moved.len(),
+        clients.len(),
+        100.0 * moved.len() as f64 / clients.len() as f64
+    );
+    assert!(
+        moved.iter().all(|(_, to)| *to == "b4"),
+        "{mode_name}: {moved:?}"
+    );
+    assert!(
+        !moved.is_empty() && moved.len() * 2 < clients.len(),
+        "{mode_name}: {moved:?}"
+    );
+    for t in transfers {
+        let b = t.backend.clone();
+        t.finish()
+            .unwrap_or_else(|e| panic!("{mode_name}: transfer to {b} across the reload: {e}"));
+    }
+}
+
+// 6. Fail-static.
+

@@ -1,0 +1,189 @@
+//! End to end, as an administrator runs it: the real `xnlb run` with a config file, in the
+//! two-arm and the one-arm namespace networks, real HTTP and UDP through native XDP on veth.
+//! Every scenario runs in both modes. What the tests measure (shares, the time a failed backend
+//! kept getting connections, the fraction of clients a new backend took) is printed; run with
+//! `--nocapture` to read it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use xnlb_tests::{
+    apps::{Transfer, UdpEcho, http_get_from, tally, udp_ask},
+    daemon::{Daemon, Scrape, backend_of},
+    http_backend::{Answer, HttpBackend},
+    packets::{Pkt, SYN},
+    topology::{Mode, Net},
+    wire::{FrameSender, ping},
+};
+
+const HTTP: u16 = 80;
+const ECHO: u16 = 7;
+const METRICS: &str = "127.0.0.1:9779";
+const HEALTH: &str = "/owa/healthcheck.htm";
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// The namespace network with its servers: on each backend an HTTP server on :80 (health page,
+/// `/stream/<n>`, a page naming the backend and the client it saw) and a UDP echo on :7.
+struct Farm {
+    net: Net,
+    web: Vec<HttpBackend>,
+    _echo: Vec<UdpEcho>,
+}
+
+impl Farm {
+    fn new(mode: Mode, backends: usize) -> Self {
+        let net = Net::build(mode, backends);
+        let name = |i: usize| format!("b{}", i + 1);
+        let web = net
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let addr = SocketAddr::from((net.backend_ip(i + 1), HTTP));
+                HttpBackend::start(Some(ns), addr, &name(i), None)
+            })
+            .collect();
+        let echo = net
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| UdpEcho::start(ns, ECHO, &name(i)))
+            .collect();
+        Self {
+            net,
+            web,
+            _echo: echo,
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        match self.net.mode {
+            Mode::TwoArm => "two-arm",
+            Mode::OneArm => "one-arm",
+        }
+    }
+
+    /// `- { name: bN, address: ..., <extra> }` lines for backends `ns` (1-based).
+    fn backends(&self, ns: &[usize], extra: impl Fn(usize) -> String) -> String {
+        ns.iter()
+            .map(|&n| {
+                format!(
+                    "      - {{ name: b{n}, address: {}, port: {HTTP}{} }}\n",
+                    self.net.backend_ip(n),
+                    extra(n)
+                )
+            })
+            .collect()
+    }
+
+    /// A service on the VIP: `name`, `port`, `rest` (protocol, affinity, ...), its backends.
+    fn service(&self, name: &str, port: u16, rest: &str, backends: &str) -> String {
+        format!(
+            "  - name: {name}\n    vip: {}\n    ports: [{port}]\n{rest}    backends:\n{backends}",
+            self.net.vip()
+        )
+    }
+
+    fn config(&self, services: &[String]) -> String {
+        format!(
+            "{}{}metrics:\n  listen: {METRICS}\n",
+            self.net.config_head(),
+            services.concat()
+        )
+    }
+
+    /// `web`: VIP:80 over three equal backends, affinity none.
+    fn web_config(&self) -> String {
+        let backends = self.backends(&[1, 2, 3], |_| "".into());
+        self.config(&[self.service("web", HTTP, "    affinity: none\n", &backends)])
+    }
+
+    fn vip(&self, port: u16) -> SocketAddr {
+        (self.net.vip(), port).into()
+    }
+
+    /// One HTTP request from `src` to VIP:`port`; the backend that answered. Checks the address
+    /// the backend saw: the client's in two-arm, the SNAT address in one-arm.
+    fn get(&self, src: Ipv4Addr, port: u16) -> String {
+        self.try_get(src, port)
+            .unwrap_or_else(|e| panic!("{}: GET from {src} to port {port}: {e}", self.mode()))
+    }
+
+    /// `get`, returning a connection error instead of panicking on it.
+    fn try_get(&self, src: Ipv4Addr, port: u16) -> std::io::Result<String> {
+        let (status, body) = http_get_from(&self.net.client, src, self.vip(port), "/")?;
+        assert_eq!(status, 200, "{body}");
+        let (backend, seen) = body.trim().split_once(' ').expect("<backend> <client>");
+        assert_eq!(
+            seen,
+            self.net.seen_by_backend(src).to_string(),
+            "{}: the address {backend} saw for {src}",
+            self.mode()
+        );
+        Ok(backend.to_string())
+    }
+
+    /// Opens a transfer of `ticks` ticks from `src`.
+    fn transfer(&self, src: Ipv4Addr, ticks: usize) -> Transfer {
+        Transfer::start(&self.net.client, src, self.vip(HTTP), ticks)
+            .unwrap_or_else(|e| panic!("{}: transfer from {src}: {e}", self.mode()))
+    }
+
+    fn scrape(&self) -> Scrape {
+        Scrape::take(&self.net.lb, METRICS)
+    }
+}
+
+/// Two tests for each scenario: `<two>` runs it in two-arm mode, `<one>` in one-arm mode.
+macro_rules! in_both_modes {
+    ($($scenario:path: $two:ident, $one:ident;)+) => {$(
+        #[test]
+        fn $two() {
+            $scenario(Mode::TwoArm);
+        }
+
+        #[test]
+        fn $one() {
+            $scenario(Mode::OneArm);
+        }
+    )+};
+}
+
+mod balancing;
+mod failures;
+mod lifecycle;
+
+in_both_modes! {
+    balancing::balancing: balancing_two_arm, balancing_one_arm;
+    lifecycle::lifecycle: health_drain_reload_two_arm, health_drain_reload_one_arm;
+    failures::fail_static: fail_static_two_arm, fail_static_one_arm;
+    failures::bad_input: bad_input_two_arm, bad_input_one_arm;
+}
+
+fn shares(counts: &BTreeMap<String, usize>) -> String {
+    let total: usize = counts.values().sum();
+    counts
+        .iter()
+        .map(|(b, n)| format!("{b} {:.1}%", 100.0 * *n as f64 / total as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that `counts` over b1..bN match `weights` within ±15% of each expected share.
+fn assert_shares(what: &str, counts: &BTreeMap<String, usize>, weights: &[usize]) {
+    let total: usize = counts.values().sum();
+    let sum: usize = weights.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        let expected = total as f64 * *w as f64 / sum as f64;
+        let got = counts.get(&format!("b{}", i + 1)).copied().unwrap_or(0) as f64;
+        assert!(
+            (got - expected).abs() <= 0.15 * expected,
+            "{what}: b{} got {got} of {total}, expected {expected:.0} ± 15%: {counts:?}",
+            i + 1
+        );
+    }
+}

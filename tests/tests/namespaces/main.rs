@@ -1,0 +1,7 @@
+//! The real `xnlb` daemon in namespace networks with real TCP, HTTP and UDP (root; veths,
+//! bridges, native XDP on veth).
+
+mod daemon;
+mod end_to_end;
+mod health_daemon;
+mod scrape_during_reload;
