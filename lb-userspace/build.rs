@@ -1,4 +1,5 @@
-//! Builds the XDP object (`lb-ebpf`, binary `xnlb-xdp`) for the BPF target with aya-build, so a plain
+//! Builds the XDP object (`lb-ebpf`, binary `xnlb-xdp`) for the BPF target with aya-build, so a
+//! plain
 //! `cargo build` produces the embedded program. The eBPF toolchain (nightly rust-src and a
 //! bpf-linker built against nightly's LLVM) comes from `cargo xtask setup`.
 

@@ -10,7 +10,8 @@ kernel_enum! {
         Up = 0 => "up",
         /// Not selectable for new flows; established flows keep going (drain).
         Draining = 1 => "draining",
-        /// Failed its health checks: established TCP/UDP flows are re-selected on their next packet.
+        /// Failed its health checks: established TCP/UDP flows are re-selected on their next
+        /// packet.
         Down = 2 => "down",
         /// Taken out of rotation by the administrator; the datapath treats it exactly as down. A
         /// state of its own so that a restarted controller can tell it from a failed health check.

@@ -92,7 +92,8 @@ pub const NO_BACKEND: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// Index of the live table in the ring array: the table is `ring[ring_base .. ring_base + ring_size]`.
+    /// Index of the live table in the ring array: the table is `ring[ring_base .. ring_base +
+    /// ring_size]`.
     pub ring_base: u32,
     /// Entries in the live table (a prime, at most [`RING_MAX_SIZE`]); 0 = no table.
     pub ring_size: u32,

@@ -65,7 +65,8 @@ reasons! {
         TtlExceeded = "ttl_exceeded",
         /// Translated, but the next hop's MAC is unknown: the kernel forwards and resolves it.
         NoNeighbour = "no_neighbour",
-        /// Translated, but larger than the egress MTU (e.g. GRO in generic mode): the kernel forwards.
+        /// Translated, but larger than the egress MTU (e.g. GRO in generic mode): the kernel
+        /// forwards.
         FragNeeded = "frag_needed",
         /// Translated, but the route lookup did not give a direct next hop (forwarding off,
         /// unreachable, local): the kernel decides and answers with ICMP where due.

@@ -71,7 +71,8 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
         return Outcome::Drop(DropReason::NoService);
     };
     let service_id = rule.service_id;
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
         return Outcome::Drop(DropReason::NoService);
     };
@@ -116,7 +117,8 @@ pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Out
         return Outcome::Pass(PassReason::Malformed);
     };
     let key = tuple(ip, &l4);
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
         return Outcome::Pass(PassReason::NotOurs);
     };

@@ -38,7 +38,8 @@ pub fn client_flow(
 ) -> Result<Flow, DropReason> {
     let existing = FLOWS.get_ptr_mut(key);
     if let Some(entry) = existing {
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain stores of values this packet decided, so a racing CPU sees one value or the other.
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+        // stores of values this packet decided, so a racing CPU sees one value or the other.
         let e = unsafe { &mut *entry };
         if still_valid(e, key, l4, s, now) {
             e.last_seen_ns = now;
@@ -60,7 +61,8 @@ pub fn client_flow(
 #[inline(always)]
 pub fn reply_seen(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) {
     if let Some(flow) = FLOWS.get_ptr_mut(&entry.client) {
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain stores of values this packet decided, so a racing CPU sees one value or the other.
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+        // stores of values this packet decided, so a racing CPU sees one value or the other.
         let f = unsafe { &mut *flow };
         if f.reply.same(reply) {
             f.last_seen_ns = now;
@@ -88,7 +90,8 @@ fn still_valid(e: &FlowEntry, key: &FlowKey, l4: &L4, s: &DatapathSettings, now:
     }
     if s.mode == Mode::OneArm as u8 {
         // An LRU may evict the reply entry alone; then another flow may have taken the port.
-        // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+        // SAFETY: the element stays valid for this program run (RCU); writers replace whole
+        // elements or store single fields, so a read sees old or new values, never freed memory.
         let owned = matches!(unsafe { REPLIES.get(&e.reply) }, Some(r) if r.client.same(key));
         if !owned {
             stats::flow_event(FlowEvent::ReplyReclaimed);
@@ -126,7 +129,8 @@ fn new_flow(
         let reply = reply_tuple(key, backend, key.src, key.src_port);
         // A client reusing its port for the same backend finds its old reply entry: refreshed
         // in place, without a new element.
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain stores of values this packet decided, so a racing CPU sees one value or the other.
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+        // stores of values this packet decided, so a racing CPU sees one value or the other.
         let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(&reply) });
         if !(ours && refresh_own(&reply, &owner)) {
             // Two services on one VIP may send a client's reused source port to the same
@@ -149,7 +153,8 @@ fn new_flow(
     match existing {
         // The key's old entry (expired, closing, or its backend gone) becomes the new flow in
         // place: an LRU insert would allocate an element and free the old one.
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain stores of values this packet decided, so a racing CPU sees one value or the other.
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+        // stores of values this packet decided, so a racing CPU sees one value or the other.
         Some(e) => unsafe { *e = entry },
         None => {
             if FLOWS.insert(key, &entry, BPF_ANY as u64).is_err() {
@@ -236,7 +241,9 @@ impl Takeover {
 fn refresh_own(reply: &FlowKey, owner: &ReplyEntry) -> bool {
     match REPLIES.get_ptr_mut(reply) {
         Some(held) => {
-            // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain stores of values this packet decided, so a racing CPU sees one value or the other.
+            // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get
+            // plain stores of values this packet decided, so a racing CPU sees one value or the
+            // other.
             let held = unsafe { &mut *held };
             if !held.client.same(&owner.client) {
                 return false;
@@ -263,7 +270,8 @@ fn claim(
     if REPLIES.insert(reply, owner, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     let free = match unsafe { REPLIES.get(reply) } {
         None => true,
         Some(held) => {
@@ -283,7 +291,8 @@ fn owner_gone(
     s: &DatapathSettings,
     now: u64,
 ) -> bool {
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     match unsafe { FLOWS.get(client) } {
         None => true,
         Some(f) => {

@@ -35,7 +35,8 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Ou
     let ingress = ctx.ingress_ifindex() as u32;
     fib.ifindex = ingress;
 
-    // SAFETY: `fib` is a live, initialised struct of exactly the size passed, and `ctx.ctx` is this program's own context.
+    // SAFETY: `fib` is a live, initialised struct of exactly the size passed, and `ctx.ctx` is this
+    // program's own context.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,

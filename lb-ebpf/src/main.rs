@@ -58,7 +58,8 @@ pub fn xnlb_floor(ctx: XdpContext) -> u32 {
     match ptr_at::<EthHdr>(&ctx, 0) {
         Some(eth) => {
             // Read the EtherType so the floor pays for the one header every program parses.
-            // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
+            // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this
+            // call.
             let _ = unsafe { core::ptr::read_volatile(&(*eth).proto) };
             xdp_action::XDP_PASS
         }
@@ -83,7 +84,8 @@ fn process(ctx: &XdpContext) -> Outcome {
     };
     // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
     let ip = unsafe { &mut *ip };
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     let to_vip = unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some();
     if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
         return if to_vip {
@@ -95,7 +97,8 @@ fn process(ctx: &XdpContext) -> Outcome {
     if to_vip {
         return balance::to_vip(ctx, eth, ip);
     }
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or store single fields, so a read sees old or new values, never freed memory.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
         return balance::from_backend(ctx, eth, ip);
     }

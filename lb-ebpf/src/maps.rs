@@ -44,7 +44,8 @@ pub static SERVICES: HashMap<u32, ServiceInfo> =
 #[map]
 pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// Consistent-hash tables, built in userspace: `RING[service.ring_base + hash % service.ring_size]`.
+/// Consistent-hash tables, built in userspace: `RING[service.ring_base + hash %
+/// service.ring_size]`.
 /// Mmap-able, so the controller writes a table with one copy.
 #[map]
 pub static RING: Array<u32> =

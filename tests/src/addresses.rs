@@ -43,7 +43,10 @@ pub fn backend_ip(n: usize) -> Ipv4Addr {
 
 /// One-arm backend `n` (1-based), on the client-side subnet.
 pub fn one_arm_backend_ip(n: usize) -> Ipv4Addr {
-    assert!((1..=50).contains(&n), "one-arm backend {n} outside the plan");
+    assert!(
+        (1..=50).contains(&n),
+        "one-arm backend {n} outside the plan"
+    );
     Ipv4Addr::new(198, 18, 0, 200 + n as u8)
 }
 

@@ -19,7 +19,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// one up (a test in `deps/`). `cargo xtask test` and `demo` build it first. `XNLB_BIN`
 /// names another build instead (to compare builds with the same tests).
 pub fn xnlb_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("XNLB_BIN") {
+    if let Some(bin) = std::env::var_os("XNLB_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("current exe");

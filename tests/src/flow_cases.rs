@@ -80,7 +80,11 @@ pub fn one_arm(bed: &mut Bed) {
 
 fn syn_from_client(bed: &mut Bed) {
     let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
-    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT, "setup SYN");
+    assert_eq!(
+        bed.run(bed.client_if, &syn.bytes()).0,
+        XDP_REDIRECT,
+        "setup SYN"
+    );
 }
 
 /// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
@@ -153,7 +157,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "two-arm new flow (SYN): DNAT to the predicted backend, TTL-1",
             setup: three_backends,
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+                )
+            },
             action: XDP_REDIRECT,
             output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
             counts: None,
@@ -165,7 +174,12 @@ pub fn all() -> Vec<FlowCase> {
                 three_backends(bed);
                 syn_from_client(bed);
             },
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
+                )
+            },
             action: XDP_REDIRECT,
             output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
             counts: None,
@@ -190,7 +204,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "mid-flow packet without state: balanced like its SYN, counted",
             setup: three_backends,
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
+                )
+            },
             action: XDP_REDIRECT,
             output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
             counts: Some(Counter::Event(FlowEvent::NonSynMiss)),
@@ -200,10 +219,18 @@ pub fn all() -> Vec<FlowCase> {
             name: "port-range rule: any port of the range, the client's port kept",
             setup: |bed| {
                 let mut s = service("rpc", 1024, &[1, 2, 3].map(backend_ip));
-                s.ports = vec![PortRange { lo: 1024, hi: 65535 }];
+                s.ports = vec![PortRange {
+                    lo: 1024,
+                    hi: 65535,
+                }];
                 bed.install(s);
             },
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 6001), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 6001), SYN)),
+                )
+            },
             action: XDP_REDIRECT,
             output: |bed, pkt| to_backend(bed, pkt, (bed.predict("rpc", CLIENT.0, CLIENT.1), 6001)),
             counts: None,
@@ -230,7 +257,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "a backend port rewrites the destination port",
             setup: backend_on_8443,
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+                )
+            },
             action: XDP_REDIRECT,
             output: |bed, pkt| to_backend(bed, pkt, (backend_ip(1), 8443)),
             counts: None,
@@ -254,7 +286,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "one-arm new flow (SYN): DNAT and SNAT, out the interface it came in on",
             setup: one_arm,
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+                )
+            },
             action: XDP_TX,
             output: |bed, pkt| {
                 let (backend, snat) = one_arm_flow(bed);
@@ -288,7 +325,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "unknown neighbour: translated, then the kernel forwards it and resolves ARP",
             setup: |bed| single_backend_at(bed, UNRESOLVED_BACKEND),
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+                )
+            },
             action: XDP_PASS,
             output: |bed, pkt| translated_only(UNRESOLVED_BACKEND)(bed, pkt),
             counts: Some(Counter::Pass(PassReason::NoNeighbour)),
@@ -297,7 +339,12 @@ pub fn all() -> Vec<FlowCase> {
         FlowCase {
             name: "no route: translated, then the kernel answers with ICMP unreachable",
             setup: |bed| single_backend_at(bed, UNROUTABLE_BACKEND),
-            input: |bed| (bed.client_if, bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN))),
+            input: |bed| {
+                (
+                    bed.client_if,
+                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+                )
+            },
             action: XDP_PASS,
             output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
             counts: Some(Counter::Pass(PassReason::NoFastRoute)),

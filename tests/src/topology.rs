@@ -4,8 +4,10 @@
 //! Two-arm (routed; backends see the client's address):
 //! ```text
 //!  client ns            balancer ns                         switch ns          backend ns (×N)
-//!  eth0 198.18.0.10 ── cli0 198.18.0.1 [xnlb] srv0 198.18.2.1 ── lb [br0] bN ── eth0 198.18.2.(10+N)
-//!  default via .0.1                                                           default via 198.18.2.1
+//!  eth0 198.18.0.10 ── cli0 198.18.0.1 [xnlb] srv0 198.18.2.1 ── lb [br0] bN ── eth0
+//! 198.18.2.(10+N)
+//!  default via .0.1                                                           default via
+//! 198.18.2.1
 //! ```
 //! The VIP 198.18.1.100 is reached through the client's default route.
 //!

@@ -16,9 +16,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages). Idempotent.
+    /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages).
+    /// Idempotent.
     Setup,
-    /// Set up, build, and run every test (unit, datapath via BPF_PROG_TEST_RUN, namespaces). Needs root.
+    /// Set up, build, and run every test (unit, datapath via BPF_PROG_TEST_RUN, namespaces). Needs
+    /// root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,8 +49,9 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             workspace::require_root("the tests load XDP programs and create network namespaces")?;
             workspace::cargo(&["build", "--all-targets"])?;
-            // Lints are part of the test: warnings fail it, for the host crates and for the
-            // datapath's sources (checked on the host target).
+            // Format and lints are part of the test: a difference or a warning fails it, for
+            // the host crates and for the datapath's sources (checked on the host target).
+            workspace::cargo(&["fmt", "--all", "--check"])?;
             workspace::cargo(&["clippy", "-q", "--all-targets", "--", "-D", "warnings"])?;
             workspace::cargo(&["clippy", "-q", "-p", "lb-ebpf", "--", "-D", "warnings"])?;
             let mut test = vec!["test", "--no-fail-fast"];

@@ -22,18 +22,24 @@ pub fn run() -> Result<()> {
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_debian_tools(DEBIAN_TOOLS)?;
-    ensure_clippy()?;
+    ensure_component("clippy")?;
+    ensure_component("rustfmt")?;
     println!("setup: ready");
     Ok(())
 }
 
-/// `cargo xtask test` runs clippy with warnings as errors: the stable toolchain needs it.
-fn ensure_clippy() -> Result<()> {
-    if output(Command::new("cargo").args(["clippy", "--version"])).is_some() {
+/// `cargo xtask test` checks formatting and runs clippy with warnings as errors: the stable
+/// toolchain needs both components.
+fn ensure_component(name: &str) -> Result<()> {
+    let cargo_verb = match name {
+        "rustfmt" => "fmt",
+        other => other,
+    };
+    if output(Command::new("cargo").args([cargo_verb, "--version"])).is_some() {
         return Ok(());
     }
-    println!("setup: adding clippy to the stable toolchain (the tests lint with it)");
-    exec(Command::new("rustup").args(["component", "add", "clippy"]))
+    println!("setup: adding {name} to the stable toolchain (the tests check with it)");
+    exec(Command::new("rustup").args(["component", "add", name]))
 }
 
 /// `run`, plus the benchmarks' Debian packages.

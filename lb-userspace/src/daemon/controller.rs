@@ -40,7 +40,8 @@ const PROGRAM_PIN: &str = "program";
 
 pub struct Controller {
     pub(super) dp: Datapath,
-    pub(super) config: Config,
+    /// Shared with the published view: a health batch republishes without copying it.
+    pub(super) config: Arc<Config>,
     pub(super) config_path: PathBuf,
     pin_dir: PathBuf,
     pub(super) ids: IdBook,
@@ -113,7 +114,7 @@ impl Controller {
             view,
             tables: plan::TableCache::default(),
             vips: VipOwner::new(&config.interfaces.client),
-            config,
+            config: Arc::new(config),
             config_path: config_path.to_path_buf(),
             pin_dir: pin_dir.to_path_buf(),
             ids,

@@ -33,7 +33,7 @@ impl Controller {
         new_ids.assign(&new, self.dp.ring_capacity(), MAX_BACKENDS)?;
 
         let old_lifecycles = self.lifecycles.clone();
-        let old_config = std::mem::replace(&mut self.config, new);
+        let old_config = std::mem::replace(&mut self.config, std::sync::Arc::new(new));
         // A backend keeps its lifecycle (drain, health) while it keeps its id; `reprogram`
         // makes it follow a changed health block.
         self.lifecycles.retain(|(s, b), _| {

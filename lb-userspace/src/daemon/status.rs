@@ -3,6 +3,7 @@
 //! own. Neither asks the controller, so neither waits for a reload or a health change.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::Result;
 use lb_common::{maps as names, settings::DatapathSettings};
@@ -34,7 +35,7 @@ pub struct Attachment {
 #[derive(Clone, Debug)]
 pub struct View {
     pub mode: Mode,
-    pub config: Config,
+    pub config: Arc<Config>,
     pub config_path: String,
     pub ids: IdBook,
     pub lifecycles: BTreeMap<BackendName, Lifecycle>,
@@ -47,7 +48,7 @@ impl View {
     pub fn starting(config: &Config, config_path: String) -> Self {
         Self {
             mode: config.mode,
-            config: config.clone(),
+            config: Arc::new(config.clone()),
             config_path,
             ids: IdBook::default(),
             lifecycles: BTreeMap::new(),

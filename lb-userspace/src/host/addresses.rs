@@ -1,5 +1,6 @@
 //! Makes the kernel answer ARP for the VIPs (and, in one-arm, the SNAT addresses): each becomes
-//! a /32 address on the client interface. Only addresses the daemon added (or, after a restart, adopted) are removed again.
+//! a /32 address on the client interface. Only addresses the daemon added (or, after a restart,
+//! adopted) are removed again.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
 

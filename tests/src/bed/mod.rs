@@ -4,8 +4,10 @@
 //! are programmed by the controller's own model and reconcile code (`program`).
 //!
 //! ```text
-//!  clients 198.19.0.0/16 ── router 198.18.0.10 ── cli0 198.18.0.1 [balancer] srv0 198.18.2.1 ── backends 198.18.2.(10+n)
-//!                           one-arm backends 198.18.0.(200+n) and SNAT 198.18.0.2 sit on cli0's subnet
+//!  clients 198.19.0.0/16 ── router 198.18.0.10 ── cli0 198.18.0.1 [balancer] srv0 198.18.2.1 ──
+//! backends 198.18.2.(10+n)
+//!                           one-arm backends 198.18.0.(200+n) and SNAT 198.18.0.2 sit on cli0's
+//! subnet
 //! ```
 
 mod program;
@@ -81,7 +83,15 @@ impl Bed {
         ns.sysctl("net.ipv4.conf.srv0.forwarding", "1");
         // Like a real router: everything not local goes towards the clients' side; one prefix
         // is unreachable so the no-route path can be tested.
-        ns.ip(&["route", "add", "default", "via", &ROUTER.to_string(), "dev", "cli0"]);
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER.to_string(),
+            "dev",
+            "cli0",
+        ]);
         ns.ip(&["route", "add", "unreachable", "198.18.3.0/24"]);
         let mut neighbours = vec![(ROUTER, "cli0")];
         neighbours.extend((1..=MAX_BED_BACKENDS).map(|n| (backend_ip(n), "srv0")));
@@ -259,7 +269,8 @@ impl Bed {
         pkt.macs(ROUTER_MAC, self.client_if.mac)
     }
 
-    /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for one-arm).
+    /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for
+    /// one-arm).
     pub fn from_backend(&self, pkt: Pkt, via: Iface) -> Pkt {
         let mac = neighbour_mac(pkt.src);
         pkt.macs(mac, via.mac)

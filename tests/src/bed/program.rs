@@ -78,7 +78,12 @@ impl Programmer {
 
     /// Adds `service`, or replaces the one with its name.
     pub fn put(&mut self, service: Service) {
-        match self.config.services.iter_mut().find(|s| s.name == service.name) {
+        match self
+            .config
+            .services
+            .iter_mut()
+            .find(|s| s.name == service.name)
+        {
             Some(s) => *s = service,
             None => self.config.services.push(service),
         }

@@ -2,6 +2,9 @@
 //! `xnlb_tests::flow_cases` (shared with the bench); the scenarios here need several packets
 //! or a change of the maps between them. Expected outputs are built from scratch with
 //! etherparse (fresh checksums), so byte equality also proves the incremental checksum updates.
+//!
+//! Over 400 lines on purpose: each scenario is a short story of several packets that reads
+//! best whole, and they share the helpers at the top.
 
 use std::net::Ipv4Addr;
 
@@ -51,7 +54,11 @@ fn a_flows_packets_are_counted_for_its_backend_and_service() {
     let id = bed.program.backend_id_at("web", chosen);
     let stats = bed.dp.reader().backend_stats(id).unwrap();
     assert_eq!(
-        (stats.new_flows, stats.to_backend_packets, stats.to_client_packets),
+        (
+            stats.new_flows,
+            stats.to_backend_packets,
+            stats.to_client_packets
+        ),
         (1, 4, 1)
     );
     let web = bed.service_id("web");
@@ -110,7 +117,10 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
 fn port_range_rules_match_their_whole_range_and_nothing_else() {
     let mut bed = Bed::new();
     let mut rpc = service("rpc", 1024, &[1, 2, 3].map(backend_ip));
-    rpc.ports = vec![PortRange { lo: 1024, hi: 65535 }];
+    rpc.ports = vec![PortRange {
+        lo: 1024,
+        hi: 65535,
+    }];
     bed.install(rpc);
     bed.install(service("epmap", 135, &[backend_ip(4)]));
     for port in [1024u16, 1025, 6001, 32768, 65535] {
@@ -198,11 +208,7 @@ fn affinity_none_spreads_one_clients_ports_as_predicted() {
     let mut seen = std::collections::HashSet::new();
     for port in 40_000..40_030 {
         let got = backend_for(&bed, (client_ip(1), port));
-        assert_eq!(
-            got,
-            (bed.predict("web", client_ip(1), port)),
-            "port {port}"
-        );
+        assert_eq!(got, (bed.predict("web", client_ip(1), port)), "port {port}");
         seen.insert(got);
     }
     assert_eq!(

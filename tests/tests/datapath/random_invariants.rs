@@ -2,7 +2,8 @@
 //! not the balancer's, and garbage (truncations, flipped header bytes, random frames). After
 //! every packet the datapath's invariants must hold:
 //! - a packet that is not to a VIP and not a reply of a balanced flow passes unchanged;
-//! - a PASS never changes a packet (every neighbour is known here, so nothing is passed translated);
+//! - a PASS never changes a packet (every neighbour is known here, so nothing is passed
+//! translated);
 //! - a DROP only ever hits traffic addressed to a VIP;
 //! - a forwarded packet to a backend goes to a live backend, with that backend's MAC;
 //! - a forwarded packet whose input had valid checksums leaves with valid checksums;
@@ -33,7 +34,10 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let live: Vec<Ipv4Addr> = (1..=4).map(backend_ip).collect();
     bed.install(service("web", 443, &live));
     let mut range = service("rpc", 1024, &[backend_ip(5), backend_ip(6)]);
-    range.ports = vec![xnlb::config::PortRange { lo: 1024, hi: 65535 }];
+    range.ports = vec![xnlb::config::PortRange {
+        lo: 1024,
+        hi: 65535,
+    }];
     range.protocol = xnlb::config::Protocol::Udp;
     bed.install(range);
     let backends: Vec<Ipv4Addr> = (1..=6).map(backend_ip).collect();

@@ -2,6 +2,9 @@
 //! real HTTP and HTTPS servers on the backends; health pages switched at run time take
 //! backends out of rotation and bring them back, and real TCP shows what the datapath does.
 //! The second test measures detection time with the default settings.
+//!
+//! Over 400 lines on purpose: two long scenarios on one farm of HTTP and HTTPS backends, each
+//! step depending on the one before.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpStream},

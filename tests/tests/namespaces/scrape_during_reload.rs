@@ -119,12 +119,15 @@ fn a_metrics_scrape_does_not_hold_up_a_reload_of_100_services() {
         "the scrape sees the filled table"
     );
 
-    // The same reload twice: alone, then with scrapes running back to back.
+    // The same reload (a third backend in every service: 100 new tables) twice: alone, then,
+    // after going back, with scrapes running back to back.
     d.write_config(&config(3));
     let (start, end) = reload(&d);
     let alone = end - start;
-
     d.write_config(&config(2));
+    reload(&d);
+
+    d.write_config(&config(3));
     let stop = AtomicBool::new(false);
     let (spans, (start, end)) = thread::scope(|scope| {
         let scraper = scope.spawn(|| {

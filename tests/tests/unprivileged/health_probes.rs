@@ -2,6 +2,9 @@
 //! here), statuses switched at run time, slow, hung, refusing and resetting servers. Each test
 //! drives the real `Prober` (fixed-rate schedule, timeouts) into the real rise/fall `Tracker`,
 //! with a short interval so the whole file runs in seconds; waits are bounded, never timed.
+//!
+//! Over 400 lines on purpose: one short test per server behaviour, sharing the servers and the
+//! prober set-up at the top.
 
 use std::{
     collections::HashMap,

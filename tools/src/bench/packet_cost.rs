@@ -194,7 +194,9 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         let frame = pkt.bytes();
         let one = match case.timing {
             Timing::SameFlow => single(prog, ingress, &frame, runs, case.action, |_, _| {}),
-            Timing::NewClientEachRun => single(prog, ingress, &frame, runs, case.action, set_client),
+            Timing::NewClientEachRun => {
+                single(prog, ingress, &frame, runs, case.action, set_client)
+            }
         };
         cases.push(cost(case.name, case.action, one, runs, None));
     }

@@ -1,4 +1,6 @@
 //! The Markdown report and its plots.
+//!
+//! Over 400 lines on purpose: the report's text, section by section, in the order it is read.
 
 use std::{fmt::Write as _, path::Path, process::Command};
 

@@ -126,4 +126,3 @@ pub(super) fn balancing(mode: Mode) {
     println!("{mode_name}: 60 UDP exchanges: {}", shares(&counts));
     assert_eq!(counts.len(), 3, "{mode_name}: {counts:?}");
 }
-

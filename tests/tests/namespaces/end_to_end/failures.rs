@@ -163,4 +163,3 @@ pub(super) fn bad_input(mode: Mode) {
         "{mode_name}: XDP_DROP count"
     );
 }
-

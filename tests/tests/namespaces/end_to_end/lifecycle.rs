@@ -144,4 +144,3 @@ pub(super) fn lifecycle(mode: Mode) {
 }
 
 // 6. Fail-static.
-

@@ -1,0 +1,170 @@
+//! The checks of one service on its own: name, VIP, ports, backends, health.
+
+use super::*;
+
+pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let at = |field: &str| format!("{path}.{field}");
+    out.extend(name_problem(&s.name, &at("name")));
+    out.extend(unicast_v4_problem(s.vip, &at("vip")));
+    if s.ports.is_empty() {
+        out.push(Problem::new(at("ports"), "no ports").hint("e.g. ports: [\"443\"]"));
+    }
+    for (i, a) in s.ports.iter().enumerate() {
+        for (j, b) in s.ports.iter().enumerate().skip(i + 1) {
+            if a.overlaps(b) {
+                out.push(Problem::new(
+                    format!("{path}.ports[{j}]"),
+                    format!("port rule {b} overlaps {a} (ports[{i}]) of the same service"),
+                ));
+            }
+        }
+    }
+    if s.network_prefix == 0 || s.network_prefix > 32 {
+        out.push(Problem::new(
+            at("network_prefix"),
+            format!("/{} is not an IPv4 prefix length (1-32)", s.network_prefix),
+        ));
+    }
+    if s.backends.is_empty() && s.filtering != Filtering::Disabled {
+        out.push(
+            Problem::new(at("backends"), "no backends")
+                .hint("list at least one, or set filtering: disabled to drop this traffic"),
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut targets: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+    let mut priorities: HashMap<u32, usize> = HashMap::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        out.extend(name_problem(&b.name, &format!("{bpath}.name")));
+        if let Some(first) = names.insert(&b.name, i) {
+            out.push(Problem::new(
+                format!("{bpath}.name"),
+                format!(
+                    "backend name `{}` is already used by backends[{first}]",
+                    b.name
+                ),
+            ));
+        }
+        if let Some(p) = unicast_v4_problem(b.address, &format!("{bpath}.address")) {
+            out.push(p);
+        } else if b.address == s.vip {
+            out.push(Problem::new(
+                format!("{bpath}.address"),
+                "a backend cannot be the VIP itself",
+            ));
+        }
+        if let Some(first) = targets.insert((b.address, b.port), i) {
+            out.push(Problem::new(
+                format!("{bpath}.address"),
+                format!("backends[{first}] already sends to this address and port"),
+            ));
+        }
+        if b.port == Some(0) {
+            out.push(
+                Problem::new(format!("{bpath}.port"), "port 0 is not a port")
+                    .hint("omit port to keep the client's destination port"),
+            );
+        }
+        if b.weight > MAX_WEIGHT {
+            out.push(
+                Problem::new(
+                    format!("{bpath}.weight"),
+                    format!("weight {} is out of range 0..={MAX_WEIGHT}", b.weight),
+                )
+                .hint("weights are relative: 100 is the default, 0 takes no new flows"),
+            );
+        }
+        let priority = s.priority_of(i);
+        if let Some(first) = priorities.insert(priority, i) {
+            out.push(
+                Problem::new(
+                    format!("{bpath}.priority"),
+                    format!("priority {priority} is already held by backends[{first}]"),
+                )
+                .hint("filtering: single needs a distinct priority per backend"),
+            );
+        }
+    }
+    if let Some(h) = &s.health {
+        let hp = |field: &str| format!("{path}.health.{field}");
+        if h.interval.is_zero() {
+            out.push(Problem::new(
+                hp("interval"),
+                "the probe interval must be above zero",
+            ));
+        }
+        if h.timeout.is_zero() {
+            out.push(Problem::new(
+                hp("timeout"),
+                "the probe timeout must be above zero",
+            ));
+        } else if h.timeout > h.interval {
+            out.push(
+                Problem::new(
+                    hp("timeout"),
+                    format!(
+                        "timeout {} is longer than interval {}",
+                        humantime::format_duration(h.timeout),
+                        humantime::format_duration(h.interval)
+                    ),
+                )
+                .hint("a probe must finish before the next one starts"),
+            );
+        }
+        if h.rise == 0 {
+            out.push(Problem::new(hp("rise"), "rise must be at least 1"));
+        }
+        if h.fall == 0 {
+            out.push(Problem::new(hp("fall"), "fall must be at least 1"));
+        }
+        if !h.http.path.starts_with('/') {
+            out.push(
+                Problem::new(
+                    hp("http.path"),
+                    format!("`{}` is not an absolute path", h.http.path),
+                )
+                .hint("e.g. /owa/healthcheck.htm"),
+            );
+        } else if h.http.path.parse::<http::uri::PathAndQuery>().is_err() {
+            out.push(
+                Problem::new(
+                    hp("http.path"),
+                    format!("`{}` is not a valid request path", h.http.path),
+                )
+                .hint("spaces and other special characters must be percent-encoded"),
+            );
+        }
+        if let Some(host) = &h.http.host
+            && (rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
+                || host.parse::<http::uri::Authority>().is_err())
+        {
+            out.push(
+                Problem::new(
+                    hp("http.host"),
+                    format!("`{host}` is not a host name"),
+                )
+                .hint("the name the backend's certificate and virtual host answer to, e.g. mail.contoso.com"),
+            );
+        }
+        if h.http.port == 0 {
+            out.push(Problem::new(hp("http.port"), "port 0 is not a port"));
+        }
+        if h.http.expect_status.is_empty() {
+            out.push(Problem::new(
+                hp("http.expect_status"),
+                "no status would count as healthy",
+            ));
+        }
+        for (i, code) in h.http.expect_status.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                out.push(Problem::new(
+                    format!("{path}.health.http.expect_status[{i}]"),
+                    format!("{code} is not an HTTP status"),
+                ));
+            }
+        }
+    }
+    out
+}
