@@ -3,7 +3,7 @@
 //! every packet the datapath's invariants must hold:
 //! - a packet that is not to a VIP and not a reply of a balanced flow passes unchanged;
 //! - a PASS never changes a packet (every neighbour is known here, so nothing is passed
-//! translated);
+//!   translated);
 //! - a DROP only ever hits traffic addressed to a VIP;
 //! - a forwarded packet to a backend goes to a live backend, with that backend's MAC;
 //! - a forwarded packet whose input had valid checksums leaves with valid checksums;
