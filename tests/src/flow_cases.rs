@@ -152,203 +152,256 @@ fn translated_only(to: Ipv4Addr) -> impl Fn(&Bed, &Pkt) -> Vec<u8> {
     move |_, pkt| pkt.clone().addressed(CLIENT, (to, 443)).bytes()
 }
 
+/// Every row, in the order the bench reports them.
 pub fn all() -> Vec<FlowCase> {
     vec![
-        FlowCase {
-            name: "two-arm new flow (SYN): DNAT to the predicted backend, TTL-1",
-            setup: three_backends,
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-                )
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "two-arm established flow: the flow keeps its backend",
-            setup: |bed| {
-                three_backends(bed);
-                syn_from_client(bed);
-            },
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
-                )
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
-            counts: None,
-            timing: Timing::SameFlow,
-        },
-        FlowCase {
-            name: "two-arm reply: source restored to the VIP",
-            setup: |bed| {
-                three_backends(bed);
-                syn_from_client(bed);
-            },
-            input: |bed| {
-                let backend = bed.predict("web", CLIENT.0, CLIENT.1);
-                let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
-                (bed.server_if, bed.from_backend(reply, bed.server_if))
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
-            counts: None,
-            timing: Timing::SameFlow,
-        },
-        FlowCase {
-            name: "mid-flow packet without state: balanced like its SYN, counted",
-            setup: three_backends,
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
-                )
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
-            counts: Some(Counter::Event(FlowEvent::NonSynMiss)),
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "port-range rule: any port of the range, the client's port kept",
-            setup: |bed| {
-                let mut s = service("rpc", 1024, &[1, 2, 3].map(backend_ip));
-                s.ports = vec![PortRange {
-                    lo: 1024,
-                    hi: 65535,
-                }];
-                bed.install(s);
-            },
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 6001), SYN)),
-                )
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_backend(bed, pkt, (bed.predict("rpc", CLIENT.0, CLIENT.1), 6001)),
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "UDP new flow",
-            setup: udp_service,
-            input: |bed| (bed.client_if, bed.from_client(udp(false))),
-            action: XDP_REDIRECT,
-            output: udp_to_backend,
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "UDP without a checksum: it stays without one",
-            setup: udp_service,
-            input: |bed| (bed.client_if, bed.from_client(udp(true))),
-            action: XDP_REDIRECT,
-            output: udp_to_backend,
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "a backend port rewrites the destination port",
-            setup: backend_on_8443,
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-                )
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_backend(bed, pkt, (backend_ip(1), 8443)),
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "reply from a backend port: source restored to VIP:443",
-            setup: |bed| {
-                backend_on_8443(bed);
-                syn_from_client(bed);
-            },
-            input: |bed| {
-                let reply = Pkt::tcp((backend_ip(1), 8443), CLIENT, SYN_ACK);
-                (bed.server_if, bed.from_backend(reply, bed.server_if))
-            },
-            action: XDP_REDIRECT,
-            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
-            counts: None,
-            timing: Timing::SameFlow,
-        },
-        FlowCase {
-            name: "one-arm new flow (SYN): DNAT and SNAT, out the interface it came in on",
-            setup: one_arm,
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-                )
-            },
-            action: XDP_TX,
-            output: |bed, pkt| {
-                let (backend, snat) = one_arm_flow(bed);
-                assert_eq!(backend, bed.predict("web", CLIENT.0, CLIENT.1));
-                pkt.clone()
-                    .addressed(snat, (backend, 443))
-                    .ttl(pkt.ttl - 1)
-                    .macs(bed.client_if.mac, neighbour_mac(backend))
-                    .bytes()
-            },
-            counts: None,
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "one-arm reply: reverse SNAT and DNAT",
-            setup: |bed| {
-                one_arm(bed);
-                let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
-                assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_TX, "setup SYN");
-            },
-            input: |bed| {
-                let (backend, snat) = one_arm_flow(bed);
-                let reply = Pkt::tcp((backend, 443), snat, SYN_ACK);
-                (bed.client_if, bed.from_backend(reply, bed.client_if))
-            },
-            action: XDP_TX,
-            output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
-            counts: None,
-            timing: Timing::SameFlow,
-        },
-        FlowCase {
-            name: "unknown neighbour: translated, then the kernel forwards it and resolves ARP",
-            setup: |bed| single_backend_at(bed, UNRESOLVED_BACKEND),
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-                )
-            },
-            action: XDP_PASS,
-            output: |bed, pkt| translated_only(UNRESOLVED_BACKEND)(bed, pkt),
-            counts: Some(Counter::Pass(PassReason::NoNeighbour)),
-            timing: Timing::NewClientEachRun,
-        },
-        FlowCase {
-            name: "no route: translated, then the kernel answers with ICMP unreachable",
-            setup: |bed| single_backend_at(bed, UNROUTABLE_BACKEND),
-            input: |bed| {
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-                )
-            },
-            action: XDP_PASS,
-            output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
-            counts: Some(Counter::Pass(PassReason::NoFastRoute)),
-            timing: Timing::NewClientEachRun,
-        },
+        two_arm_new_flow(),
+        two_arm_established_flow(),
+        two_arm_reply(),
+        mid_flow_without_state(),
+        port_range_rule(),
+        udp_new_flow(),
+        udp_without_checksum(),
+        backend_port_rewrite(),
+        reply_from_backend_port(),
+        one_arm_new_flow(),
+        one_arm_reply(),
+        unknown_neighbour(),
+        no_route(),
     ]
+}
+
+pub fn two_arm_new_flow() -> FlowCase {
+    FlowCase {
+        name: "two-arm new flow (SYN): DNAT to the predicted backend, TTL-1",
+        setup: three_backends,
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+            )
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn two_arm_established_flow() -> FlowCase {
+    FlowCase {
+        name: "two-arm established flow: the flow keeps its backend",
+        setup: |bed| {
+            three_backends(bed);
+            syn_from_client(bed);
+        },
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
+            )
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn two_arm_reply() -> FlowCase {
+    FlowCase {
+        name: "two-arm reply: source restored to the VIP",
+        setup: |bed| {
+            three_backends(bed);
+            syn_from_client(bed);
+        },
+        input: |bed| {
+            let backend = bed.predict("web", CLIENT.0, CLIENT.1);
+            let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
+            (bed.server_if, bed.from_backend(reply, bed.server_if))
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn mid_flow_without_state() -> FlowCase {
+    FlowCase {
+        name: "mid-flow packet without state: balanced like its SYN, counted",
+        setup: three_backends,
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
+            )
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        counts: Some(Counter::Event(FlowEvent::NonSynMiss)),
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn port_range_rule() -> FlowCase {
+    FlowCase {
+        name: "port-range rule: any port of the range, the client's port kept",
+        setup: |bed| {
+            let mut s = service("rpc", 1024, &[1, 2, 3].map(backend_ip));
+            s.ports = vec![PortRange {
+                lo: 1024,
+                hi: 65535,
+            }];
+            bed.install(s);
+        },
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 6001), SYN)),
+            )
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("rpc", CLIENT.0, CLIENT.1), 6001)),
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn udp_new_flow() -> FlowCase {
+    FlowCase {
+        name: "UDP new flow",
+        setup: udp_service,
+        input: |bed| (bed.client_if, bed.from_client(udp(false))),
+        action: XDP_REDIRECT,
+        output: udp_to_backend,
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn udp_without_checksum() -> FlowCase {
+    FlowCase {
+        name: "UDP without a checksum: it stays without one",
+        setup: udp_service,
+        input: |bed| (bed.client_if, bed.from_client(udp(true))),
+        action: XDP_REDIRECT,
+        output: udp_to_backend,
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn backend_port_rewrite() -> FlowCase {
+    FlowCase {
+        name: "a backend port rewrites the destination port",
+        setup: backend_on_8443,
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+            )
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_backend(bed, pkt, (backend_ip(1), 8443)),
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn reply_from_backend_port() -> FlowCase {
+    FlowCase {
+        name: "reply from a backend port: source restored to VIP:443",
+        setup: |bed| {
+            backend_on_8443(bed);
+            syn_from_client(bed);
+        },
+        input: |bed| {
+            let reply = Pkt::tcp((backend_ip(1), 8443), CLIENT, SYN_ACK);
+            (bed.server_if, bed.from_backend(reply, bed.server_if))
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn one_arm_new_flow() -> FlowCase {
+    FlowCase {
+        name: "one-arm new flow (SYN): DNAT and SNAT, out the interface it came in on",
+        setup: one_arm,
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+            )
+        },
+        action: XDP_TX,
+        output: |bed, pkt| {
+            let (backend, snat) = one_arm_flow(bed);
+            assert_eq!(backend, bed.predict("web", CLIENT.0, CLIENT.1));
+            pkt.clone()
+                .addressed(snat, (backend, 443))
+                .ttl(pkt.ttl - 1)
+                .macs(bed.client_if.mac, neighbour_mac(backend))
+                .bytes()
+        },
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn one_arm_reply() -> FlowCase {
+    FlowCase {
+        name: "one-arm reply: reverse SNAT and DNAT",
+        setup: |bed| {
+            one_arm(bed);
+            let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
+            assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_TX, "setup SYN");
+        },
+        input: |bed| {
+            let (backend, snat) = one_arm_flow(bed);
+            let reply = Pkt::tcp((backend, 443), snat, SYN_ACK);
+            (bed.client_if, bed.from_backend(reply, bed.client_if))
+        },
+        action: XDP_TX,
+        output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn unknown_neighbour() -> FlowCase {
+    FlowCase {
+        name: "unknown neighbour: translated, then the kernel forwards it and resolves ARP",
+        setup: |bed| single_backend_at(bed, UNRESOLVED_BACKEND),
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+            )
+        },
+        action: XDP_PASS,
+        output: |bed, pkt| translated_only(UNRESOLVED_BACKEND)(bed, pkt),
+        counts: Some(Counter::Pass(PassReason::NoNeighbour)),
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn no_route() -> FlowCase {
+    FlowCase {
+        name: "no route: translated, then the kernel answers with ICMP unreachable",
+        setup: |bed| single_backend_at(bed, UNROUTABLE_BACKEND),
+        input: |bed| {
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+            )
+        },
+        action: XDP_PASS,
+        output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
+        counts: Some(Counter::Pass(PassReason::NoFastRoute)),
+        timing: Timing::NewClientEachRun,
+    }
 }

@@ -16,25 +16,58 @@ use lb_common::{
 use xnlb::config::{Affinity, Filtering, PortRange, Protocol};
 use xnlb_tests::{
     bed::*,
-    flow_cases::{self, three_backends, to_backend, to_client},
+    flow_cases::{self, FlowCase, three_backends, to_backend, to_client},
     packets::*,
 };
 
-#[test]
-fn every_flow_case_row() {
-    for case in flow_cases::all() {
-        let mut bed = Bed::new();
-        (case.setup)(&mut bed);
-        let (ingress, pkt) = (case.input)(&bed);
-        let before = case.counts.map(|c| c.read(&bed));
-        let (action, out) = bed.run(ingress, &pkt.bytes());
-        assert_eq!(action, case.action, "{}: action", case.name);
-        assert_eq!(out, (case.output)(&bed, &pkt), "{}: bytes", case.name);
-        if let (Some(counter), Some(before)) = (case.counts, before) {
-            assert_eq!(counter.read(&bed), before + 1, "{}: {counter:?}", case.name);
-        }
+/// Runs one row on a fresh bed: the action, the exact bytes, the counter.
+fn check(case: FlowCase) {
+    let mut bed = Bed::new();
+    (case.setup)(&mut bed);
+    let (ingress, pkt) = (case.input)(&bed);
+    let before = case.counts.map(|c| c.read(&bed));
+    let (action, out) = bed.run(ingress, &pkt.bytes());
+    assert_eq!(action, case.action, "{}: action", case.name);
+    assert_eq!(out, (case.output)(&bed, &pkt), "{}: bytes", case.name);
+    if let (Some(counter), Some(before)) = (case.counts, before) {
+        assert_eq!(counter.read(&bed), before + 1, "{}: {counter:?}", case.name);
     }
 }
+
+/// One test per row of `flow_cases`, and a check that no row is left out.
+macro_rules! rows {
+    ($($row:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $row() {
+                check(flow_cases::$row());
+            }
+        )+
+
+        #[test]
+        fn every_row_has_its_test() {
+            let tested = [$(flow_cases::$row().name),+];
+            let rows: Vec<&str> = flow_cases::all().iter().map(|c| c.name).collect();
+            assert_eq!(rows, tested, "list every row of flow_cases::all() here");
+        }
+    };
+}
+
+rows!(
+    two_arm_new_flow,
+    two_arm_established_flow,
+    two_arm_reply,
+    mid_flow_without_state,
+    port_range_rule,
+    udp_new_flow,
+    udp_without_checksum,
+    backend_port_rewrite,
+    reply_from_backend_port,
+    one_arm_new_flow,
+    one_arm_reply,
+    unknown_neighbour,
+    no_route,
+);
 
 #[test]
 fn a_flows_packets_are_counted_for_its_backend_and_service() {
