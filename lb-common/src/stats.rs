@@ -25,6 +25,8 @@ reasons! {
     DropReason {
         /// IPv4 header to a VIP is invalid (version, IHL < 5, total length).
         MalformedIp = "malformed_ip",
+        /// IPv4 header to a VIP fails its checksum: corrupted on the way, never balanced.
+        IpChecksum = "ip_checksum",
         /// TCP/UDP header to a VIP is truncated or has a bad data offset.
         MalformedL4 = "malformed_l4",
         /// Fragment to a VIP: fragments after the first carry no ports, so none can be balanced.
@@ -85,6 +87,9 @@ reasons! {
         SnatPortRetry = "snat_port_retry",
         /// A flow's reply entry was missing or stolen and was claimed again.
         ReplyReclaimed = "reply_reclaimed",
+        /// A backend's packet matched a reply entry whose flow is gone, expired or elsewhere:
+        /// the packet went to the kernel untouched and the entry was removed.
+        StaleReply = "stale_reply",
     }
 }
 

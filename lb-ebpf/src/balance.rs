@@ -122,12 +122,17 @@ pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Out
     let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
         return Outcome::Pass(PassReason::NotOurs);
     };
+    let Some(settings) = SETTINGS.get(0) else {
+        return Outcome::Pass(PassReason::NotOurs);
+    };
+    // SAFETY: a helper that takes no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !conntrack::reply_owner_alive(entry, &key, &l4, settings, now) {
+        return Outcome::Pass(PassReason::NotOurs);
+    }
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
-    // SAFETY: a helper that takes no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    conntrack::reply_seen(entry, &key, &l4, now);
     let client = &entry.client;
     nat::rewrite(
         ip,

@@ -57,20 +57,33 @@ pub fn client_flow(
     new_flow(svc, service_id, key, l4.is_syn(), existing, s, now)
 }
 
-/// Refreshes the owning flow when its backend replies.
+/// Whether the flow that owns `entry` is alive and still points back at `reply`; if so it is
+/// refreshed by the reply. An entry whose flow is gone, expired or moved owns nothing: it is
+/// removed, so it can never rewrite traffic that is not the balancer's (the backend's own
+/// connections from a client port a balanced flow once used).
 #[inline(always)]
-pub fn reply_seen(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) {
+pub fn reply_owner_alive(
+    entry: &ReplyEntry,
+    reply: &FlowKey,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
     if let Some(flow) = FLOWS.get_ptr_mut(&entry.client) {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let f = unsafe { &mut *flow };
-        if f.reply.same(reply) {
+        if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
             f.last_seen_ns = now;
             if l4.is_fin_or_rst() {
                 f.state = FlowState::Closing as u8;
             }
+            return true;
         }
     }
+    let _ = REPLIES.remove(reply);
+    stats::flow_event(FlowEvent::StaleReply);
+    false
 }
 
 /// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the

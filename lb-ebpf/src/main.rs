@@ -95,6 +95,9 @@ fn process(ctx: &XdpContext) -> Outcome {
         };
     }
     if to_vip {
+        if !packet::ipv4_checksum_ok(ctx, packet::ipv4_header_len(ip)) {
+            return Outcome::Drop(DropReason::IpChecksum);
+        }
         return balance::to_vip(ctx, eth, ip);
     }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or

@@ -71,6 +71,36 @@ pub fn check_ipv4(ip: &Ipv4Hdr, l3_len: usize) -> Ipv4Check {
     Ipv4Check::Valid
 }
 
+/// Whether the IPv4 header (of `ihl` bytes, already checked to lie in the frame) sums to
+/// 0xffff, as RFC 1071 requires. Only traffic to a VIP is checked: the rest is the kernel's.
+#[inline(always)]
+pub fn ipv4_checksum_ok(ctx: &XdpContext, ihl: usize) -> bool {
+    // The 20 fixed bytes as five 32-bit words, summed in 64 bits and folded: no carries lost.
+    let Some(words) = ptr_at::<[u32; 5]>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: `ptr_at` checked that these 20 bytes lie inside the packet.
+    let words = unsafe { &*words };
+    let mut sum: u64 = words.iter().map(|&w| w as u64).sum();
+    // Options (rare): up to 40 more bytes, one 32-bit word at a time.
+    for i in 0..10 {
+        if 20 + i * 4 >= ihl {
+            break;
+        }
+        let Some(word) = ptr_at::<u32>(ctx, ETH_HLEN + 20 + i * 4) else {
+            return false;
+        };
+        // SAFETY: `ptr_at` checked that these 4 bytes lie inside the packet.
+        sum += unsafe { *word } as u64;
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let mut folded = (sum & 0xffff) + (sum >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded == 0xffff
+}
+
 #[inline(always)]
 pub fn ipv4_header_len(ip: &Ipv4Hdr) -> usize {
     (ip.version_ihl & 0x0f) as usize * 4

@@ -216,3 +216,17 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame after a test edited the header, so
+/// that the edit, not the checksum, is what the datapath sees.
+pub fn reseal_ipv4(frame: &mut [u8]) {
+    let ihl = (frame[14] & 0x0f) as usize * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let sum = frame[14..14 + ihl]
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}

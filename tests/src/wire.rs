@@ -33,7 +33,23 @@ impl FrameSender {
         Self { fd, ifindex }
     }
 
+    /// Sends one frame. A veth whose peer's backlog is full refuses a frame (`ENOBUFS`) when
+    /// the machine is busy, as a NIC's full queue would make a driver wait: that is retried,
+    /// 1 ms apart, at most 200 times (0.2 s), so the burst arrives whole; other errors return.
     pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut refused = 0;
+        loop {
+            match self.send_once(frame) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && refused < 200 => {
+                    refused += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn send_once(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set are plain integers.
         let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         to.sll_family = libc::AF_PACKET as u16;

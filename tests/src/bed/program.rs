@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use lb_common::{backend::BackendState, hash::affinity_hash, limits::MAX_BACKENDS};
 use xnlb::{
@@ -107,10 +106,6 @@ impl Programmer {
                 hi: ports.1,
             },
         });
-    }
-
-    pub fn udp_timeout(&mut self, timeout: Duration) {
-        self.config.conntrack.udp_timeout = timeout;
     }
 
     /// Moves the maps to what the config and the backend states ask for, as a reload or a

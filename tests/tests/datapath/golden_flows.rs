@@ -6,7 +6,7 @@
 //! Over 400 lines on purpose: each scenario is a short story of several packets that reads
 //! best whole, and they share the helpers at the top.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use lb_common::{
     backend::BackendState,
@@ -409,9 +409,9 @@ fn timeouts_expire_flows() {
         1,
         "within the timeout: one flow"
     );
-    bed.program.udp_timeout(std::time::Duration::ZERO);
+    bed.program.config.conntrack.udp_timeout = Duration::ZERO;
     bed.reprogram();
-    std::thread::sleep(std::time::Duration::from_millis(20)); // past the coarse clock's tick
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick
     bed.run(bed.client_if, &pkt);
     assert_eq!(
         bed.dp.reader().service_stats(dns).unwrap().new_flows,
@@ -490,5 +490,49 @@ fn switching_a_ring_moves_new_flows_only() {
     assert!(
         new.contains(&backend_ip(4)),
         "new flows reach the added backend"
+    );
+}
+
+#[test]
+fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
+    // A client once reached the backend through the VIP from port P; later it connects to the
+    // backend's own address from the same port. The backend's answer carries the same tuple as
+    // the old flow's replies, but it is not the balancer's: it must pass byte for byte.
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(12), 45_000);
+    let backend = bed.predict("web", client.0, client.1);
+    let syn = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN));
+    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT);
+    let answer = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &answer.bytes());
+    assert_eq!(
+        action, XDP_REDIRECT,
+        "while the flow lives, its replies are translated"
+    );
+    assert_eq!(out, to_client(&bed, &answer, 443, client));
+
+    bed.program.config.conntrack.tcp_timeout = Duration::ZERO;
+    bed.reprogram();
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick
+    let stamped = bed.dp.reader().flows().unwrap()[0].1.last_seen_ns;
+    for round in 1..=2 {
+        let (action, out) = bed.run(bed.server_if, &answer.bytes());
+        assert_eq!(
+            action, XDP_PASS,
+            "round {round}: the flow expired, so not ours"
+        );
+        assert_eq!(out, answer.bytes(), "round {round}: untouched");
+    }
+    assert_eq!(
+        bed.events(FlowEvent::StaleReply),
+        1,
+        "the stale entry is counted once and removed"
+    );
+    assert!(bed.dp.reader().replies().unwrap().is_empty());
+    assert_eq!(
+        bed.dp.reader().flows().unwrap()[0].1.last_seen_ns,
+        stamped,
+        "the expired flow is not refreshed by the backend's packet"
     );
 }

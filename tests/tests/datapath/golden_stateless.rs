@@ -31,7 +31,14 @@ fn set_ipv4_byte(mut frame: Vec<u8>, offset: usize, value: u8) -> Vec<u8> {
 
 fn with_frag(frame: Vec<u8>, flags_offset: u16) -> Vec<u8> {
     let [hi, lo] = flags_offset.to_be_bytes();
-    set_ipv4_byte(set_ipv4_byte(frame, 6, hi), 7, lo)
+    let mut frame = set_ipv4_byte(set_ipv4_byte(frame, 6, hi), 7, lo);
+    reseal_ipv4(&mut frame);
+    frame
+}
+
+fn with_bad_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[14 + 10] ^= 0x5a;
+    frame
 }
 
 #[test]
@@ -53,13 +60,16 @@ fn stateless_golden_packets() {
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
     let mut icmp = to_vip(443);
     icmp[14 + 9] = 1;
+    reseal_ipv4(&mut icmp);
     let mut gre = to_vip(443);
     gre[14 + 9] = 47;
+    reseal_ipv4(&mut gre);
     let eth_only = to_vip(443)[..14].to_vec();
     let short_ip = to_vip(443)[..14 + 12].to_vec();
     let short_tcp = {
         let mut f = to_vip(443)[..14 + 20 + 10].to_vec();
         f[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes()); // total length says so too
+        reseal_ipv4(&mut f);
         f
     };
     let udp_to_rule_port = bed.from_client(Pkt::udp(client, (VIP, 443))).bytes();
@@ -148,6 +158,18 @@ fn stateless_golden_packets() {
             frame: set_ipv4_byte(short_tcp.clone(), 0, 0x4f),
             action: XDP_DROP,
             reason: Reason::Drop(DropReason::MalformedIp),
+        },
+        Row {
+            name: "bad IPv4 header checksum to VIP",
+            frame: with_bad_checksum(to_vip(443)),
+            action: XDP_DROP,
+            reason: Reason::Drop(DropReason::IpChecksum),
+        },
+        Row {
+            name: "bad IPv4 header checksum elsewhere",
+            frame: with_bad_checksum(elsewhere.clone()),
+            action: XDP_PASS,
+            reason: Reason::Pass(PassReason::NotOurs),
         },
         Row {
             name: "first fragment to VIP",

@@ -88,6 +88,7 @@ pub(super) fn bad_input(mode: Mode) {
                 let mut f = frame(&farm, syn(i));
                 f.truncate(14 + 20 + 10); // half a TCP header
                 f[16..18].copy_from_slice(&30u16.to_be_bytes());
+                reseal_ipv4(&mut f);
                 f
             })
             .collect(),
@@ -98,6 +99,17 @@ pub(super) fn bad_input(mode: Mode) {
             .map(|i| {
                 let mut f = frame(&farm, syn(i));
                 f[20] |= 0x20; // more fragments
+                reseal_ipv4(&mut f);
+                f
+            })
+            .collect(),
+    ));
+    kinds.push((
+        "ip_checksum",
+        (0..BURST)
+            .map(|i| {
+                let mut f = frame(&farm, syn(i));
+                f[24] ^= 0x5a; // corrupted on the way
                 f
             })
             .collect(),
@@ -124,7 +136,9 @@ pub(super) fn bad_input(mode: Mode) {
         let sender = FrameSender::open(&farm.net.client, "eth0");
         for i in 0..BURST {
             for (_, frames) in &kinds {
-                sender.send(&frames[i]).expect("send a bad frame");
+                sender
+                    .send(&frames[i])
+                    .unwrap_or_else(|e| panic!("send a bad frame: {e}"));
             }
             sender.send(&strangers[i]).expect("send a stranger's frame");
             if i % 50 == 0 {

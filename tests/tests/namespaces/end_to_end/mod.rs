@@ -15,7 +15,7 @@ use xnlb_tests::{
     apps::{Transfer, UdpEcho, http_get_from, tally, udp_ask},
     daemon::{Daemon, Scrape, backend_of},
     http_backend::{Answer, HttpBackend},
-    packets::{Pkt, SYN},
+    packets::{Pkt, SYN, reseal_ipv4},
     topology::{Mode, Net},
     wire::{FrameSender, ping},
 };
