@@ -5,6 +5,9 @@
 //!
 //! The golden tests check every row; the bench times every row's packet (`Timing` says how a
 //! row can be repeated), so what is measured is what is proven correct.
+//!
+//! Just over 400 lines: a row is a function of its own (so each has its test), and the rows
+//! read best together.
 
 use std::net::Ipv4Addr;
 

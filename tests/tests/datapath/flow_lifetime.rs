@@ -1,0 +1,199 @@
+//! A flow's life after its first packet: FIN and reuse, timeouts, its backend dying or
+//! draining, a ring switch under it, and its reply entry outliving it.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use super::selection::{backend_for, sent_to};
+use lb_common::{backend::BackendState, flow::FlowState, stats::FlowEvent};
+use xnlb::config::Protocol;
+use xnlb_tests::{
+    bed::*,
+    flow_cases::{three_backends, to_client},
+    packets::*,
+};
+
+#[test]
+fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(4), 40_000);
+    bed.run(
+        bed.client_if,
+        &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
+    );
+    bed.run(
+        bed.client_if,
+        &bed.from_client(Pkt::tcp(client, (VIP, 443), FIN_ACK))
+            .bytes(),
+    );
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(
+        flows[0].1.state,
+        FlowState::Closing as u8,
+        "FIN marks the flow closing"
+    );
+
+    // A retransmitted SYN while open keeps the flow; a SYN on a closing tuple is a new flow.
+    bed.run(
+        bed.client_if,
+        &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
+    );
+    let web = bed.service_id("web");
+    assert_eq!(bed.dp.reader().service_stats(web).unwrap().new_flows, 2);
+    // It reuses the old entries in place: one flow, open again, and one reply entry that still
+    // undoes the NAT for the backend's answer.
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.state, FlowState::Open as u8);
+    assert_eq!(bed.dp.reader().replies().unwrap().len(), 1);
+    let chosen = bed.program.address_of(flows[0].1.backend_id);
+    let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &reply.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_client(&bed, &reply, 443, client));
+}
+
+#[test]
+fn timeouts_expire_flows() {
+    let mut bed = Bed::new();
+    let mut dns = service("dns", 88, &[1, 2, 3].map(backend_ip));
+    dns.protocol = Protocol::Udp;
+    bed.install(dns);
+    let dns = bed.service_id("dns");
+    let pkt = bed
+        .from_client(Pkt::udp((client_ip(1), 5000), (VIP, 88)))
+        .bytes();
+    bed.run(bed.client_if, &pkt);
+    bed.run(bed.client_if, &pkt);
+    assert_eq!(
+        bed.dp.reader().service_stats(dns).unwrap().new_flows,
+        1,
+        "within the timeout: one flow"
+    );
+    bed.program.config.conntrack.udp_timeout = Duration::ZERO;
+    bed.reprogram();
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick
+    bed.run(bed.client_if, &pkt);
+    assert_eq!(
+        bed.dp.reader().service_stats(dns).unwrap().new_flows,
+        2,
+        "after the timeout: a new flow"
+    );
+}
+
+#[test]
+fn established_flows_leave_a_dead_backend_but_stay_on_a_draining_one() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    // One flow per backend.
+    let mut flows = Vec::new();
+    for port in 40_000.. {
+        let chosen = bed.predict("web", client_ip(1), port);
+        if flows.iter().all(|&(_, c)| c != chosen) {
+            backend_for(&bed, (client_ip(1), port));
+            flows.push((port, chosen));
+        }
+        if flows.len() == 3 {
+            break;
+        }
+    }
+    let ack_to = |bed: &Bed, port| sent_to(bed, (client_ip(1), port), ACK);
+    let (drain_port, draining) = flows[0];
+    let (dead_port, dead) = flows[1];
+    let name_of = |addr: Ipv4Addr| format!("b{}", addr.octets()[3] - 10);
+    bed.set_state("web", &name_of(draining), BackendState::Draining);
+    bed.set_state("web", &name_of(dead), BackendState::Down);
+
+    assert_eq!(
+        ack_to(&bed, drain_port),
+        (draining),
+        "draining keeps its established flow"
+    );
+    let moved = ack_to(&bed, dead_port);
+    assert_ne!(moved, (dead), "a dead backend's flow is re-selected");
+    assert_eq!(bed.events(FlowEvent::ReselectedDown), 1);
+    for port in 50_000..50_020 {
+        let got = backend_for(&bed, (client_ip(2), port));
+        assert_ne!(got, (draining), "no new flow to a draining backend");
+        assert_ne!(got, (dead), "no new flow to a dead backend");
+    }
+}
+
+#[test]
+fn switching_a_ring_moves_new_flows_only() {
+    let mut bed = Bed::new();
+    assert!(
+        bed.dp.ring_mapped(),
+        "ring tables are written through the mmap-ed map"
+    );
+    three_backends(&mut bed);
+    let established: Vec<(u16, Ipv4Addr)> = (40_000..40_050)
+        .map(|p| (p, backend_for(&bed, (client_ip(1), p))))
+        .collect();
+    let mut web = bed.program.service("web").clone();
+    web.backends.push(backend("b4", backend_ip(4)));
+    bed.install(web);
+    for (port, backend) in established {
+        let (_, out) = bed.run(
+            bed.client_if,
+            &bed.from_client(Pkt::tcp((client_ip(1), port), (VIP, 443), ACK))
+                .bytes(),
+        );
+        assert_eq!(
+            &out[30..34],
+            &backend.octets(),
+            "established flow on port {port} keeps its backend"
+        );
+    }
+    let new: Vec<Ipv4Addr> = (60_000..60_100)
+        .map(|p| backend_for(&bed, (client_ip(1), p)))
+        .collect();
+    assert!(
+        new.contains(&backend_ip(4)),
+        "new flows reach the added backend"
+    );
+}
+
+#[test]
+fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
+    // A client once reached the backend through the VIP from port P; later it connects to the
+    // backend's own address from the same port. The backend's answer carries the same tuple as
+    // the old flow's replies, but it is not the balancer's: it must pass byte for byte.
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(12), 45_000);
+    let backend = bed.predict("web", client.0, client.1);
+    let syn = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN));
+    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT);
+    let answer = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &answer.bytes());
+    assert_eq!(
+        action, XDP_REDIRECT,
+        "while the flow lives, its replies are translated"
+    );
+    assert_eq!(out, to_client(&bed, &answer, 443, client));
+
+    bed.program.config.conntrack.tcp_timeout = Duration::ZERO;
+    bed.reprogram();
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick
+    let stamped = bed.dp.reader().flows().unwrap()[0].1.last_seen_ns;
+    for round in 1..=2 {
+        let (action, out) = bed.run(bed.server_if, &answer.bytes());
+        assert_eq!(
+            action, XDP_PASS,
+            "round {round}: the flow expired, so not ours"
+        );
+        assert_eq!(out, answer.bytes(), "round {round}: untouched");
+    }
+    assert_eq!(
+        bed.events(FlowEvent::StaleReply),
+        1,
+        "the stale entry is counted once and removed"
+    );
+    assert!(bed.dp.reader().replies().unwrap().is_empty());
+    assert_eq!(
+        bed.dp.reader().flows().unwrap()[0].1.last_seen_ns,
+        stamped,
+        "the expired flow is not refreshed by the backend's packet"
+    );
+}
