@@ -96,7 +96,7 @@ impl Programmer {
         self.states.insert((service.into(), backend.into()), state);
     }
 
-    /// One-arm with the plan's SNAT address and source ports `ports`.
+    /// One-arm, SNAT from `addresses` with source ports `ports`.
     pub fn one_arm(&mut self, addresses: &[Ipv4Addr], ports: (u16, u16)) {
         self.config.mode = xnlb::config::Mode::OneArm;
         self.config.snat = Some(Snat {
@@ -168,6 +168,10 @@ impl Programmer {
     pub fn predict(&self, service: &str, client: Ipv4Addr, port: u16) -> u32 {
         let plan = &self.image().services[&self.service_id(service)];
         let info = plan.info;
+        if plan.table.is_empty() {
+            // `filtering: single`, or nothing in rotation: no table to hash into.
+            return info.single_backend;
+        }
         let h = affinity_hash(
             info.affinity,
             info.network_prefix,
