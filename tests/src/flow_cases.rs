@@ -5,9 +5,6 @@
 //!
 //! The golden tests check every row; the bench times every row's packet (`Timing` says how a
 //! row can be repeated), so what is measured is what is proven correct.
-//!
-//! Just over 400 lines: a row is a function of its own (so each has its test), and the rows
-//! read best together.
 
 use std::net::Ipv4Addr;
 
@@ -81,13 +78,10 @@ pub fn one_arm(bed: &mut Bed) {
     bed.install(service("web", 443, &backends));
 }
 
-fn syn_from_client(bed: &mut Bed) {
-    let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
-    assert_eq!(
-        bed.run(bed.client_if, &syn.bytes()).0,
-        XDP_REDIRECT,
-        "setup SYN"
-    );
+/// Sends the client's SYN that starts the row's flow; the balancer must answer `action`.
+fn syn_from_client(bed: &mut Bed, action: u32) {
+    let (ingress, syn) = syn_to_vip(bed);
+    assert_eq!(bed.run(ingress, &syn.bytes()).0, action, "setup SYN");
 }
 
 /// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
@@ -108,6 +102,27 @@ pub fn to_client(bed: &Bed, reply: &Pkt, port: u16, client: (Ipv4Addr, u16)) -> 
         .ttl(reply.ttl - 1)
         .macs(bed.client_if.mac, ROUTER_MAC)
         .bytes()
+}
+
+/// The client's SYN to VIP:443, as the router hands it to the client-side interface.
+fn syn_to_vip(bed: &Bed) -> (Iface, Pkt) {
+    (
+        bed.client_if,
+        bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
+    )
+}
+
+/// The client's ACK to VIP:443 (a packet of an established flow, or one without state).
+fn ack_to_vip(bed: &Bed) -> (Iface, Pkt) {
+    (
+        bed.client_if,
+        bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
+    )
+}
+
+/// `pkt` DNATed to the `web` backend the programmed table gives the client, port 443.
+fn to_predicted_web_backend(bed: &Bed, pkt: &Pkt) -> Vec<u8> {
+    to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443))
 }
 
 /// The only flow's backend address and SNAT source (one-arm rows make exactly one).
@@ -178,14 +193,9 @@ pub fn two_arm_new_flow() -> FlowCase {
     FlowCase {
         name: "two-arm new flow (SYN): DNAT to the predicted backend, TTL-1",
         setup: three_backends,
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-            )
-        },
+        input: syn_to_vip,
         action: XDP_REDIRECT,
-        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        output: to_predicted_web_backend,
         counts: None,
         timing: Timing::NewClientEachRun,
     }
@@ -196,16 +206,11 @@ pub fn two_arm_established_flow() -> FlowCase {
         name: "two-arm established flow: the flow keeps its backend",
         setup: |bed| {
             three_backends(bed);
-            syn_from_client(bed);
+            syn_from_client(bed, XDP_REDIRECT);
         },
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
-            )
-        },
+        input: ack_to_vip,
         action: XDP_REDIRECT,
-        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        output: to_predicted_web_backend,
         counts: None,
         timing: Timing::SameFlow,
     }
@@ -216,7 +221,7 @@ pub fn two_arm_reply() -> FlowCase {
         name: "two-arm reply: source restored to the VIP",
         setup: |bed| {
             three_backends(bed);
-            syn_from_client(bed);
+            syn_from_client(bed, XDP_REDIRECT);
         },
         input: |bed| {
             let backend = bed.predict("web", CLIENT.0, CLIENT.1);
@@ -234,14 +239,9 @@ pub fn mid_flow_without_state() -> FlowCase {
     FlowCase {
         name: "mid-flow packet without state: balanced like its SYN, counted",
         setup: three_backends,
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), ACK)),
-            )
-        },
+        input: ack_to_vip,
         action: XDP_REDIRECT,
-        output: |bed, pkt| to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443)),
+        output: to_predicted_web_backend,
         counts: Some(Counter::Event(FlowEvent::NonSynMiss)),
         timing: Timing::NewClientEachRun,
     }
@@ -299,12 +299,7 @@ pub fn backend_port_rewrite() -> FlowCase {
     FlowCase {
         name: "a backend port rewrites the destination port",
         setup: backend_on_8443,
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-            )
-        },
+        input: syn_to_vip,
         action: XDP_REDIRECT,
         output: |bed, pkt| to_backend(bed, pkt, (backend_ip(1), 8443)),
         counts: None,
@@ -317,7 +312,7 @@ pub fn reply_from_backend_port() -> FlowCase {
         name: "reply from a backend port: source restored to VIP:443",
         setup: |bed| {
             backend_on_8443(bed);
-            syn_from_client(bed);
+            syn_from_client(bed, XDP_REDIRECT);
         },
         input: |bed| {
             let reply = Pkt::tcp((backend_ip(1), 8443), CLIENT, SYN_ACK);
@@ -334,12 +329,7 @@ pub fn one_arm_new_flow() -> FlowCase {
     FlowCase {
         name: "one-arm new flow (SYN): DNAT and SNAT, out the interface it came in on",
         setup: one_arm,
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-            )
-        },
+        input: syn_to_vip,
         action: XDP_TX,
         output: |bed, pkt| {
             let (backend, snat) = one_arm_flow(bed);
@@ -360,8 +350,7 @@ pub fn one_arm_reply() -> FlowCase {
         name: "one-arm reply: reverse SNAT and DNAT",
         setup: |bed| {
             one_arm(bed);
-            let syn = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
-            assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_TX, "setup SYN");
+            syn_from_client(bed, XDP_TX);
         },
         input: |bed| {
             let (backend, snat) = one_arm_flow(bed);
@@ -379,12 +368,7 @@ pub fn unknown_neighbour() -> FlowCase {
     FlowCase {
         name: "unknown neighbour: translated, then the kernel forwards it and resolves ARP",
         setup: |bed| single_backend_at(bed, UNRESOLVED_BACKEND),
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-            )
-        },
+        input: syn_to_vip,
         action: XDP_PASS,
         output: |bed, pkt| translated_only(UNRESOLVED_BACKEND)(bed, pkt),
         counts: Some(Counter::Pass(PassReason::NoNeighbour)),
@@ -396,12 +380,7 @@ pub fn no_route() -> FlowCase {
     FlowCase {
         name: "no route: translated, then the kernel answers with ICMP unreachable",
         setup: |bed| single_backend_at(bed, UNROUTABLE_BACKEND),
-        input: |bed| {
-            (
-                bed.client_if,
-                bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN)),
-            )
-        },
+        input: syn_to_vip,
         action: XDP_PASS,
         output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
         counts: Some(Counter::Pass(PassReason::NoFastRoute)),
