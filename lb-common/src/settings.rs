@@ -36,6 +36,36 @@ const _: () = assert!(MAX_SNAT_ADDRS.is_power_of_two());
 /// How many ports the datapath tries when allocating an SNAT port for a new flow.
 pub const SNAT_PORT_ATTEMPTS: u32 = 8;
 
+/// How many (interface, MAC) pairs the datapath accepts frames for: the client and server
+/// interfaces' own addresses, with room for cluster mode's shared MAC.
+pub const MAX_OWN_MACS: usize = 4;
+
+/// A destination MAC the balancer acts on when a frame arrives on interface `ifindex`.
+/// `ifindex` 0 marks an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnMac {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<OwnMac>() == 12);
+
+impl OwnMac {
+    /// Whether a frame to `dst` arriving on `ifindex` is addressed to this entry. Byte by byte:
+    /// an array `==` may become a `memcmp` call, which BPF cannot make.
+    #[inline(always)]
+    pub fn matches(&self, ifindex: u32, dst: &[u8; 6]) -> bool {
+        self.ifindex == ifindex
+            && self.mac[0] == dst[0]
+            && self.mac[1] == dst[1]
+            && self.mac[2] == dst[2]
+            && self.mac[3] == dst[3]
+            && self.mac[4] == dst[4]
+            && self.mac[5] == dst[5]
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathSettings {
@@ -51,8 +81,14 @@ pub struct DatapathSettings {
     /// A [`Mode`] as `u8` (two-arm or one-arm).
     pub mode: u8,
     pub _pad: [u8; 7],
+    /// Frames are balanced or reverse-translated only when their destination MAC is one of
+    /// these for the interface they arrived on; the rest (flooded unicast for another host,
+    /// broadcast, multicast) pass untouched as `not_for_us`. The controller fills it from the
+    /// interfaces it attaches to; empty, the datapath acts on nothing.
+    pub own_macs: [OwnMac; MAX_OWN_MACS],
 }
-const _: () = assert!(core::mem::size_of::<DatapathSettings>() == 24 + 16 * 16 + 16);
+const _: () =
+    assert!(core::mem::size_of::<DatapathSettings>() == 24 + 16 * 16 + 16 + 12 * MAX_OWN_MACS);
 
 impl DatapathSettings {
     /// Settings that balance nothing special: two-arm, SPEC default timeouts.
@@ -67,6 +103,18 @@ impl DatapathSettings {
             snat_port_max: DEFAULT_SNAT_PORT_MAX,
             mode: Mode::TwoArm as u8,
             _pad: [0; 7],
+            own_macs: [OwnMac {
+                ifindex: 0,
+                mac: [0; 6],
+                _pad: [0; 2],
+            }; MAX_OWN_MACS],
         }
+    }
+
+    /// Whether a frame to `dst` that arrived on `ifindex` is addressed to the balancer.
+    #[inline(always)]
+    pub fn addressed_to_us(&self, ifindex: u32, dst: &[u8; 6]) -> bool {
+        // Unrolled by the compiler: four fixed slots, no bounds to prove.
+        self.own_macs.iter().any(|m| m.matches(ifindex, dst))
     }
 }

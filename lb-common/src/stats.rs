@@ -73,6 +73,9 @@ reasons! {
         /// Translated, but the route lookup did not give a direct next hop (forwarding off,
         /// unreachable, local): the kernel decides and answers with ICMP where due.
         NoFastRoute = "no_fast_route",
+        /// To a VIP or from a backend, but sent to another host's MAC (flooded unicast, a
+        /// promiscuous interface) or to a broadcast/multicast MAC: that host's to act on.
+        NotForUs = "not_for_us",
     }
 }
 

@@ -8,12 +8,13 @@ use lb_common::{
     addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     flow::FlowKey,
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
+    settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
 
 use crate::{
     Outcome, conntrack, forward,
-    maps::{REPLIES, SERVICE_RULES, SERVICES, SETTINGS},
+    maps::{REPLIES, SERVICE_RULES, SERVICES},
     nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
     stats,
@@ -50,7 +51,12 @@ fn frame_len(ctx: &XdpContext) -> u64 {
 /// A packet addressed to a VIP: balanced, or dropped with a reason. Never passed on blindly,
 /// except ICMP (echo, errors) which the kernel handles.
 #[inline(always)]
-pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
+pub fn to_vip(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    settings: &DatapathSettings,
+) -> Outcome {
     if is_fragment(ip) {
         return Outcome::Drop(DropReason::Fragment);
     }
@@ -85,9 +91,6 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
-    let Some(settings) = SETTINGS.get(0) else {
-        return Outcome::Drop(DropReason::NoService);
-    };
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, now) {
@@ -106,7 +109,12 @@ pub fn to_vip(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
 /// A packet from a backend's address: a reply of a balanced flow gets its NAT undone; anything
 /// else (the backend's own traffic) goes to the kernel untouched.
 #[inline(always)]
-pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Outcome {
+pub fn from_backend(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    settings: &DatapathSettings,
+) -> Outcome {
     if is_fragment(ip) {
         return Outcome::Pass(PassReason::Fragment);
     }
@@ -120,9 +128,6 @@ pub fn from_backend(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Out
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
-        return Outcome::Pass(PassReason::NotOurs);
-    };
-    let Some(settings) = SETTINGS.get(0) else {
         return Outcome::Pass(PassReason::NotOurs);
     };
     // SAFETY: a helper that takes no arguments.

@@ -1,5 +1,7 @@
 //! xnlb's XDP program: balance what is addressed to a VIP, undo the NAT on backends' replies,
-//! and hand everything else to the kernel untouched. Every outcome is counted with its reason.
+//! and hand everything else to the kernel untouched. Only frames sent to the balancer's own MAC
+//! are acted on: a flooded frame for another host is that host's. Every outcome is counted with
+//! its reason.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Map keys go by reference: passing them by value would copy 20-40 bytes per lookup.
@@ -20,7 +22,7 @@ use lb_common::{
     stats::{DropReason, PassReason},
 };
 
-use maps::{BACKEND_ADDRS, VIPS};
+use maps::{BACKEND_ADDRS, SETTINGS, VIPS};
 use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Check, Ipv4Hdr, check_ipv4, ptr_at};
 
 /// What happened to a packet.
@@ -86,24 +88,34 @@ fn process(ctx: &XdpContext) -> Outcome {
     let ip = unsafe { &mut *ip };
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
-    let to_vip = unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some();
-    if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
-        return if to_vip {
-            Outcome::Drop(DropReason::MalformedIp)
-        } else {
-            Outcome::Pass(PassReason::Malformed)
+    if unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some() {
+        let Some(settings) = SETTINGS.get(0) else {
+            return Outcome::Pass(PassReason::NotForUs);
         };
-    }
-    if to_vip {
+        if !settings.addressed_to_us(ctx.ingress_ifindex() as u32, &eth.dst) {
+            return Outcome::Pass(PassReason::NotForUs);
+        }
+        if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
+            return Outcome::Drop(DropReason::MalformedIp);
+        }
         if !packet::ipv4_checksum_ok(ctx, packet::ipv4_header_len(ip)) {
             return Outcome::Drop(DropReason::IpChecksum);
         }
-        return balance::to_vip(ctx, eth, ip);
+        return balance::to_vip(ctx, eth, ip, settings);
+    }
+    if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
+        return Outcome::Pass(PassReason::Malformed);
     }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
-        return balance::from_backend(ctx, eth, ip);
+        let Some(settings) = SETTINGS.get(0) else {
+            return Outcome::Pass(PassReason::NotForUs);
+        };
+        if !settings.addressed_to_us(ctx.ingress_ifindex() as u32, &eth.dst) {
+            return Outcome::Pass(PassReason::NotForUs);
+        }
+        return balance::from_backend(ctx, eth, ip, settings);
     }
     Outcome::Pass(PassReason::NotOurs)
 }

@@ -225,6 +225,7 @@ mod tests {
             &now,
             &running,
             |_, _| BackendState::Up,
+            &[],
             &mut plan::TableCache::default(),
         );
         let mut backends = image.backends.clone();

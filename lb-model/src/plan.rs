@@ -8,7 +8,7 @@ use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
     service::{NO_BACKEND, ServiceInfo},
-    settings::{DatapathSettings, Mode},
+    settings::{DatapathSettings, Mode, OwnMac},
 };
 
 use crate::{
@@ -84,11 +84,14 @@ impl TableCache {
 }
 
 /// The image for `config` with the given ids (already assigned for every service and
-/// backend) and backend states. `tables` keeps the Maglev tables for the next call.
+/// backend) and backend states, acting on frames sent to `own_macs` (the attached interfaces'
+/// addresses, which only the running system knows). `tables` keeps the Maglev tables for the
+/// next call.
 pub fn image(
     config: &Config,
     ids: &IdBook,
     state: impl Fn(&str, &str) -> BackendState,
+    own_macs: &[OwnMac],
     tables: &mut TableCache,
 ) -> Image {
     let mut next_tables = HashMap::new();
@@ -96,6 +99,9 @@ pub fn image(
         settings: settings(config),
         ..Default::default()
     };
+    for (slot, mac) in img.settings.own_macs.iter_mut().zip(own_macs) {
+        *slot = *mac;
+    }
     for service in &config.services {
         let sid = ids.services[&service.name];
         img.vips.insert(service.vip_v4());
@@ -241,7 +247,7 @@ services:
                 BackendState::Up
             }
         };
-        let img = image(&config, &ids, state, tables);
+        let img = image(&config, &ids, state, &[], tables);
         (img, ids)
     }
 

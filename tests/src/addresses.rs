@@ -76,6 +76,10 @@ pub const fn neighbour_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, o[2], o[3]]
 }
 
+/// Another host on the balancer's segment: frames sent to it reach the balancer only when a
+/// switch floods them or an interface is promiscuous, and must pass untouched.
+pub const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xee, 0xee];
+
 /// SNAT address `n` (0-based) of up to 16: the plan's `SNAT_IP`, then 198.18.0.151 upwards.
 pub fn snat_ip(n: usize) -> Ipv4Addr {
     assert!(n < 16, "SNAT address {n} outside the plan");

@@ -186,6 +186,8 @@ pub fn all() -> Vec<FlowCase> {
         one_arm_reply(),
         unknown_neighbour(),
         no_route(),
+        syn_for_another_host(),
+        reply_for_another_host(),
     ]
 }
 
@@ -385,5 +387,47 @@ pub fn no_route() -> FlowCase {
         output: |bed, pkt| translated_only(UNROUTABLE_BACKEND)(bed, pkt),
         counts: Some(Counter::Pass(PassReason::NoFastRoute)),
         timing: Timing::NewClientEachRun,
+    }
+}
+
+/// The input, unchanged: what a passed packet must look like when it reaches the kernel.
+fn unchanged(_: &Bed, pkt: &Pkt) -> Vec<u8> {
+    pkt.bytes()
+}
+
+pub fn syn_for_another_host() -> FlowCase {
+    FlowCase {
+        name: "SYN to the VIP sent to another host's MAC (flooded): passed untouched, not_for_us",
+        setup: three_backends,
+        input: |bed| {
+            let (ingress, syn) = syn_to_vip(bed);
+            (ingress, syn.macs(ROUTER_MAC, OTHER_HOST_MAC))
+        },
+        action: XDP_PASS,
+        output: unchanged,
+        counts: Some(Counter::Pass(PassReason::NotForUs)),
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn reply_for_another_host() -> FlowCase {
+    FlowCase {
+        name: "reply of a live flow sent to another host's MAC: passed untouched, not_for_us",
+        setup: |bed| {
+            three_backends(bed);
+            syn_from_client(bed, XDP_REDIRECT);
+        },
+        input: |bed| {
+            let backend = bed.predict("web", CLIENT.0, CLIENT.1);
+            let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
+            (
+                bed.server_if,
+                reply.macs(neighbour_mac(backend), OTHER_HOST_MAC),
+            )
+        },
+        action: XDP_PASS,
+        output: unchanged,
+        counts: Some(Counter::Pass(PassReason::NotForUs)),
+        timing: Timing::SameFlow,
     }
 }

@@ -41,6 +41,17 @@ pub enum Mode {
     OneArm,
 }
 
+/// `ns` reaches 198.19.0.0/16 through the client namespace, as through a router.
+fn route_remote_clients(ns: &NetNs) {
+    ns.ip(&[
+        "route",
+        "add",
+        REMOTE_CLIENTS,
+        "via",
+        &CLIENT_IP.to_string(),
+    ]);
+}
+
 /// A veth pair: `name` in `ns`, its peer `peer` in `peer_ns`.
 fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
     ns.ip(&[
@@ -87,7 +98,7 @@ impl Net {
         // The balancer is a router in both modes (one-arm forwards out the interface the
         // packet came in on).
         net.lb.sysctl("net.ipv4.ip_forward", "1");
-        net.route_remote_clients();
+        route_remote_clients(&net.lb);
         net
     }
 
@@ -159,15 +170,55 @@ impl Net {
         }
     }
 
-    /// The balancer reaches 198.19.0.0/16 through the client namespace, as through a router.
-    fn route_remote_clients(&self) {
-        self.lb.ip(&[
-            "route",
-            "add",
-            REMOTE_CLIENTS,
-            "via",
-            &CLIENT_IP.to_string(),
-        ]);
+    /// One-arm only: a second balancer namespace on the same switch, `lan0` at `addr`,
+    /// routing like the first (a standby, or a neighbour on a shared segment). The returned
+    /// stand-in keeps its switch port delivering `XDP_TX`.
+    pub fn second_one_arm_balancer(&self, addr: Ipv4Addr) -> (NetNs, NicStandIn) {
+        assert_eq!(
+            self.mode,
+            Mode::OneArm,
+            "a second balancer shares the one-arm segment"
+        );
+        let lb = NetNs::new("lb2");
+        self.switch_port(&lb, "lan0", "lb2");
+        lb.ip(&["addr", "add", &format!("{addr}/24"), "dev", "lan0"]);
+        lb.ip(&["link", "set", "lan0", "up"]);
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        route_remote_clients(&lb);
+        let nic = NicStandIn::attach(&self.switch, &["lb2"]);
+        (lb, nic)
+    }
+
+    /// Makes the switch flood every unicast frame to every port, as a switch does for a MAC it
+    /// has not learned (aged out, table full): every port stops learning and the learned
+    /// entries are flushed.
+    pub fn flood_unicast(&self) {
+        for port in self.switch_ports() {
+            self.switch
+                .exec(&["bridge", "link", "set", "dev", &port, "learning", "off"]);
+        }
+        self.switch.exec(&["bridge", "fdb", "flush", "dev", "br0"]);
+    }
+
+    /// The switch's ports (the veths enslaved to `br0`).
+    fn switch_ports(&self) -> Vec<String> {
+        let out = self
+            .switch
+            .command("ip")
+            .args(["-o", "link", "show", "master", "br0"])
+            .output()
+            .expect("ip link show master br0");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|name| {
+                name.trim()
+                    .split('@')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 
     pub fn vip(&self) -> Ipv4Addr {

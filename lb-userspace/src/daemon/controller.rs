@@ -32,7 +32,7 @@ use crate::{
         reconcile::{Changes, Programmed},
     },
     health::{self, BackendName, Targets},
-    host::{addresses::VipOwner, sysctl},
+    host::{addresses::VipOwner, interfaces, sysctl},
 };
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xnlb";
@@ -198,11 +198,21 @@ impl Controller {
                     .follow(s.health.as_ref());
             }
         }
+        let own_macs = match interfaces::own_macs(&self.config) {
+            Ok(macs) => macs,
+            Err(e) => {
+                // Keep acting on the addresses already programmed rather than on nothing.
+                warn!("{e:#}: the datapath keeps the interface addresses it had");
+                let had = self.programmed.image.settings.own_macs;
+                had.into_iter().filter(|m| m.ifindex != 0).collect()
+            }
+        };
         let lifecycles = &self.lifecycles;
         let image = plan::image(
             &self.config,
             &self.ids,
             |s, b| lifecycles[&(s.to_string(), b.to_string())].state(),
+            &own_macs,
             &mut self.tables,
         );
         let serving_before = self.serving();

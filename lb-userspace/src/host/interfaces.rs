@@ -1,8 +1,11 @@
-//! The config checks only the running system can answer: do the interfaces exist. `xnlb
-//! check` skips them (it may run on another machine); `run` and `reload` refuse such a config.
+//! What only the running system knows about the configured interfaces: whether they exist
+//! (`xnlb check` skips that, it may run on another machine; `run` and `reload` refuse such a
+//! config), and their MAC addresses, which the datapath acts on.
 
 use std::path::Path;
 
+use anyhow::Context;
+use lb_common::settings::OwnMac;
 use lb_model::config::{Config, ConfigError, Loaded, Locations, Mode, Problem, load};
 
 /// `load`, plus the checks only the running system can answer (`run` and `reload`).
@@ -45,4 +48,32 @@ pub fn system_problems(config: &Config) -> Vec<Problem> {
         check(server, "interfaces.server");
     }
     problems
+}
+
+/// The frames the datapath may act on: each attached interface's own MAC, read from the kernel
+/// in the calling thread's network namespace (`getifaddrs` asks over netlink; `/sys` would show
+/// the namespace it was mounted in).
+pub fn own_macs(config: &Config) -> anyhow::Result<Vec<OwnMac>> {
+    let links: Vec<(String, usize, [u8; 6])> = nix::ifaddrs::getifaddrs()
+        .context("listing the interfaces (getifaddrs)")?
+        .filter_map(|a| {
+            let link = a.address.as_ref()?.as_link_addr()?;
+            Some((a.interface_name.clone(), link.ifindex(), link.addr()?))
+        })
+        .collect();
+    config
+        .attach_interfaces()
+        .into_iter()
+        .map(|name| {
+            let (_, ifindex, mac) = links
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .with_context(|| format!("interface `{name}` has no link-layer address"))?;
+            Ok(OwnMac {
+                ifindex: *ifindex as u32,
+                mac: *mac,
+                _pad: [0; 2],
+            })
+        })
+        .collect()
 }

@@ -12,6 +12,7 @@ use xnlb::{
         Datapath,
         reconcile::{Changes, Programmed},
     },
+    host::interfaces::own_macs,
     model::{
         ids::IdBook,
         plan::{self, Image, TableCache},
@@ -116,6 +117,8 @@ impl Programmer {
             .assign(&self.config, dp.ring_capacity(), MAX_BACKENDS)
             .expect("ids for the bed's services");
         let states = &self.states;
+        // Read in the bed's namespace, which the calling thread has entered.
+        let own_macs = own_macs(&self.config).expect("the bed's interface addresses");
         let image = plan::image(
             &self.config,
             &self.ids,
@@ -125,6 +128,7 @@ impl Programmer {
                     .copied()
                     .unwrap_or(BackendState::Up)
             },
+            &own_macs,
             &mut self.tables,
         );
         self.programmed

@@ -59,6 +59,8 @@ rows!(
     one_arm_reply,
     unknown_neighbour,
     no_route,
+    syn_for_another_host,
+    reply_for_another_host,
 );
 
 #[test]

@@ -228,7 +228,8 @@ fn stateless_golden_packets() {
 
     for row in rows {
         let before = count(&bed, &row.reason);
-        let (action, out) = bed.run(bed.client_if, &row.frame);
+        let ingress = arrives_on(&bed, &row.frame);
+        let (action, out) = bed.run(ingress, &row.frame);
         assert_eq!(action, row.action, "{}: action", row.name);
         if action == XDP_PASS {
             assert_eq!(
@@ -244,6 +245,76 @@ fn stateless_golden_packets() {
         bed.dp.reader().flows().unwrap().is_empty(),
         "none of these may create a flow"
     );
+}
+
+/// The bed's interface whose MAC `frame` is sent to (the client side for any other).
+fn arrives_on(bed: &Bed, frame: &[u8]) -> Iface {
+    if frame[..6] == bed.server_if.mac {
+        bed.server_if
+    } else {
+        bed.client_if
+    }
+}
+
+/// Frames the balancer would act on if they were addressed to it, sent to someone else or
+/// arriving on the other interface: every one passes byte for byte, counted `not_for_us`, and
+/// creates nothing. (`flow_cases` holds the flooded SYN and the flooded reply of a live flow.)
+#[test]
+fn frames_not_addressed_to_the_receiving_interface_pass_untouched() {
+    let mut bed = Bed::new();
+    bed.install(service("web", 443, &[backend_ip(1), backend_ip(2)]));
+    let syn = Pkt::tcp((client_ip(5), 40_000), (VIP, 443), SYN);
+    let ipv4_multicast_mac = [0x01, 0x00, 0x5e, 0x7f, 0x01, 0x64];
+    let from_backend = Pkt::tcp((backend_ip(1), 443), (client_ip(5), 40_000), SYN_ACK);
+    let rows = [
+        (
+            "VIP SYN to the broadcast MAC",
+            bed.client_if,
+            syn.clone().macs(ROUTER_MAC, [0xff; 6]),
+        ),
+        (
+            "VIP SYN to a multicast MAC",
+            bed.client_if,
+            syn.clone().macs(ROUTER_MAC, ipv4_multicast_mac),
+        ),
+        // Sent to the client side's MAC, but received on the server side.
+        (
+            "VIP SYN on the wrong interface",
+            bed.server_if,
+            syn.clone().macs(ROUTER_MAC, bed.client_if.mac),
+        ),
+        (
+            "backend packet to the broadcast MAC",
+            bed.server_if,
+            from_backend
+                .clone()
+                .macs(neighbour_mac(backend_ip(1)), [0xff; 6]),
+        ),
+        (
+            "backend packet to another host",
+            bed.server_if,
+            from_backend.macs(neighbour_mac(backend_ip(1)), OTHER_HOST_MAC),
+        ),
+    ];
+    for (name, ingress, pkt) in rows {
+        let frame = pkt.bytes();
+        let before = bed.passes(PassReason::NotForUs);
+        let (action, out) = bed.run(ingress, &frame);
+        assert_eq!(action, XDP_PASS, "{name}: action");
+        assert_eq!(out, frame, "{name}: passed byte for byte");
+        assert_eq!(
+            bed.passes(PassReason::NotForUs),
+            before + 1,
+            "{name}: not_for_us"
+        );
+    }
+    assert!(
+        bed.dp.reader().flows().unwrap().is_empty(),
+        "none of these may create a flow"
+    );
+    // The same SYN addressed to the interface is balanced: the MAC alone made the difference.
+    let (action, _) = bed.run(bed.client_if, &bed.from_client(syn).bytes());
+    assert_eq!(action, XDP_REDIRECT);
 }
 
 #[test]

@@ -131,6 +131,10 @@ fn filtering_disabled_and_no_healthy_backend_drop_with_reasons() {
     for b in ["b1", "b2", "b3"] {
         bed.set_state("web", b, BackendState::Down);
     }
+    // Addressed to this bed's interface.
+    let syn = bed
+        .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
+        .bytes();
     assert_eq!(bed.run(bed.client_if, &syn).0, XDP_DROP);
     assert_eq!(bed.drops(DropReason::NoBackend), 1);
     let web = bed.service_id("web");

@@ -155,6 +155,7 @@ macro_rules! in_both_modes {
 
 mod balancing;
 mod failures;
+mod flooding;
 mod lifecycle;
 
 in_both_modes! {
@@ -162,6 +163,12 @@ in_both_modes! {
     lifecycle::lifecycle: health_drain_reload_two_arm, health_drain_reload_one_arm;
     failures::fail_static: fail_static_two_arm, fail_static_one_arm;
     failures::bad_input: bad_input_two_arm, bad_input_one_arm;
+}
+
+/// One-arm only: the shared segment is where frames for another balancer arrive.
+#[test]
+fn standby_balancer_on_a_flooding_switch_acts_on_nothing() {
+    flooding::standby_on_a_flooding_switch();
 }
 
 fn shares(counts: &BTreeMap<String, usize>) -> String {
