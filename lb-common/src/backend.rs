@@ -53,3 +53,16 @@ pub struct BackendInfo {
     pub service_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+
+impl BackendInfo {
+    /// Whether this is the backend of `service_id` at `addr`: what a flow balanced to `addr`
+    /// must still find under its backend id. Word by word (BPF cannot call `memcmp`).
+    #[inline(always)]
+    pub fn is(&self, service_id: u32, addr: &Addr) -> bool {
+        self.service_id == service_id
+            && self.addr[0] == addr[0]
+            && self.addr[1] == addr[1]
+            && self.addr[2] == addr[2]
+            && self.addr[3] == addr[3]
+    }
+}

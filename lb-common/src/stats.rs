@@ -93,6 +93,10 @@ reasons! {
         /// A backend's packet matched a reply entry whose flow is gone, expired or elsewhere:
         /// the packet went to the kernel untouched and the entry was removed.
         StaleReply = "stale_reply",
+        /// A flow's backend id now names another backend (a reload removed its backend and
+        /// the id was given to a new one, perhaps of another service): the flow was
+        /// re-selected instead of following the id.
+        BackendRetired = "backend_retired",
     }
 }
 

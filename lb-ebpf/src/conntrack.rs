@@ -41,7 +41,7 @@ pub fn client_flow(
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let e = unsafe { &mut *entry };
-        if still_valid(e, key, l4, s, now) {
+        if still_valid(e, service_id, key, l4, s, now) {
             e.last_seen_ns = now;
             if l4.is_fin_or_rst() {
                 e.state = FlowState::Closing as u8;
@@ -87,19 +87,32 @@ pub fn reply_owner_alive(
 }
 
 /// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the
-/// tuple of a closing connection, when its backend is down, or (one-arm) when its SNAT port
-/// no longer belongs to it.
+/// tuple of a closing connection, when its backend id now names another backend (the flow's
+/// own was removed: the address it was translated to is checked, not just the id), when its
+/// backend is down, or (one-arm) when its SNAT port no longer belongs to it.
 #[inline(always)]
-fn still_valid(e: &FlowEntry, key: &FlowKey, l4: &L4, s: &DatapathSettings, now: u64) -> bool {
+fn still_valid(
+    e: &FlowEntry,
+    service_id: u32,
+    key: &FlowKey,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
     if e.expired(key.proto, s, now) || (l4.is_syn() && e.state == FlowState::Closing as u8) {
         return false;
     }
-    match BACKENDS.get(e.backend_id) {
-        Some(b) if BackendState::byte_keeps_flows(b.state) => {}
-        _ => {
-            stats::flow_event(FlowEvent::ReselectedDown);
-            return false;
-        }
+    let Some(b) = BACKENDS.get(e.backend_id) else {
+        stats::flow_event(FlowEvent::BackendRetired);
+        return false;
+    };
+    if !b.is(service_id, &e.reply.src) {
+        stats::flow_event(FlowEvent::BackendRetired);
+        return false;
+    }
+    if !BackendState::byte_keeps_flows(b.state) {
+        stats::flow_event(FlowEvent::ReselectedDown);
+        return false;
     }
     if s.mode == Mode::OneArm as u8 {
         // An LRU may evict the reply entry alone; then another flow may have taken the port.
@@ -124,7 +137,7 @@ fn new_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let backend_id = select::backend(svc, key);
+    let backend_id = select::backend(svc, service_id, key);
     if backend_id == NO_BACKEND {
         return Err(DropReason::NoBackend);
     }

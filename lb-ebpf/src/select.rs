@@ -10,21 +10,29 @@ use lb_common::{
 
 use crate::maps::{BACKENDS, RING};
 
-/// Extra ring probes (with other seeds) when the slot's backend was marked down but the
-/// controller has not yet published the table without it.
+/// Extra ring probes (with other seeds) when the slot's backend was marked down, or its id
+/// given to another service's backend, but the controller has not yet switched the table.
 const DOWN_RETRIES: u32 = 2;
 
+/// Backend `backend_id` takes new flows of service `service_id`: up, and still this service's
+/// (a reload writes a reused id before it switches the old table away from it).
 #[inline(always)]
-fn is_up(backend_id: u32) -> bool {
-    matches!(BACKENDS.get(backend_id), Some(b) if b.state == BackendState::Up as u8)
+fn takes_new_flows(backend_id: u32, service_id: u32) -> bool {
+    matches!(BACKENDS.get(backend_id),
+        Some(b) if b.state == BackendState::Up as u8 && b.service_id == service_id)
 }
 
-/// The backend for a new flow, or `NO_BACKEND` when the service has no usable one.
+/// The backend for a new flow of service `service_id`, or `NO_BACKEND` when it has no usable
+/// one.
 #[inline(always)]
-pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> u32 {
+pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey) -> u32 {
     if svc.filtering == Filtering::Single as u8 {
         let id = svc.single_backend;
-        return if is_up(id) { id } else { NO_BACKEND };
+        return if takes_new_flows(id, service_id) {
+            id
+        } else {
+            NO_BACKEND
+        };
     }
     if svc.ring_size == 0 {
         return NO_BACKEND;
@@ -40,7 +48,7 @@ pub fn backend(svc: &ServiceInfo, key: &FlowKey) -> u32 {
         );
         let slot = svc.ring_base.wrapping_add(hash % svc.ring_size);
         if let Some(&id) = RING.get(slot)
-            && is_up(id)
+            && takes_new_flows(id, service_id)
         {
             return id;
         }

@@ -46,6 +46,9 @@ pub fn backend(name: &str, addr: Ipv4Addr) -> xnlb::config::Backend {
 /// The controller's record of the bed's maps and what they were made from.
 pub struct Programmer {
     pub config: Config,
+    /// How many backend ids the id book may hand out (the daemon's is `MAX_BACKENDS`); a
+    /// small one makes a reload reuse a retired id at once, as long reload churn does.
+    pub backend_capacity: u32,
     ids: IdBook,
     states: BTreeMap<(String, String), BackendState>,
     tables: TableCache,
@@ -69,6 +72,7 @@ impl Programmer {
                 metrics: Default::default(),
                 admin: Default::default(),
             },
+            backend_capacity: MAX_BACKENDS,
             ids: IdBook::default(),
             states: BTreeMap::new(),
             tables: TableCache::default(),
@@ -114,7 +118,7 @@ impl Programmer {
     pub fn apply(&mut self, dp: &mut Datapath) -> Changes {
         let fresh = self
             .ids
-            .assign(&self.config, dp.ring_capacity(), MAX_BACKENDS)
+            .assign(&self.config, dp.ring_capacity(), self.backend_capacity)
             .expect("ids for the bed's services");
         let states = &self.states;
         // Read in the bed's namespace, which the calling thread has entered.

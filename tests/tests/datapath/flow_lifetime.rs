@@ -1,10 +1,15 @@
 //! A flow's life after its first packet: FIN and reuse, timeouts, its backend dying or
-//! draining, a ring switch under it, and its reply entry outliving it.
+//! draining, its backend removed and the id given to another, a ring switch under it, and its
+//! reply entry outliving it.
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use super::selection::{backend_for, sent_to};
-use lb_common::{backend::BackendState, flow::FlowState, stats::FlowEvent};
+use lb_common::{
+    backend::BackendState,
+    flow::FlowState,
+    stats::{DropReason, FlowEvent},
+};
 use xnlb::config::Protocol;
 use xnlb_tests::{
     bed::*,
@@ -195,5 +200,91 @@ fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
         bed.dp.reader().flows().unwrap()[0].1.last_seen_ns,
         stamped,
         "the expired flow is not refreshed by the backend's packet"
+    );
+}
+
+/// A client port of `web` whose new flow goes to `target`.
+fn port_to(bed: &Bed, client: Ipv4Addr, target: Ipv4Addr) -> u16 {
+    (40_000..)
+        .find(|&p| bed.predict("web", client, p) == target)
+        .expect("some port hashes to every backend")
+}
+
+/// Reload churn reuses backend ids: here at once, with room for three ids. The flow to b3 keeps
+/// id 2 in its entry; a reload removes b3 and gives id 2 to a backend of another service. The
+/// flow must not follow the id (to that backend) nor keep going to the removed b3: it is
+/// re-selected among web's backends and counted.
+#[test]
+fn a_flow_never_follows_its_backend_id_to_another_backend() {
+    let mut bed = Bed::new();
+    bed.program.backend_capacity = 3;
+    three_backends(&mut bed);
+    let b3 = backend_ip(3);
+    let client = client_ip(7);
+    let port = port_to(&bed, client, b3);
+    assert_eq!(backend_for(&bed, (client, port)), b3);
+    let b3_id = bed.backend_id("web", "b3");
+
+    let mut web = bed.program.service("web").clone();
+    web.backends.retain(|b| b.name != "b3");
+    bed.install(web);
+    let stranger = backend_ip(8);
+    bed.install(service("rpc", 135, &[stranger]));
+    assert_eq!(
+        bed.backend_id("rpc", "b1"),
+        b3_id,
+        "the id book gave b3's id to rpc's backend"
+    );
+
+    for flags in [ACK, SYN] {
+        let before = bed.events(FlowEvent::BackendRetired);
+        let got = sent_to(&bed, (client, port), flags);
+        assert!(
+            got == backend_ip(1) || got == backend_ip(2),
+            "{flags:?}: sent to {got}, not to one of web's backends"
+        );
+        if flags == ACK {
+            assert_eq!(bed.events(FlowEvent::BackendRetired), before + 1);
+        }
+    }
+}
+
+/// A reload writes a reused id before it switches the old table away from it. A new flow
+/// hashed to that slot in between must not reach the other service's backend: the datapath
+/// tries other slots, as for a backend just marked down, and drops (`no_backend`) when every
+/// try lands on such a slot.
+#[test]
+fn a_new_flow_skips_a_slot_whose_id_belongs_to_another_service() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let b3 = backend_ip(3);
+    let b3_id = bed.backend_id("web", "b3");
+    let mut other = bed.dp.backend(b3_id).unwrap();
+    other.addr = lb_common::addr::v4(backend_ip(8).octets());
+    other.service_id = bed.service_id("web") + 1;
+    bed.dp.set_backend(b3_id, &other).unwrap();
+    let mut redirected = 0;
+    for n in 0..20 {
+        let client = client_ip(20 + n);
+        let port = port_to(&bed, client, b3);
+        let drops = bed.drops(DropReason::NoBackend);
+        let syn = bed.from_client(Pkt::tcp((client, port), (VIP, 443), SYN));
+        let (action, out) = bed.run(bed.client_if, &syn.bytes());
+        if action == XDP_DROP {
+            assert_eq!(bed.drops(DropReason::NoBackend), drops + 1);
+            continue;
+        }
+        assert_eq!(action, XDP_REDIRECT);
+        let got = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+        assert!(
+            got == backend_ip(1) || got == backend_ip(2),
+            "client {client}: sent to {got}"
+        );
+        redirected += 1;
+    }
+    // Each try avoids the slot with probability 2/3: most of the 20 find another backend.
+    assert!(
+        redirected >= 10,
+        "{redirected} of 20 re-hashed to web's backends"
     );
 }
