@@ -19,6 +19,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
+    settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
 
@@ -89,12 +90,9 @@ fn process(ctx: &XdpContext) -> Outcome {
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some() {
-        let Some(settings) = SETTINGS.get(0) else {
+        let Some(settings) = sent_to_us(ctx, eth) else {
             return Outcome::Pass(PassReason::NotForUs);
         };
-        if !settings.addressed_to_us(ctx.ingress_ifindex() as u32, &eth.dst) {
-            return Outcome::Pass(PassReason::NotForUs);
-        }
         if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
             return Outcome::Drop(DropReason::MalformedIp);
         }
@@ -109,15 +107,22 @@ fn process(ctx: &XdpContext) -> Outcome {
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
-        let Some(settings) = SETTINGS.get(0) else {
+        let Some(settings) = sent_to_us(ctx, eth) else {
             return Outcome::Pass(PassReason::NotForUs);
         };
-        if !settings.addressed_to_us(ctx.ingress_ifindex() as u32, &eth.dst) {
-            return Outcome::Pass(PassReason::NotForUs);
-        }
         return balance::from_backend(ctx, eth, ip, settings);
     }
     Outcome::Pass(PassReason::NotOurs)
+}
+
+/// The datapath's settings, if the frame was sent to the receiving interface's own MAC;
+/// otherwise it is another host's to act on (flooded, broadcast, multicast).
+#[inline(always)]
+fn sent_to_us(ctx: &XdpContext, eth: &EthHdr) -> Option<&'static DatapathSettings> {
+    let settings = SETTINGS.get(0)?;
+    settings
+        .addressed_to_us(ctx.ingress_ifindex() as u32, &eth.dst)
+        .then_some(settings)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -84,6 +84,19 @@ fn syn_from_client(bed: &mut Bed, action: u32) {
     assert_eq!(bed.run(ingress, &syn.bytes()).0, action, "setup SYN");
 }
 
+/// `three_backends`, and the client's SYN that starts the row's flow.
+fn three_backends_and_a_flow(bed: &mut Bed) {
+    three_backends(bed);
+    syn_from_client(bed, XDP_REDIRECT);
+}
+
+/// The SYN-ACK of the backend the client's flow went to, as it reaches the server side.
+fn reply_from_the_flows_backend(bed: &Bed) -> (Iface, Pkt) {
+    let backend = bed.predict("web", CLIENT.0, CLIENT.1);
+    let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
+    (bed.server_if, bed.from_backend(reply, bed.server_if))
+}
+
 /// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
 pub fn to_backend(bed: &Bed, pkt: &Pkt, backend: (Ipv4Addr, u16)) -> Vec<u8> {
     pkt.clone()
@@ -206,10 +219,7 @@ pub fn two_arm_new_flow() -> FlowCase {
 pub fn two_arm_established_flow() -> FlowCase {
     FlowCase {
         name: "two-arm established flow: the flow keeps its backend",
-        setup: |bed| {
-            three_backends(bed);
-            syn_from_client(bed, XDP_REDIRECT);
-        },
+        setup: three_backends_and_a_flow,
         input: ack_to_vip,
         action: XDP_REDIRECT,
         output: to_predicted_web_backend,
@@ -221,15 +231,8 @@ pub fn two_arm_established_flow() -> FlowCase {
 pub fn two_arm_reply() -> FlowCase {
     FlowCase {
         name: "two-arm reply: source restored to the VIP",
-        setup: |bed| {
-            three_backends(bed);
-            syn_from_client(bed, XDP_REDIRECT);
-        },
-        input: |bed| {
-            let backend = bed.predict("web", CLIENT.0, CLIENT.1);
-            let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
-            (bed.server_if, bed.from_backend(reply, bed.server_if))
-        },
+        setup: three_backends_and_a_flow,
+        input: reply_from_the_flows_backend,
         action: XDP_REDIRECT,
         output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
         counts: None,
@@ -413,17 +416,11 @@ pub fn syn_for_another_host() -> FlowCase {
 pub fn reply_for_another_host() -> FlowCase {
     FlowCase {
         name: "reply of a live flow sent to another host's MAC: passed untouched, not_for_us",
-        setup: |bed| {
-            three_backends(bed);
-            syn_from_client(bed, XDP_REDIRECT);
-        },
+        setup: three_backends_and_a_flow,
         input: |bed| {
-            let backend = bed.predict("web", CLIENT.0, CLIENT.1);
-            let reply = Pkt::tcp((backend, 443), CLIENT, SYN_ACK);
-            (
-                bed.server_if,
-                reply.macs(neighbour_mac(backend), OTHER_HOST_MAC),
-            )
+            let (ingress, reply) = reply_from_the_flows_backend(bed);
+            let backend_mac = neighbour_mac(reply.src);
+            (ingress, reply.macs(backend_mac, OTHER_HOST_MAC))
         },
         action: XDP_PASS,
         output: unchanged,
