@@ -87,13 +87,18 @@ fn process(ctx: &XdpContext) -> Outcome {
     };
     // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
     let ip = unsafe { &mut *ip };
+    let ip_valid = matches!(
+        check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN),
+        Ipv4Check::Valid
+    );
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some() {
+        // Another host's frame passes untouched, however malformed: it is not ours to judge.
         let Some(settings) = sent_to_us(ctx, eth) else {
             return Outcome::Pass(PassReason::NotForUs);
         };
-        if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
+        if !ip_valid {
             return Outcome::Drop(DropReason::MalformedIp);
         }
         if !packet::ipv4_checksum_ok(ctx, packet::ipv4_header_len(ip)) {
@@ -101,7 +106,7 @@ fn process(ctx: &XdpContext) -> Outcome {
         }
         return balance::to_vip(ctx, eth, ip, settings);
     }
-    if let Ipv4Check::Invalid = check_ipv4(ip, ctx.data_end() - ctx.data() - ETH_HLEN) {
+    if !ip_valid {
         return Outcome::Pass(PassReason::Malformed);
     }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
