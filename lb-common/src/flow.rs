@@ -1,7 +1,11 @@
-//! The connection table: two LRU maps. `FLOWS` is keyed by the client's tuple and says where the
-//! flow goes; `REPLIES` is keyed by the tuple the backend's replies carry and says how to undo
-//! the NAT. A reply key is claimed with `BPF_NOEXIST`, so two flows never share one (in one-arm
-//! mode that is what makes an SNAT port unique).
+//! The connection table: two LRU maps per stage. `FLOWS` is keyed by the client's tuple and says
+//! where the flow goes; `REPLIES` is keyed by the tuple the backend's replies carry and says how
+//! to undo the NAT. A reply key is claimed with `BPF_NOEXIST`, so two flows never share one (in
+//! one-arm mode that is what makes an SNAT port unique).
+//!
+//! A TCP flow lives in `HALF_OPEN` / `HALF_OPEN_REPLIES` from its SYN until the client's first
+//! packet after the handshake, and only then moves to `FLOWS` / `REPLIES`: a SYN flood churns the
+//! half-open pair and can never evict an established flow.
 
 use crate::{
     addr::{Addr, PROTO_UDP},
@@ -29,6 +33,9 @@ kernel_enum! {
         Open = 0 => "open",
         /// A FIN or RST was seen: the entry lives `tcp_closing_timeout` after its last packet.
         Closing = 1 => "closing",
+        /// A SYN was seen, the handshake has not completed: the entry is in `HALF_OPEN` and lives
+        /// `half_open_timeout` after its last packet.
+        HalfOpen = 2 => "half_open",
     }
     default Open
 }
@@ -87,6 +94,8 @@ impl FlowEntry {
             s.udp_timeout_ns
         } else if self.state == FlowState::Closing as u8 {
             s.tcp_closing_timeout_ns
+        } else if self.state == FlowState::HalfOpen as u8 {
+            s.half_open_timeout_ns
         } else {
             s.tcp_timeout_ns
         };

@@ -12,7 +12,10 @@ pub const MAX_RULE_PREFIXES: u32 = 8192;
 
 /// Connection-table entries (each of `FLOWS` and `REPLIES`) when the config does not say.
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
-/// The smallest and largest connection table a config may ask for.
+/// Half-open entries (each of `HALF_OPEN` and `HALF_OPEN_REPLIES`) when the config does not say:
+/// this share of the connection table, and never fewer than `MIN_FLOW_ENTRIES`.
+pub const DEFAULT_HALF_OPEN_SHARE: u32 = 4;
+/// The smallest and largest connection table (and half-open table) a config may ask for.
 pub const MIN_FLOW_ENTRIES: u32 = 1024;
 pub const MAX_FLOW_ENTRIES: u32 = 1 << 24;
 

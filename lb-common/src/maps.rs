@@ -22,6 +22,8 @@ map_names!(
     RING,
     FLOWS,
     REPLIES,
+    HALF_OPEN,
+    HALF_OPEN_REPLIES,
     BACKEND_STATS,
     SERVICE_STATS,
     DROPS,

@@ -97,6 +97,14 @@ reasons! {
         /// the id was given to a new one, perhaps of another service): the flow was
         /// re-selected instead of following the id.
         BackendRetired = "backend_retired",
+        /// A SYN recorded a new half-open flow (a new `HALF_OPEN` element).
+        HalfOpenNew = "half_open_new",
+        /// A half-open flow completed its handshake and moved to the established table (its
+        /// `HALF_OPEN` element removed).
+        Established = "established",
+        /// A new `FLOWS` element: a flow that completed its handshake, or one that started
+        /// established (UDP, a TCP packet other than a SYN).
+        EstablishedNew = "established_new",
     }
 }
 

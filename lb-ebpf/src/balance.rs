@@ -6,15 +6,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    flow::FlowKey,
+    flow::{FlowKey, ReplyEntry},
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
 
 use crate::{
-    Outcome, conntrack, forward,
-    maps::{REPLIES, SERVICE_RULES, SERVICES},
+    Outcome,
+    conntrack::{self, Stage},
+    forward,
+    maps::{HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
     stats,
@@ -125,14 +127,37 @@ pub fn from_backend(
         return Outcome::Pass(PassReason::Malformed);
     };
     let key = tuple(ip, &l4);
+    // An established flow's reply, or the SYN-ACK (or RST) of a half-open one. Two calls, so
+    // that each names its maps as constants.
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
-    let Some(entry) = (unsafe { REPLIES.get(&key) }) else {
-        return Outcome::Pass(PassReason::NotOurs);
-    };
+    if let Some(entry) = unsafe { REPLIES.get(&key) } {
+        return to_client(ctx, eth, ip, &l4, &key, Stage::Established, entry, settings);
+    }
+    // SAFETY: as above.
+    if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) } {
+        return to_client(ctx, eth, ip, &l4, &key, Stage::HalfOpen, entry, settings);
+    }
+    Outcome::Pass(PassReason::NotOurs)
+}
+
+/// A backend's packet that matched `entry` in `stage`'s replies: its NAT undone if the flow is
+/// alive, else the kernel's (and the stale entry removed).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    l4: &L4,
+    key: &FlowKey,
+    stage: Stage,
+    entry: &ReplyEntry,
+    settings: &DatapathSettings,
+) -> Outcome {
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !conntrack::reply_owner_alive(entry, &key, &l4, settings, now) {
+    if !conntrack::reply_owner_alive(stage, entry, key, l4, settings, now) {
         return Outcome::Pass(PassReason::NotOurs);
     }
     if ip.ttl <= 1 {
@@ -141,12 +166,12 @@ pub fn from_backend(
     let client = &entry.client;
     nat::rewrite(
         ip,
-        &l4,
+        l4,
         client.dst[0],
         client.dst_port,
         client.src[0],
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
-    forward::send(ctx, eth, ip, &l4)
+    forward::send(ctx, eth, ip, l4)
 }

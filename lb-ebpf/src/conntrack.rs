@@ -1,9 +1,18 @@
 //! The connection table: a flow keeps its backend (and SNAT port) for its lifetime.
 //!
+//! A TCP flow is recorded in two stages: half-open (`HALF_OPEN`, `HALF_OPEN_REPLIES`) from its
+//! SYN, established (`FLOWS`, `REPLIES`) from the client's first packet after the handshake. A
+//! flood of SYNs that never complete churns only the half-open maps; an established flow is
+//! evicted only by other established flows. UDP flows, and TCP flows picked up mid-connection
+//! (after a restart or an eviction), start established.
+//!
 //! Writes are plain stores of values this packet decided (time, state) or whole-entry inserts;
 //! there is no shared read-modify-write. Inserts that must be unique use `BPF_NOEXIST`.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::LruHashMap,
+};
 use lb_common::{
     backend::{BackendInfo, BackendState},
     flow::{FlowEntry, FlowKey, FlowState, ReplyEntry},
@@ -14,10 +23,63 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, REPLIES},
+    maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
     packet::L4,
     select, stats,
 };
+
+/// Which pair of maps holds a flow. Always a constant where it is used, so each use compiles to
+/// one map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A TCP flow from its SYN until the handshake completes.
+    HalfOpen,
+    Established,
+}
+
+impl Stage {
+    #[inline(always)]
+    fn flows(self) -> &'static LruHashMap<FlowKey, FlowEntry> {
+        match self {
+            Stage::HalfOpen => &HALF_OPEN,
+            Stage::Established => &FLOWS,
+        }
+    }
+
+    #[inline(always)]
+    pub fn replies(self) -> &'static LruHashMap<FlowKey, ReplyEntry> {
+        match self {
+            Stage::HalfOpen => &HALF_OPEN_REPLIES,
+            Stage::Established => &REPLIES,
+        }
+    }
+
+    #[inline(always)]
+    fn other(self) -> Self {
+        match self {
+            Stage::HalfOpen => Stage::Established,
+            Stage::Established => Stage::HalfOpen,
+        }
+    }
+
+    /// The state a new entry of this stage starts in.
+    #[inline(always)]
+    fn first_state(self) -> FlowState {
+        match self {
+            Stage::HalfOpen => FlowState::HalfOpen,
+            Stage::Established => FlowState::Open,
+        }
+    }
+
+    /// Counted when this stage's flow map gets a new element.
+    #[inline(always)]
+    fn new_element(self) -> FlowEvent {
+        match self {
+            Stage::HalfOpen => FlowEvent::HalfOpenNew,
+            Stage::Established => FlowEvent::EstablishedNew,
+        }
+    }
+}
 
 /// Where a client packet goes: the reply tuple holds the translated addresses
 /// (backend ← src, client-or-SNAT ← dst).
@@ -36,63 +98,181 @@ pub fn client_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let existing = FLOWS.get_ptr_mut(key);
-    if let Some(entry) = existing {
+    let established = FLOWS.get_ptr_mut(key);
+    let mut closing = None;
+    if let Some(entry) = established {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let e = unsafe { &mut *entry };
-        if still_valid(e, service_id, key, l4, s, now) {
-            e.last_seen_ns = now;
-            if l4.is_fin_or_rst() {
-                e.state = FlowState::Closing as u8;
+        if still_valid(e, Stage::Established, service_id, key, l4, s, now) {
+            if e.state != FlowState::Closing as u8 {
+                touch(e, l4, now);
+                return Ok(Flow {
+                    reply: e.reply,
+                    backend_id: e.backend_id,
+                });
             }
+            // A new handshake may have reused the closing flow's tuple: the half-open flow, if
+            // there is one, is the newer.
+            closing = Some(e);
+        }
+    }
+    if l4.is_tcp() {
+        let half_open = HALF_OPEN.get_ptr_mut(key);
+        if let Some(entry) = half_open {
+            // SAFETY: as above.
+            let h = unsafe { &mut *entry };
+            if still_valid(h, Stage::HalfOpen, service_id, key, l4, s, now) {
+                h.last_seen_ns = now;
+                // A SYN retry, or the client giving up (RST, FIN) before the handshake
+                // completed, leaves the flow half-open.
+                if l4.is_syn() || l4.is_fin_or_rst() {
+                    return Ok(Flow {
+                        reply: h.reply,
+                        backend_id: h.backend_id,
+                    });
+                }
+                return establish(key, h, established, now);
+            }
+        }
+        if let Some(e) = closing {
+            touch(e, l4, now);
             return Ok(Flow {
                 reply: e.reply,
                 backend_id: e.backend_id,
             });
         }
-    } else if l4.is_tcp() && !l4.is_syn() {
-        stats::flow_event(FlowEvent::NonSynMiss);
+        if l4.is_syn() {
+            return new_flow(Stage::HalfOpen, svc, service_id, key, half_open, s, now);
+        }
+        if established.is_none() {
+            stats::flow_event(FlowEvent::NonSynMiss);
+        }
     }
-    new_flow(svc, service_id, key, l4.is_syn(), existing, s, now)
+    new_flow(
+        Stage::Established,
+        svc,
+        service_id,
+        key,
+        established,
+        s,
+        now,
+    )
 }
 
-/// Whether the flow that owns `entry` is alive and still points back at `reply`; if so it is
-/// refreshed by the reply. An entry whose flow is gone, expired or moved owns nothing: it is
-/// removed, so it can never rewrite traffic that is not the balancer's (the backend's own
-/// connections from a client port a balanced flow once used).
+/// A packet of a live flow: fresh again, and closing once a FIN or RST went by.
+#[inline(always)]
+fn touch(e: &mut FlowEntry, l4: &L4, now: u64) {
+    e.last_seen_ns = now;
+    if l4.is_fin_or_rst() {
+        e.state = FlowState::Closing as u8;
+    }
+}
+
+/// The client's first packet after the handshake: the half-open flow `h` moves to the
+/// established maps with its backend and reply tuple (claimed when the SYN came, so it is this
+/// flow's), taking the place of the key's old established entry if there is one.
+#[inline(always)]
+fn establish(
+    key: &FlowKey,
+    h: &FlowEntry,
+    established: Option<*mut FlowEntry>,
+    now: u64,
+) -> Result<Flow, DropReason> {
+    // Copied before the half-open element is removed: a removed LRU element may be reused at once.
+    let entry = FlowEntry {
+        last_seen_ns: now,
+        reply: h.reply,
+        backend_id: h.backend_id,
+        state: FlowState::Open as u8,
+        _pad: [0; 3],
+    };
+    let owner = ReplyEntry {
+        client: *key,
+        backend_id: entry.backend_id,
+        _pad: 0,
+    };
+    // The reply entry first: a backend reply racing this packet finds one stage or the other.
+    if REPLIES
+        .insert(&entry.reply, &owner, BPF_ANY as u64)
+        .is_err()
+    {
+        return Err(DropReason::FlowTableFull);
+    }
+    record(Stage::Established, key, &entry, established)?;
+    let _ = HALF_OPEN_REPLIES.remove(&entry.reply);
+    if HALF_OPEN.remove(key).is_ok() {
+        stats::flow_event(FlowEvent::Established);
+    }
+    Ok(Flow {
+        reply: entry.reply,
+        backend_id: entry.backend_id,
+    })
+}
+
+/// Writes `entry` as the key's flow in `stage`: in place of the key's old entry (expired,
+/// closing, or its backend gone) when there is one, since an LRU insert would allocate an element
+/// and free the old one.
+#[inline(always)]
+fn record(
+    stage: Stage,
+    key: &FlowKey,
+    entry: &FlowEntry,
+    existing: Option<*mut FlowEntry>,
+) -> Result<(), DropReason> {
+    match existing {
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+        // stores of values this packet decided, so a racing CPU sees one value or the other.
+        Some(e) => unsafe { *e = *entry },
+        None => {
+            if stage.flows().insert(key, entry, BPF_ANY as u64).is_err() {
+                return Err(DropReason::FlowTableFull);
+            }
+            stats::flow_event(stage.new_element());
+        }
+    }
+    Ok(())
+}
+
+/// Whether the flow that owns `entry` (found in `stage`'s replies) is alive and still points
+/// back at `reply`; if so it is refreshed by the reply. An entry whose flow is gone, expired or
+/// moved owns nothing: it is removed, so it can never rewrite traffic that is not the balancer's
+/// (the backend's own connections from a client port a balanced flow once used).
 #[inline(always)]
 pub fn reply_owner_alive(
+    stage: Stage,
     entry: &ReplyEntry,
     reply: &FlowKey,
     l4: &L4,
     s: &DatapathSettings,
     now: u64,
 ) -> bool {
-    if let Some(flow) = FLOWS.get_ptr_mut(&entry.client) {
+    if let Some(flow) = stage.flows().get_ptr_mut(&entry.client) {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let f = unsafe { &mut *flow };
         if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
-            f.last_seen_ns = now;
-            if l4.is_fin_or_rst() {
-                f.state = FlowState::Closing as u8;
+            match stage {
+                Stage::Established => touch(f, l4, now),
+                // The handshake decides: a backend's RST leaves the flow half-open, to expire.
+                Stage::HalfOpen => f.last_seen_ns = now,
             }
             return true;
         }
     }
-    let _ = REPLIES.remove(reply);
+    let _ = stage.replies().remove(reply);
     stats::flow_event(FlowEvent::StaleReply);
     false
 }
 
-/// May an existing entry carry this packet? Not when it timed out, when a SYN reuses the
-/// tuple of a closing connection, when its backend id now names another backend (the flow's
+/// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses
+/// the tuple of a closing connection, when its backend id now names another backend (the flow's
 /// own was removed: the address it was translated to is checked, not just the id), when its
 /// backend is down, or (one-arm) when its SNAT port no longer belongs to it.
 #[inline(always)]
 fn still_valid(
     e: &FlowEntry,
+    stage: Stage,
     service_id: u32,
     key: &FlowKey,
     l4: &L4,
@@ -118,7 +298,8 @@ fn still_valid(
         // An LRU may evict the reply entry alone; then another flow may have taken the port.
         // SAFETY: the element stays valid for this program run (RCU); writers replace whole
         // elements or store single fields, so a read sees old or new values, never freed memory.
-        let owned = matches!(unsafe { REPLIES.get(&e.reply) }, Some(r) if r.client.same(key));
+        let owned =
+            matches!(unsafe { stage.replies().get(&e.reply) }, Some(r) if r.client.same(key));
         if !owned {
             stats::flow_event(FlowEvent::ReplyReclaimed);
             return false;
@@ -127,12 +308,14 @@ fn still_valid(
     true
 }
 
+/// A new flow in `stage`: a backend selected, its reply tuple claimed (an SNAT port in one-arm),
+/// the entry written over `existing` (the key's stale entry in that stage) or inserted.
 #[inline(always)]
 fn new_flow(
+    stage: Stage,
     svc: &ServiceInfo,
     service_id: u32,
     key: &FlowKey,
-    syn: bool,
     existing: Option<*mut FlowEntry>,
     s: &DatapathSettings,
     now: u64,
@@ -150,7 +333,7 @@ fn new_flow(
         _pad: 0,
     };
     let reply = if s.mode == Mode::OneArm as u8 {
-        claim_snat_port(key, backend, &owner, s, now)?
+        claim_snat_port(stage, key, backend, &owner, s, now)?
     } else {
         let reply = reply_tuple(key, backend, key.src, key.src_port);
         // A client reusing its port for the same backend finds its old reply entry: refreshed
@@ -158,12 +341,17 @@ fn new_flow(
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(&reply) });
-        if !(ours && refresh_own(&reply, &owner)) {
+        if !(ours && refresh_own(stage, &reply, &owner)) {
             // Two services on one VIP may send a client's reused source port to the same
             // backend port: the backend sees the old connection's tuple again, as after any
             // port reuse, and a new SYN may take it over from a closing flow (as the backend's
             // TIME_WAIT allows).
-            if !claim(&reply, &owner, Takeover::from(syn), s, now) {
+            let takeover = if stage == Stage::HalfOpen {
+                Takeover::Closing
+            } else {
+                Takeover::GoneOnly
+            };
+            if !claim(stage, &reply, &owner, takeover, s, now) {
                 return Err(DropReason::ReplyCollision);
             }
         }
@@ -173,21 +361,10 @@ fn new_flow(
         last_seen_ns: now,
         reply,
         backend_id,
-        state: FlowState::Open as u8,
+        state: stage.first_state() as u8,
         _pad: [0; 3],
     };
-    match existing {
-        // The key's old entry (expired, closing, or its backend gone) becomes the new flow in
-        // place: an LRU insert would allocate an element and free the old one.
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
-        // stores of values this packet decided, so a racing CPU sees one value or the other.
-        Some(e) => unsafe { *e = entry },
-        None => {
-            if FLOWS.insert(key, &entry, BPF_ANY as u64).is_err() {
-                return Err(DropReason::FlowTableFull);
-            }
-        }
-    }
+    record(stage, key, &entry, existing)?;
     stats::new_flow(service_id, backend_id);
     Ok(Flow { reply, backend_id })
 }
@@ -211,10 +388,11 @@ fn reply_tuple(key: &FlowKey, backend: &BackendInfo, to: [u32; 4], to_port: u16)
 }
 
 /// One-arm: an SNAT address by client hash, then ports by hash until one is free for this
-/// backend's (address, port). The reply tuple is unique, so no two flows share a port towards
-/// the same backend.
+/// backend's (address, port). The reply tuple is unique over both stages, so no two flows share
+/// a port towards the same backend.
 #[inline(always)]
 fn claim_snat_port(
+    stage: Stage,
     key: &FlowKey,
     backend: &BackendInfo,
     owner: &ReplyEntry,
@@ -237,7 +415,7 @@ fn claim_snat_port(
         let pick = hash_addr_port(&key.src, key.src_port, hash ^ attempt) % span;
         let port = (s.snat_port_min as u32 + pick) as u16;
         let reply = reply_tuple(key, backend, addr, port.to_be());
-        if claim(&reply, owner, Takeover::GoneOnly, s, now) {
+        if claim(stage, &reply, owner, Takeover::GoneOnly, s, now) {
             return Ok(reply);
         }
         stats::flow_event(FlowEvent::SnatPortRetry);
@@ -254,18 +432,11 @@ enum Takeover {
     Closing,
 }
 
-impl Takeover {
-    #[inline(always)]
-    fn from(syn: bool) -> Self {
-        if syn { Self::Closing } else { Self::GoneOnly }
-    }
-}
-
-/// `reply` is still held by this client: points it at the new backend, in place. False when the
-/// entry is gone or belongs to another flow (then `claim` decides).
+/// `reply` is still held in `stage` by this client: points it at the new backend, in place.
+/// False when the entry is gone or belongs to another flow (then `claim` decides).
 #[inline(always)]
-fn refresh_own(reply: &FlowKey, owner: &ReplyEntry) -> bool {
-    match REPLIES.get_ptr_mut(reply) {
+fn refresh_own(stage: Stage, reply: &FlowKey, owner: &ReplyEntry) -> bool {
+    match stage.replies().get_ptr_mut(reply) {
         Some(held) => {
             // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get
             // plain stores of values this packet decided, so a racing CPU sees one value or the
@@ -283,34 +454,73 @@ fn refresh_own(reply: &FlowKey, owner: &ReplyEntry) -> bool {
     }
 }
 
-/// Takes `reply` for `owner`: free, already ours, or held by a flow that is gone (or closing,
-/// when `takeover` allows).
+/// Takes `reply` in `stage` for `owner`: free, already ours, or held by a flow that is gone (or
+/// closing, when `takeover` allows). A live flow of the other stage holding it keeps it; a gone
+/// one loses its entry there, so the backend's replies find only the new owner.
 #[inline(always)]
 fn claim(
+    stage: Stage,
     reply: &FlowKey,
     owner: &ReplyEntry,
     takeover: Takeover,
     s: &DatapathSettings,
     now: u64,
 ) -> bool {
-    if REPLIES.insert(reply, owner, BPF_NOEXIST as u64).is_ok() {
+    let other = stage.other();
+    match holder(other, reply, owner, takeover, s, now) {
+        Holder::Live => return false,
+        Holder::Gone => {
+            let _ = other.replies().remove(reply);
+        }
+        Holder::Nobody | Holder::Owner => {}
+    }
+    if stage
+        .replies()
+        .insert(reply, owner, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         return true;
     }
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
-    // store single fields, so a read sees old or new values, never freed memory.
-    let free = match unsafe { REPLIES.get(reply) } {
-        None => true,
-        Some(held) => {
-            held.client.same(&owner.client) || owner_gone(&held.client, reply, takeover, s, now)
-        }
-    };
-    free && REPLIES.insert(reply, owner, BPF_ANY as u64).is_ok()
+    holder(stage, reply, owner, takeover, s, now) != Holder::Live
+        && stage.replies().insert(reply, owner, BPF_ANY as u64).is_ok()
 }
 
-/// The flow `client` no longer owns `reply`: it is gone, expired, moved to another tuple, or
-/// (with `Takeover::Closing`) closing.
+/// Who holds a reply tuple in one stage, as seen by a flow that wants it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Nobody,
+    /// The flow that wants it (its client tuple).
+    Owner,
+    /// A flow that no longer owns it (see `owner_gone`).
+    Gone,
+    /// Another live flow.
+    Live,
+}
+
+#[inline(always)]
+fn holder(
+    stage: Stage,
+    reply: &FlowKey,
+    owner: &ReplyEntry,
+    takeover: Takeover,
+    s: &DatapathSettings,
+    now: u64,
+) -> Holder {
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
+    // store single fields, so a read sees old or new values, never freed memory.
+    match unsafe { stage.replies().get(reply) } {
+        None => Holder::Nobody,
+        Some(held) if held.client.same(&owner.client) => Holder::Owner,
+        Some(held) if owner_gone(stage, &held.client, reply, takeover, s, now) => Holder::Gone,
+        Some(_) => Holder::Live,
+    }
+}
+
+/// The flow `client` (in `stage`) no longer owns `reply`: it is gone, expired, moved to another
+/// tuple, or (with `Takeover::Closing`) closing.
 #[inline(always)]
 fn owner_gone(
+    stage: Stage,
     client: &FlowKey,
     reply: &FlowKey,
     takeover: Takeover,
@@ -319,7 +529,7 @@ fn owner_gone(
 ) -> bool {
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
-    match unsafe { FLOWS.get(client) } {
+    match unsafe { stage.flows().get(client) } {
         None => true,
         Some(f) => {
             !f.reply.same(reply)

@@ -11,7 +11,10 @@ use lb_common::{
     addr::AddrKey,
     backend::BackendInfo,
     flow::{FlowEntry, FlowKey, ReplyEntry},
-    limits::{DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS},
+    limits::{
+        DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
+        MIN_FLOW_ENTRIES,
+    },
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
@@ -51,15 +54,26 @@ pub static BACKENDS: Array<BackendInfo> = Array::with_max_entries(MAX_BACKENDS, 
 pub static RING: Array<u32> =
     Array::with_max_entries(RING_MAX_SIZE * RING_SLOTS_PER_SERVICE, BPF_F_MMAPABLE);
 
-/// Client tuple → flow.
+/// Client tuple → established flow.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
-/// Reply tuple → the client tuple to restore.
+/// Reply tuple → the client tuple to restore (established flows).
 #[map]
 pub static REPLIES: LruHashMap<FlowKey, ReplyEntry> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+/// Client tuple → TCP flow whose handshake has not completed. Apart from `FLOWS`, so that SYNs
+/// (a flood of spoofed ones included) evict only each other.
+#[map]
+pub static HALF_OPEN: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(MIN_FLOW_ENTRIES, 0);
+
+/// Reply tuple → client tuple, for half-open flows (the backend's SYN-ACK).
+#[map]
+pub static HALF_OPEN_REPLIES: LruHashMap<FlowKey, ReplyEntry> =
+    LruHashMap::with_max_entries(MIN_FLOW_ENTRIES, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =

@@ -31,9 +31,16 @@ pub struct InterfaceStatus {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ConntrackStatus {
-    /// Live flows (not yet timed out).
+    /// Live established flows (not yet timed out).
     pub entries: u64,
     pub max_entries: u32,
+    /// Live half-open TCP flows (SYN seen, handshake not completed).
+    pub half_open: u64,
+    pub half_open_max_entries: u32,
+    /// Flows the kernel evicted from each table to make room for new ones, since the maps were
+    /// created: elements the datapath added, less those it removed, less those still held.
+    pub evicted: u64,
+    pub half_open_evicted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -160,11 +167,13 @@ impl Status {
             .collect();
         let _ = writeln!(
             out,
-            "xnlb {}   {}   flows {}/{}   config {}",
+            "xnlb {}   {}   flows {}/{} established, {}/{} half-open   config {}",
             self.mode,
             ifaces.join(", "),
             self.conntrack.entries,
             self.conntrack.max_entries,
+            self.conntrack.half_open,
+            self.conntrack.half_open_max_entries,
             self.config
         );
         for s in &self.services {

@@ -138,9 +138,12 @@ fn to_predicted_web_backend(bed: &Bed, pkt: &Pkt) -> Vec<u8> {
     to_backend(bed, pkt, (bed.predict("web", CLIENT.0, CLIENT.1), 443))
 }
 
-/// The only flow's backend address and SNAT source (one-arm rows make exactly one).
+/// The only flow's backend address and SNAT source (one-arm rows make exactly one, half-open or
+/// established).
 fn one_arm_flow(bed: &Bed) -> (Ipv4Addr, (Ipv4Addr, u16)) {
-    let flows = bed.dp.reader().flows().expect("flows");
+    let reader = bed.dp.reader();
+    let mut flows = reader.flows().expect("flows");
+    flows.extend(reader.half_open_flows().expect("half-open flows"));
     assert_eq!(flows.len(), 1, "one flow");
     let reply = flows[0].1.reply;
     let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&reply.src));

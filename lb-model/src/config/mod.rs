@@ -82,22 +82,40 @@ pub struct Snat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Conntrack {
+    /// Established flows (each of `FLOWS` and `REPLIES`).
     pub max_entries: u32,
+    /// TCP flows whose handshake has not completed, kept apart so that a SYN flood never evicts
+    /// an established flow. Omitted: a quarter of `max_entries`, at least the minimum table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_entries: Option<u32>,
     #[serde(with = "duration")]
     pub tcp_timeout: Duration,
     #[serde(with = "duration")]
     pub tcp_closing_timeout: Duration,
     #[serde(with = "duration")]
     pub udp_timeout: Duration,
+    #[serde(with = "duration")]
+    pub half_open_timeout: Duration,
+}
+
+impl Conntrack {
+    /// Size of the half-open table: as configured, or derived from `max_entries`.
+    pub fn half_open_entries(&self) -> u32 {
+        self.half_open_entries.unwrap_or(
+            (self.max_entries / limits::DEFAULT_HALF_OPEN_SHARE).max(limits::MIN_FLOW_ENTRIES),
+        )
+    }
 }
 
 impl Default for Conntrack {
     fn default() -> Self {
         Self {
             max_entries: limits::DEFAULT_FLOW_ENTRIES,
+            half_open_entries: None,
             tcp_timeout: Duration::from_secs(settings::DEFAULT_TCP_TIMEOUT_SECS),
             tcp_closing_timeout: Duration::from_secs(settings::DEFAULT_TCP_CLOSING_TIMEOUT_SECS),
             udp_timeout: Duration::from_secs(settings::DEFAULT_UDP_TIMEOUT_SECS),
+            half_open_timeout: Duration::from_secs(settings::DEFAULT_HALF_OPEN_TIMEOUT_SECS),
         }
     }
 }

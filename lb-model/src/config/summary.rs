@@ -27,9 +27,11 @@ impl Config {
         let backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
         let _ = writeln!(
             out,
-            "{file}: OK: {mode}; {} service(s), {backends} backend(s); conntrack {} entries",
+            "{file}: OK: {mode}; {} service(s), {backends} backend(s); conntrack {} entries \
+             (+{} half-open)",
             self.services.len(),
-            self.conntrack.max_entries
+            self.conntrack.max_entries,
+            self.conntrack.half_open_entries()
         );
         for s in &self.services {
             let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();

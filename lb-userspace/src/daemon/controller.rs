@@ -60,6 +60,7 @@ pub struct Controller {
 fn sizes_for(config: &Config) -> DatapathSizes {
     DatapathSizes {
         flows: config.conntrack.max_entries,
+        half_open: config.conntrack.half_open_entries(),
         // Room to grow by reload: twice the services configured at start.
         ring_services: (config.services.len() as u32 * 2).clamp(MIN_RING_SERVICES, MAX_SERVICES),
     }

@@ -265,17 +265,40 @@ fn encode_snapshot(
         "Live flows to each backend",
         &active,
     )?;
+    let ct = &status.conntrack;
     gauge(
         e,
         "xnlb_conntrack_entries",
-        "Live flows in the connection table",
-        &[(vec![], status.conntrack.entries as i64)],
+        "Live established flows in the connection table",
+        &[(vec![], ct.entries as i64)],
     )?;
     gauge(
         e,
         "xnlb_conntrack_max_entries",
-        "Size of the connection table",
-        &[(vec![], status.conntrack.max_entries as i64)],
+        "Size of the established-flow table",
+        &[(vec![], ct.max_entries as i64)],
+    )?;
+    gauge(
+        e,
+        "xnlb_conntrack_half_open_entries",
+        "Live half-open TCP flows (SYN seen, handshake not completed)",
+        &[(vec![], ct.half_open as i64)],
+    )?;
+    gauge(
+        e,
+        "xnlb_conntrack_half_open_max_entries",
+        "Size of the half-open table",
+        &[(vec![], ct.half_open_max_entries as i64)],
+    )?;
+    let table = |t: &str| vec![("table", t.to_string())];
+    counter(
+        e,
+        "xnlb_conntrack_evictions",
+        "Flows evicted from a full table to make room for new ones",
+        &[
+            (table("established"), ct.evicted),
+            (table("half_open"), ct.half_open_evicted),
+        ],
     )?;
     let labelled = |key: &'static str, rows: Vec<(&'static str, u64)>| -> Vec<(Labels, u64)> {
         rows.into_iter()

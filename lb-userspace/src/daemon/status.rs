@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lb_common::{maps as names, settings::DatapathSettings};
+use lb_common::{maps as names, settings::DatapathSettings, stats::FlowEvent};
 use lb_model::{
     config::{self, Config, Mode},
     ids::IdBook,
@@ -60,8 +60,12 @@ impl View {
 
 /// The status document: the view's names and states with the datapath's counters.
 pub fn status(view: &View, reader: &Reader) -> Result<Status> {
+    let now = monotonic_ns();
     let flows = reader.flows()?;
-    let (live, per_backend) = status::flow_census(&flows, &view.settings, monotonic_ns());
+    let (live, per_backend) = status::flow_census(&flows, &view.settings, now);
+    let half_open = reader.half_open_flows()?;
+    let (half_open_live, _) = status::flow_census(&half_open, &view.settings, now);
+    let event = |e| reader.flow_event_count(e);
     let mut services = Vec::new();
     for s in &view.config.services {
         let Some(&sid) = view.ids.services.get(&s.name) else {
@@ -123,6 +127,12 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
         conntrack: ConntrackStatus {
             entries: live,
             max_entries: reader.max_entries(names::FLOWS)?,
+            half_open: half_open_live,
+            half_open_max_entries: reader.max_entries(names::HALF_OPEN)?,
+            evicted: event(FlowEvent::EstablishedNew)?.saturating_sub(flows.len() as u64),
+            half_open_evicted: event(FlowEvent::HalfOpenNew)?
+                .saturating_sub(event(FlowEvent::Established)?)
+                .saturating_sub(half_open.len() as u64),
         },
         services,
     })

@@ -21,7 +21,7 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    limits::{DEFAULT_FLOW_ENTRIES, MIN_RING_SERVICES},
+    limits::{DEFAULT_FLOW_ENTRIES, DEFAULT_HALF_OPEN_SHARE, MIN_RING_SERVICES},
     maps as names,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
     settings::DatapathSettings,
@@ -72,8 +72,10 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> DatapathError {
 /// Sizes fixed at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct DatapathSizes {
-    /// Entries in the connection table (each of `FLOWS` and `REPLIES`).
+    /// Established flows (each of `FLOWS` and `REPLIES`).
     pub flows: u32,
+    /// Half-open flows (each of `HALF_OPEN` and `HALF_OPEN_REPLIES`).
+    pub half_open: u32,
     /// Services that can have a ring table (two slots each, of `RING_MAX_SIZE` entries).
     pub ring_services: u32,
 }
@@ -82,6 +84,7 @@ impl Default for DatapathSizes {
     fn default() -> Self {
         Self {
             flows: DEFAULT_FLOW_ENTRIES,
+            half_open: DEFAULT_FLOW_ENTRIES / DEFAULT_HALF_OPEN_SHARE,
             ring_services: MIN_RING_SERVICES,
         }
     }
@@ -121,6 +124,8 @@ impl Datapath {
         loader
             .map_max_entries(names::FLOWS, sizes.flows)
             .map_max_entries(names::REPLIES, sizes.flows)
+            .map_max_entries(names::HALF_OPEN, sizes.half_open)
+            .map_max_entries(names::HALF_OPEN_REPLIES, sizes.half_open)
             .map_max_entries(names::RING, ring_slots * RING_MAX_SIZE);
         if let Some(dir) = pin_dir {
             for &name in names::ALL {

@@ -190,15 +190,26 @@ impl Reader {
         })
     }
 
-    /// Every entry of the connection table (client tuple → flow), read in batches.
+    /// Every established flow (client tuple → flow), read in batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
         let fd = self.data(names::FLOWS)?.fd().as_fd();
         batch::lookup_all(fd, 4096).map_err(io_err("reading FLOWS"))
     }
 
+    /// Every half-open flow (client tuple → flow), read in batches.
+    pub fn half_open_flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        let fd = self.data(names::HALF_OPEN)?.fd().as_fd();
+        batch::lookup_all(fd, 4096).map_err(io_err("reading HALF_OPEN"))
+    }
+
     /// Every reply entry (reply tuple → client tuple).
     pub fn replies(&self) -> Result<Vec<(FlowKey, ReplyEntry)>> {
         self.hash_entries(names::REPLIES)
+    }
+
+    /// Every reply entry of a half-open flow (reply tuple → client tuple).
+    pub fn half_open_replies(&self) -> Result<Vec<(FlowKey, ReplyEntry)>> {
+        self.hash_entries(names::HALF_OPEN_REPLIES)
     }
 
     /// What each map costs: its shape and the memory the kernel charges for it.

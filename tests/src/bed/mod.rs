@@ -24,7 +24,7 @@ use xnlb::{
 
 pub use crate::addresses::*;
 use crate::netns::{Entered, NetNs};
-use crate::packets::Pkt;
+use crate::packets::{ACK, Pkt, SYN};
 pub use program::{Programmer, backend, service};
 
 /// The router in front of the clients: the plan's client namespace address.
@@ -61,6 +61,7 @@ impl Bed {
     pub fn new() -> Self {
         Self::with_sizes(DatapathSizes {
             flows: 16_384,
+            half_open: 4096,
             ring_services: 4,
         })
     }
@@ -267,6 +268,20 @@ impl Bed {
     /// A client packet as the router hands it to cli0.
     pub fn from_client(&self, pkt: Pkt) -> Pkt {
         pkt.macs(ROUTER_MAC, self.client_if.mac)
+    }
+
+    /// The client's half of a TCP handshake to `to`: its SYN (a half-open flow), then its ACK
+    /// (the flow established). The backend's SYN-ACK between them changes no state, so it is
+    /// left out. Returns the ACK's output.
+    pub fn connect(&self, client: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> (u32, Vec<u8>) {
+        let syn = self.from_client(Pkt::tcp(client, to, SYN));
+        let (action, _) = self.run(self.client_if, &syn.bytes());
+        assert!(
+            action == XDP_REDIRECT || action == XDP_TX,
+            "the SYN from {client:?} to {to:?} is forwarded (action {action})"
+        );
+        let ack = self.from_client(Pkt::tcp(client, to, ACK));
+        self.run(self.client_if, &ack.bytes())
     }
 
     /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for

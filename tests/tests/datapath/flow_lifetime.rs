@@ -22,10 +22,7 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
     let mut bed = Bed::new();
     three_backends(&mut bed);
     let client = (client_ip(4), 40_000);
-    bed.run(
-        bed.client_if,
-        &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
-    );
+    assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
     bed.run(
         bed.client_if,
         &bed.from_client(Pkt::tcp(client, (VIP, 443), FIN_ACK))
@@ -38,21 +35,33 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
         "FIN marks the flow closing"
     );
 
-    // A retransmitted SYN while open keeps the flow; a SYN on a closing tuple is a new flow.
+    // A SYN on a closing tuple is a new flow, half-open beside the closing one until the
+    // handshake completes.
     bed.run(
         bed.client_if,
         &bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes(),
     );
     let web = bed.service_id("web");
     assert_eq!(bed.dp.reader().service_stats(web).unwrap().new_flows, 2);
-    // It reuses the old entries in place: one flow, open again, and one reply entry that still
-    // undoes the NAT for the backend's answer.
+    let half_open = bed.dp.reader().half_open_flows().unwrap();
+    assert_eq!(half_open.len(), 1);
+    assert_eq!(half_open[0].1.state, FlowState::HalfOpen as u8);
+    let chosen = bed.program.address_of(half_open[0].1.backend_id);
+    let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &reply.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_client(&bed, &reply, 443, client));
+
+    // The client's ACK establishes it in place of the old entries: one flow, open again, one
+    // reply entry that still undoes the NAT, nothing half-open.
+    let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
+    assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_REDIRECT);
     let flows = bed.dp.reader().flows().unwrap();
     assert_eq!(flows.len(), 1);
     assert_eq!(flows[0].1.state, FlowState::Open as u8);
+    assert_eq!(flows[0].1.backend_id, half_open[0].1.backend_id);
     assert_eq!(bed.dp.reader().replies().unwrap().len(), 1);
-    let chosen = bed.program.address_of(flows[0].1.backend_id);
-    let reply = bed.from_backend(Pkt::tcp((chosen, 443), client, SYN_ACK), bed.server_if);
+    assert!(bed.dp.reader().half_open_flows().unwrap().is_empty());
     let (action, out) = bed.run(bed.server_if, &reply.bytes());
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_client(&bed, &reply, 443, client));
@@ -168,8 +177,7 @@ fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
     three_backends(&mut bed);
     let client = (client_ip(12), 45_000);
     let backend = bed.predict("web", client.0, client.1);
-    let syn = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN));
-    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT);
+    assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
     let answer = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
     let (action, out) = bed.run(bed.server_if, &answer.bytes());
     assert_eq!(

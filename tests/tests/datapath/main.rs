@@ -4,5 +4,6 @@
 mod flow_lifetime;
 mod golden_flows;
 mod golden_stateless;
+mod half_open;
 mod random_invariants;
 mod selection;

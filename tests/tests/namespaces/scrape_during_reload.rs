@@ -21,6 +21,7 @@ use std::{
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
     flow::{FlowEntry, FlowKey, FlowState},
+    limits::MIN_FLOW_ENTRIES,
 };
 use xnlb::{
     datapath::{Datapath, DatapathSizes, monotonic_ns},
@@ -59,6 +60,7 @@ fn config(backends: usize) -> String {
 fn fill_flows(d: &Daemon) {
     let sizes = DatapathSizes {
         flows: 2 * FLOWS,
+        half_open: MIN_FLOW_ENTRIES,
         ring_services: SERVICES as u32,
     };
     let (mut dp, adopted) =

@@ -106,6 +106,7 @@ fn cost(case: &str, action: u32, single_ns: f64, runs: u32, repeat_ns: Option<f6
 fn bed_for(runs: u32) -> Bed {
     Bed::with_sizes(DatapathSizes {
         flows: runs + 65_536,
+        half_open: runs + 65_536,
         ring_services: 4,
     })
 }
@@ -232,6 +233,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
         ));
         let mut bed = Bed::with_sizes(DatapathSizes {
             flows: n + 65_536,
+            half_open: n + 65_536,
             ring_services: 4,
         });
         flow_cases::three_backends(&mut bed);
@@ -295,6 +297,7 @@ pub fn new_flow_by_backends(counts: &[u32], budget: &Budget, progress: &mut Prog
         progress.step(&format!("scaling: new flow, {n} backends"));
         let mut bed = Bed::with_sizes(DatapathSizes {
             flows: budget.scale_runs + 65_536,
+            half_open: budget.scale_runs + 65_536,
             ring_services: 4,
         });
         let mut web = service("web", 443, &[]);

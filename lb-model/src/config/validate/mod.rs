@@ -118,17 +118,20 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
         }
     }
     let ct = &config.conntrack;
-    if !(MIN_FLOW_ENTRIES..=MAX_FLOW_ENTRIES).contains(&ct.max_entries) {
-        out.push(Problem::new(
-            "conntrack.max_entries",
-            format!(
-                "{} is out of range {MIN_FLOW_ENTRIES}..={MAX_FLOW_ENTRIES}",
-                ct.max_entries
-            ),
-        ));
+    for (name, entries) in [
+        ("max_entries", Some(ct.max_entries)),
+        ("half_open_entries", ct.half_open_entries),
+    ] {
+        if let Some(n) = entries.filter(|n| !(MIN_FLOW_ENTRIES..=MAX_FLOW_ENTRIES).contains(n)) {
+            out.push(Problem::new(
+                format!("conntrack.{name}"),
+                format!("{n} is out of range {MIN_FLOW_ENTRIES}..={MAX_FLOW_ENTRIES}"),
+            ));
+        }
     }
     for (name, d) in [
         ("tcp_timeout", ct.tcp_timeout),
+        ("half_open_timeout", ct.half_open_timeout),
         ("tcp_closing_timeout", ct.tcp_closing_timeout),
         ("udp_timeout", ct.udp_timeout),
     ] {
