@@ -135,9 +135,17 @@ pub fn spread(ns: &NetNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
 
 /// A TCP connection from `src` (bound before connecting) to `dst`, made inside `ns`.
 fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    connect_from_port(ns, (src, 0).into(), dst)
+}
+
+/// A connection from `src` (a given port, or 0 for any) inside `ns`. A given port is bound with
+/// `SO_REUSEADDR`, so that one an earlier connection left in TIME_WAIT can serve another
+/// destination.
+fn connect_from_port(ns: &NetNs, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = ns.run_in(|| Socket::new(Domain::IPV4, Type::STREAM, None))?;
-    socket.bind(&SocketAddr::from((src, 0)).into())?;
+    socket.set_reuse_address(src.port() != 0)?;
+    socket.bind(&src.into())?;
     socket.connect_timeout(&dst.into(), IO_TIMEOUT)?;
     Ok(socket.into())
 }
@@ -151,6 +159,19 @@ pub fn http_get_from(
     path: &str,
 ) -> std::io::Result<(u16, String)> {
     let stream = connect_from(ns, src, dst)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    http_exchange(stream, dst, path)
+}
+
+/// `http_get_from` with the source port chosen too (`src`).
+pub fn http_get_from_port(
+    ns: &NetNs,
+    src: SocketAddr,
+    dst: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let stream = connect_from_port(ns, src, dst)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     http_exchange(stream, dst, path)

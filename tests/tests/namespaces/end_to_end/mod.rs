@@ -157,6 +157,7 @@ mod balancing;
 mod failures;
 mod flooding;
 mod lifecycle;
+mod ownership;
 mod syn_flood;
 
 in_both_modes! {
@@ -165,6 +166,12 @@ in_both_modes! {
     failures::fail_static: fail_static_two_arm, fail_static_one_arm;
     failures::bad_input: bad_input_two_arm, bad_input_one_arm;
     syn_flood::syn_flood: syn_flood_two_arm, syn_flood_one_arm;
+}
+
+/// Two-arm only: there the backends' own connections route through the balancer.
+#[test]
+fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
+    ownership::direct_connections_from_reused_ports();
 }
 
 /// One-arm only: the shared segment is where frames for another balancer arrive.
