@@ -105,6 +105,11 @@ reasons! {
         /// A new `FLOWS` element: a flow that completed its handshake, or one that started
         /// established (UDP, a TCP packet other than a SYN).
         EstablishedNew = "established_new",
+        /// Established flows the controller removed after a reload because their backend id
+        /// now names another backend (counted by the controller, never by the datapath).
+        ForeignRemoved = "foreign_removed",
+        /// The same for half-open flows.
+        HalfOpenForeignRemoved = "half_open_foreign_removed",
     }
 }
 

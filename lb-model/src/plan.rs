@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
+    flow::{FlowEntry, FlowKey},
     service::{NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, Mode, OwnMac},
 };
@@ -209,6 +210,40 @@ pub fn settings(config: &Config) -> DatapathSettings {
     s
 }
 
+/// Flows (indices into `flows`) that no longer belong to the backend they were balanced to: their
+/// tuple matches no service of `image` any more, or their backend id now names another backend
+/// (removed, or reused by a reload for another service or address). The datapath never follows
+/// such an id (it re-selects on the flow's next packet); the controller removes them after a
+/// reload so that the table, `xnlb status` and the metrics hold only flows that can still go
+/// where they went.
+pub fn foreign_flows(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<usize> {
+    let mut service_of: HashMap<(u32, u8, u16), Option<u32>> = HashMap::new();
+    let mut foreign = Vec::new();
+    for (i, (key, entry)) in flows.iter().enumerate() {
+        let vip = Ipv4Addr::from(key.dst[0].to_ne_bytes());
+        let port = u16::from_be(key.dst_port);
+        let service = *service_of
+            .entry((key.dst[0], key.proto, port))
+            .or_insert_with(|| {
+                image
+                    .rules
+                    .iter()
+                    .find(|(rule, _)| rule.covers(vip, key.proto, port))
+                    .map(|(_, &sid)| sid)
+            });
+        let owned = service.is_some_and(|sid| {
+            image
+                .backends
+                .get(&entry.backend_id)
+                .is_some_and(|b| b.is(sid, &entry.reply.src))
+        });
+        if !owned {
+            foreign.push(i);
+        }
+    }
+    foreign
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +330,43 @@ services:
         assert_eq!(img.backends[&c].state, BackendState::Down as u8);
         let one = &img.services[&ids.services["one"]];
         assert_eq!(one.info.single_backend, ids.backend_id("one", "x").unwrap());
+    }
+
+    #[test]
+    fn flows_whose_backend_id_names_another_backend_are_foreign() {
+        let (img, ids) = image_with(&[]);
+        let a = ids.backend_id("web", "a").unwrap();
+        let x = ids.backend_id("one", "x").unwrap();
+        let flow = |port: u16, backend_id: u32, backend: Ipv4Addr| {
+            let key = FlowKey {
+                src: addr_v4(Ipv4Addr::new(198, 19, 0, 1)),
+                dst: addr_v4(Ipv4Addr::new(198, 18, 1, 1)),
+                src_port: 40_000u16.to_be(),
+                dst_port: port.to_be(),
+                proto: lb_common::addr::PROTO_TCP,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            };
+            let entry = FlowEntry {
+                backend_id,
+                reply: FlowKey {
+                    src: addr_v4(backend),
+                    ..key
+                },
+                ..Default::default()
+            };
+            (key, entry)
+        };
+        let a_addr = Ipv4Addr::new(198, 18, 2, 1);
+        let flows = [
+            flow(80, a, a_addr),                       // web → a: its own
+            flow(1001, a, a_addr),                     // web's range → a: its own
+            flow(443, x, a_addr),                      // one → x (same address): its own
+            flow(443, a, a_addr),                      // one's port, web's backend
+            flow(80, a, Ipv4Addr::new(198, 18, 2, 9)), // id a, but another address
+            flow(80, 15, a_addr),                      // an id nobody holds
+            flow(8443, a, a_addr),                     // a port no service has now
+        ];
+        assert_eq!(foreign_flows(&img, &flows), vec![3, 4, 5, 6]);
     }
 }

@@ -40,6 +40,13 @@ impl RuleKey {
         (RULE_FIXED_BITS + self.port_bits as u32, data)
     }
 
+    /// Whether this prefix covers `proto` traffic to `vip`:`port`.
+    pub fn covers(&self, vip: Ipv4Addr, proto: u8, port: u16) -> bool {
+        let shift = 16 - u32::from(self.port_bits);
+        let high = |p: u16| u32::from(p).checked_shr(shift).unwrap_or(0);
+        self.vip == vip && self.proto == proto && high(self.port) == high(port)
+    }
+
     /// The rule an LPM key read back from the datapath stands for.
     pub fn from_kernel(prefix_len: u32, data: &ServiceRuleKey) -> RuleKey {
         RuleKey {

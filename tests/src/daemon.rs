@@ -146,12 +146,22 @@ impl Daemon {
 
     /// Runs an `xnlb` client verb against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(xnlb_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(&self.files.socket)
-            .output()
+        self.client(args).output().expect("run xnlb")
+    }
+
+    /// Starts an `xnlb` client verb without waiting for it (output discarded).
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        self.client(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("run xnlb")
+    }
+
+    fn client(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(xnlb_bin());
+        command.args(args).arg("--socket").arg(&self.files.socket);
+        command
     }
 
     /// `cli`, asserting success; returns stdout.

@@ -88,6 +88,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
         old.conntrack.max_entries != new.conntrack.max_entries,
         "conntrack.max_entries",
     );
+    check(
+        old.conntrack.half_open_entries() != new.conntrack.half_open_entries(),
+        "conntrack.half_open_entries",
+    );
     check(old.metrics != new.metrics, "metrics");
     check(old.admin != new.admin, "admin");
     out

@@ -129,9 +129,13 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             max_entries: reader.max_entries(names::FLOWS)?,
             half_open: half_open_live,
             half_open_max_entries: reader.max_entries(names::HALF_OPEN)?,
-            evicted: event(FlowEvent::EstablishedNew)?.saturating_sub(flows.len() as u64),
+            // Added, less moved out or removed by the controller, less held now.
+            evicted: event(FlowEvent::EstablishedNew)?
+                .saturating_sub(event(FlowEvent::ForeignRemoved)?)
+                .saturating_sub(flows.len() as u64),
             half_open_evicted: event(FlowEvent::HalfOpenNew)?
                 .saturating_sub(event(FlowEvent::Established)?)
+                .saturating_sub(event(FlowEvent::HalfOpenForeignRemoved)?)
                 .saturating_sub(half_open.len() as u64),
         },
         services,

@@ -13,12 +13,12 @@ use aya::{
 use lb_common::{
     addr::{AddrKey, FAMILY_V4},
     backend::{BackendInfo, BackendState},
-    flow::{FlowEntry, FlowKey},
+    flow::{FlowEntry, FlowKey, ReplyEntry},
     limits::MAX_BACKENDS,
     maps as names,
     service::{RING_MAX_SIZE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
-    stats::BackendStats,
+    stats::{BackendStats, FlowEvent},
 };
 use lb_model::port_rules::RuleKey;
 
@@ -123,6 +123,23 @@ impl Datapath {
         array.set(id, zeros, 0).map_err(map_err(name))
     }
 
+    /// Adds `n` to a flow event only the controller counts (the datapath never writes that
+    /// index, so a read-modify-write of the first CPU's slot races with nobody).
+    pub fn count_flow_event(&mut self, event: FlowEvent, n: u64) -> Result<()> {
+        let name = names::FLOW_EVENTS;
+        let mut array: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let mut values: Vec<u64> = array
+            .get(&(event as u32), 0)
+            .map_err(map_err(name))?
+            .iter()
+            .copied()
+            .collect();
+        values[0] += n;
+        let values = PerCpuValues::try_from(values).map_err(io_err("counting a flow event"))?;
+        array.set(event as u32, values, 0).map_err(map_err(name))
+    }
+
     pub fn set_backend(&mut self, id: u32, backend: &BackendInfo) -> Result<()> {
         self.array_set(names::BACKENDS, id, backend)
     }
@@ -207,6 +224,51 @@ impl Datapath {
                 ))
             })
             .collect()
+    }
+
+    /// Removes `flows` (as read from the established table, or the half-open one) with their
+    /// reply entries. A flow is removed only if it still goes where it went when read (the
+    /// datapath may have re-selected it since), a reply entry only if it still points back at
+    /// the flow. Returns how many flows were removed.
+    pub fn remove_flows(
+        &mut self,
+        half_open: bool,
+        flows: &[(FlowKey, FlowEntry)],
+    ) -> Result<usize> {
+        let (flows_map, replies_map) = if half_open {
+            (names::HALF_OPEN, names::HALF_OPEN_REPLIES)
+        } else {
+            (names::FLOWS, names::REPLIES)
+        };
+        let mut removed = Vec::new();
+        {
+            let mut map: HashMap<&mut MapData, FlowKey, FlowEntry> =
+                HashMap::try_from(self.map_mut(flows_map)?).map_err(map_err(flows_map))?;
+            for (key, read) in flows {
+                let unchanged = map
+                    .get(key, 0)
+                    .is_ok_and(|now| now.backend_id == read.backend_id && now.reply == read.reply);
+                if unchanged && map.remove(key).is_ok() {
+                    removed.push((*key, read.reply));
+                }
+            }
+        }
+        let mut map: HashMap<&mut MapData, FlowKey, ReplyEntry> =
+            HashMap::try_from(self.map_mut(replies_map)?).map_err(map_err(replies_map))?;
+        for (client, reply) in &removed {
+            if map.get(reply, 0).is_ok_and(|owner| owner.client == *client) {
+                let _ = map.remove(reply);
+            }
+        }
+        let event = if half_open {
+            FlowEvent::HalfOpenForeignRemoved
+        } else {
+            FlowEvent::ForeignRemoved
+        };
+        if !removed.is_empty() {
+            self.count_flow_event(event, removed.len() as u64)?;
+        }
+        Ok(removed.len())
     }
 
     /// Writes connection-table entries directly, in batches (benchmarks fill the table with

@@ -6,7 +6,12 @@
 //!    `SERVICES` write switches it (the kernel swaps the element under RCU);
 //! 3. port rules that appear or move, then those that go;
 //! 4. services that go, then their backends are retired (state down, so their flows are
-//!    re-selected), then addresses and VIPs that go.
+//!    re-selected), then addresses and VIPs that go;
+//! 5. when a backend id was retired or now names another backend (and once after a restart, for
+//!    what a killed daemon may have left), the flows that no longer belong to the backend they
+//!    went to are removed (`plan::foreign_flows`). The datapath already never follows such an id;
+//!    this keeps the table, `xnlb status` and the metrics to flows that can still go where they
+//!    went.
 //!
 //! `Programmed` is the controller's record of what the maps hold; after a daemon restart it is
 //! read back from the pinned maps (`Programmed::read`).
@@ -17,7 +22,7 @@ use lb_common::{
     backend::BackendState,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
 };
-use lb_model::plan::{Image, ServicePlan};
+use lb_model::plan::{self, Image, ServicePlan};
 
 use super::{Datapath, DatapathError};
 
@@ -29,6 +34,9 @@ pub struct Programmed {
     /// Services whose live table is not known (adopted from a previous daemon): their table is
     /// rewritten and switched on the next apply.
     pub unknown_tables: BTreeSet<u32>,
+    /// The connection table has not been checked against the backend ids since the maps were
+    /// read: done on the next apply.
+    pub flows_unchecked: bool,
 }
 
 /// What an apply changed, for the log line.
@@ -40,6 +48,7 @@ pub struct Changes {
     pub rules_removed: usize,
     pub backends_written: usize,
     pub backends_retired: usize,
+    pub foreign_flows_removed: usize,
 }
 
 impl Changes {
@@ -52,13 +61,14 @@ impl std::fmt::Display for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} tables switched, {} services removed, {} rules added, {} rules removed, {} backends written, {} retired",
+            "{} tables switched, {} services removed, {} rules added, {} rules removed, {} backends written, {} retired, {} foreign flows removed",
             self.tables_switched,
             self.services_removed,
             self.rules_added,
             self.rules_removed,
             self.backends_written,
-            self.backends_retired
+            self.backends_retired,
+            self.foreign_flows_removed
         )
     }
 }
@@ -95,6 +105,7 @@ impl Programmed {
             image,
             slots,
             unknown_tables,
+            flows_unchecked: true,
         })
     }
 
@@ -116,7 +127,11 @@ impl Programmed {
         for &id in fresh {
             dp.reset_backend_stats(id)?;
         }
+        let mut ids_moved = self.flows_unchecked;
         for (&id, b) in &want.backends {
+            if let Some(old) = now.backends.get(&id) {
+                ids_moved |= !old.is(b.service_id, &b.addr);
+            }
             if now.backends.get(&id) != Some(b) {
                 dp.set_backend(id, b)?;
                 now.backends.insert(id, *b);
@@ -187,6 +202,7 @@ impl Programmed {
             changes.services_removed += 1;
         }
         let gone = absent_from(&now.backends, &want.backends);
+        ids_moved |= !gone.is_empty();
         for id in gone {
             let mut b = now.backends[&id];
             if b.state != BackendState::Down as u8 {
@@ -203,6 +219,23 @@ impl Programmed {
         for vip in now.vips.clone().difference(&want.vips) {
             dp.remove_vip(*vip)?;
             now.vips.remove(vip);
+        }
+
+        if ids_moved {
+            for half_open in [false, true] {
+                let reader = dp.reader();
+                let flows = if half_open {
+                    reader.half_open_flows()?
+                } else {
+                    reader.flows()?
+                };
+                let foreign: Vec<_> = plan::foreign_flows(now, &flows)
+                    .into_iter()
+                    .map(|i| flows[i])
+                    .collect();
+                changes.foreign_flows_removed += dp.remove_flows(half_open, &foreign)?;
+            }
+            self.flows_unchecked = false;
         }
         Ok(changes)
     }

@@ -220,8 +220,10 @@ fn port_to(bed: &Bed, client: Ipv4Addr, target: Ipv4Addr) -> u16 {
 
 /// Reload churn reuses backend ids: here at once, with room for three ids. The flow to b3 keeps
 /// id 2 in its entry; a reload removes b3 and gives id 2 to a backend of another service. The
-/// flow must not follow the id (to that backend) nor keep going to the removed b3: it is
-/// re-selected among web's backends and counted.
+/// reload removes the flow (it can never go where it went); and should it survive (a daemon
+/// killed between writing the id and that clean-up), the flow must not follow the id (to that
+/// backend) nor keep going to the removed b3: it is re-selected among web's backends and
+/// counted.
 #[test]
 fn a_flow_never_follows_its_backend_id_to_another_backend() {
     let mut bed = Bed::new();
@@ -230,8 +232,13 @@ fn a_flow_never_follows_its_backend_id_to_another_backend() {
     let b3 = backend_ip(3);
     let client = client_ip(7);
     let port = port_to(&bed, client, b3);
-    assert_eq!(backend_for(&bed, (client, port)), b3);
+    let (action, out) = bed.connect((client, port), (VIP, 443));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[30..34], &b3.octets(), "established to b3");
     let b3_id = bed.backend_id("web", "b3");
+    let to_b3 = bed.dp.reader().flows().unwrap();
+    assert_eq!(to_b3.len(), 1);
+    assert_eq!(to_b3[0].1.backend_id, b3_id);
 
     let mut web = bed.program.service("web").clone();
     web.backends.retain(|b| b.name != "b3");
@@ -243,7 +250,15 @@ fn a_flow_never_follows_its_backend_id_to_another_backend() {
         b3_id,
         "the id book gave b3's id to rpc's backend"
     );
+    assert!(
+        bed.dp.reader().flows().unwrap().is_empty(),
+        "the reload removed the flow whose id now names another backend"
+    );
+    assert!(bed.dp.reader().replies().unwrap().is_empty());
+    assert_eq!(bed.events(FlowEvent::ForeignRemoved), 1, "and counted it");
 
+    // As a daemon killed mid-reload would leave it: the old flow, its id already reused.
+    bed.dp.insert_flows(&to_b3).unwrap();
     for flags in [ACK, SYN] {
         let before = bed.events(FlowEvent::BackendRetired);
         let got = sent_to(&bed, (client, port), flags);

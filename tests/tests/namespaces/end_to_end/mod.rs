@@ -154,6 +154,7 @@ macro_rules! in_both_modes {
 }
 
 mod balancing;
+mod churn;
 mod failures;
 mod flooding;
 mod lifecycle;
@@ -166,6 +167,7 @@ in_both_modes! {
     failures::fail_static: fail_static_two_arm, fail_static_one_arm;
     failures::bad_input: bad_input_two_arm, bad_input_one_arm;
     syn_flood::syn_flood: syn_flood_two_arm, syn_flood_one_arm;
+    churn::churn: reload_churn_and_kill_two_arm, reload_churn_and_kill_one_arm;
 }
 
 /// Two-arm only: there the backends' own connections route through the balancer.
