@@ -268,7 +268,7 @@ pub fn reply_owner_alive(
 /// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses
 /// the tuple of a closing connection, when its backend id now names another backend (the flow's
 /// own was removed: the address it was translated to is checked, not just the id), when its
-/// backend is down, or (one-arm) when its SNAT port no longer belongs to it.
+/// backend is down, or when its reply tuple (an SNAT port, in one-arm) no longer belongs to it.
 #[inline(always)]
 fn still_valid(
     e: &FlowEntry,
@@ -294,16 +294,16 @@ fn still_valid(
         stats::flow_event(FlowEvent::ReselectedDown);
         return false;
     }
-    if s.mode == Mode::OneArm as u8 {
-        // An LRU may evict the reply entry alone; then another flow may have taken the port.
-        // SAFETY: the element stays valid for this program run (RCU); writers replace whole
-        // elements or store single fields, so a read sees old or new values, never freed memory.
-        let owned =
-            matches!(unsafe { stage.replies().get(&e.reply) }, Some(r) if r.client.same(key));
-        if !owned {
-            stats::flow_event(FlowEvent::ReplyReclaimed);
-            return false;
-        }
+    // An LRU may evict the reply entry alone (the two maps age apart), and then another flow
+    // may take the tuple (an SNAT port, in one-arm). A flow whose replies could no longer be
+    // translated must not carry another packet: it claims its reply tuple anew (two-arm: the
+    // same one, normally) or picks another port.
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements
+    // or store single fields, so a read sees old or new values, never freed memory.
+    let owned = matches!(unsafe { stage.replies().get(&e.reply) }, Some(r) if r.client.same(key));
+    if !owned {
+        stats::flow_event(FlowEvent::ReplyReclaimed);
+        return false;
     }
     true
 }

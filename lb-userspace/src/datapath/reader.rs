@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
     flow::{FlowEntry, FlowKey, ReplyEntry},
@@ -103,6 +103,39 @@ impl Reader {
     pub fn max_entries(&self, name: &'static str) -> Result<u32> {
         let info = self.data(name)?.info().map_err(map_err(name))?;
         Ok(info.max_entries())
+    }
+
+    /// One element of a hash map, if it is there.
+    fn hash_get<K: Pod, V: Pod>(&self, name: &'static str, key: &K) -> Result<Option<V>> {
+        let map: HashMap<&MapData, K, V> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    /// The flow of client tuple `key`, in the half-open table or the established one.
+    pub fn flow(&self, half_open: bool, key: &FlowKey) -> Result<Option<FlowEntry>> {
+        self.hash_get(
+            if half_open {
+                names::HALF_OPEN
+            } else {
+                names::FLOWS
+            },
+            key,
+        )
+    }
+
+    /// The reply entry of reply tuple `key`, in the half-open table or the established one.
+    pub fn reply(&self, half_open: bool, key: &FlowKey) -> Result<Option<ReplyEntry>> {
+        let name = if half_open {
+            names::HALF_OPEN_REPLIES
+        } else {
+            names::REPLIES
+        };
+        self.hash_get(name, key)
     }
 
     pub(super) fn hash_entries<K: Pod, V: Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
