@@ -86,10 +86,13 @@ fn client(i: u32) -> ([u8; 4], u16) {
     )
 }
 
+/// Makes `frame` come from client `i`, its IPv4 header checksum resealed (the datapath drops a
+/// VIP packet whose header does not verify).
 fn set_client(i: u32, frame: &mut [u8]) {
     let (addr, port) = client(i);
     frame[SRC_IP].copy_from_slice(&addr);
     frame[SRC_PORT].copy_from_slice(&port.to_be_bytes());
+    reseal_ipv4(frame);
 }
 
 fn cost(case: &str, action: u32, single_ns: f64, runs: u32, repeat_ns: Option<f64>) -> Cost {
