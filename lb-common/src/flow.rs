@@ -28,16 +28,50 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 kernel_enum! {
-    /// TCP life of a flow, for timeouts.
+    /// TCP life of a flow, for timeouts and for when its reply tuple may be taken again.
     FlowState {
         Open = 0 => "open",
-        /// A FIN or RST was seen: the entry lives `tcp_closing_timeout` after its last packet.
+        /// The client sent a FIN: the entry lives `tcp_closing_timeout` after its last packet.
         Closing = 1 => "closing",
         /// A SYN was seen, the handshake has not completed: the entry is in `HALF_OPEN` and lives
         /// `half_open_timeout` after its last packet.
         HalfOpen = 2 => "half_open",
+        /// The backend sent a FIN first (it will keep the tuple in TIME_WAIT): as `Closing`.
+        BackendClosing = 3 => "backend_closing",
+        /// FINs from both sides, or a RST: the connection is over. The entry lives
+        /// `tcp_closed_timeout` after its last packet; then its reply tuple (an SNAT port, in
+        /// one-arm) is free for a new connection.
+        Closed = 4 => "closed",
     }
     default Open
+}
+
+impl FlowState {
+    /// Whether a state byte is one of the closing states (FIN or RST seen).
+    #[inline(always)]
+    pub fn byte_is_closing(state: u8) -> bool {
+        state == Self::Closing as u8
+            || state == Self::BackendClosing as u8
+            || state == Self::Closed as u8
+    }
+
+    /// The state after a TCP packet with FIN (`fin`) or RST (`rst`) from the client
+    /// (`from_client`) or the backend.
+    #[inline(always)]
+    pub fn byte_after(state: u8, fin: bool, rst: bool, from_client: bool) -> u8 {
+        let (mine, theirs) = if from_client {
+            (Self::Closing as u8, Self::BackendClosing as u8)
+        } else {
+            (Self::BackendClosing as u8, Self::Closing as u8)
+        };
+        if rst || (fin && state == theirs) {
+            Self::Closed as u8
+        } else if fin && state == Self::Open as u8 {
+            mine
+        } else {
+            state
+        }
+    }
 }
 
 /// Value in `FLOWS`: the translation applied to the client's packets.
@@ -92,7 +126,9 @@ impl FlowEntry {
     pub fn expired(&self, proto: u8, s: &DatapathSettings, now_ns: u64) -> bool {
         let timeout = if proto == PROTO_UDP {
             s.udp_timeout_ns
-        } else if self.state == FlowState::Closing as u8 {
+        } else if self.state == FlowState::Closed as u8 {
+            s.tcp_closed_timeout_ns
+        } else if FlowState::byte_is_closing(self.state) {
             s.tcp_closing_timeout_ns
         } else if self.state == FlowState::HalfOpen as u8 {
             s.half_open_timeout_ns

@@ -19,6 +19,9 @@ kernel_enum! {
 /// Connection-table timeouts when the config does not say (seconds).
 pub const DEFAULT_TCP_TIMEOUT_SECS: u64 = 2 * 3600;
 pub const DEFAULT_TCP_CLOSING_TIMEOUT_SECS: u64 = 30;
+/// A connection closed both ways (or reset): past its final ACK and any retransmission of it.
+/// Its entry then frees its reply tuple (an SNAT port, in one-arm) for a new connection.
+pub const DEFAULT_TCP_CLOSED_TIMEOUT_SECS: u64 = 2;
 pub const DEFAULT_UDP_TIMEOUT_SECS: u64 = 60;
 /// A TCP flow whose handshake has not completed: long enough for a client's SYN retries to keep
 /// it (each refreshes it), short enough that a SYN flood's junk never lingers.
@@ -77,6 +80,8 @@ pub struct DatapathSettings {
     pub udp_timeout_ns: u64,
     /// Half-open TCP flows (`HALF_OPEN`).
     pub half_open_timeout_ns: u64,
+    /// TCP flows closed both ways or reset (`FlowState::Closed`).
+    pub tcp_closed_timeout_ns: u64,
     /// One-arm source addresses; the first `snat_count` are used.
     pub snat_addrs: [Addr; MAX_SNAT_ADDRS],
     pub snat_count: u32,
@@ -93,7 +98,7 @@ pub struct DatapathSettings {
     pub own_macs: [OwnMac; MAX_OWN_MACS],
 }
 const _: () =
-    assert!(core::mem::size_of::<DatapathSettings>() == 32 + 16 * 16 + 16 + 12 * MAX_OWN_MACS);
+    assert!(core::mem::size_of::<DatapathSettings>() == 40 + 16 * 16 + 16 + 12 * MAX_OWN_MACS);
 
 impl DatapathSettings {
     /// Settings that balance nothing special: two-arm, SPEC default timeouts.
@@ -103,6 +108,7 @@ impl DatapathSettings {
             tcp_closing_timeout_ns: DEFAULT_TCP_CLOSING_TIMEOUT_SECS * NS_PER_SEC,
             udp_timeout_ns: DEFAULT_UDP_TIMEOUT_SECS * NS_PER_SEC,
             half_open_timeout_ns: DEFAULT_HALF_OPEN_TIMEOUT_SECS * NS_PER_SEC,
+            tcp_closed_timeout_ns: DEFAULT_TCP_CLOSED_TIMEOUT_SECS * NS_PER_SEC,
             snat_addrs: [[0; 4]; MAX_SNAT_ADDRS],
             snat_count: 0,
             snat_port_min: DEFAULT_SNAT_PORT_MIN,

@@ -24,7 +24,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
-    packet::L4,
+    packet::{L4, TCP_FIN, TCP_RST},
     select, stats,
 };
 
@@ -105,8 +105,8 @@ pub fn client_flow(
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let e = unsafe { &mut *entry };
         if still_valid(e, Stage::Established, service_id, key, l4, s, now) {
-            if e.state != FlowState::Closing as u8 {
-                touch(e, l4, now);
+            if !FlowState::byte_is_closing(e.state) {
+                touch(e, l4, now, true);
                 return Ok(Flow {
                     reply: e.reply,
                     backend_id: e.backend_id,
@@ -136,7 +136,7 @@ pub fn client_flow(
             }
         }
         if let Some(e) = closing {
-            touch(e, l4, now);
+            touch(e, l4, now, true);
             return Ok(Flow {
                 reply: e.reply,
                 backend_id: e.backend_id,
@@ -160,12 +160,15 @@ pub fn client_flow(
     )
 }
 
-/// A packet of a live flow: fresh again, and closing once a FIN or RST went by.
+/// A packet of a live flow, from the client or the backend: fresh again, and closing (then
+/// closed) as FINs and RSTs go by.
 #[inline(always)]
-fn touch(e: &mut FlowEntry, l4: &L4, now: u64) {
+fn touch(e: &mut FlowEntry, l4: &L4, now: u64, from_client: bool) {
     e.last_seen_ns = now;
     if l4.is_fin_or_rst() {
-        e.state = FlowState::Closing as u8;
+        let fin = l4.tcp_flags & TCP_FIN != 0;
+        let rst = l4.tcp_flags & TCP_RST != 0;
+        e.state = FlowState::byte_after(e.state, fin, rst, from_client);
     }
 }
 
@@ -253,7 +256,7 @@ pub fn reply_owner_alive(
         let f = unsafe { &mut *flow };
         if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
             match stage {
-                Stage::Established => touch(f, l4, now),
+                Stage::Established => touch(f, l4, now, false),
                 // The handshake decides: a backend's RST leaves the flow half-open, to expire.
                 Stage::HalfOpen => f.last_seen_ns = now,
             }
@@ -279,7 +282,7 @@ fn still_valid(
     s: &DatapathSettings,
     now: u64,
 ) -> bool {
-    if e.expired(key.proto, s, now) || (l4.is_syn() && e.state == FlowState::Closing as u8) {
+    if e.expired(key.proto, s, now) || (l4.is_syn() && FlowState::byte_is_closing(e.state)) {
         return false;
     }
     let Some(b) = BACKENDS.get(e.backend_id) else {
@@ -404,13 +407,13 @@ fn claim_snat_port(
         return Err(DropReason::SnatExhausted);
     }
     let hash = hash_addr_port(&key.src, key.src_port, key.dst[0]);
+    let span = (s.snat_port_max - s.snat_port_min) as u32 + 1;
     // The verifier needs the index bounded by a mask; LLVM would drop a plain mask (it knows
     // `count <= MAX_SNAT_ADDRS`), so the index is read back opaquely first.
     let idx = (hash % count) as usize;
     // SAFETY: reads a local variable.
     let idx = unsafe { core::ptr::read_volatile(&idx) } & (MAX_SNAT_ADDRS - 1);
     let addr = s.snat_addrs[idx];
-    let span = (s.snat_port_max - s.snat_port_min) as u32 + 1;
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let pick = hash_addr_port(&key.src, key.src_port, hash ^ attempt) % span;
         let port = (s.snat_port_min as u32 + pick) as u16;
@@ -428,7 +431,7 @@ fn claim_snat_port(
 enum Takeover {
     /// Only from a flow that is gone.
     GoneOnly,
-    /// Also from a closing flow (a TCP SYN reusing the tuple).
+    /// Also from a closing flow (a TCP SYN reusing the tuple, as the backend's TIME_WAIT allows).
     Closing,
 }
 
@@ -516,8 +519,9 @@ fn holder(
     }
 }
 
-/// The flow `client` (in `stage`) no longer owns `reply`: it is gone, expired, moved to another
-/// tuple, or (with `Takeover::Closing`) closing.
+/// The flow `client` (in `stage`) no longer owns `reply`: it is gone, expired (a closed one soon:
+/// `tcp_closed_timeout`, which frees its SNAT port), moved to another tuple, or (with
+/// `Takeover::Closing`) closing.
 #[inline(always)]
 fn owner_gone(
     stage: Stage,
@@ -534,7 +538,7 @@ fn owner_gone(
         Some(f) => {
             !f.reply.same(reply)
                 || f.expired(client.proto, s, now)
-                || (takeover == Takeover::Closing && f.state == FlowState::Closing as u8)
+                || (takeover == Takeover::Closing && FlowState::byte_is_closing(f.state))
         }
     }
 }

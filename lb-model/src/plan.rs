@@ -197,6 +197,7 @@ pub fn settings(config: &Config) -> DatapathSettings {
     } as u8;
     s.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
     s.tcp_closing_timeout_ns = config.conntrack.tcp_closing_timeout.as_nanos() as u64;
+    s.tcp_closed_timeout_ns = config.conntrack.tcp_closed_timeout.as_nanos() as u64;
     s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     s.half_open_timeout_ns = config.conntrack.half_open_timeout.as_nanos() as u64;
     if let Some(snat) = &config.snat {

@@ -93,6 +93,8 @@ pub struct Conntrack {
     #[serde(with = "duration")]
     pub tcp_closing_timeout: Duration,
     #[serde(with = "duration")]
+    pub tcp_closed_timeout: Duration,
+    #[serde(with = "duration")]
     pub udp_timeout: Duration,
     #[serde(with = "duration")]
     pub half_open_timeout: Duration,
@@ -114,6 +116,7 @@ impl Default for Conntrack {
             half_open_entries: None,
             tcp_timeout: Duration::from_secs(settings::DEFAULT_TCP_TIMEOUT_SECS),
             tcp_closing_timeout: Duration::from_secs(settings::DEFAULT_TCP_CLOSING_TIMEOUT_SECS),
+            tcp_closed_timeout: Duration::from_secs(settings::DEFAULT_TCP_CLOSED_TIMEOUT_SECS),
             udp_timeout: Duration::from_secs(settings::DEFAULT_UDP_TIMEOUT_SECS),
             half_open_timeout: Duration::from_secs(settings::DEFAULT_HALF_OPEN_TIMEOUT_SECS),
         }

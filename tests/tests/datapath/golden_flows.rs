@@ -142,6 +142,84 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
     assert!(bed.events(FlowEvent::SnatPortRetry) > 0);
 }
 
+/// An SNAT port is the backend's tuple: it comes free when the connection has closed both ways
+/// (or was reset) and `tcp_closed_timeout` has passed, not 30 s later; a half-closed connection
+/// (the backend may still be sending) keeps its port.
+#[test]
+fn one_arm_ports_come_free_when_their_connection_has_closed() {
+    let mut bed = Bed::new();
+    bed.one_arm((30_000, 30_015)); // 16 ports
+    bed.install(service("web", 443, &[one_arm_backend_ip(1)]));
+    bed.program.config.conntrack.tcp_closed_timeout = std::time::Duration::from_millis(1);
+    bed.reprogram();
+    let backend = (one_arm_backend_ip(1), 443);
+    let client = |n: u16| (client_ip(200 + n), 41_000);
+    let mut open = Vec::new();
+    for n in 0..40 {
+        let syn = bed.from_client(Pkt::tcp(client(n), (VIP, 443), SYN));
+        if bed.run(bed.client_if, &syn.bytes()).0 == XDP_TX {
+            let ack = bed.from_client(Pkt::tcp(client(n), (VIP, 443), ACK));
+            assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_TX);
+            open.push(client(n));
+        }
+    }
+    assert!(
+        (12..=16).contains(&open.len()),
+        "{} ports taken",
+        open.len()
+    );
+    let snat_of = |bed: &Bed, c: (std::net::Ipv4Addr, u16)| {
+        let flows = bed.dp.reader().flows().unwrap();
+        let (_, f) = flows
+            .iter()
+            .find(|(k, _)| {
+                k.src_port == c.1.to_be() && k.src[0] == u32::from_ne_bytes(c.0.octets())
+            })
+            .expect("the client's flow");
+        (
+            std::net::Ipv4Addr::from(f.reply.dst[0].to_ne_bytes()),
+            u16::from_be(f.reply.dst_port),
+        )
+    };
+    // Every connection but the first closes both ways: the client's FIN, then the backend's.
+    // The first is only half-closed.
+    let half_closed = snat_of(&bed, open[0]);
+    for (i, &c) in open.iter().enumerate() {
+        let fin = bed.from_client(Pkt::tcp(c, (VIP, 443), FIN_ACK));
+        assert_eq!(bed.run(bed.client_if, &fin.bytes()).0, XDP_TX);
+        if i > 0 {
+            let back =
+                bed.from_backend(Pkt::tcp(backend, snat_of(&bed, c), FIN_ACK), bed.client_if);
+            assert_eq!(bed.run(bed.client_if, &back.bytes()).0, XDP_TX);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20)); // past the timeout and a clock tick
+
+    let exhausted = bed.drops(DropReason::SnatExhausted);
+    let mut again = 0;
+    for n in 100..140 {
+        let syn = bed.from_client(Pkt::tcp(client(n), (VIP, 443), SYN));
+        let (action, out) = bed.run(bed.client_if, &syn.bytes());
+        if action == XDP_TX {
+            again += 1;
+            let port = u16::from_be_bytes([out[34], out[35]]);
+            assert_ne!(
+                port, half_closed.1,
+                "a half-closed connection keeps its port"
+            );
+        }
+    }
+    assert!(
+        again + 1 >= open.len() - 2,
+        "{again} new connections got the {} ports freed by closing",
+        open.len() - 1
+    );
+    assert_eq!(
+        bed.drops(DropReason::SnatExhausted) - exhausted,
+        40 - again as u64
+    );
+}
+
 #[test]
 fn port_range_rules_match_their_whole_range_and_nothing_else() {
     let mut bed = Bed::new();

@@ -133,6 +133,7 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
         ("tcp_timeout", ct.tcp_timeout),
         ("half_open_timeout", ct.half_open_timeout),
         ("tcp_closing_timeout", ct.tcp_closing_timeout),
+        ("tcp_closed_timeout", ct.tcp_closed_timeout),
         ("udp_timeout", ct.udp_timeout),
     ] {
         if d.is_zero() {

@@ -159,6 +159,7 @@ mod failures;
 mod flooding;
 mod lifecycle;
 mod ownership;
+mod snat_capacity;
 mod syn_flood;
 
 in_both_modes! {
@@ -174,6 +175,12 @@ in_both_modes! {
 #[test]
 fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
     ownership::direct_connections_from_reused_ports();
+}
+
+/// One-arm only: SNAT ports.
+#[test]
+fn one_arm_snat_ports_come_free_after_close() {
+    snat_capacity::short_connections_reuse_closed_ports();
 }
 
 /// One-arm only: the shared segment is where frames for another balancer arrive.

@@ -1,0 +1,74 @@
+//! One-arm SNAT capacity: 256 source ports towards one backend, short connections one after
+//! another for 45 s. A port comes free `tcp_closed_timeout` (2 s) after its connection closed
+//! both ways, so the ports carry about 128 new connections a second, not 256 every 30 s as when
+//! a closed connection kept its port for `tcp_closing_timeout` (578 connections in the first
+//! second, then 2-35 a second).
+
+use super::*;
+
+const PORTS: (u16, u16) = (30_000, 30_255);
+const RUN: Duration = Duration::from_secs(45);
+
+pub fn short_connections_reuse_closed_ports() {
+    let farm = Farm::new(Mode::OneArm, 1);
+    let backends = farm.backends(&[1], |_| "".into());
+    let config = farm
+        .config(&[farm.service("web", HTTP, "", &backends)])
+        .replace(
+            "snat:\n",
+            &format!("snat:\n  ports: \"{}-{}\"\n", PORTS.0, PORTS.1),
+        );
+    let _d = Daemon::start(&farm.net.lb, &config);
+    let clients = farm.net.client_addresses(8);
+    let before = farm.scrape();
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0usize, Vec::new());
+    let mut per_second = Vec::new();
+    let mut second = (0, Instant::now());
+    // Bounded by time (45 s) and by count (one connection at a time, at most 100,000).
+    while start.elapsed() < RUN && ok + failed.len() < 100_000 {
+        match farm.try_get(clients[(ok + failed.len()) % clients.len()], HTTP) {
+            Ok(_) => ok += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+        if second.1.elapsed() >= Duration::from_secs(1) {
+            per_second.push(ok - second.0);
+            second = (ok, Instant::now());
+        }
+    }
+    let after = farm.scrape();
+    let delta = |event: &str| {
+        after.sum("xnlb_flow_events_total", &[("event", event)])
+            - before.sum("xnlb_flow_events_total", &[("event", event)])
+    };
+    let exhausted = after.sum("xnlb_drops_total", &[("reason", "snat_exhausted")]);
+    let established = after.sum("xnlb_conntrack_entries", &[]);
+    let (low, high) = (
+        per_second.iter().min().copied().unwrap_or(0),
+        per_second.iter().max().copied().unwrap_or(0),
+    );
+    println!(
+        "one-arm, {} SNAT ports, one backend: {ok} connections in {:.0?} ({:.0}/s; per second \
+         {low}..{high}), {} failed; SNAT port retries {}, exhausted {exhausted}; flows held at \
+         the end {established}",
+        PORTS.1 - PORTS.0 + 1,
+        start.elapsed(),
+        ok as f64 / start.elapsed().as_secs_f64(),
+        failed.len(),
+        delta("snat_port_retry"),
+    );
+    assert!(
+        failed.len() * 100 <= ok,
+        "more than 1% of connections failed: {:?}",
+        &failed[..failed.len().min(10)]
+    );
+    // The ports alone allow 256 connections per 2 s once warm; a rate below that in the last
+    // half means closed connections still hold their ports. Half of it is the bar: the
+    // machine is shared and slow at times.
+    let warm = &per_second[per_second.len() / 2..];
+    let warm_rate = warm.iter().sum::<usize>() as f64 / warm.len().max(1) as f64;
+    assert!(
+        warm_rate >= 64.0,
+        "{warm_rate:.0} connections a second in the second half: ports stay taken after close"
+    );
+}
