@@ -158,10 +158,7 @@ pub fn http_get_from(
     dst: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    let stream = connect_from(ns, src, dst)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    http_exchange(stream, dst, path)
+    http_get_from_port(ns, (src, 0).into(), dst, path)
 }
 
 /// `http_get_from` with the source port chosen too (`src`).
