@@ -11,7 +11,7 @@ use std::{
 use lb_common::backend::BackendInfo;
 
 use crate::{
-    config::Config,
+    config::{Config, Service},
     port_rules::{RuleKey, addr_v4},
 };
 
@@ -44,6 +44,10 @@ impl BackendKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdBook {
     pub services: BTreeMap<String, u32>,
+    /// What each service answers for (VIP, protocol, ports), by name: a service that disappears
+    /// and one with another name that answers for exactly the same is the same service renamed,
+    /// and keeps its ids (its flows go on).
+    pub shapes: BTreeMap<String, String>,
     pub backends: BTreeMap<BackendKey, u32>,
     /// Backend ids that held a backend no longer configured.
     pub retired: BTreeSet<u32>,
@@ -69,8 +73,14 @@ impl IdBook {
         backend_slots: u32,
     ) -> Result<Vec<u32>, IdError> {
         let names: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        self.inherit_renamed(config, &names);
         self.services
             .retain(|name, _| names.contains(name.as_str()));
+        self.shapes = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), shape(s)))
+            .collect();
         for name in &names {
             if !self.services.contains_key(*name) {
                 let used: BTreeSet<u32> = self.services.values().copied().collect();
@@ -107,6 +117,43 @@ impl IdBook {
         Ok(fresh)
     }
 
+    /// A service of `config` new by name that answers for exactly what a vanished one did is
+    /// that service renamed: it takes over the service id and the ids of backends at the same
+    /// address and port (and name), so the datapath sees no change and no flow is touched.
+    fn inherit_renamed(&mut self, config: &Config, names: &BTreeSet<&str>) {
+        for service in &config.services {
+            if self.services.contains_key(&service.name) {
+                continue;
+            }
+            let wanted = shape(service);
+            let old = self.shapes.iter().find(|(name, s)| {
+                !names.contains(name.as_str())
+                    && **s == wanted
+                    && self.services.contains_key(name.as_str())
+            });
+            let Some((old, _)) = old.map(|(n, s)| (n.clone(), s.clone())) else {
+                continue;
+            };
+            let id = self.services.remove(&old).expect("checked above");
+            self.services.insert(service.name.clone(), id);
+            self.shapes.remove(&old);
+            let moved: Vec<(BackendKey, u32)> = self
+                .backends
+                .iter()
+                .filter(|(k, _)| k.service == old)
+                .map(|(k, &id)| (k.clone(), id))
+                .collect();
+            for (key, id) in moved {
+                self.backends.remove(&key);
+                let key = BackendKey {
+                    service: service.name.clone(),
+                    ..key
+                };
+                self.backends.insert(key, id);
+            }
+        }
+    }
+
     /// The ids a running datapath already uses for `config`'s services and backends, found
     /// from its maps (daemon restart): a service by the rules of its VIP and ports, a backend
     /// by (service, address, port). Ids in use by nothing configured are retired.
@@ -126,6 +173,7 @@ impl IdBook {
             });
             if let Some(sid) = sid.filter(|sid| taken_services.insert(*sid)) {
                 book.services.insert(service.name.clone(), sid);
+                book.shapes.insert(service.name.clone(), shape(service));
             }
         }
         let mut taken = BTreeSet::new();
@@ -158,6 +206,11 @@ impl IdBook {
             .find(|(k, _)| k.service == service && k.name == name)
             .map(|(_, &id)| id)
     }
+}
+
+/// What a service answers for, as one comparable value: VIP, protocol and ports.
+fn shape(service: &Service) -> String {
+    format!("{} {:?} {:?}", service.vip, service.protocol, service.ports)
 }
 
 #[cfg(test)]
@@ -261,5 +314,38 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err, IdError::Backends(2));
+    }
+
+    #[test]
+    fn a_renamed_service_keeps_its_ids() {
+        let mut book = IdBook::default();
+        let web = config(&[("a", "198.18.2.1"), ("b", "198.18.2.2")]);
+        book.assign(&web, 4, 8).unwrap();
+        let before = (
+            book.services["web"],
+            book.backend_id("web", "a"),
+            book.backend_id("web", "b"),
+        );
+        let mut owa = web.clone();
+        owa.services[0].name = "owa".into();
+        let fresh = book.assign(&owa, 4, 8).unwrap();
+        assert!(fresh.is_empty(), "no backend got a new id: {fresh:?}");
+        assert!(book.retired.is_empty());
+        assert_eq!(
+            (
+                book.services["owa"],
+                book.backend_id("owa", "a"),
+                book.backend_id("owa", "b")
+            ),
+            before
+        );
+        assert!(!book.services.contains_key("web"));
+        // Another VIP or port is another service: new ids.
+        let mut moved = owa.clone();
+        moved.services[0].name = "ews".into();
+        moved.services[0].ports[0].lo = 81;
+        moved.services[0].ports[0].hi = 81;
+        let fresh = book.assign(&moved, 4, 8).unwrap();
+        assert_eq!(fresh.len(), 2);
     }
 }

@@ -311,3 +311,39 @@ fn a_new_flow_skips_a_slot_whose_id_belongs_to_another_service() {
         "{redirected} of 20 re-hashed to web's backends"
     );
 }
+
+/// A reload that renames a service (same VIP, protocol, ports and backends) changes nothing the
+/// datapath sees: the service keeps its id and its backends theirs, so its flows go on, neither
+/// re-selected nor removed.
+#[test]
+fn a_renamed_service_keeps_its_flows() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(31), 42_000);
+    let (action, out) = bed.connect(client, (VIP, 443));
+    assert_eq!(action, XDP_REDIRECT);
+    let backend = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    let flows = bed.dp.reader().flows().unwrap();
+
+    let mut owa = bed.program.service("web").clone();
+    owa.name = "owa".into();
+    bed.program.remove("web");
+    bed.install(owa);
+    assert_eq!(
+        bed.dp.reader().flows().unwrap(),
+        flows,
+        "the flow is untouched"
+    );
+    assert_eq!(bed.events(FlowEvent::ForeignRemoved), 0);
+
+    let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
+    let (action, out) = bed.run(bed.client_if, &ack.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[30..34], &backend.octets(), "still to its backend");
+    assert_eq!(bed.events(FlowEvent::BackendRetired), 0);
+    assert_eq!(bed.events(FlowEvent::NonSynMiss), 0);
+    let reply = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &reply.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, to_client(&bed, &reply, 443, client));
+}
