@@ -48,6 +48,8 @@ pub struct IdBook {
     /// and one with another name that answers for exactly the same is the same service renamed,
     /// and keeps its ids (its flows go on).
     pub shapes: BTreeMap<String, String>,
+    /// Services the last `assign` found renamed: old name → new name.
+    pub renamed: BTreeMap<String, String>,
     pub backends: BTreeMap<BackendKey, u32>,
     /// Backend ids that held a backend no longer configured.
     pub retired: BTreeSet<u32>,
@@ -73,6 +75,7 @@ impl IdBook {
         backend_slots: u32,
     ) -> Result<Vec<u32>, IdError> {
         let names: BTreeSet<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        self.renamed.clear();
         self.inherit_renamed(config, &names);
         self.services
             .retain(|name, _| names.contains(name.as_str()));
@@ -136,6 +139,7 @@ impl IdBook {
             };
             let id = self.services.remove(&old).expect("checked above");
             self.services.insert(service.name.clone(), id);
+            self.renamed.insert(old.clone(), service.name.clone());
             self.shapes.remove(&old);
             let moved: Vec<(BackendKey, u32)> = self
                 .backends
@@ -340,6 +344,7 @@ mod tests {
             before
         );
         assert!(!book.services.contains_key("web"));
+        assert_eq!(book.renamed, BTreeMap::from([("web".into(), "owa".into())]));
         // Another VIP or port is another service: new ids.
         let mut moved = owa.clone();
         moved.services[0].name = "ews".into();

@@ -34,12 +34,18 @@ impl Controller {
 
         let old_lifecycles = self.lifecycles.clone();
         let old_config = std::mem::replace(&mut self.config, std::sync::Arc::new(new));
-        // A backend keeps its lifecycle (drain, health) while it keeps its id; `reprogram`
-        // makes it follow a changed health block.
-        self.lifecycles.retain(|(s, b), _| {
-            old_ids.backend_id(s, b).is_some()
-                && old_ids.backend_id(s, b) == new_ids.backend_id(s, b)
-        });
+        // A backend keeps its lifecycle (drain, health) while it keeps its id, under its
+        // service's new name if the service was renamed; `reprogram` makes it follow a changed
+        // health block.
+        self.lifecycles = old_lifecycles
+            .iter()
+            .filter_map(|((s, b), life)| {
+                let service = new_ids.renamed.get(s).unwrap_or(s);
+                let id = old_ids.backend_id(s, b)?;
+                (new_ids.backend_id(service, b) == Some(id))
+                    .then(|| ((service.clone(), b.clone()), life.clone()))
+            })
+            .collect();
         match self.reprogram() {
             Ok(changes) => {
                 self.targets.send_replace(health::targets(&self.config));

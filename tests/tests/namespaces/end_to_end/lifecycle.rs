@@ -144,3 +144,66 @@ pub(super) fn lifecycle(mode: Mode) {
 }
 
 // 6. Fail-static.
+
+/// A reload that renames the service (same VIP, protocol, ports and backends): the service is
+/// the same to the datapath, so its connections go on and its backends stay in rotation with
+/// the health they had, under the new name. Before, the renamed service's backends got new ids:
+/// its connections were reset and, with a health check, its backends started down.
+pub(super) fn rename(mode: Mode) {
+    let farm = Farm::new(mode, 3);
+    let mode_name = farm.mode();
+    let d = Daemon::start(&farm.net.lb, &owa(&farm, &[1, 2, 3]));
+    d.wait_state(&[("owa", "b1"), ("owa", "b2"), ("owa", "b3")], "up", LIMIT);
+    let clients = farm.net.client_addresses(19);
+    // 20 transfers of 150 ticks (3 s); the reload takes well under a second here.
+    let transfers: Vec<Transfer> = clients.iter().map(|&c| farm.transfer(c, 150)).collect();
+    let before = farm.scrape();
+    d.write_config(&owa(&farm, &[1, 2, 3]).replace("name: owa", "name: mail"));
+    d.ok(&["reload"]);
+    let status = d.status_json();
+    let states: Vec<&str> = status["services"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["state"].as_str().unwrap_or("?"))
+        .collect();
+    let spanning: Vec<bool> = transfers.iter().map(Transfer::running).collect();
+    let served = farm.try_get(clients[0], HTTP);
+    let mut broken = Vec::new();
+    for (t, spanned) in transfers.into_iter().zip(spanning) {
+        match t.finish() {
+            Ok(_) => assert!(spanned, "{mode_name}: the transfers must span the reload"),
+            Err(e) => broken.push(e),
+        }
+    }
+    let after = farm.scrape();
+    let delta = |event: &str| {
+        after.sum("xnlb_flow_events_total", &[("event", event)])
+            - before.sum("xnlb_flow_events_total", &[("event", event)])
+    };
+    println!(
+        "{mode_name}: renamed owa to mail under 20 transfers: {} broken; backends {states:?}; \
+         a new connection right after: {}; re-selected {}, removed {}",
+        broken.len(),
+        if served.is_ok() { "answered" } else { "failed" },
+        delta("backend_retired") + delta("reselected_down"),
+        delta("foreign_removed")
+    );
+    assert_eq!(status["services"][0]["name"], "mail");
+    assert_eq!(states, ["up", "up", "up"], "{mode_name}: still in rotation");
+    assert!(
+        served.is_ok(),
+        "{mode_name}: a new connection right after the reload: {served:?}"
+    );
+    assert!(broken.is_empty(), "{mode_name}: {broken:?}");
+    assert_eq!(
+        delta("foreign_removed"),
+        0.0,
+        "{mode_name}: no flow removed"
+    );
+    assert_eq!(
+        delta("backend_retired") + delta("reselected_down"),
+        0.0,
+        "{mode_name}: no flow re-selected"
+    );
+}
