@@ -127,39 +127,36 @@ pub fn from_backend(
         return Outcome::Pass(PassReason::Malformed);
     };
     let key = tuple(ip, &l4);
-    // An established flow's reply, or the SYN-ACK (or RST) of a half-open one. Two calls, so
-    // that each names its maps as constants.
+    // SAFETY: a helper that takes no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // An established flow's reply, or the SYN-ACK (or RST) of a half-open one. A stale
+    // established entry does not end the search: a client that came back from the same port
+    // has the tuple again, half-open. Two blocks, so that each names its maps as constants.
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if let Some(entry) = unsafe { REPLIES.get(&key) } {
-        return to_client(ctx, eth, ip, &l4, &key, Stage::Established, entry, settings);
+        if conntrack::reply_owner_alive(Stage::Established, entry, &key, &l4, settings, now) {
+            return to_client(ctx, eth, ip, &l4, entry);
+        }
     }
     // SAFETY: as above.
     if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) } {
-        return to_client(ctx, eth, ip, &l4, &key, Stage::HalfOpen, entry, settings);
+        if conntrack::reply_owner_alive(Stage::HalfOpen, entry, &key, &l4, settings, now) {
+            return to_client(ctx, eth, ip, &l4, entry);
+        }
     }
     Outcome::Pass(PassReason::NotOurs)
 }
 
-/// A backend's packet that matched `entry` in `stage`'s replies: its NAT undone if the flow is
-/// alive, else the kernel's (and the stale entry removed).
-#[allow(clippy::too_many_arguments)]
+/// A backend's packet of a live flow (`entry` names its client): its NAT undone, forwarded.
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
     l4: &L4,
-    key: &FlowKey,
-    stage: Stage,
     entry: &ReplyEntry,
-    settings: &DatapathSettings,
 ) -> Outcome {
-    // SAFETY: a helper that takes no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !conntrack::reply_owner_alive(stage, entry, key, l4, settings, now) {
-        return Outcome::Pass(PassReason::NotOurs);
-    }
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }

@@ -177,3 +177,36 @@ fn a_syn_flood_never_evicts_an_established_flow() {
         (ESTABLISHED + during) as u64
     );
 }
+
+/// A client comes back from the same port after its connection closed and the flow expired:
+/// the old established reply entry is stale, the new handshake's is half-open. The backend's
+/// SYN-ACK must find the new one, not stop at the stale one (it would leave untranslated, and
+/// the client would wait a SYN timeout).
+#[test]
+fn a_client_back_on_its_old_port_gets_its_syn_ack() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    bed.program.config.conntrack.tcp_closed_timeout = Duration::from_millis(1);
+    bed.reprogram();
+    let client = (client_ip(7), 40_400);
+    let backend = bed.predict("web", client.0, client.1);
+    assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
+    let rst = bed.from_client(Pkt::tcp(client, (VIP, 443), RST));
+    assert_eq!(bed.run(bed.client_if, &rst.bytes()).0, XDP_REDIRECT);
+    std::thread::sleep(Duration::from_millis(20)); // past the closed timeout and a clock tick
+
+    let syn = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN));
+    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_REDIRECT);
+    let syn_ack = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
+    let (action, out) = bed.run(bed.server_if, &syn_ack.bytes());
+    assert_eq!(
+        action, XDP_REDIRECT,
+        "the SYN-ACK of the new handshake is translated"
+    );
+    assert_eq!(out, to_client(&bed, &syn_ack, 443, client));
+    assert_eq!(
+        bed.events(FlowEvent::StaleReply),
+        1,
+        "the old entry, removed on the way"
+    );
+}
