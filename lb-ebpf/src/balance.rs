@@ -134,16 +134,16 @@ pub fn from_backend(
     // has the tuple again, half-open. Two blocks, so that each names its maps as constants.
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
-    if let Some(entry) = unsafe { REPLIES.get(&key) } {
-        if conntrack::reply_owner_alive(Stage::Established, entry, &key, &l4, settings, now) {
-            return to_client(ctx, eth, ip, &l4, entry);
-        }
+    if let Some(entry) = unsafe { REPLIES.get(&key) }
+        && conntrack::reply_owner_alive(Stage::Established, entry, &key, &l4, settings, now)
+    {
+        return to_client(ctx, eth, ip, &l4, entry);
     }
     // SAFETY: as above.
-    if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) } {
-        if conntrack::reply_owner_alive(Stage::HalfOpen, entry, &key, &l4, settings, now) {
-            return to_client(ctx, eth, ip, &l4, entry);
-        }
+    if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) }
+        && conntrack::reply_owner_alive(Stage::HalfOpen, entry, &key, &l4, settings, now)
+    {
+        return to_client(ctx, eth, ip, &l4, entry);
     }
     Outcome::Pass(PassReason::NotOurs)
 }
