@@ -271,11 +271,24 @@ impl Datapath {
         Ok(removed.len())
     }
 
-    /// Writes connection-table entries directly, in batches (benchmarks fill the table with
-    /// them; the datapath alone creates flows in service).
+    /// Writes established flows directly, each with its reply entry, in batches (benchmarks
+    /// fill the table with them; the datapath alone creates flows in service).
     pub fn insert_flows(&mut self, flows: &[(FlowKey, FlowEntry)]) -> Result<()> {
         let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
         let fd = self.map_data(names::FLOWS)?.fd().as_fd();
-        batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))
+        batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))?;
+        let (replies, owners): (Vec<FlowKey>, Vec<ReplyEntry>) = flows
+            .iter()
+            .map(|(client, f)| {
+                let owner = ReplyEntry {
+                    client: *client,
+                    backend_id: f.backend_id,
+                    _pad: 0,
+                };
+                (f.reply, owner)
+            })
+            .unzip();
+        let fd = self.map_data(names::REPLIES)?.fd().as_fd();
+        batch::update(fd, &replies, &owners).map_err(io_err("writing REPLIES"))
     }
 }
