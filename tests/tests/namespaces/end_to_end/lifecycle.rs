@@ -155,8 +155,9 @@ pub(super) fn rename(mode: Mode) {
     let d = Daemon::start(&farm.net.lb, &owa(&farm, &[1, 2, 3]));
     d.wait_state(&[("owa", "b1"), ("owa", "b2"), ("owa", "b3")], "up", LIMIT);
     let clients = farm.net.client_addresses(19);
-    // 20 transfers of 150 ticks (3 s); the reload takes well under a second here.
-    let transfers: Vec<Transfer> = clients.iter().map(|&c| farm.transfer(c, 150)).collect();
+    // 20 transfers of 300 ticks (6 s); the reload and the checks after it take well under a
+    // second here, so a machine several times slower still reloads during them.
+    let transfers: Vec<Transfer> = clients.iter().map(|&c| farm.transfer(c, 300)).collect();
     let before = farm.scrape();
     d.write_config(&owa(&farm, &[1, 2, 3]).replace("name: owa", "name: mail"));
     d.ok(&["reload"]);
