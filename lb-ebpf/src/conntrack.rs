@@ -88,6 +88,17 @@ pub struct Flow {
     pub backend_id: u32,
 }
 
+impl Flow {
+    /// Where `e`'s packets go.
+    #[inline(always)]
+    fn of(e: &FlowEntry) -> Self {
+        Flow {
+            reply: e.reply,
+            backend_id: e.backend_id,
+        }
+    }
+}
+
 /// The flow for a client packet to a service: the existing one, or a new one.
 #[inline(always)]
 pub fn client_flow(
@@ -107,10 +118,7 @@ pub fn client_flow(
         if still_valid(e, Stage::Established, service_id, key, l4, s, now) {
             if !FlowState::byte_is_closing(e.state) {
                 touch(e, l4, now, true);
-                return Ok(Flow {
-                    reply: e.reply,
-                    backend_id: e.backend_id,
-                });
+                return Ok(Flow::of(e));
             }
             // A new handshake may have reused the closing flow's tuple: the half-open flow, if
             // there is one, is the newer.
@@ -127,20 +135,14 @@ pub fn client_flow(
                 // A SYN retry, or the client giving up (RST, FIN) before the handshake
                 // completed, leaves the flow half-open.
                 if l4.is_syn() || l4.is_fin_or_rst() {
-                    return Ok(Flow {
-                        reply: h.reply,
-                        backend_id: h.backend_id,
-                    });
+                    return Ok(Flow::of(h));
                 }
                 return establish(key, h, established, now);
             }
         }
         if let Some(e) = closing {
             touch(e, l4, now, true);
-            return Ok(Flow {
-                reply: e.reply,
-                backend_id: e.backend_id,
-            });
+            return Ok(Flow::of(e));
         }
         if l4.is_syn() {
             return new_flow(Stage::HalfOpen, svc, service_id, key, half_open, s, now);
@@ -207,10 +209,7 @@ fn establish(
     if HALF_OPEN.remove(key).is_ok() {
         stats::flow_event(FlowEvent::Established);
     }
-    Ok(Flow {
-        reply: entry.reply,
-        backend_id: entry.backend_id,
-    })
+    Ok(Flow::of(&entry))
 }
 
 /// Writes `entry` as the key's flow in `stage`: in place of the key's old entry (expired,

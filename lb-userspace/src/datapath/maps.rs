@@ -22,7 +22,7 @@ use lb_common::{
 };
 use lb_model::port_rules::RuleKey;
 
-use super::{Datapath, DatapathError, Result, batch, io_err, map_err};
+use super::{Datapath, DatapathError, Result, batch, io_err, map_err, reader::stage_maps};
 
 impl Datapath {
     fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<()> {
@@ -235,11 +235,7 @@ impl Datapath {
         half_open: bool,
         flows: &[(FlowKey, FlowEntry)],
     ) -> Result<usize> {
-        let (flows_map, replies_map) = if half_open {
-            (names::HALF_OPEN, names::HALF_OPEN_REPLIES)
-        } else {
-            (names::FLOWS, names::REPLIES)
-        };
+        let (flows_map, replies_map) = stage_maps(half_open);
         let mut removed = Vec::new();
         {
             let mut map: HashMap<&mut MapData, FlowKey, FlowEntry> =

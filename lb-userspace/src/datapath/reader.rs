@@ -118,24 +118,12 @@ impl Reader {
 
     /// The flow of client tuple `key`, in the half-open table or the established one.
     pub fn flow(&self, half_open: bool, key: &FlowKey) -> Result<Option<FlowEntry>> {
-        self.hash_get(
-            if half_open {
-                names::HALF_OPEN
-            } else {
-                names::FLOWS
-            },
-            key,
-        )
+        self.hash_get(stage_maps(half_open).0, key)
     }
 
     /// The reply entry of reply tuple `key`, in the half-open table or the established one.
     pub fn reply(&self, half_open: bool, key: &FlowKey) -> Result<Option<ReplyEntry>> {
-        let name = if half_open {
-            names::HALF_OPEN_REPLIES
-        } else {
-            names::REPLIES
-        };
-        self.hash_get(name, key)
+        self.hash_get(stage_maps(half_open).1, key)
     }
 
     pub(super) fn hash_entries<K: Pod, V: Pod>(&self, name: &'static str) -> Result<Vec<(K, V)>> {
@@ -225,14 +213,24 @@ impl Reader {
 
     /// Every established flow (client tuple → flow), read in batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        let fd = self.data(names::FLOWS)?.fd().as_fd();
-        batch::lookup_all(fd, 4096).map_err(io_err("reading FLOWS"))
+        self.flows_in(false)
     }
 
     /// Every half-open flow (client tuple → flow), read in batches.
     pub fn half_open_flows(&self) -> Result<Vec<(FlowKey, FlowEntry)>> {
-        let fd = self.data(names::HALF_OPEN)?.fd().as_fd();
-        batch::lookup_all(fd, 4096).map_err(io_err("reading HALF_OPEN"))
+        self.flows_in(true)
+    }
+
+    /// Every flow of the half-open table or the established one, read in batches.
+    pub fn flows_in(&self, half_open: bool) -> Result<Vec<(FlowKey, FlowEntry)>> {
+        let name = stage_maps(half_open).0;
+        let fd = self.data(name)?.fd().as_fd();
+        let what = if half_open {
+            "reading HALF_OPEN"
+        } else {
+            "reading FLOWS"
+        };
+        batch::lookup_all(fd, 4096).map_err(io_err(what))
     }
 
     /// Every reply entry (reply tuple → client tuple).
@@ -286,4 +284,13 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The (flows, replies) maps of the half-open stage or the established one.
+pub(super) fn stage_maps(half_open: bool) -> (&'static str, &'static str) {
+    if half_open {
+        (names::HALF_OPEN, names::HALF_OPEN_REPLIES)
+    } else {
+        (names::FLOWS, names::REPLIES)
+    }
 }

@@ -223,12 +223,7 @@ impl Programmed {
 
         if ids_moved {
             for half_open in [false, true] {
-                let reader = dp.reader();
-                let flows = if half_open {
-                    reader.half_open_flows()?
-                } else {
-                    reader.flows()?
-                };
+                let flows = dp.reader().flows_in(half_open)?;
                 let foreign: Vec<_> = plan::foreign_flows(now, &flows)
                     .into_iter()
                     .map(|i| flows[i])
