@@ -325,6 +325,11 @@ impl Scrape {
         }
     }
 
+    /// How much `name` (summed as `sum` does) grew since the `earlier` scrape.
+    pub fn since(&self, earlier: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.sum(name, labels) - earlier.sum(name, labels)
+    }
+
     /// Sum of `name` over samples whose labels include all of `labels` (histograms: their
     /// sample count).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

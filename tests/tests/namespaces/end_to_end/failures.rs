@@ -39,7 +39,7 @@ pub(super) fn fail_static(mode: Mode) {
         "{mode_name}: {after_restart:?}"
     );
     let after = farm.scrape();
-    let lost = after.sum("xnlb_drops_total", &[]) - before.sum("xnlb_drops_total", &[]);
+    let lost = after.since(&before, "xnlb_drops_total", &[]);
     let misses = after.sum("xnlb_flow_events_total", &[("event", "non_syn_miss")]);
     println!(
         "{mode_name}: transfer of {bytes} bytes survived; drops {lost}, non-SYN misses {misses}"
@@ -50,13 +50,6 @@ pub(super) fn fail_static(mode: Mode) {
 
 // 7. Bad input on the wire.
 
-/// A frame from the client to `dst` with the client's and the balancer's MACs.
-fn frame(farm: &Farm, pkt: Pkt) -> Vec<u8> {
-    let client = farm.net.client.mac("eth0");
-    let lb = farm.net.lb.mac(farm.net.client_iface());
-    pkt.macs(client, lb).bytes()
-}
-
 pub(super) fn bad_input(mode: Mode) {
     const BURST: usize = 500;
     let farm = Farm::new(mode, 3);
@@ -66,6 +59,7 @@ pub(super) fn bad_input(mode: Mode) {
     let clients = farm.net.client_addresses(9);
     let src = |i: usize| (clients[i % clients.len()], 40000 + i as u16);
     let vip = farm.net.vip();
+    let frame = farm.on_the_wire();
     let before = farm.scrape();
 
     // Bad frames, each kind `BURST` times, interleaved.
@@ -75,7 +69,7 @@ pub(super) fn bad_input(mode: Mode) {
         "malformed_ip",
         (0..BURST)
             .map(|i| {
-                let mut f = frame(&farm, syn(i));
+                let mut f = frame(syn(i));
                 f[14] = 0x43; // IHL 3: shorter than an IPv4 header can be
                 f
             })
@@ -85,7 +79,7 @@ pub(super) fn bad_input(mode: Mode) {
         "malformed_l4",
         (0..BURST)
             .map(|i| {
-                let mut f = frame(&farm, syn(i));
+                let mut f = frame(syn(i));
                 f.truncate(14 + 20 + 10); // half a TCP header
                 f[16..18].copy_from_slice(&30u16.to_be_bytes());
                 reseal_ipv4(&mut f);
@@ -97,7 +91,7 @@ pub(super) fn bad_input(mode: Mode) {
         "fragment",
         (0..BURST)
             .map(|i| {
-                let mut f = frame(&farm, syn(i));
+                let mut f = frame(syn(i));
                 f[20] |= 0x20; // more fragments
                 reseal_ipv4(&mut f);
                 f
@@ -108,7 +102,7 @@ pub(super) fn bad_input(mode: Mode) {
         "ip_checksum",
         (0..BURST)
             .map(|i| {
-                let mut f = frame(&farm, syn(i));
+                let mut f = frame(syn(i));
                 f[24] ^= 0x5a; // corrupted on the way
                 f
             })
@@ -117,13 +111,13 @@ pub(super) fn bad_input(mode: Mode) {
     kinds.push((
         "no_service",
         (0..BURST)
-            .map(|i| frame(&farm, Pkt::tcp(src(i), (vip, 9999), SYN)))
+            .map(|i| frame(Pkt::tcp(src(i), (vip, 9999), SYN)))
             .collect(),
     ));
     // Not for a VIP: UDP to the balancer's own address, which the kernel answers.
     let host = farm.net.lb_address();
     let strangers: Vec<Vec<u8>> = (0..BURST)
-        .map(|i| frame(&farm, Pkt::udp(src(i), (host, 9))))
+        .map(|i| frame(Pkt::udp(src(i), (host, 9))))
         .collect();
 
     // Real traffic alongside, from another thread.
@@ -158,8 +152,7 @@ pub(super) fn bad_input(mode: Mode) {
     );
 
     let after = farm.scrape();
-    let delta =
-        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let delta = |name: &str, labels: &[(&str, &str)]| after.since(&before, name, labels);
     for (reason, _) in &kinds {
         let counted = delta("xnlb_drops_total", &[("reason", reason)]);
         println!("{mode_name}: xnlb_drops_total{{reason=\"{reason}\"}} +{counted}");

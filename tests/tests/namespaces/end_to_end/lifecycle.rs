@@ -178,10 +178,7 @@ pub(super) fn rename(mode: Mode) {
         }
     }
     let after = farm.scrape();
-    let delta = |event: &str| {
-        after.sum("xnlb_flow_events_total", &[("event", event)])
-            - before.sum("xnlb_flow_events_total", &[("event", event)])
-    };
+    let delta = |event: &str| after.since(&before, "xnlb_flow_events_total", &[("event", event)]);
     println!(
         "{mode_name}: renamed owa to mail under 20 transfers: {} broken; backends {states:?}; \
          a new connection right after: {}; re-selected {}, removed {}",

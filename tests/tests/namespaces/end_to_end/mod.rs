@@ -133,6 +133,14 @@ impl Farm {
             .unwrap_or_else(|e| panic!("{}: transfer from {src}: {e}", self.mode()))
     }
 
+    /// Makes frames from the client to the balancer, with the client's and the balancer's MACs
+    /// (read once): for traffic sent raw with `FrameSender`.
+    fn on_the_wire(&self) -> impl Fn(Pkt) -> Vec<u8> + use<> {
+        let client = self.net.client.mac("eth0");
+        let lb = self.net.lb.mac(self.net.client_iface());
+        move |pkt| pkt.macs(client, lb).bytes()
+    }
+
     fn scrape(&self) -> Scrape {
         Scrape::take(&self.net.lb, METRICS)
     }

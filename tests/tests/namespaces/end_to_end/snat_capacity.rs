@@ -38,10 +38,7 @@ pub fn short_connections_reuse_closed_ports() {
         }
     }
     let after = farm.scrape();
-    let delta = |event: &str| {
-        after.sum("xnlb_flow_events_total", &[("event", event)])
-            - before.sum("xnlb_flow_events_total", &[("event", event)])
-    };
+    let delta = |event: &str| after.since(&before, "xnlb_flow_events_total", &[("event", event)]);
     let exhausted = after.sum("xnlb_drops_total", &[("reason", "snat_exhausted")]);
     let established = after.sum("xnlb_conntrack_entries", &[]);
     let (low, high) = (

@@ -42,20 +42,14 @@ pub(super) fn syn_flood(mode: Mode) {
     // Spoofed sources: 198.19.128.0/17, routed to the client namespace, which owns none of
     // them and drops what the backends answer (forwarding is off there).
     let vip = farm.net.vip();
-    let client_mac = farm.net.client.mac("eth0");
-    let lb_mac = farm.net.lb.mac(farm.net.client_iface());
+    let frame = farm.on_the_wire();
     let spoofed = |i: usize| {
         let src = remote_client(128 + (i / 250 % 128) as u8, 1 + (i % 250) as u8);
         let port = 1024 + (i / 32_000) as u16;
-        Pkt::tcp((src, port), (vip, HTTP), SYN)
-            .macs(client_mac, lb_mac)
-            .bytes()
+        frame(Pkt::tcp((src, port), (vip, HTTP), SYN))
     };
     let frames: Vec<Vec<u8>> = (0..FLOOD).map(spoofed).collect();
 
-    let half_open_new = |scrape: &Scrape| {
-        scrape.sum("xnlb_flow_events_total", &[("event", "half_open_new")]) as usize
-    };
     let before = farm.scrape();
     let flooding = std::sync::atomic::AtomicBool::new(true);
     let (sent, elapsed, attempts, failures) = thread::scope(|s| {
@@ -98,7 +92,11 @@ pub(super) fn syn_flood(mode: Mode) {
     let during = farm.scrape();
     // SYNs that reached the datapath and became half-open flows (the flood's, and the real
     // connections').
-    let arrived = half_open_new(&during) - half_open_new(&before);
+    let arrived = during.since(
+        &before,
+        "xnlb_flow_events_total",
+        &[("event", "half_open_new")],
+    ) as usize;
 
     let mut broken = Vec::new();
     for (i, t) in transfers.into_iter().enumerate() {
