@@ -42,7 +42,10 @@ pub const fn v4_prefix_mask(prefix: u8) -> u32 {
 pub struct AddrKey {
     pub addr: Addr,
     pub family: u8,
-    pub _pad: [u8; 3],
+    // Integers, not a `[u8; 3]`: zeroing an odd-sized byte array becomes a call to a byte-loop
+    // `memset` in the datapath, on every packet.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 
@@ -53,7 +56,8 @@ impl AddrKey {
         Self {
             addr: [word, 0, 0, 0],
             family: FAMILY_V4,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 

@@ -10,6 +10,7 @@
 use crate::{
     addr::{Addr, PROTO_UDP},
     kernel_enum::kernel_enum,
+    next_hop::NextHop,
     settings::DatapathSettings,
 };
 
@@ -85,9 +86,13 @@ pub struct FlowEntry {
     pub backend_id: u32,
     /// A [`FlowState`] as `u8`.
     pub state: u8,
-    pub _pad: [u8; 3],
+    // Integers, not a `[u8; 3]`, so that zeroing them is two stores, not a `memset` call.
+    pub _pad0: u8,
+    pub _pad1: u16,
+    /// Where the backend's replies leave for the client (filled by the first reply).
+    pub client_hop: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 80);
 
 /// Value in `REPLIES`: the client's original tuple, to restore on the backend's replies.
 #[repr(C)]

@@ -14,6 +14,7 @@ pub mod flow;
 pub mod hash;
 pub mod limits;
 pub mod maps;
+pub mod next_hop;
 pub mod service;
 pub mod settings;
 pub mod stats;

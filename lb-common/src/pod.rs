@@ -1,6 +1,6 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, flow, service, settings, stats};
+use crate::{addr, backend, flow, next_hop, service, settings, stats};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -19,6 +19,8 @@ pod!(
     flow::FlowKey,
     flow::FlowEntry,
     flow::ReplyEntry,
+    next_hop::NextHop,
+    next_hop::BackendHop,
     settings::DatapathSettings,
     stats::BackendStats,
     stats::ServiceStats,

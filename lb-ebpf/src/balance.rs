@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-    flow::{FlowKey, ReplyEntry},
+    flow::{FlowEntry, FlowKey, ReplyEntry},
+    next_hop::NextHop,
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
@@ -16,7 +17,7 @@ use crate::{
     Outcome,
     conntrack::{self, Stage},
     forward,
-    maps::{HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
+    maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
     stats,
@@ -105,7 +106,28 @@ pub fn to_vip(
     let r = &flow.reply;
     nat::rewrite(ip, &l4, r.dst[0], r.dst_port, r.src[0], r.src_port);
     stats::to_backend(flow.backend_id, bytes);
-    forward::send(ctx, eth, ip, &l4)
+    let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
+        return Outcome::Pass(PassReason::NoFastRoute);
+    };
+    forward::send(ctx, eth, ip, &l4, hop, now)
+}
+
+/// The next hop kept for backend `id` at `addr`; emptied first when it was kept for another
+/// address (the id was given to another backend).
+#[inline(always)]
+fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
+    let kept = BACKEND_HOPS.get_ptr_mut(id)?;
+    // SAFETY: a pointer to a live array element; fields get plain stores (see `forward::send`).
+    let kept = unsafe { &mut *kept };
+    if kept.addr[0] != addr[0]
+        || kept.addr[1] != addr[1]
+        || kept.addr[2] != addr[2]
+        || kept.addr[3] != addr[3]
+    {
+        kept.hop.ifindex = 0;
+        kept.addr = *addr;
+    }
+    Some(&mut kept.hop)
 }
 
 /// A packet from a backend's address: a reply of a balanced flow gets its NAT undone; anything
@@ -135,20 +157,22 @@ pub fn from_backend(
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if let Some(entry) = unsafe { REPLIES.get(&key) }
-        && conntrack::reply_owner_alive(Stage::Established, entry, &key, &l4, settings, now)
+        && let Some(flow) =
+            conntrack::reply_owner(Stage::Established, entry, &key, &l4, settings, now)
     {
-        return to_client(ctx, eth, ip, &l4, entry);
+        return to_client(ctx, eth, ip, &l4, entry, flow, now);
     }
     // SAFETY: as above.
     if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) }
-        && conntrack::reply_owner_alive(Stage::HalfOpen, entry, &key, &l4, settings, now)
+        && let Some(flow) = conntrack::reply_owner(Stage::HalfOpen, entry, &key, &l4, settings, now)
     {
-        return to_client(ctx, eth, ip, &l4, entry);
+        return to_client(ctx, eth, ip, &l4, entry, flow, now);
     }
     Outcome::Pass(PassReason::NotOurs)
 }
 
-/// A backend's packet of a live flow (`entry` names its client): its NAT undone, forwarded.
+/// A backend's packet of the live flow `flow` (`entry` names its client): its NAT undone,
+/// forwarded by the next hop the flow keeps for its client.
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
@@ -156,6 +180,8 @@ fn to_client(
     ip: &mut Ipv4Hdr,
     l4: &L4,
     entry: &ReplyEntry,
+    flow: *mut FlowEntry,
+    now: u64,
 ) -> Outcome {
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
@@ -170,5 +196,7 @@ fn to_client(
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
-    forward::send(ctx, eth, ip, l4)
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
+    let hop = unsafe { &mut (*flow).client_hop };
+    forward::send(ctx, eth, ip, l4, hop, now)
 }

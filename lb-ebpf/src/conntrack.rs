@@ -24,8 +24,9 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
+    mem,
     packet::{L4, TCP_FIN, TCP_RST},
-    select, stats,
+    scratch, select, stats,
 };
 
 /// Which pair of maps holds a flow. Always a constant where it is used, so each use compiles to
@@ -184,32 +185,33 @@ fn establish(
     established: Option<*mut FlowEntry>,
     now: u64,
 ) -> Result<Flow, DropReason> {
+    let Some(scratch) = scratch::get() else {
+        return Err(DropReason::FlowTableFull);
+    };
     // Copied before the half-open element is removed: a removed LRU element may be reused at once.
-    let entry = FlowEntry {
-        last_seen_ns: now,
-        reply: h.reply,
-        backend_id: h.backend_id,
-        state: FlowState::Open as u8,
-        _pad: [0; 3],
-    };
-    let owner = ReplyEntry {
-        client: *key,
-        backend_id: entry.backend_id,
-        _pad: 0,
-    };
+    let entry = &mut scratch.entry;
+    entry.last_seen_ns = now;
+    mem::copy(&mut entry.reply, &h.reply);
+    entry.backend_id = h.backend_id;
+    entry.state = FlowState::Open as u8;
+    entry._pad0 = 0;
+    entry._pad1 = 0;
+    // The SYN-ACK's next hop to the client serves the established flow.
+    mem::copy(&mut entry.client_hop, &h.client_hop);
+    let owner = &mut scratch.owner;
+    owner.client = *key;
+    owner.backend_id = entry.backend_id;
+    owner._pad = 0;
     // The reply entry first: a backend reply racing this packet finds one stage or the other.
-    if REPLIES
-        .insert(&entry.reply, &owner, BPF_ANY as u64)
-        .is_err()
-    {
+    if REPLIES.insert(&entry.reply, owner, BPF_ANY as u64).is_err() {
         return Err(DropReason::FlowTableFull);
     }
-    record(Stage::Established, key, &entry, established)?;
+    record(Stage::Established, key, entry, established)?;
     let _ = HALF_OPEN_REPLIES.remove(&entry.reply);
     if HALF_OPEN.remove(key).is_ok() {
         stats::flow_event(FlowEvent::Established);
     }
-    Ok(Flow::of(&entry))
+    Ok(Flow::of(entry))
 }
 
 /// Writes `entry` as the key's flow in `stage`: in place of the key's old entry (expired,
@@ -236,19 +238,19 @@ fn record(
     Ok(())
 }
 
-/// Whether the flow that owns `entry` (found in `stage`'s replies) is alive and still points
-/// back at `reply`; if so it is refreshed by the reply. An entry whose flow is gone, expired or
-/// moved owns nothing: it is removed, so it can never rewrite traffic that is not the balancer's
-/// (the backend's own connections from a client port a balanced flow once used).
+/// The flow that owns `entry` (found in `stage`'s replies), if it is alive and still points
+/// back at `reply`; it is refreshed by the reply. An entry whose flow is gone, expired or moved
+/// owns nothing: it is removed, so it can never rewrite traffic that is not the balancer's (the
+/// backend's own connections from a client port a balanced flow once used).
 #[inline(always)]
-pub fn reply_owner_alive(
+pub fn reply_owner(
     stage: Stage,
     entry: &ReplyEntry,
     reply: &FlowKey,
     l4: &L4,
     s: &DatapathSettings,
     now: u64,
-) -> bool {
+) -> Option<*mut FlowEntry> {
     if let Some(flow) = stage.flows().get_ptr_mut(&entry.client) {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
@@ -259,12 +261,12 @@ pub fn reply_owner_alive(
                 // The handshake decides: a backend's RST leaves the flow half-open, to expire.
                 Stage::HalfOpen => f.last_seen_ns = now,
             }
-            return true;
+            return Some(flow);
         }
     }
     let _ = stage.replies().remove(reply);
     stats::flow_event(FlowEvent::StaleReply);
-    false
+    None
 }
 
 /// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses
@@ -329,13 +331,15 @@ fn new_flow(
     let Some(backend) = BACKENDS.get(backend_id) else {
         return Err(DropReason::NoBackend);
     };
-    let owner = ReplyEntry {
-        client: *key,
-        backend_id,
-        _pad: 0,
+    let Some(scratch) = scratch::get() else {
+        return Err(DropReason::FlowTableFull);
     };
+    let owner = &mut scratch.owner;
+    owner.client = *key;
+    owner.backend_id = backend_id;
+    owner._pad = 0;
     let reply = if s.mode == Mode::OneArm as u8 {
-        claim_snat_port(stage, key, backend, &owner, s, now)?
+        claim_snat_port(stage, key, backend, owner, s, now)?
     } else {
         let reply = reply_tuple(key, backend, key.src, key.src_port);
         // A client reusing its port for the same backend finds its old reply entry: refreshed
@@ -343,7 +347,7 @@ fn new_flow(
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(&reply) });
-        if !(ours && refresh_own(stage, &reply, &owner)) {
+        if !(ours && refresh_own(stage, &reply, owner)) {
             // Two services on one VIP may send a client's reused source port to the same
             // backend port: the backend sees the old connection's tuple again, as after any
             // port reuse, and a new SYN may take it over from a closing flow (as the backend's
@@ -353,20 +357,22 @@ fn new_flow(
             } else {
                 Takeover::GoneOnly
             };
-            if !claim(stage, &reply, &owner, takeover, s, now) {
+            if !claim(stage, &reply, owner, takeover, s, now) {
                 return Err(DropReason::ReplyCollision);
             }
         }
         reply
     };
-    let entry = FlowEntry {
-        last_seen_ns: now,
-        reply,
-        backend_id,
-        state: stage.first_state() as u8,
-        _pad: [0; 3],
-    };
-    record(stage, key, &entry, existing)?;
+    let entry = &mut scratch.entry;
+    entry.last_seen_ns = now;
+    entry.reply = reply;
+    entry.backend_id = backend_id;
+    entry.state = stage.first_state() as u8;
+    entry._pad0 = 0;
+    entry._pad1 = 0;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut entry.client_hop) };
+    record(stage, key, entry, existing)?;
     stats::new_flow(service_id, backend_id);
     Ok(Flow { reply, backend_id })
 }
@@ -374,8 +380,10 @@ fn new_flow(
 /// The tuple the backend's replies carry: from the backend to `to:to_port`.
 #[inline(always)]
 fn reply_tuple(key: &FlowKey, backend: &BackendInfo, to: [u32; 4], to_port: u16) -> FlowKey {
+    let mut src = [0; 4];
+    mem::copy(&mut src, &backend.addr);
     FlowKey {
-        src: backend.addr,
+        src,
         dst: to,
         src_port: if backend.port == 0 {
             key.dst_port

@@ -1,7 +1,9 @@
-//! Sending a translated packet: the kernel's FIB gives the next hop and its MAC; XDP_TX when it
-//! leaves by the interface it came in on, a redirect otherwise. Anything the FIB cannot answer
-//! directly goes to the kernel, already translated, so the kernel forwards it (resolving ARP,
-//! fragmenting, or answering with ICMP) instead of it being dropped silently.
+//! Sending a translated packet: by the next hop kept for its destination (`lb_common::next_hop`),
+//! or the kernel's FIB when none is current, whose answer is then kept. XDP_TX when it leaves by
+//! the interface it came in on, a redirect otherwise. Anything the FIB cannot answer directly,
+//! and a packet larger than the route's MTU, goes to the kernel already translated, so the
+//! kernel forwards it (resolving ARP, fragmenting, or answering with ICMP) instead of it being
+//! dropped silently.
 
 use aya_ebpf::{
     bindings::{
@@ -11,19 +13,74 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{addr::FAMILY_V4, stats::PassReason};
-
-use crate::{
-    Outcome, nat,
-    packet::{EthHdr, Ipv4Hdr, L4},
+use lb_common::{
+    addr::FAMILY_V4,
+    next_hop::{NextHop, current_epoch},
+    stats::PassReason,
 };
 
+use crate::{
+    Outcome,
+    maps::NEXT_HOP_EPOCH,
+    mem, nat,
+    packet::{EthHdr, Ipv4Hdr, L4},
+    scratch,
+};
+
+/// Sends the translated packet by `hop`, the next hop kept for its destination (looked up and
+/// kept first when it is not current).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Outcome {
+pub fn send(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    l4: &L4,
+    hop: *mut NextHop,
+    now: u64,
+) -> Outcome {
+    let epoch = current_epoch(NEXT_HOP_EPOCH.get(0).copied().unwrap_or(0), now);
+    // SAFETY: a pointer to a live map element (valid for this run under RCU). Fields get plain
+    // stores of the FIB's answer, the epoch last: a CPU that sees the epoch current sees the
+    // answer it was written with.
+    let hop = unsafe { &mut *hop };
+    if !hop.current(epoch)
+        && let Err(reason) = look_up(ctx, ip, l4, hop, epoch)
+    {
+        return Outcome::Pass(reason);
+    }
+    if u16::from_be(ip.tot_len) > hop.mtu {
+        return Outcome::Pass(PassReason::FragNeeded);
+    }
+    nat::decrement_ttl(ip);
+    mem::copy_mac(&mut eth.dst, &hop.dmac);
+    mem::copy_mac(&mut eth.src, &hop.smac);
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        Outcome::Sent(xdp_action::XDP_TX)
+    } else {
+        // SAFETY: a helper that takes plain integers.
+        Outcome::Sent(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+    }
+}
+
+/// Asks the FIB where the packet goes and keeps the answer in `hop` for `epoch`. An answer it
+/// cannot give directly (no neighbour entry yet, no route, fragmentation needed) is not kept:
+/// the packet goes to the kernel, and the next one asks again.
+#[inline(always)]
+fn look_up(
+    ctx: &XdpContext,
+    ip: &Ipv4Hdr,
+    l4: &L4,
+    hop: &mut NextHop,
+    epoch: u32,
+) -> Result<(), PassReason> {
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &*l4.ports };
+    let Some(scratch) = scratch::get() else {
+        return Err(PassReason::NoFastRoute);
+    };
+    let fib = &mut scratch.fib;
     // SAFETY: `bpf_fib_lookup`'s parameters are plain integers: all zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    unsafe { mem::zero(fib) };
     fib.family = FAMILY_V4;
     fib.l4_protocol = ip.proto;
     fib.sport = ports.src;
@@ -32,32 +89,30 @@ pub fn send(ctx: &XdpContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4) -> Ou
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.__bindgen_anon_3.ipv4_src = ip.src;
     fib.__bindgen_anon_4.ipv4_dst = ip.dst;
-    let ingress = ctx.ingress_ifindex() as u32;
-    fib.ifindex = ingress;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
 
     // SAFETY: `fib` is a live, initialised struct of exactly the size passed, and `ctx.ctx` is this
     // program's own context.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Outcome::Pass(PassReason::NoNeighbour),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Outcome::Pass(PassReason::FragNeeded),
-        _ => return Outcome::Pass(PassReason::NoFastRoute),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(PassReason::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(PassReason::FragNeeded),
+        _ => return Err(PassReason::NoFastRoute),
     }
-    nat::decrement_ttl(ip);
-    eth.dst = fib.dmac;
-    eth.src = fib.smac;
-    if fib.ifindex == ingress {
-        Outcome::Sent(xdp_action::XDP_TX)
-    } else {
-        // SAFETY: a helper that takes plain integers.
-        Outcome::Sent(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
-    }
+    hop.ifindex = fib.ifindex;
+    // SAFETY: on success the FIB wrote the route's MTU over `tot_len` (the same union).
+    hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+    mem::copy_mac(&mut hop.dmac, &fib.dmac);
+    mem::copy_mac(&mut hop.smac, &fib.smac);
+    // SAFETY: a field of a live map element (see `send`); volatile so the compiler keeps it last.
+    unsafe { core::ptr::write_volatile(&mut hop.epoch, epoch) };
+    Ok(())
 }

@@ -11,8 +11,10 @@ mod balance;
 mod conntrack;
 mod forward;
 mod maps;
+mod mem;
 mod nat;
 mod packet;
+mod scratch;
 mod select;
 mod stats;
 

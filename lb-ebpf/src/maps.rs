@@ -15,10 +15,13 @@ use lb_common::{
         DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
         MIN_FLOW_ENTRIES,
     },
+    next_hop::BackendHop,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
 };
+
+use crate::scratch::Scratch;
 
 /// Mode, timeouts and SNAT addresses (one element).
 #[map]
@@ -74,6 +77,20 @@ pub static HALF_OPEN: LruHashMap<FlowKey, FlowEntry> =
 #[map]
 pub static HALF_OPEN_REPLIES: LruHashMap<FlowKey, ReplyEntry> =
     LruHashMap::with_max_entries(MIN_FLOW_ENTRIES, 0);
+
+/// Backend id → the FIB's answer for its address, kept (`lb_common::next_hop`).
+#[map]
+pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The controller's count of routing changes (one element): kept next hops from an older count
+/// are looked up again.
+#[map]
+pub static NEXT_HOP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU room for the large values one packet builds (see `scratch`): the BPF stack's 512
+/// bytes cannot hold them next to everything else.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use super::status::{Attachment, View};
 use crate::{
     datapath::{
-        self, Datapath, DatapathSizes, Reader,
+        self, Datapath, DatapathSizes, NextHopEpoch, Reader,
         attach::{self, Attached},
         reconcile::{Changes, Programmed},
     },
@@ -283,6 +283,11 @@ impl Controller {
     /// A reader of the datapath's counters for another thread.
     pub fn reader(&self) -> Result<Reader> {
         Ok(self.dp.share_reader()?)
+    }
+
+    /// A handle that makes the datapath's kept next hops stale, for the routing watch.
+    pub fn next_hop_epoch(&self) -> Result<NextHopEpoch> {
+        Ok(self.dp.next_hop_epoch()?)
     }
 
     /// Publishes the current state to status and metrics.

@@ -1,6 +1,7 @@
 //! `xnlb run`: the daemon's life. Checks the config, claims the admin socket and the metrics
 //! address (so a second daemon fails before touching the datapath), starts the controller on
-//! its own thread, then serves requests and signals until told to stop. SIGHUP reloads;
+//! its own thread, then serves requests and signals until told to stop. A thread of its own
+//! follows routing changes, so that the datapath's kept next hops do too. SIGHUP reloads;
 //! SIGTERM, SIGINT and `xnlb stop` detach and remove the pins. A `kill -9` leaves the pinned
 //! datapath forwarding.
 //!
@@ -34,8 +35,9 @@ use tracing::{error, info, warn};
 use self::{admin_socket::Answerer, control::Handle, controller::Controller};
 use crate::{
     admin::Request,
+    datapath::NextHopEpoch,
     health,
-    host::{bpffs, interfaces},
+    host::{bpffs, interfaces, routes},
 };
 
 pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
@@ -66,6 +68,7 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     };
     let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
     let reader = Arc::new(ctl.reader()?);
+    follow_routing(ctl.next_hop_epoch()?)?;
     let (controller, controller_thread) = control::spawn(ctl)?;
 
     let (registry, observed) = metrics::registry(view.clone(), reader.clone());
@@ -120,6 +123,17 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     drop(controller);
     let _ = tokio::task::spawn_blocking(move || controller_thread.join()).await;
     result
+}
+
+/// The datapath keeps next hops (the FIB's answers) per backend and per flow: every routing
+/// change that could alter one makes them all stale.
+fn follow_routing(mut epoch: NextHopEpoch) -> Result<()> {
+    routes::watch(move || {
+        if let Err(e) = epoch.bump() {
+            warn!("kept next hops not refreshed after a routing change: {e}");
+        }
+    })
+    .context("following routing changes (netlink)")
 }
 
 async fn stop_controller(controller: &Handle) -> Result<()> {

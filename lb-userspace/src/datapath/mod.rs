@@ -9,6 +9,7 @@ pub mod attach;
 mod batch;
 mod maps;
 mod mmap;
+mod next_hops;
 pub mod object;
 mod reader;
 pub mod reconcile;
@@ -31,6 +32,7 @@ use self::{
     mmap::MappedArray,
     object::{XDP_OBJECT, XDP_PROGRAM},
 };
+pub use next_hops::NextHopEpoch;
 pub use reader::{Counters, MapFootprint, Reader, monotonic_ns};
 
 #[derive(Debug, thiserror::Error)]

@@ -54,7 +54,7 @@ pub(super) fn data_of<'a>(map: &'a Map, name: &'static str) -> Result<&'a MapDat
 }
 
 /// A second handle to the same kernel map.
-fn duplicate(map: &Map, name: &'static str) -> Result<Map> {
+pub(super) fn duplicate(map: &Map, name: &'static str) -> Result<Map> {
     let fd = data_of(map, name)?
         .fd()
         .as_fd()

@@ -5,5 +5,6 @@ mod flow_lifetime;
 mod golden_flows;
 mod golden_stateless;
 mod half_open;
+mod next_hops;
 mod random_invariants;
 mod selection;

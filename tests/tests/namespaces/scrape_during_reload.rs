@@ -89,7 +89,7 @@ fn fill_flows(d: &Daemon) {
                 },
                 backend_id: 0,
                 state: FlowState::Open as u8,
-                _pad: [0; 3],
+                ..Default::default()
             };
             (key, entry)
         })

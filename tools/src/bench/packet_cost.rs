@@ -266,7 +266,7 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
                     reply,
                     backend_id: bed.program.backend_id_at("web", backend),
                     state: FlowState::Open as u8,
-                    _pad: [0; 3],
+                    ..Default::default()
                 };
                 (key, entry)
             })

@@ -166,6 +166,7 @@ mod churn;
 mod failures;
 mod flooding;
 mod lifecycle;
+mod next_hops;
 mod ownership;
 mod snat_capacity;
 mod syn_flood;
@@ -184,6 +185,12 @@ in_both_modes! {
 #[test]
 fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
     ownership::direct_connections_from_reused_ports();
+}
+
+/// Two-arm only: there both directions of a flow route through the balancer.
+#[test]
+fn kept_next_hops_follow_routing_changes() {
+    next_hops::next_hops_follow_routing();
 }
 
 /// One-arm only: SNAT ports.

@@ -1,0 +1,27 @@
+//! Per-CPU room for the values a packet builds that are too large for the BPF stack next to
+//! everything else: a new flow's entries and the FIB's parameters. XDP runs to completion on
+//! its CPU, so one element per CPU is never shared by two packets at once.
+
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+use lb_common::flow::{FlowEntry, ReplyEntry};
+
+use crate::maps::SCRATCH;
+
+#[repr(C)]
+pub struct Scratch {
+    /// A flow entry being written (a new flow, or one moving to the established maps).
+    pub entry: FlowEntry,
+    /// The reply entry that names its owner.
+    pub owner: ReplyEntry,
+    /// `bpf_fib_lookup`'s parameters and answer.
+    pub fib: FibParams,
+}
+
+/// This CPU's scratch space. Its contents are whatever the last packet left: every user writes
+/// before it reads.
+#[inline(always)]
+pub fn get() -> Option<&'static mut Scratch> {
+    // SAFETY: this CPU's element, used by this one program run at a time (XDP is not
+    // preempted), and valid while the program runs.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
