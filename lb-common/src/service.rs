@@ -22,12 +22,12 @@ pub struct ServiceRuleKey {
     pub family: u8,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub proto: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
     /// The VIP (see [`Addr`]).
     pub vip: Addr,
     /// Destination port, network byte order (must come last: the prefix ends inside it).
     pub port: u16,
-    pub _pad_tail: [u8; 2],
+    pub _pad_tail: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceRuleKey>() == 24);
 
@@ -46,10 +46,10 @@ impl ServiceRuleKey {
         Self {
             family: FAMILY_V4,
             proto,
-            _pad: [0; 2],
+            _pad: 0,
             vip: [vip_word, 0, 0, 0],
             port: port_be,
-            _pad_tail: [0; 2],
+            _pad_tail: 0,
         }
     }
 }

@@ -140,3 +140,35 @@ fn filtering_disabled_and_no_healthy_backend_drop_with_reasons() {
     let web = bed.service_id("web");
     assert_eq!(bed.dp.reader().service_stats(web).unwrap().dropped, 1);
 }
+
+/// Port rules follow reloads: a port that moves from a single-port rule into a range, then
+/// leaves with its service, is balanced, balanced, then dropped.
+#[test]
+fn port_rules_follow_reloads_from_one_port_to_a_range_to_none() {
+    let mut bed = Bed::new();
+    // Keeps the VIP the balancer's when `web` is gone.
+    bed.install(service("other", 80, &[backend_ip(2)]));
+    bed.install(service("web", 443, &[backend_ip(1)]));
+    let to = |port: u16| {
+        bed.from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, port), SYN))
+            .bytes()
+    };
+    let (syn443, syn444) = (to(443), to(444));
+    assert_eq!(bed.run(bed.client_if, &syn443).0, XDP_REDIRECT);
+    assert_eq!(bed.run(bed.client_if, &syn444).0, XDP_DROP);
+
+    // 443 becomes part of a range 440-450: the exact entry goes, the range answers.
+    let mut ranged = service("web", 443, &[backend_ip(1)]);
+    ranged.ports = vec![xnlb::config::PortRange { lo: 440, hi: 450 }];
+    bed.install(ranged);
+    assert_eq!(bed.run(bed.client_if, &syn443).0, XDP_REDIRECT);
+    assert_eq!(bed.run(bed.client_if, &syn444).0, XDP_REDIRECT);
+
+    // Removed: neither answers, and the VIP's traffic is dropped, not passed.
+    bed.program.remove("web");
+    bed.reprogram();
+    let before = bed.drops(DropReason::NoService);
+    assert_eq!(bed.run(bed.client_if, &syn443).0, XDP_DROP);
+    assert_eq!(bed.run(bed.client_if, &syn444).0, XDP_DROP);
+    assert_eq!(bed.drops(DropReason::NoService), before + 2);
+}
