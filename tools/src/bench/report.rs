@@ -89,8 +89,6 @@ pub fn summary(r: &Results) -> String {
             .find(|c| c.case.starts_with(prefix))
             .map_or(0.0, |c| c.single_ns)
     };
-    let est = case("two-arm established");
-    let new = case("two-arm new flow");
     let mut s = String::from("| measure | result | target | met |\n|---|---|---|---|\n");
     let mut row = |what: &str, result: String, target: &str, met: bool| {
         let _ = writeln!(
@@ -99,18 +97,46 @@ pub fn summary(r: &Results) -> String {
             if met { "yes" } else { "no" }
         );
     };
+    // The targets: Katran, measured with this harness, costs 2.9x the floor on an established
+    // flow, 10x on a new one and 1.7x on a packet it passes.
+    let per_packet = [
+        ("two-arm established", "established flow", 2.9),
+        ("two-arm reply", "reply of an established flow", 2.9),
+        ("two-arm new flow", "new flow (SYN)", 10.0),
+        ("one-arm new flow", "one-arm new flow (SYN)", 12.0),
+        ("non-VIP packet", "non-VIP packet passed to the kernel", 1.7),
+    ];
+    for (prefix, what, target) in per_packet {
+        let ns = case(prefix);
+        row(
+            &format!("{what} vs floor (single runs)"),
+            format!("{ns:.0} ns vs {floor:.0} ns = {}", ratio(ns, floor)),
+            &format!("≤ {target}×"),
+            ns > 0.0 && ns <= target * floor,
+        );
+    }
+    let fill = |n: u32| {
+        r.by_table_size
+            .iter()
+            .find(|(x, _)| *x == n)
+            .map(|(_, ns)| *ns)
+    };
+    // 10GbE carries 14.88M minimum-size frames a second: 67 ns each.
+    let est = case("two-arm established");
     row(
-        "established flow vs floor (single runs)",
-        format!("{est:.0} ns vs {floor:.0} ns = {}", ratio(est, floor)),
-        "≤ 2×",
-        est <= 2.0 * floor,
+        "established flow: one core's rate (10GbE line rate: 14.88 Mpps, 67 ns)",
+        format!("{:.1} Mpps", 1_000.0 / est.max(1.0)),
+        "≥ 14.88 Mpps",
+        est > 0.0 && est <= 67.2,
     );
-    row(
-        "new flow vs floor (single runs)",
-        format!("{new:.0} ns vs {floor:.0} ns = {}", ratio(new, floor)),
-        "≤ 3×",
-        new <= 3.0 * floor,
-    );
+    if let (Some(small), Some(big)) = (fill(1_000), fill(1_000_000)) {
+        row(
+            "established flow, 1M flows in the table vs 1k",
+            format!("{big:.0} ns vs {small:.0} ns = {}", ratio(big, small)),
+            "≤ 2×",
+            big <= 2.0 * small,
+        );
+    }
     for w in WORKLOADS {
         let get = |b| run_of(&r.end_to_end, b, w.name);
         if let (Some(g), Some(n)) = (get("xnlb (generic XDP)"), get("nftables")) {
