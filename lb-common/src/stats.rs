@@ -110,6 +110,9 @@ reasons! {
         ForeignRemoved = "foreign_removed",
         /// The same for half-open flows.
         HalfOpenForeignRemoved = "half_open_foreign_removed",
+        /// A SYN no SNAT port could be found for was answered with a RST from the VIP (it is
+        /// also counted as the drop `snat_exhausted`).
+        SnatExhaustedReset = "snat_exhausted_reset",
     }
 }
 

@@ -10,7 +10,7 @@ use lb_common::{
     next_hop::NextHop,
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
     settings::DatapathSettings,
-    stats::{DropReason, PassReason},
+    stats::{DropReason, FlowEvent, PassReason},
 };
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
-    stats,
+    reset, stats,
 };
 
 /// The transport header of a valid, unfragmented IPv4 TCP/UDP packet.
@@ -100,6 +100,14 @@ pub fn to_vip(
         Ok(flow) => flow,
         Err(reason) => {
             stats::service_dropped(service_id);
+            if reason == DropReason::SnatExhausted
+                && l4.is_syn()
+                && let Some(action) = reset::refuse_syn(ctx)
+            {
+                stats::drop_reason(reason);
+                stats::flow_event(FlowEvent::SnatExhaustedReset);
+                return Outcome::Sent(action);
+            }
             return Outcome::Drop(reason);
         }
     };

@@ -14,6 +14,7 @@ mod maps;
 mod mem;
 mod nat;
 mod packet;
+mod reset;
 mod scratch;
 mod select;
 mod stats;

@@ -42,6 +42,21 @@ pub struct Ports {
     pub dst: u16,
 }
 
+/// A TCP header without its options.
+#[repr(C)]
+pub struct TcpHdr {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// Data offset in 32-bit words, in the high nibble.
+    pub data_offset: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urgent: u16,
+}
+
 /// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

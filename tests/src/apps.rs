@@ -134,7 +134,7 @@ pub fn spread(ns: &NetNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
 }
 
 /// A TCP connection from `src` (bound before connecting) to `dst`, made inside `ns`.
-fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+pub fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     connect_from_port(ns, (src, 0).into(), dst)
 }
 

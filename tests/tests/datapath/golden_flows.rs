@@ -101,14 +101,12 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
     for n in 0..40u16 {
         let syn = bed.from_client(Pkt::tcp((client_ip(100 + n), 40_000), (VIP, 443), SYN));
         let (action, out) = bed.run(bed.client_if, &syn.bytes());
-        if action == XDP_TX {
+        assert_eq!(action, XDP_TX, "forwarded, or answered with a RST");
+        verify_checksums(&out).unwrap();
+        if !is_refusal(&out) {
             ok += 1;
-            verify_checksums(&out).unwrap();
         } else {
-            assert_eq!(
-                action, XDP_DROP,
-                "a flow without a port is dropped, never sent on a taken port"
-            );
+            assert_refuses(&out, &syn);
         }
     }
     // The SYNs' flows are half-open, and their ports as unique as established ones.
@@ -139,7 +137,52 @@ fn one_arm_ports_are_unique_per_backend_and_exhaustion_is_counted() {
         40 - ok as u64,
         "every refused flow is counted"
     );
+    assert_eq!(
+        bed.events(FlowEvent::SnatExhaustedReset),
+        40 - ok as u64,
+        "and answered with a RST"
+    );
     assert!(bed.events(FlowEvent::SnatPortRetry) > 0);
+}
+
+/// Whether an output frame is the balancer's RST (from the VIP) rather than a forwarded SYN.
+fn is_refusal(out: &[u8]) -> bool {
+    out[26..30] == VIP.octets()
+}
+
+/// `out` is exactly the VIP's answer to `syn` when no SNAT port is free: back to the sender's
+/// MAC from the receiving interface's, VIP:443 → client, TTL 64, RST|ACK acknowledging the SYN
+/// (sequence 0, window 0), no options, no data; checksums verified by the caller.
+fn assert_refuses(out: &[u8], syn: &Pkt) {
+    let sliced = etherparse::SlicedPacket::from_ethernet(out).expect("parseable RST");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = sliced.link else {
+        panic!("an Ethernet frame")
+    };
+    assert_eq!(
+        (eth.source(), eth.destination()),
+        (syn.dst_mac, syn.src_mac)
+    );
+    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+        panic!("IPv4")
+    };
+    let h = ip.header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (VIP, syn.src));
+    assert_eq!((h.ttl(), h.total_len(), h.ihl()), (64, 40, 5));
+    let Some(etherparse::TransportSlice::Tcp(tcp)) = sliced.transport else {
+        panic!("TCP")
+    };
+    assert_eq!(
+        (tcp.source_port(), tcp.destination_port()),
+        (443, syn.src_port())
+    );
+    assert!(tcp.rst() && tcp.ack() && !tcp.syn() && !tcp.fin());
+    assert_eq!(
+        (tcp.sequence_number(), tcp.acknowledgment_number()),
+        (0, 1001)
+    );
+    assert_eq!((tcp.window_size(), tcp.data_offset()), (0, 5));
+    assert!(tcp.payload().is_empty());
+    assert_eq!(out.len(), 54, "the SYN's options and data are cut");
 }
 
 /// An SNAT port is the backend's tuple: it comes free when the connection has closed both ways
@@ -157,7 +200,9 @@ fn one_arm_ports_come_free_when_their_connection_has_closed() {
     let mut open = Vec::new();
     for n in 0..40 {
         let syn = bed.from_client(Pkt::tcp(client(n), (VIP, 443), SYN));
-        if bed.run(bed.client_if, &syn.bytes()).0 == XDP_TX {
+        let (action, out) = bed.run(bed.client_if, &syn.bytes());
+        assert_eq!(action, XDP_TX, "forwarded, or answered with a RST");
+        if !is_refusal(&out) {
             let ack = bed.from_client(Pkt::tcp(client(n), (VIP, 443), ACK));
             assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_TX);
             open.push(client(n));
@@ -200,7 +245,8 @@ fn one_arm_ports_come_free_when_their_connection_has_closed() {
     for n in 100..140 {
         let syn = bed.from_client(Pkt::tcp(client(n), (VIP, 443), SYN));
         let (action, out) = bed.run(bed.client_if, &syn.bytes());
-        if action == XDP_TX {
+        assert_eq!(action, XDP_TX, "forwarded, or answered with a RST");
+        if !is_refusal(&out) {
             again += 1;
             let port = u16::from_be_bytes([out[34], out[35]]);
             assert_ne!(

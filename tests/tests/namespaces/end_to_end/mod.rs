@@ -199,6 +199,11 @@ fn one_arm_snat_ports_come_free_after_close() {
     snat_capacity::short_connections_reuse_closed_ports();
 }
 
+#[test]
+fn one_arm_snat_exhaustion_is_refused_with_a_reset() {
+    snat_capacity::exhaustion_is_refused_with_a_reset();
+}
+
 /// One-arm only: the shared segment is where frames for another balancer arrive.
 #[test]
 fn standby_balancer_on_a_flooding_switch_acts_on_nothing() {

@@ -5,6 +5,7 @@
 //! second, then 2-35 a second).
 
 use super::*;
+use xnlb_tests::apps::connect_from;
 
 const PORTS: (u16, u16) = (30_000, 30_255);
 const RUN: Duration = Duration::from_secs(45);
@@ -69,4 +70,65 @@ pub fn short_connections_reuse_closed_ports() {
         ok >= 3 * ports,
         "{ok} connections over {ports} ports in {RUN:?}: closed connections still hold their ports"
     );
+}
+
+/// Exhaustion is answered: with the ports held by open connections, the next SYN the balancer
+/// cannot give a port is refused at once by a RST from the VIP (the client reads "connection
+/// refused"), instead of being dropped and left to the client's SYN timeouts.
+pub fn exhaustion_is_refused_with_a_reset() {
+    let farm = Farm::new(Mode::OneArm, 1);
+    let backends = farm.backends(&[1], |_| "".into());
+    let config = farm
+        .config(&[farm.service("web", HTTP, "", &backends)])
+        .replace(
+            "snat:\n",
+            &format!("snat:\n  ports: \"{}-{}\"\n", PORTS.0, PORTS.1),
+        );
+    let _d = Daemon::start(&farm.net.lb, &config);
+    let clients = farm.net.client_addresses(8);
+    let before = farm.scrape();
+    // Connections stay open (their ports held) until the test ends; at most 400 attempts, more
+    // than the 256 ports.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        match connect_from(&farm.net.client, clients[i % clients.len()], farm.vip(HTTP)) {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let after = farm.scrape();
+    let e = refused.expect("the 256 ports ran out within 400 open connections");
+    let resets = after.since(
+        &before,
+        "xnlb_flow_events_total",
+        &[("event", "snat_exhausted_reset")],
+    );
+    let retries = after.since(
+        &before,
+        "xnlb_flow_events_total",
+        &[("event", "snat_port_retry")],
+    );
+    println!(
+        "one-arm: {} connections held their ports, then: {e} ({resets} resets sent, {retries} \
+         taken ports tried)",
+        held.len()
+    );
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(
+        held.len() >= 128,
+        "only {} ports were given out",
+        held.len()
+    );
+    assert!(
+        after.since(
+            &before,
+            "xnlb_flow_events_total",
+            &[("event", "snat_exhausted_reset")]
+        ) >= 1.0
+    );
+    assert!(after.since(&before, "xnlb_drops_total", &[("reason", "snat_exhausted")]) >= 1.0);
 }
