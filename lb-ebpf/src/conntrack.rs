@@ -110,7 +110,15 @@ pub fn client_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let established = FLOWS.get_ptr_mut(key);
+    // A SYN starts a connection: it never joins an established flow, so that table is not
+    // asked (one cold lookup less per new flow). A SYN on an established flow's tuple becomes
+    // a half-open flow of its own, which the client's next packet completes only if the
+    // established flow is closing or gone; a spoofed one no longer refreshes the flow.
+    let established = if l4.is_syn() {
+        None
+    } else {
+        FLOWS.get_ptr_mut(key)
+    };
     let mut closing = None;
     if let Some(entry) = established {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain

@@ -84,7 +84,10 @@ pub const BACKEND_COUNTS: [u32; 3] = [3, 100, 1_000];
 /// Everything one run measured.
 pub struct Results {
     pub packet: packet_cost::PacketCosts,
+    /// Established-flow cost by connection-table fill.
     pub by_table_size: packet_cost::Curve,
+    /// New-flow (SYN) cost by connection-table fill.
+    pub new_by_table_size: packet_cost::Curve,
     pub by_backends: packet_cost::Curve,
     pub table_builds: Vec<(u32, Duration)>,
     pub reload: control::Reload,
@@ -119,8 +122,8 @@ fn main() {
     };
 
     let packet = packet_cost::measure(&budget, &mut progress);
-    let by_table_size =
-        packet_cost::established_by_table_size(&TABLE_SIZES, &budget, &mut progress);
+    let (by_table_size, new_by_table_size) =
+        packet_cost::by_table_size(&TABLE_SIZES, &budget, &mut progress);
     let by_backends = packet_cost::new_flow_by_backends(&BACKEND_COUNTS, &budget, &mut progress);
     let table_builds = control::maglev_build(&BACKEND_COUNTS, &budget, &mut progress);
     let reload = control::reload(&budget, &mut progress);
@@ -129,6 +132,7 @@ fn main() {
     let results = Results {
         packet,
         by_table_size,
+        new_by_table_size,
         by_backends,
         table_builds,
         reload,

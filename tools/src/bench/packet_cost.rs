@@ -225,11 +225,12 @@ fn coarse_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Section 2a: established-flow cost with `sizes` flows already in the table. Each run sends
-/// the next packet of a flow picked at random from the whole table, so lookups touch memory
-/// all over it as real traffic would.
-pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) -> Curve {
-    let mut curve = Vec::new();
+/// Section 2a: with `sizes` flows already in the table, the cost of an established flow's packet
+/// (each run the next packet of a flow picked at random from the whole table, so lookups touch
+/// memory all over it as real traffic would) and of a new flow's SYN (a client the table has
+/// never seen). Returns the two curves.
+pub fn by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) -> (Curve, Curve) {
+    let (mut established, mut new) = (Vec::new(), Vec::new());
     for &n in sizes {
         progress.step(&format!(
             "scaling: established flow, {n} flows in the table"
@@ -287,9 +288,21 @@ pub fn established_by_table_size(sizes: &[u32], budget: &Budget, progress: &mut 
             XDP_REDIRECT,
             |_, frame| set_client(pick.below(n), frame),
         );
-        curve.push((n, ns));
+        established.push((n, ns));
+        let syn = bed
+            .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
+            .bytes();
+        let ns = single(
+            prog,
+            bed.client_if,
+            &syn,
+            budget.scale_runs,
+            XDP_REDIRECT,
+            |i, frame| set_client(n + i, frame),
+        );
+        new.push((n, ns));
     }
-    curve
+    (established, new)
 }
 
 /// Section 2b: new-flow cost with `counts` backends in the service. Backends share the bed's

@@ -129,6 +129,14 @@ pub fn summary(r: &Results) -> String {
         "≥ 14.88 Mpps",
         est > 0.0 && est <= 67.2,
     );
+    if let Some(&(_, new)) = r.new_by_table_size.iter().find(|(x, _)| *x == 1_000_000) {
+        row(
+            "new flow (SYN) with 1M flows in the table vs floor",
+            format!("{new:.0} ns vs {floor:.0} ns = {}", ratio(new, floor)),
+            "≤ 10×",
+            new <= 10.0 * floor,
+        );
+    }
     if let (Some(small), Some(big)) = (fill(1_000), fill(1_000_000)) {
         row(
             "established flow, 1M flows in the table vs 1k",
@@ -272,10 +280,13 @@ fn draw(dir: &Path, r: &Results) -> Result<(), Box<dyn std::error::Error>> {
     let curve = |c: &crate::packet_cost::Curve| c.iter().map(|&(x, y)| (x as f64, y)).collect();
     plots::curves(
         &dir.join(PLOTS[1]),
-        "Established flow vs connection-table fill",
+        "Established and new flow vs connection-table fill",
         "flows in the table",
         "ns per packet",
-        &[("established flow", curve(&r.by_table_size))],
+        &[
+            ("established flow", curve(&r.by_table_size)),
+            ("new flow (SYN)", curve(&r.new_by_table_size)),
+        ],
         Some(("floor", r.packet.floor.single_ns)),
     )?;
     plots::curves(
@@ -361,10 +372,18 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     let _ = writeln!(md, "## 2. Scaling\n");
     let _ = writeln!(
         md,
-        "Established-flow cost with the connection table already holding N flows; each run sends the next packet of a flow picked at random from the whole table ({} runs per point).\n\n| flows in the table | ns/packet | × floor |\n|---:|---:|---:|",
+        "With the connection table already holding N flows: an established flow's packet (each run the next packet of a flow picked at random from the whole table) and a new flow's SYN (a client the table has never seen), {} runs each per point.\n\n| flows in the table | established ns/packet | × floor | new flow ns/packet | × floor |\n|---:|---:|---:|---:|---:|",
         budget.scale_runs
     );
-    curve_rows(&mut md, &r.by_table_size, r.packet.floor.single_ns);
+    let floor = r.packet.floor.single_ns;
+    for (&(n, est), &(_, new)) in r.by_table_size.iter().zip(&r.new_by_table_size) {
+        let _ = writeln!(
+            md,
+            "| {n} | {est:.1} | {} | {new:.1} | {} |",
+            ratio(est, floor),
+            ratio(new, floor)
+        );
+    }
     let _ = writeln!(md, "\n![established by table size]({})\n", PLOTS[1]);
     let _ = writeln!(
         md,
