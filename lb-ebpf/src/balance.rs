@@ -18,9 +18,9 @@ use crate::{
     conntrack::{self, Stage},
     forward,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
-    nat,
+    mem, nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
-    reset, stats,
+    reset, scratch, stats,
 };
 
 /// The transport header of a valid, unfragmented IPv4 TCP/UDP packet.
@@ -114,28 +114,35 @@ pub fn to_vip(
     let r = &flow.reply;
     nat::rewrite(ip, &l4, r.dst[0], r.dst_port, r.src[0], r.src_port);
     stats::to_backend(flow.backend_id, bytes);
+    let epoch = forward::epoch(now);
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
-    forward::send(ctx, eth, ip, &l4, hop, now)
+    forward::send(ctx, eth, ip, &l4, hop, epoch)
 }
 
-/// The next hop kept for backend `id` at `addr`; emptied first when it was kept for another
-/// address (the id was given to another backend).
+/// Where the next hop for backend `id` at `addr` is kept: its `BACKEND_HOPS` element, which
+/// the controller labels with the backend's address before the id is used for it. A packet for
+/// another address (a flow of the id's previous backend, in the instant a reload re-addresses
+/// it) gets this CPU's scratch hop instead, asked of the FIB and kept nowhere: the datapath
+/// never relabels an element, so it can never keep one address's answer under another's.
 #[inline(always)]
 fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
     let kept = BACKEND_HOPS.get_ptr_mut(id)?;
-    // SAFETY: a pointer to a live array element; fields get plain stores (see `forward::send`).
+    // SAFETY: a pointer to a live array element; the datapath only stores the hop's fields
+    // (see `forward::send`), the controller the whole element.
     let kept = unsafe { &mut *kept };
-    if kept.addr[0] != addr[0]
-        || kept.addr[1] != addr[1]
-        || kept.addr[2] != addr[2]
-        || kept.addr[3] != addr[3]
+    if kept.addr[0] == addr[0]
+        && kept.addr[1] == addr[1]
+        && kept.addr[2] == addr[2]
+        && kept.addr[3] == addr[3]
     {
-        kept.hop.ifindex = 0;
-        kept.addr = *addr;
+        return Some(&mut kept.hop);
     }
-    Some(&mut kept.hop)
+    let scratch = scratch::get()?;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut scratch.hop) };
+    Some(&mut scratch.hop)
 }
 
 /// A packet from a backend's address: a reply of a balanced flow gets its NAT undone; anything
@@ -204,7 +211,8 @@ fn to_client(
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
+    let epoch = forward::epoch(now);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
-    forward::send(ctx, eth, ip, l4, hop, now)
+    forward::send(ctx, eth, ip, l4, hop, epoch)
 }

@@ -27,8 +27,15 @@ use crate::{
     scratch,
 };
 
+/// The epoch kept next hops must carry at `now`. Read before anything that decides which hop
+/// to use: a hop the controller replaces after this read is then stale by its bump.
+#[inline(always)]
+pub fn epoch(now: u64) -> u32 {
+    current_epoch(NEXT_HOP_EPOCH.get(0).copied().unwrap_or(0), now)
+}
+
 /// Sends the translated packet by `hop`, the next hop kept for its destination (looked up and
-/// kept first when it is not current).
+/// kept first when it is not current in `epoch`).
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
@@ -36,9 +43,8 @@ pub fn send(
     ip: &mut Ipv4Hdr,
     l4: &L4,
     hop: *mut NextHop,
-    now: u64,
+    epoch: u32,
 ) -> Outcome {
-    let epoch = current_epoch(NEXT_HOP_EPOCH.get(0).copied().unwrap_or(0), now);
     // SAFETY: a pointer to a live map element (valid for this run under RCU). Fields get plain
     // stores of the FIB's answer, the epoch last: a CPU that sees the epoch current sees the
     // answer it was written with.

@@ -1,9 +1,12 @@
 //! Per-CPU room for the values a packet builds that are too large for the BPF stack next to
-//! everything else: a new flow's entries and the FIB's parameters. XDP runs to completion on
+//! everything else: a new flow's entries, the FIB's parameters, a next hop kept nowhere. XDP runs to completion on
 //! its CPU, so one element per CPU is never shared by two packets at once.
 
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
-use lb_common::flow::{FlowEntry, ReplyEntry};
+use lb_common::{
+    flow::{FlowEntry, ReplyEntry},
+    next_hop::NextHop,
+};
 
 use crate::maps::SCRATCH;
 
@@ -15,6 +18,8 @@ pub struct Scratch {
     pub owner: ReplyEntry,
     /// `bpf_fib_lookup`'s parameters and answer.
     pub fib: FibParams,
+    /// A next hop used once and kept nowhere (see `balance::backend_hop`).
+    pub hop: NextHop,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

@@ -11,11 +11,12 @@ use aya::{
     },
 };
 use lb_common::{
-    addr::{AddrKey, FAMILY_V4},
+    addr::{Addr, AddrKey, FAMILY_V4},
     backend::{BackendInfo, BackendState},
     flow::{FlowEntry, FlowKey, ReplyEntry},
     limits::MAX_BACKENDS,
     maps as names,
+    next_hop::{BackendHop, NextHop},
     service::{RING_MAX_SIZE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{BackendStats, FlowEvent},
@@ -140,8 +141,29 @@ impl Datapath {
         array.set(event as u32, values, 0).map_err(map_err(name))
     }
 
+    /// Writes backend `id`, its kept next hop labelled with its address first.
     pub fn set_backend(&mut self, id: u32, backend: &BackendInfo) -> Result<()> {
+        self.label_backend_hop(id, &backend.addr)?;
         self.array_set(names::BACKENDS, id, backend)
+    }
+
+    /// Labels backend `id`'s kept next hop with `addr` (emptied), then bumps the epoch, unless
+    /// it is labelled so already. The datapath keeps an answer only in an element labelled with
+    /// the packet's address and never relabels one, and a packet that read the epoch before the
+    /// bump leaves a stale answer: no answer for one address is ever kept under another, even
+    /// for a packet in flight while a reload gives the id another address.
+    pub fn label_backend_hop(&mut self, id: u32, addr: &Addr) -> Result<()> {
+        let kept: BackendHop = self.array_get(names::BACKEND_HOPS, id)?;
+        if kept.addr == *addr {
+            return Ok(());
+        }
+        let labelled = BackendHop {
+            addr: *addr,
+            hop: NextHop::NONE,
+        };
+        self.array_set(names::BACKEND_HOPS, id, &labelled)?;
+        let epoch: u32 = self.array_get(names::NEXT_HOP_EPOCH, 0)?;
+        self.array_set(names::NEXT_HOP_EPOCH, 0, &epoch.wrapping_add(1))
     }
 
     pub fn backend(&self, id: u32) -> Result<BackendInfo> {

@@ -128,6 +128,12 @@ impl Programmed {
             dp.reset_backend_stats(id)?;
         }
         let mut ids_moved = self.flows_unchecked;
+        if self.flows_unchecked {
+            // Adopted maps, perhaps from an xnlb that kept no next hops: label every backend's.
+            for (&id, b) in &want.backends {
+                dp.label_backend_hop(id, &b.addr)?;
+            }
+        }
         for (&id, b) in &want.backends {
             if let Some(old) = now.backends.get(&id) {
                 ids_moved |= !old.is(b.service_id, &b.addr);

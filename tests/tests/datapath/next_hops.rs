@@ -25,6 +25,21 @@ fn to_backend_at(bed: &Bed, pkt: &Pkt, backend: Ipv4Addr, mac: [u8; 6]) -> Vec<u
         .bytes()
 }
 
+/// Gives `ip` on `dev` the static neighbour entry `mac` (replacing the one it had).
+fn set_neighbour(bed: &Bed, ip: Ipv4Addr, mac: [u8; 6], dev: &str) {
+    bed.ns.ip(&[
+        "neigh",
+        "replace",
+        &ip.to_string(),
+        "lladdr",
+        &mac_text(mac),
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 fn bump(bed: &Bed) {
     bed.dp
         .next_hop_epoch()
@@ -47,17 +62,7 @@ fn a_backends_new_mac_is_used_once_the_epoch_moves() {
 
     // The backend's interface is replaced: its neighbour entry now has another MAC.
     let new_mac = [0x02, 0, 0, 0x99, 0, 0x01];
-    bed.ns.ip(&[
-        "neigh",
-        "replace",
-        &backend.to_string(),
-        "lladdr",
-        &mac_text(new_mac),
-        "dev",
-        "srv0",
-        "nud",
-        "permanent",
-    ]);
+    set_neighbour(&bed, backend, new_mac, "srv0");
     // Until the epoch moves the kept answer stands: the daemon moves it within milliseconds
     // of the kernel's change.
     assert_eq!(
@@ -97,17 +102,7 @@ fn a_new_route_to_the_client_is_used_once_the_epoch_moves() {
     // The clients' network moves behind another router on the client side.
     let router2 = local_client_ip(5);
     let router2_mac = [0x02, 0, 0, 0x98, 0, 0x02];
-    bed.ns.ip(&[
-        "neigh",
-        "replace",
-        &router2.to_string(),
-        "lladdr",
-        &mac_text(router2_mac),
-        "dev",
-        "cli0",
-        "nud",
-        "permanent",
-    ]);
+    set_neighbour(&bed, router2, router2_mac, "cli0");
     bed.ns.ip(&[
         "route",
         "replace",

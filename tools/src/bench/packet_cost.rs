@@ -289,20 +289,21 @@ pub fn by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) ->
             |_, frame| set_client(pick.below(n), frame),
         );
         established.push((n, ns));
-        let syn = bed
-            .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
-            .bytes();
-        let ns = single(
-            prog,
-            bed.client_if,
-            &syn,
-            budget.scale_runs,
-            XDP_REDIRECT,
-            |i, frame| set_client(n + i, frame),
-        );
-        new.push((n, ns));
+        new.push((n, new_flows(&bed, budget.scale_runs, n)));
     }
     (established, new)
+}
+
+/// The mean cost of `runs` SYNs to VIP:443, each from a new client (clients `first`,
+/// `first` + 1, ...), so that the connection table always misses.
+fn new_flows(bed: &Bed, runs: u32, first: u32) -> f64 {
+    let prog = bed.dp.program().expect("program");
+    let syn = bed
+        .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
+        .bytes();
+    single(prog, bed.client_if, &syn, runs, XDP_REDIRECT, |i, frame| {
+        set_client(first + i, frame)
+    })
 }
 
 /// Section 2b: new-flow cost with `counts` backends in the service. Backends share the bed's
@@ -325,19 +326,7 @@ pub fn new_flow_by_backends(counts: &[u32], budget: &Budget, progress: &mut Prog
             })
             .collect();
         bed.install(web);
-        let prog = bed.dp.program().expect("program");
-        let syn = bed
-            .from_client(Pkt::tcp((client_ip(1), 40_000), (VIP, 443), SYN))
-            .bytes();
-        let ns = single(
-            prog,
-            bed.client_if,
-            &syn,
-            budget.scale_runs,
-            XDP_REDIRECT,
-            set_client,
-        );
-        curve.push((n, ns));
+        curve.push((n, new_flows(&bed, budget.scale_runs, 0)));
     }
     curve
 }

@@ -16,7 +16,8 @@ const RUN: Duration = Duration::from_secs(45);
 const PAUSE: Duration = Duration::from_millis(100);
 const TRIES: usize = 50;
 
-pub fn short_connections_reuse_closed_ports() {
+/// The one-arm farm with one backend, and the daemon balancing `web` to it from `PORTS`.
+fn one_backend_with_256_ports() -> (Farm, Daemon) {
     let farm = Farm::new(Mode::OneArm, 1);
     let backends = farm.backends(&[1], |_| "".into());
     let config = farm
@@ -25,7 +26,12 @@ pub fn short_connections_reuse_closed_ports() {
             "snat:\n",
             &format!("snat:\n  ports: \"{}-{}\"\n", PORTS.0, PORTS.1),
         );
-    let _d = Daemon::start(&farm.net.lb, &config);
+    let daemon = Daemon::start(&farm.net.lb, &config);
+    (farm, daemon)
+}
+
+pub fn short_connections_reuse_closed_ports() {
+    let (farm, _d) = one_backend_with_256_ports();
     let clients = farm.net.client_addresses(8);
     let before = farm.scrape();
     let start = Instant::now();
@@ -95,15 +101,7 @@ pub fn short_connections_reuse_closed_ports() {
 /// cannot give a port is refused at once by a RST from the VIP (the client reads "connection
 /// refused"), instead of being dropped and left to the client's SYN timeouts.
 pub fn exhaustion_is_refused_with_a_reset() {
-    let farm = Farm::new(Mode::OneArm, 1);
-    let backends = farm.backends(&[1], |_| "".into());
-    let config = farm
-        .config(&[farm.service("web", HTTP, "", &backends)])
-        .replace(
-            "snat:\n",
-            &format!("snat:\n  ports: \"{}-{}\"\n", PORTS.0, PORTS.1),
-        );
-    let _d = Daemon::start(&farm.net.lb, &config);
+    let (farm, _d) = one_backend_with_256_ports();
     let clients = farm.net.client_addresses(8);
     let before = farm.scrape();
     // Connections stay open (their ports held) until the test ends; at most 400 attempts, more
