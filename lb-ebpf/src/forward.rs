@@ -27,6 +27,9 @@ use crate::{
     scratch,
 };
 
+/// The smallest MTU an IPv4 route can have (the kernel's `min_pmtu`).
+const MIN_ROUTE_MTU: u16 = 552;
+
 /// The epoch kept next hops must carry at `now`. Read before anything that decides which hop
 /// to use: a hop the controller replaces after this read is then stale by its bump.
 #[inline(always)]
@@ -115,7 +118,11 @@ fn look_up(
     }
     hop.ifindex = fib.ifindex;
     // SAFETY: on success the FIB wrote the route's MTU over `tot_len` (the same union).
-    hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+    let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+    // No IPv4 route has an MTU below 552 (`min_pmtu`): a smaller value is this packet's own
+    // length, left by a kernel that does not report the MTU (before 5.12); then only the egress
+    // device checks the size, and drops an oversized frame.
+    hop.mtu = if mtu < MIN_ROUTE_MTU { u16::MAX } else { mtu };
     mem::copy_mac(&mut hop.dmac, &fib.dmac);
     mem::copy_mac(&mut hop.smac, &fib.smac);
     // SAFETY: a field of a live map element (see `send`); volatile so the compiler keeps it last.
