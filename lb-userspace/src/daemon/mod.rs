@@ -68,7 +68,7 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     };
     let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
     let reader = Arc::new(ctl.reader()?);
-    follow_routing(ctl.next_hop_epoch()?)?;
+    follow_routing(ctl.next_hop_epoch()?);
     let (controller, controller_thread) = control::spawn(ctl)?;
 
     let (registry, observed) = metrics::registry(view.clone(), reader.clone());
@@ -126,14 +126,20 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
 }
 
 /// The datapath keeps next hops (the FIB's answers) per backend and per flow: every routing
-/// change that could alter one makes them all stale.
-fn follow_routing(mut epoch: NextHopEpoch) -> Result<()> {
-    routes::watch(move || {
+/// change that could alter one makes them all stale. Without the watch (no netlink socket)
+/// balancing goes on, and kept answers are renewed by the datapath's clock every few seconds.
+fn follow_routing(mut epoch: NextHopEpoch) {
+    let watching = routes::watch(move || {
         if let Err(e) = epoch.bump() {
             warn!("kept next hops not refreshed after a routing change: {e}");
         }
-    })
-    .context("following routing changes (netlink)")
+    });
+    if let Err(e) = watching {
+        warn!(
+            "routing changes are not watched (netlink: {e}): the datapath follows them only \
+             when it renews its kept next hops, every 4.3 s"
+        );
+    }
 }
 
 async fn stop_controller(controller: &Handle) -> Result<()> {
