@@ -65,7 +65,7 @@ pub fn watch(mut changed: impl FnMut() + Send + 'static) -> std::io::Result<()> 
             loop {
                 match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                     Ok(n) => {
-                        if messages(&buf[..n]).any(|m| neighbours.changes(&m)) {
+                        if neighbours.changes_in(&buf[..n]) {
                             changed();
                         }
                     }
@@ -145,6 +145,12 @@ struct Neighbours {
 }
 
 impl Neighbours {
+    /// Whether any message of a datagram may change a next hop the datapath keeps. Every
+    /// message is read, so that the neighbour table stays up to date past the first change.
+    fn changes_in(&mut self, datagram: &[u8]) -> bool {
+        messages(datagram).fold(false, |changed, m| self.changes(&m) | changed)
+    }
+
     /// Whether message `m` may change a next hop the datapath keeps.
     fn changes(&mut self, m: &Message) -> bool {
         match m.kind {
@@ -231,7 +237,15 @@ mod tests {
     }
 
     fn changes(n: &mut Neighbours, datagram: &[u8]) -> bool {
-        messages(datagram).any(|m| n.changes(&m))
+        n.changes_in(datagram)
+    }
+
+    /// A message of type `kind` with no payload.
+    fn bare_msg(kind: u16) -> Vec<u8> {
+        let mut msg = (NLMSG_HDRLEN as u32).to_ne_bytes().to_vec();
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&[0; 10]);
+        msg
     }
 
     const REACHABLE: u16 = 0x02;
@@ -290,11 +304,30 @@ mod tests {
             RTM_NEWADDR,
             RTM_DELADDR,
         ] {
-            let mut msg = (NLMSG_HDRLEN as u32).to_ne_bytes().to_vec();
-            msg.extend_from_slice(&kind.to_ne_bytes());
-            msg.extend_from_slice(&[0; 10]);
-            assert!(changes(&mut n, &msg), "message type {kind}");
+            assert!(changes(&mut n, &bare_msg(kind)), "message type {kind}");
         }
+    }
+
+    #[test]
+    fn every_message_of_a_datagram_is_read_after_the_first_change() {
+        let mut n = Neighbours::default();
+        let ip = [198, 18, 0, 1];
+        assert!(!changes(
+            &mut n,
+            &neigh_msg(RTM_NEWNEIGH, 3, REACHABLE, ip, Some(A))
+        ));
+        // A route change and the neighbour's new address in one datagram.
+        let both = [
+            bare_msg(RTM_NEWROUTE),
+            neigh_msg(RTM_NEWNEIGH, 3, REACHABLE, ip, Some(B)),
+        ]
+        .concat();
+        assert!(changes(&mut n, &both));
+        // Back to the first address: a change, since the second was recorded.
+        assert!(changes(
+            &mut n,
+            &neigh_msg(RTM_NEWNEIGH, 3, REACHABLE, ip, Some(A))
+        ));
     }
 
     #[test]
