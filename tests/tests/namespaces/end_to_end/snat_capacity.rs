@@ -135,11 +135,10 @@ pub fn exhaustion_is_refused_with_a_reset() {
         held.len()
     );
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-    assert!(
-        held.len() >= 128,
-        "only {} ports were given out",
-        held.len()
-    );
+    // A SYN is refused when 8 hashed ports are all taken: at a quarter of the ports in use that
+    // happens to about 1 SYN in 65,000, so a refusal before 64 open connections means a fault.
+    // (113 to 170 were seen; 128 was the first bound and failed a clean run at 120.)
+    assert!(held.len() >= 64, "only {} ports were given out", held.len());
     assert!(
         after.since(
             &before,
