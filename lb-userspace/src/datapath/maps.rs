@@ -162,8 +162,7 @@ impl Datapath {
             hop: NextHop::NONE,
         };
         self.array_set(names::BACKEND_HOPS, id, &labelled)?;
-        let epoch: u32 = self.array_get(names::NEXT_HOP_EPOCH, 0)?;
-        self.array_set(names::NEXT_HOP_EPOCH, 0, &epoch.wrapping_add(1))
+        self.bump_next_hop_epoch().map(|_| ())
     }
 
     pub fn backend(&self, id: u32) -> Result<BackendInfo> {
