@@ -34,6 +34,13 @@ pub struct BackendHop {
 }
 const _: () = assert!(core::mem::size_of::<BackendHop>() == 40);
 
+/// The epoch of every next hop under held routing (`settings::Routing::Held`): written by the
+/// controller (backends) or from the client's own frame (a flow's client), and current until
+/// replaced. The FIB's epochs never reach it in practice (counting from zero, bumps plus
+/// 4.3 s ticks would take centuries), so an answer held before a switch to FIB routing is
+/// asked again.
+pub const HELD_EPOCH: u32 = u32::MAX;
+
 /// The clock's share of the epoch: it ticks every 2^32 ns (about 4.3 s).
 const CLOCK_TICK_SHIFT: u32 = 32;
 

@@ -16,6 +16,20 @@ kernel_enum! {
     default TwoArm
 }
 
+kernel_enum! {
+    /// Where translated packets find their next hop.
+    Routing {
+        /// The kernel's FIB, asked by the datapath and its answers kept
+        /// (`lb_common::next_hop`). Needs IPv4 forwarding on the interfaces.
+        Fib = 0 => "fib",
+        /// One-arm on a host that does not forward: the FIB refuses to answer there. The
+        /// controller holds each backend's next hop in `BACKEND_HOPS`, and a client is answered
+        /// the way its packets came (the interface, and the MAC they came from).
+        Held = 1 => "held",
+    }
+    default Fib
+}
+
 /// Connection-table timeouts when the config does not say (seconds).
 pub const DEFAULT_TCP_TIMEOUT_SECS: u64 = 2 * 3600;
 pub const DEFAULT_TCP_CLOSING_TIMEOUT_SECS: u64 = 30;
@@ -90,7 +104,9 @@ pub struct DatapathSettings {
     pub snat_port_max: u16,
     /// A [`Mode`] as `u8` (two-arm or one-arm).
     pub mode: u8,
-    pub _pad: [u8; 7],
+    /// A [`Routing`] as `u8`.
+    pub routing: u8,
+    pub _pad: [u8; 6],
     /// Frames are balanced or reverse-translated only when their destination MAC is one of
     /// these for the interface they arrived on; the rest (flooded unicast for another host,
     /// broadcast, multicast) pass untouched as `not_for_us`. The controller fills it from the
@@ -114,13 +130,20 @@ impl DatapathSettings {
             snat_port_min: DEFAULT_SNAT_PORT_MIN,
             snat_port_max: DEFAULT_SNAT_PORT_MAX,
             mode: Mode::TwoArm as u8,
-            _pad: [0; 7],
+            routing: Routing::Fib as u8,
+            _pad: [0; 6],
             own_macs: [OwnMac {
                 ifindex: 0,
                 mac: [0; 6],
                 _pad: [0; 2],
             }; MAX_OWN_MACS],
         }
+    }
+
+    /// Whether next hops are held by the controller (never asked of the FIB).
+    #[inline(always)]
+    pub fn holds_next_hops(&self) -> bool {
+        self.routing == Routing::Held as u8
     }
 
     /// Whether a frame to `dst` that arrived on `ifindex` is addressed to the balancer.

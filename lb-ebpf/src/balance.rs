@@ -96,6 +96,13 @@ pub fn to_vip(
     }
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if settings.holds_next_hops() {
+        // A new flow's entry is built in scratch: it takes its client hop from there.
+        let Some(scratch) = scratch::get() else {
+            return Outcome::Pass(PassReason::NoFastRoute);
+        };
+        forward::return_to_sender(ctx, eth, &mut scratch.entry.client_hop);
+    }
     let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, now) {
         Ok(flow) => flow,
         Err(reason) => {
@@ -114,7 +121,7 @@ pub fn to_vip(
     let r = &flow.reply;
     nat::rewrite(ip, &l4, r.dst[0], r.dst_port, r.src[0], r.src_port);
     stats::to_backend(flow.backend_id, bytes);
-    let epoch = forward::epoch(now);
+    let epoch = forward::epoch(now, settings);
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
@@ -175,13 +182,29 @@ pub fn from_backend(
         && let Some(flow) =
             conntrack::reply_owner(Stage::Established, entry, &key, &l4, settings, now)
     {
-        return to_client(ctx, eth, ip, &l4, entry, flow, now);
+        return to_client(
+            ctx,
+            eth,
+            ip,
+            &l4,
+            entry,
+            flow,
+            forward::epoch(now, settings),
+        );
     }
     // SAFETY: as above.
     if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) }
         && let Some(flow) = conntrack::reply_owner(Stage::HalfOpen, entry, &key, &l4, settings, now)
     {
-        return to_client(ctx, eth, ip, &l4, entry, flow, now);
+        return to_client(
+            ctx,
+            eth,
+            ip,
+            &l4,
+            entry,
+            flow,
+            forward::epoch(now, settings),
+        );
     }
     Outcome::Pass(PassReason::NotOurs)
 }
@@ -196,7 +219,7 @@ fn to_client(
     l4: &L4,
     entry: &ReplyEntry,
     flow: *mut FlowEntry,
-    now: u64,
+    epoch: u32,
 ) -> Outcome {
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
@@ -211,7 +234,6 @@ fn to_client(
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
-    let epoch = forward::epoch(now);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
     forward::send(ctx, eth, ip, l4, hop, epoch)

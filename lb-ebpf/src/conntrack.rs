@@ -378,8 +378,11 @@ fn new_flow(
     entry.state = stage.first_state() as u8;
     entry._pad0 = 0;
     entry._pad1 = 0;
-    // SAFETY: a next hop is plain integers; all zero means never looked up.
-    unsafe { mem::zero(&mut entry.client_hop) };
+    if !s.holds_next_hops() {
+        // SAFETY: a next hop is plain integers; all zero means never looked up.
+        unsafe { mem::zero(&mut entry.client_hop) };
+    }
+    // (Held routing: `balance::to_vip` wrote the way back to the client there.)
     record(stage, key, entry, existing)?;
     stats::new_flow(service_id, backend_id);
     Ok(Flow { reply, backend_id })

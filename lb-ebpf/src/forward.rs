@@ -4,6 +4,11 @@
 //! and a packet larger than the route's MTU, goes to the kernel already translated, so the
 //! kernel forwards it (resolving ARP, fragmenting, or answering with ICMP) instead of it being
 //! dropped silently.
+//!
+//! Under held routing (one-arm on a host that does not forward, where the FIB refuses to
+//! answer) the FIB is never asked: the controller holds backends' next hops and a flow's client
+//! is answered the way its packets came. A hop not held yet goes to the kernel as
+//! `no_neighbour`.
 
 use aya_ebpf::{
     bindings::{
@@ -15,7 +20,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::FAMILY_V4,
-    next_hop::{NextHop, current_epoch},
+    next_hop::{HELD_EPOCH, NextHop, current_epoch},
+    settings::DatapathSettings,
     stats::PassReason,
 };
 
@@ -33,8 +39,24 @@ const MIN_ROUTE_MTU: u16 = 552;
 /// The epoch kept next hops must carry at `now`. Read before anything that decides which hop
 /// to use: a hop the controller replaces after this read is then stale by its bump.
 #[inline(always)]
-pub fn epoch(now: u64) -> u32 {
+pub fn epoch(now: u64, s: &DatapathSettings) -> u32 {
+    if s.holds_next_hops() {
+        return HELD_EPOCH;
+    }
     current_epoch(NEXT_HOP_EPOCH.get(0).copied().unwrap_or(0), now)
+}
+
+/// The next hop back to where the frame `eth` came from, held for its flow: out of the
+/// interface it arrived on, to the MAC that sent it (the client, or the router it came
+/// through). The frame fitted that interface, so its replies get no MTU of their own.
+#[inline(always)]
+pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, hop: &mut NextHop) {
+    hop.epoch = HELD_EPOCH;
+    hop.ifindex = ctx.ingress_ifindex() as u32;
+    hop.mtu = u16::MAX;
+    mem::copy_mac(&mut hop.dmac, &eth.src);
+    mem::copy_mac(&mut hop.smac, &eth.dst);
+    hop._pad = 0;
 }
 
 /// Sends the translated packet by `hop`, the next hop kept for its destination (looked up and
@@ -52,10 +74,13 @@ pub fn send(
     // stores of the FIB's answer, the epoch last: a CPU that sees the epoch current sees the
     // answer it was written with.
     let hop = unsafe { &mut *hop };
-    if !hop.current(epoch)
-        && let Err(reason) = look_up(ctx, ip, l4, hop, epoch)
-    {
-        return Outcome::Pass(reason);
+    if !hop.current(epoch) {
+        if epoch == HELD_EPOCH {
+            return Outcome::Pass(PassReason::NoNeighbour);
+        }
+        if let Err(reason) = look_up(ctx, ip, l4, hop, epoch) {
+            return Outcome::Pass(reason);
+        }
     }
     if u16::from_be(ip.tot_len) > hop.mtu {
         return Outcome::Pass(PassReason::FragNeeded);

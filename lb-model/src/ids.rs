@@ -282,7 +282,7 @@ mod tests {
             &now,
             &running,
             |_, _| BackendState::Up,
-            &[],
+            &plan::HostFacts::default(),
             &mut plan::TableCache::default(),
         );
         let mut backends = image.backends.clone();

@@ -8,8 +8,9 @@ use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
     flow::{FlowEntry, FlowKey},
+    next_hop::NextHop,
     service::{NO_BACKEND, ServiceInfo},
-    settings::{DatapathSettings, Mode, OwnMac},
+    settings::{DatapathSettings, Mode, OwnMac, Routing},
 };
 
 use crate::{
@@ -43,6 +44,19 @@ pub struct Image {
     pub rules: BTreeMap<RuleKey, u32>,
     pub services: BTreeMap<u32, ServicePlan>,
     pub backends: BTreeMap<u32, BackendInfo>,
+    /// Held routing: each backend's next hop (`NextHop::NONE` while it has none), by backend id.
+    /// Empty under FIB routing, where the datapath keeps the FIB's answers itself.
+    pub held_hops: BTreeMap<u32, NextHop>,
+}
+
+/// What only the running system knows and the image depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The attached interfaces' own addresses: only frames sent to them are acted on.
+    pub own_macs: Vec<OwnMac>,
+    /// `Some` for held routing (one-arm on a host that does not forward): the next hop towards
+    /// each backend address that has one now. `None`: the datapath asks the FIB.
+    pub held_hops: Option<BTreeMap<Ipv4Addr, NextHop>>,
 }
 
 impl Default for Image {
@@ -54,6 +68,7 @@ impl Default for Image {
             rules: BTreeMap::new(),
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
+            held_hops: BTreeMap::new(),
         }
     }
 }
@@ -85,14 +100,13 @@ impl TableCache {
 }
 
 /// The image for `config` with the given ids (already assigned for every service and
-/// backend) and backend states, acting on frames sent to `own_macs` (the attached interfaces'
-/// addresses, which only the running system knows). `tables` keeps the Maglev tables for the
-/// next call.
+/// backend) and backend states, on the running system `host`. `tables` keeps the Maglev
+/// tables for the next call.
 pub fn image(
     config: &Config,
     ids: &IdBook,
     state: impl Fn(&str, &str) -> BackendState,
-    own_macs: &[OwnMac],
+    host: &HostFacts,
     tables: &mut TableCache,
 ) -> Image {
     let mut next_tables = HashMap::new();
@@ -100,8 +114,11 @@ pub fn image(
         settings: settings(config),
         ..Default::default()
     };
-    for (slot, mac) in img.settings.own_macs.iter_mut().zip(own_macs) {
+    for (slot, mac) in img.settings.own_macs.iter_mut().zip(&host.own_macs) {
         *slot = *mac;
+    }
+    if host.held_hops.is_some() {
+        img.settings.routing = Routing::Held as u8;
     }
     for service in &config.services {
         let sid = ids.services[&service.name];
@@ -120,6 +137,10 @@ pub fn image(
                 .expect("ids assigned");
             let st = state(&service.name, &b.name);
             img.backend_addrs.insert(b.address_v4());
+            if let Some(held) = &host.held_hops {
+                let hop = held.get(&b.address_v4()).copied().unwrap_or(NextHop::NONE);
+                img.held_hops.insert(bid, hop);
+            }
             img.backends.insert(
                 bid,
                 BackendInfo {
@@ -284,7 +305,7 @@ services:
                 BackendState::Up
             }
         };
-        let img = image(&config, &ids, state, &[], tables);
+        let img = image(&config, &ids, state, &HostFacts::default(), tables);
         (img, ids)
     }
 

@@ -14,6 +14,10 @@ use crate::lifecycle::{BackendState, Lifecycle};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub mode: String,
+    /// Where balanced packets find their next hop: `fib` (the kernel's routing, forwarding on)
+    /// or `held` (one-arm on a host that does not forward: xnlb resolves them).
+    #[serde(default)]
+    pub routing: String,
     pub interfaces: Vec<InterfaceStatus>,
     pub config: String,
     pub conntrack: ConntrackStatus,
@@ -167,8 +171,13 @@ impl Status {
             .collect();
         let _ = writeln!(
             out,
-            "xnlb {}   {}   flows {}/{} established, {}/{} half-open   config {}",
+            "xnlb {}{}   {}   flows {}/{} established, {}/{} half-open   config {}",
             self.mode,
+            if self.routing == "held" {
+                " (next hops held: forwarding off)"
+            } else {
+                ""
+            },
             ifaces.join(", "),
             self.conntrack.entries,
             self.conntrack.max_entries,

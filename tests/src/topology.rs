@@ -18,8 +18,9 @@
 //!  backend ns eth0 198.18.0.(200+N) ── bN ─┘
 //! ```
 //! The VIP 198.18.0.100 and the SNAT address 198.18.0.2 are answered by the balancer (xnlb adds
-//! them to lan0); the switch port facing the balancer carries the floor XDP program, standing in
-//! for a NIC, so that frames the balancer sends back out with `XDP_TX` are delivered.
+//! them to lan0), which has IPv4 forwarding off, as a one-arm host usually has (xnlb holds the
+//! next hops then). The switch port facing the balancer carries the floor XDP program, standing
+//! in for a NIC, so that frames the balancer sends back out with `XDP_TX` are delivered.
 //!
 //! In both, the client namespace also stands for a router with clients behind it: addresses in
 //! 198.19.0.0/16 ([`Net::remote_clients`]), which the balancer routes via 198.18.0.10.
@@ -95,9 +96,10 @@ impl Net {
             Mode::TwoArm => net.wire_two_arm(),
             Mode::OneArm => net.wire_one_arm(),
         };
-        // The balancer is a router in both modes (one-arm forwards out the interface the
-        // packet came in on).
-        net.lb.sysctl("net.ipv4.ip_forward", "1");
+        // Two-arm routes; one-arm is set up as a host is (forwarding off): it sends from its
+        // own addresses only.
+        let forwarding = if mode == Mode::TwoArm { "1" } else { "0" };
+        net.lb.sysctl("net.ipv4.ip_forward", forwarding);
         route_remote_clients(&net.lb);
         net
     }
@@ -183,7 +185,7 @@ impl Net {
         self.switch_port(&lb, "lan0", "lb2");
         lb.ip(&["addr", "add", &format!("{addr}/24"), "dev", "lan0"]);
         lb.ip(&["link", "set", "lan0", "up"]);
-        lb.sysctl("net.ipv4.ip_forward", "1");
+        lb.sysctl("net.ipv4.ip_forward", "0");
         route_remote_clients(&lb);
         let nic = NicStandIn::attach(&self.switch, &["lb2"]);
         (lb, nic)

@@ -3,6 +3,11 @@
 //! are blocking syscalls, so this is a plain thread, not an async task; nothing shares the
 //! controller behind a lock.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -18,12 +23,16 @@ enum Command {
     Admin(Request, oneshot::Sender<Response>),
     /// Probe results to count.
     Health(Vec<Report>),
+    /// The kernel's routing changed (coalesced: one pending at a time).
+    RoutingChanged,
 }
 
 /// How the daemon's tasks talk to the controller.
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::UnboundedSender<Command>,
+    /// A `RoutingChanged` is queued and not yet taken: a burst of changes makes one.
+    routing_pending: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -42,21 +51,48 @@ impl Handle {
     pub fn health(&self, batch: Vec<Report>) -> bool {
         self.commands.send(Command::Health(batch)).is_ok()
     }
+
+    /// Tells the controller the kernel's routing changed; false once the controller is gone.
+    pub fn routing_changed(&self) -> bool {
+        if self.routing_pending.swap(true, Ordering::AcqRel) {
+            return !self.commands.is_closed();
+        }
+        self.commands.send(Command::RoutingChanged).is_ok()
+    }
 }
 
 /// Starts the controller's thread. It ends after a `stop` request (which detaches and unpins)
 /// or when every handle is gone (which leaves the pinned datapath forwarding).
 pub fn spawn(ctl: Controller) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let routing_pending = Arc::new(AtomicBool::new(false));
+    let pending = routing_pending.clone();
     let thread = std::thread::Builder::new()
         .name("xnlb-controller".into())
-        .spawn(move || serve(ctl, rx))?;
-    Ok((Handle { commands: tx }, thread))
+        .spawn(move || serve(ctl, rx, &pending))?;
+    Ok((
+        Handle {
+            commands: tx,
+            routing_pending,
+        },
+        thread,
+    ))
 }
 
-fn serve(mut ctl: Controller, mut commands: mpsc::UnboundedReceiver<Command>) {
+fn serve(
+    mut ctl: Controller,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    routing_pending: &AtomicBool,
+) {
     while let Some(command) = commands.blocking_recv() {
         match command {
+            Command::RoutingChanged => {
+                // Cleared first: a change during the resolution queues another.
+                routing_pending.store(false, Ordering::Release);
+                if let Err(e) = ctl.routing_changed() {
+                    error!("following a routing change: {e:#}");
+                }
+            }
             Command::Health(batch) => {
                 if let Err(e) = ctl.apply_probes(batch) {
                     error!("applying health results: {e:#}");

@@ -24,7 +24,10 @@ use lb_model::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::status::{Attachment, View};
+use super::{
+    routing::HeldRouting,
+    status::{Attachment, View},
+};
 use crate::{
     datapath::{
         self, Datapath, DatapathSizes, NextHopEpoch, Reader,
@@ -49,6 +52,8 @@ pub struct Controller {
     programmed: Programmed,
     attached: Vec<Attachment>,
     pub(super) vips: VipOwner,
+    /// Held routing's state (one-arm on a host that does not forward); `None` under FIB routing.
+    pub(super) held: Option<HeldRouting>,
     /// What the health checker probes, published to it.
     pub(super) targets: watch::Sender<Targets>,
     /// What status and metrics show, published to them.
@@ -122,7 +127,10 @@ impl Controller {
             lifecycles,
             programmed,
             attached: Vec::new(),
+            held: None,
         };
+        ctl.choose_routing();
+        ctl.resolve_held_hops_waiting();
         let changes = ctl.reprogram().context("programming the datapath")?;
         info!("datapath programmed: {changes}");
         ctl.attach()?;
@@ -170,7 +178,7 @@ impl Controller {
             if let Err(e) = sysctl::accept_local_sources(&iface) {
                 warn!("{e:#}: a client the balancer has not resolved yet may fail to connect");
             }
-            if !sysctl::forwards(&iface) {
+            if self.held.is_none() && !sysctl::forwards(&iface) {
                 warn!(
                     "{iface}: IPv4 forwarding is off, so balanced packets cannot be forwarded \
                      (xnlb_passes_total{{reason=\"no_fast_route\"}}) and the kernel drops them; \
@@ -208,12 +216,13 @@ impl Controller {
                 had.into_iter().filter(|m| m.ifindex != 0).collect()
             }
         };
+        let host = self.host_facts(own_macs);
         let lifecycles = &self.lifecycles;
         let image = plan::image(
             &self.config,
             &self.ids,
             |s, b| lifecycles[&(s.to_string(), b.to_string())].state(),
-            &own_macs,
+            &host,
             &mut self.tables,
         );
         let serving_before = self.serving();
@@ -309,6 +318,7 @@ impl Controller {
             attach::detach(&self.pin_dir, &a.name)?;
         }
         self.vips.release_all()?;
+        self.release_routing();
         let _ = std::fs::remove_file(self.pin_dir.join(PROGRAM_PIN));
         datapath::unpin_maps(&self.pin_dir);
         let _ = std::fs::remove_dir(&self.pin_dir);

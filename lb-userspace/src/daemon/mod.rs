@@ -19,6 +19,7 @@ pub mod control;
 pub mod controller;
 pub mod metrics;
 mod reload;
+mod routing;
 pub mod status;
 
 use std::{path::Path, sync::Arc};
@@ -68,8 +69,9 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     };
     let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
     let reader = Arc::new(ctl.reader()?);
-    follow_routing(ctl.next_hop_epoch()?);
+    let epoch = ctl.next_hop_epoch()?;
     let (controller, controller_thread) = control::spawn(ctl)?;
+    follow_routing(epoch, controller.clone());
 
     let (registry, observed) = metrics::registry(view.clone(), reader.clone());
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
@@ -126,21 +128,37 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
 }
 
 /// The datapath keeps next hops (the FIB's answers) per backend and per flow: every routing
-/// change that could alter one makes them all stale. Without the watch (no netlink socket)
-/// balancing goes on, and kept answers are renewed by the datapath's clock every few seconds.
-fn follow_routing(mut epoch: NextHopEpoch) {
-    let watching = routes::watch(move || {
-        if let Err(e) = epoch.bump() {
+/// change that could alter one makes them all stale, and under held routing the controller
+/// resolves the backends' again. Without the watch (no netlink socket) balancing goes on: kept
+/// answers are renewed by the datapath's clock every few seconds, and held ones by a timer.
+fn follow_routing(mut epoch: NextHopEpoch, controller: Handle) {
+    let handle = controller.clone();
+    let watching = routes::watch(move |change| {
+        if change == routes::Change::Stale
+            && let Err(e) = epoch.bump()
+        {
             warn!("kept next hops not refreshed after a routing change: {e}");
         }
+        handle.routing_changed();
     });
     if let Err(e) = watching {
         warn!(
             "routing changes are not watched (netlink: {e}): the datapath follows them only \
-             when it renews its kept next hops, every 4.3 s"
+             when it renews its kept next hops, every 4.3 s, and held next hops are resolved \
+             again every {HELD_HOPS_FALLBACK_PERIOD:?}"
         );
+        let _ = std::thread::Builder::new()
+            .name("route-timer".into())
+            .spawn(move || {
+                while controller.routing_changed() {
+                    std::thread::sleep(HELD_HOPS_FALLBACK_PERIOD);
+                }
+            });
     }
 }
+
+/// How often held next hops are resolved again when routing changes cannot be watched.
+const HELD_HOPS_FALLBACK_PERIOD: std::time::Duration = std::time::Duration::from_secs(4);
 
 async fn stop_controller(controller: &Handle) -> Result<()> {
     let answer = controller.ask(Request::Stop).await;

@@ -46,6 +46,8 @@ impl Controller {
                     .then(|| ((service.clone(), b.clone()), life.clone()))
             })
             .collect();
+        self.choose_routing();
+        self.resolve_held_hops_waiting();
         match self.reprogram() {
             Ok(changes) => {
                 self.targets.send_replace(health::targets(&self.config));

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lb_common::{maps as names, settings::DatapathSettings, stats::FlowEvent};
+use lb_common::{
+    maps as names,
+    settings::{DatapathSettings, Routing},
+    stats::FlowEvent,
+};
 use lb_model::{
     config::{self, Config, Mode},
     ids::IdBook,
@@ -114,6 +118,10 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
     }
     Ok(Status {
         mode: view.mode.label().to_string(),
+        routing: Routing::from_u8(view.settings.routing)
+            .unwrap_or_default()
+            .label()
+            .to_string(),
         interfaces: view
             .attached
             .iter()

@@ -165,6 +165,17 @@ impl Datapath {
         self.bump_next_hop_epoch().map(|_| ())
     }
 
+    /// Held routing: backend `id`'s next hop, as the controller resolved it, under its address.
+    /// The datapath never writes these (it asks no FIB), so a whole-element write races with
+    /// nothing.
+    pub fn hold_backend_hop(&mut self, id: u32, addr: &Addr, hop: &NextHop) -> Result<()> {
+        let held = BackendHop {
+            addr: *addr,
+            hop: *hop,
+        };
+        self.array_set(names::BACKEND_HOPS, id, &held)
+    }
+
     pub fn backend(&self, id: u32) -> Result<BackendInfo> {
         self.array_get(names::BACKENDS, id)
     }

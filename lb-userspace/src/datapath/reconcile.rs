@@ -1,7 +1,8 @@
 //! Moves the kernel's maps from what they hold to a wanted `Image`, in an order in which every
 //! intermediate state is one a packet may safely see:
 //!
-//! 1. settings; backends (new ids, state changes); backend addresses and VIPs that appear;
+//! 1. settings; backends (new ids, state changes) and, under held routing, their next hops;
+//!    backend addresses and VIPs that appear;
 //! 2. each changed service: its new table goes into the ring slot it is *not* using, then one
 //!    `SERVICES` write switches it (the kernel swaps the element under RCU);
 //! 3. port rules that appear or move, then those that go;
@@ -141,9 +142,20 @@ impl Programmed {
             if now.backends.get(&id) != Some(b) {
                 dp.set_backend(id, b)?;
                 now.backends.insert(id, *b);
+                // A new address relabels the element, emptying it.
+                now.held_hops.remove(&id);
                 changes.backends_written += 1;
             }
+            if let Some(hop) = want.held_hops.get(&id)
+                && now.held_hops.get(&id) != Some(hop)
+            {
+                dp.hold_backend_hop(id, &b.addr, hop)?;
+                now.held_hops.insert(id, *hop);
+            }
         }
+        // Under FIB routing nothing is held: the datapath keeps what the FIB answers.
+        now.held_hops
+            .retain(|id, _| want.held_hops.contains_key(id));
         for &addr in want.backend_addrs.difference(&now.backend_addrs.clone()) {
             dp.add_backend_addr(addr)?;
             now.backend_addrs.insert(addr);

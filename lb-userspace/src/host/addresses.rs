@@ -2,9 +2,11 @@
 //! a /32 address on the client interface. Only addresses the daemon added (or, after a restart,
 //! adopted) are removed again.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, process::Command};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
+
+use super::ip;
 
 #[derive(Debug)]
 pub struct VipOwner {
@@ -51,18 +53,8 @@ impl VipOwner {
     }
 
     fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let out = Command::new("ip")
-            .args(["-j", "-4", "addr", "show", "dev", &self.iface])
-            .output()
-            .context("running ip")?;
-        if !out.status.success() {
-            bail!(
-                "ip addr show dev {}: {}",
-                self.iface,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let out = ip(&["-j", "-4", "addr", "show", "dev", &self.iface])?;
+        let links: serde_json::Value = serde_json::from_str(&out)?;
         Ok(links
             .as_array()
             .into_iter()
@@ -71,19 +63,4 @@ impl VipOwner {
             .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
             .collect())
     }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -5,7 +5,9 @@
 //!
 //! Neighbour entries change state all the time without changing anything an answer holds
 //! (reachable → stale → probe → reachable): only a new link-layer address, an entry that became
-//! unusable, and a removed entry count. Route, link and address events always count.
+//! unusable, and a removed entry make answers stale. Route, link and address events always do.
+//! A neighbour that becomes usable changes no kept answer (none could use it), but a next hop
+//! held by the controller may have been waiting for it: that is reported as `Resolved`.
 
 use std::{
     collections::HashMap,
@@ -51,26 +53,37 @@ const NDMSG_LEN: usize = 12;
 type NeighbourKey = (i32, Vec<u8>);
 type NeighbourAnswer = Option<Vec<u8>>;
 
+/// What a routing event means for next hops. Ordered: `Stale` says more than `Resolved`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// A neighbour became usable: no kept answer used it, but a held next hop may be waiting
+    /// for it.
+    Resolved,
+    /// A route, link, address, or a neighbour's link-layer address changed: kept answers may
+    /// be wrong.
+    Stale,
+}
+
 /// Watches routing changes on a thread of its own and calls `changed` for each that could alter
-/// a next hop (and once at the start, for whatever changed before the watch began). Runs until
-/// the process ends.
-pub fn watch(mut changed: impl FnMut() + Send + 'static) -> std::io::Result<()> {
+/// a next hop (and once at the start, `Stale`, for whatever changed before the watch began).
+/// Runs until the process ends.
+pub fn watch(mut changed: impl FnMut(Change) + Send + 'static) -> std::io::Result<()> {
     let fd = subscribe()?;
     std::thread::Builder::new()
         .name("route-watch".into())
         .spawn(move || {
             let mut neighbours = Neighbours::default();
-            changed();
+            changed(Change::Stale);
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                     Ok(n) => {
-                        if neighbours.changes_in(&buf[..n]) {
-                            changed();
+                        if let Some(change) = neighbours.changes_in(&buf[..n]) {
+                            changed(change);
                         }
                     }
                     // The kernel dropped events: anything may have changed.
-                    Err(Errno::ENOBUFS) => changed(),
+                    Err(Errno::ENOBUFS) => changed(Change::Stale),
                     Err(Errno::EINTR) => {}
                     Err(e) => {
                         warn!("routing changes are no longer followed: netlink: {e}");
@@ -145,33 +158,36 @@ struct Neighbours {
 }
 
 impl Neighbours {
-    /// Whether any message of a datagram may change a next hop the datapath keeps. Every
-    /// message is read, so that the neighbour table stays up to date past the first change.
-    fn changes_in(&mut self, datagram: &[u8]) -> bool {
-        messages(datagram).fold(false, |changed, m| self.changes(&m) | changed)
+    /// The largest change any message of a datagram makes. Every message is read, so that
+    /// the neighbour table stays up to date past the first change.
+    fn changes_in(&mut self, datagram: &[u8]) -> Option<Change> {
+        messages(datagram).fold(None, |most, m| self.changes(&m).max(most))
     }
 
-    /// Whether message `m` may change a next hop the datapath keeps.
-    fn changes(&mut self, m: &Message) -> bool {
+    /// What message `m` changes for next hops.
+    fn changes(&mut self, m: &Message) -> Option<Change> {
         match m.kind {
             RTM_NEWROUTE | RTM_DELROUTE | RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR => {
-                true
+                Some(Change::Stale)
             }
             RTM_NEWNEIGH | RTM_DELNEIGH => {
                 let Some((key, answer)) = neighbour(m.payload) else {
-                    return true;
+                    return Some(Change::Stale);
                 };
                 if m.kind == RTM_DELNEIGH {
-                    return self.known.remove(&key).flatten().is_some();
+                    let had = self.known.remove(&key).flatten().is_some();
+                    return had.then_some(Change::Stale);
                 }
+                let usable = answer.is_some();
                 match self.known.insert(key, answer.clone()) {
-                    Some(old) => old != answer && old.is_some(),
-                    // First seen: from the dump it was already there (the start counts it);
-                    // otherwise it is new, and no kept answer can have used it.
-                    None => false,
+                    Some(Some(old)) if Some(&old) != answer.as_ref() => Some(Change::Stale),
+                    Some(Some(_)) => None,
+                    // Usable now and not before (or first seen: from the dump, or new). No kept
+                    // answer can have used it.
+                    Some(None) | None => usable.then_some(Change::Resolved),
                 }
             }
-            _ => false,
+            _ => None,
         }
     }
 }
@@ -236,8 +252,9 @@ mod tests {
         msg
     }
 
+    /// Whether the datagram makes kept answers stale.
     fn changes(n: &mut Neighbours, datagram: &[u8]) -> bool {
-        n.changes_in(datagram)
+        n.changes_in(datagram) == Some(Change::Stale)
     }
 
     /// A message of type `kind` with no payload.
@@ -291,6 +308,46 @@ mod tests {
             &mut n,
             &neigh_msg(RTM_DELNEIGH, 4, REACHABLE, ip, Some(A))
         ));
+    }
+
+    #[test]
+    fn a_neighbour_that_becomes_usable_is_reported_resolved() {
+        let mut n = Neighbours::default();
+        let ip = [198, 18, 0, 5];
+        const INCOMPLETE: u16 = 0x01;
+        assert_eq!(
+            n.changes_in(&neigh_msg(RTM_NEWNEIGH, 3, INCOMPLETE, ip, None)),
+            None,
+            "asked for, not answered yet"
+        );
+        assert_eq!(
+            n.changes_in(&neigh_msg(RTM_NEWNEIGH, 3, REACHABLE, ip, Some(A))),
+            Some(Change::Resolved)
+        );
+        assert_eq!(
+            n.changes_in(&neigh_msg(RTM_NEWNEIGH, 3, STALE, ip, Some(A))),
+            None
+        );
+        // Failed, then answered again with the same address: usable again.
+        assert_eq!(
+            n.changes_in(&neigh_msg(RTM_NEWNEIGH, 3, FAILED, ip, Some(A))),
+            Some(Change::Stale)
+        );
+        assert_eq!(
+            n.changes_in(&neigh_msg(RTM_NEWNEIGH, 3, REACHABLE, ip, Some(A))),
+            Some(Change::Resolved)
+        );
+        // An entry first seen resolved (a static one added, or one from the start's dump).
+        assert_eq!(
+            n.changes_in(&neigh_msg(
+                RTM_NEWNEIGH,
+                3,
+                REACHABLE,
+                [198, 18, 0, 6],
+                Some(B)
+            )),
+            Some(Change::Resolved)
+        );
     }
 
     #[test]

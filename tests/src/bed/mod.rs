@@ -157,6 +157,24 @@ impl Bed {
         self.program.apply(&mut self.dp);
     }
 
+    /// One-arm as on a host: IPv4 forwarding off, so the FIB answers nothing and the next hops
+    /// are held (the daemon's choice there).
+    pub fn one_arm_held(&mut self, ports: (u16, u16)) {
+        self.forwarding(false);
+        self.program.one_arm(&[SNAT_IP], ports);
+        self.program.hold_next_hops(true);
+        self.program.apply(&mut self.dp);
+    }
+
+    /// Turns IPv4 forwarding on or off on every interface of the bed.
+    pub fn forwarding(&self, on: bool) {
+        let value = if on { "1" } else { "0" };
+        for conf in ["all", "cli0", "srv0"] {
+            self.ns
+                .sysctl(&format!("net.ipv4.conf.{conf}.forwarding"), value);
+        }
+    }
+
     /// Adds or replaces `service` (by name) and programs the maps as a reload would.
     pub fn install(&mut self, service: Service) {
         self.program.put(service);

@@ -12,10 +12,10 @@ use xnlb::{
         Datapath,
         reconcile::{Changes, Programmed},
     },
-    host::interfaces::own_macs,
+    host::{interfaces::own_macs, next_hops::Resolver},
     model::{
         ids::IdBook,
-        plan::{self, Image, TableCache},
+        plan::{self, HostFacts, Image, TableCache},
         port_rules::addr_v4,
     },
 };
@@ -53,6 +53,8 @@ pub struct Programmer {
     states: BTreeMap<(String, String), BackendState>,
     tables: TableCache,
     programmed: Programmed,
+    /// Held routing: the controller's resolver, asked at every apply. `None`: FIB routing.
+    held: Option<Resolver>,
 }
 
 impl Programmer {
@@ -77,6 +79,7 @@ impl Programmer {
             states: BTreeMap::new(),
             tables: TableCache::default(),
             programmed: Programmed::read(dp).expect("read the new datapath's maps"),
+            held: None,
         }
     }
 
@@ -113,8 +116,14 @@ impl Programmer {
         });
     }
 
+    /// Held routing (as the daemon chooses for one-arm on a host that does not forward), or
+    /// back to FIB routing.
+    pub fn hold_next_hops(&mut self, held: bool) {
+        self.held = held.then(Resolver::default);
+    }
+
     /// Moves the maps to what the config and the backend states ask for, as a reload or a
-    /// health change does.
+    /// health change does (and, under held routing, as a routing change does).
     pub fn apply(&mut self, dp: &mut Datapath) -> Changes {
         let fresh = self
             .ids
@@ -123,6 +132,24 @@ impl Programmer {
         let states = &self.states;
         // Read in the bed's namespace, which the calling thread has entered.
         let own_macs = own_macs(&self.config).expect("the bed's interface addresses");
+        let backends = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address_v4()))
+            .collect();
+        let snat = self.config.snat_v4().first().copied();
+        let held_hops = self.held.as_mut().map(|resolver| {
+            let from = snat.expect("held routing is one-arm: an SNAT address");
+            resolver
+                .resolve(&backends, from)
+                .expect("resolve the backends' next hops")
+                .hops
+        });
+        let host = HostFacts {
+            own_macs,
+            held_hops,
+        };
         let image = plan::image(
             &self.config,
             &self.ids,
@@ -132,7 +159,7 @@ impl Programmer {
                     .copied()
                     .unwrap_or(BackendState::Up)
             },
-            &own_macs,
+            &host,
             &mut self.tables,
         );
         self.programmed

@@ -5,6 +5,7 @@ mod flow_lifetime;
 mod golden_flows;
 mod golden_stateless;
 mod half_open;
+mod held_routing;
 mod next_hops;
 mod random_invariants;
 mod selection;

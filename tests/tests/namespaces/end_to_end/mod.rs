@@ -165,6 +165,7 @@ mod balancing;
 mod churn;
 mod failures;
 mod flooding;
+mod held_routing;
 mod lifecycle;
 mod next_hops;
 mod ownership;
@@ -191,6 +192,12 @@ fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
 #[test]
 fn kept_next_hops_follow_routing_changes() {
     next_hops::next_hops_follow_routing();
+}
+
+/// One-arm only: a two-arm balancer routes, so it needs forwarding.
+#[test]
+fn one_arm_without_forwarding_holds_next_hops() {
+    held_routing::one_arm_without_forwarding();
 }
 
 /// One-arm only: SNAT ports.
