@@ -55,12 +55,28 @@ pub struct BackendInfo {
 const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
 
 impl BackendInfo {
-    /// Whether this is the backend of `service_id` at `addr`: what a flow balanced to `addr`
-    /// must still find under its backend id. Word by word (BPF cannot call `memcmp`).
+    /// Whether this is the backend of `service_id` at `addr`: what the controller keeps a flow
+    /// balanced to `addr` under (`plan::flow_fates`).
     #[inline(always)]
     pub fn is(&self, service_id: u32, addr: &Addr) -> bool {
-        self.service_id == service_id
-            && self.addr[0] == addr[0]
+        self.service_id == service_id && self.at(addr)
+    }
+
+    /// Whether a flow translated to `addr`:`port` (network order) still goes to this backend:
+    /// the same address and port (port 0 keeps whatever port the client asked for). What the
+    /// datapath checks under a flow's backend id: an id given to a backend elsewhere is never
+    /// followed, while a service that a reload splits, merges or renames keeps its flows on
+    /// the backends they went to (the controller then re-points them at their new service's
+    /// id for that backend).
+    #[inline(always)]
+    pub fn serves(&self, addr: &Addr, port: u16) -> bool {
+        self.at(addr) && (self.port == 0 || self.port == port)
+    }
+
+    /// Word by word: BPF cannot call `memcmp`.
+    #[inline(always)]
+    fn at(&self, addr: &Addr) -> bool {
+        self.addr[0] == addr[0]
             && self.addr[1] == addr[1]
             && self.addr[2] == addr[2]
             && self.addr[3] == addr[3]

@@ -113,6 +113,10 @@ reasons! {
         /// A SYN no SNAT port could be found for was answered with a RST from the VIP (it is
         /// also counted as the drop `snat_exhausted`).
         SnatExhaustedReset = "snat_exhausted_reset",
+        /// Flows (either stage) the controller re-pointed after a reload at the id their
+        /// backend has in the service their tuple now belongs to: a split or merge of services
+        /// over the same backends (counted by the controller).
+        Repointed = "repointed",
     }
 }
 

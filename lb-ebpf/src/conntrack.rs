@@ -124,7 +124,7 @@ pub fn client_flow(
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
         // stores of values this packet decided, so a racing CPU sees one value or the other.
         let e = unsafe { &mut *entry };
-        if still_valid(e, Stage::Established, service_id, key, l4, s, now) {
+        if still_valid(e, Stage::Established, key, l4, s, now) {
             if !FlowState::byte_is_closing(e.state) {
                 touch(e, l4, now, true);
                 return Ok(Flow::of(e));
@@ -139,7 +139,7 @@ pub fn client_flow(
         if let Some(entry) = half_open {
             // SAFETY: as above.
             let h = unsafe { &mut *entry };
-            if still_valid(h, Stage::HalfOpen, service_id, key, l4, s, now) {
+            if still_valid(h, Stage::HalfOpen, key, l4, s, now) {
                 h.last_seen_ns = now;
                 // A SYN retry, or the client giving up (RST, FIN) before the handshake
                 // completed, leaves the flow half-open.
@@ -279,13 +279,13 @@ pub fn reply_owner(
 
 /// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses
 /// the tuple of a closing connection, when its backend id now names another backend (the flow's
-/// own was removed: the address it was translated to is checked, not just the id), when its
+/// own was removed: the address and port it was translated to are checked, not just the id;
+/// the service is not, so a reload that splits or merges services keeps its flows), when its
 /// backend is down, or when its reply tuple (an SNAT port, in one-arm) no longer belongs to it.
 #[inline(always)]
 fn still_valid(
     e: &FlowEntry,
     stage: Stage,
-    service_id: u32,
     key: &FlowKey,
     l4: &L4,
     s: &DatapathSettings,
@@ -298,7 +298,7 @@ fn still_valid(
         stats::flow_event(FlowEvent::BackendRetired);
         return false;
     };
-    if !b.is(service_id, &e.reply.src) {
+    if !b.serves(&e.reply.src, e.reply.src_port) {
         stats::flow_event(FlowEvent::BackendRetired);
         return false;
     }

@@ -232,38 +232,58 @@ pub fn settings(config: &Config) -> DatapathSettings {
     s
 }
 
-/// Flows (indices into `flows`) that no longer belong to the backend they were balanced to: their
-/// tuple matches no service of `image` any more, or their backend id now names another backend
-/// (removed, or reused by a reload for another service or address). The datapath never follows
-/// such an id (it re-selects on the flow's next packet); the controller removes them after a
-/// reload so that the table, `xnlb status` and the metrics hold only flows that can still go
-/// where they went.
-pub fn foreign_flows(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<usize> {
+/// What a reload does with a flow already in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowFate {
+    /// Its backend id still names, in the service its tuple belongs to, the backend it went to.
+    Keep,
+    /// Its tuple now belongs to another service (a split, a merge) that has the backend it went
+    /// to (same address and port) under this id: re-pointed there, it goes on.
+    Repoint(u32),
+    /// It no longer belongs to the backend it was balanced to: its tuple matches no service, or
+    /// its service has no backend at the address and port it went to. The datapath never
+    /// follows such a flow's id to another backend (it re-selects on the next packet); the
+    /// controller removes it, so that the table, `xnlb status` and the metrics hold only flows
+    /// that can still go where they went.
+    Foreign,
+}
+
+/// The fate of each of `flows` under `image`.
+pub fn flow_fates(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<FlowFate> {
     let mut service_of: HashMap<(u32, u8, u16), Option<u32>> = HashMap::new();
-    let mut foreign = Vec::new();
-    for (i, (key, entry)) in flows.iter().enumerate() {
-        let vip = Ipv4Addr::from(key.dst[0].to_ne_bytes());
-        let port = u16::from_be(key.dst_port);
-        let service = *service_of
-            .entry((key.dst[0], key.proto, port))
-            .or_insert_with(|| {
-                image
-                    .rules
-                    .iter()
-                    .find(|(rule, _)| rule.covers(vip, key.proto, port))
-                    .map(|(_, &sid)| sid)
-            });
-        let owned = service.is_some_and(|sid| {
-            image
-                .backends
-                .get(&entry.backend_id)
-                .is_some_and(|b| b.is(sid, &entry.reply.src))
-        });
-        if !owned {
-            foreign.push(i);
-        }
+    // Each service's backends, to find the one at a flow's address and port.
+    let mut members: HashMap<u32, Vec<(u32, &BackendInfo)>> = HashMap::new();
+    for (&id, b) in &image.backends {
+        members.entry(b.service_id).or_default().push((id, b));
     }
-    foreign
+    flows
+        .iter()
+        .map(|(key, entry)| {
+            let vip = Ipv4Addr::from(key.dst[0].to_ne_bytes());
+            let port = u16::from_be(key.dst_port);
+            let service = *service_of
+                .entry((key.dst[0], key.proto, port))
+                .or_insert_with(|| {
+                    image
+                        .rules
+                        .iter()
+                        .find(|(rule, _)| rule.covers(vip, key.proto, port))
+                        .map(|(_, &sid)| sid)
+                });
+            let Some(sid) = service else {
+                return FlowFate::Foreign;
+            };
+            let (addr, port) = (&entry.reply.src, entry.reply.src_port);
+            let own = image.backends.get(&entry.backend_id);
+            if own.is_some_and(|b| b.is(sid, addr) && b.serves(addr, port)) {
+                return FlowFate::Keep;
+            }
+            members
+                .get(&sid)
+                .and_then(|m| m.iter().find(|(_, b)| b.serves(addr, port)))
+                .map_or(FlowFate::Foreign, |&(id, _)| FlowFate::Repoint(id))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -355,11 +375,13 @@ services:
     }
 
     #[test]
-    fn flows_whose_backend_id_names_another_backend_are_foreign() {
+    fn a_flow_keeps_its_backend_follows_it_to_another_service_or_is_foreign() {
         let (img, ids) = image_with(&[]);
         let a = ids.backend_id("web", "a").unwrap();
+        let c = ids.backend_id("web", "c").unwrap();
         let x = ids.backend_id("one", "x").unwrap();
-        let flow = |port: u16, backend_id: u32, backend: Ipv4Addr| {
+        // A flow to VIP:`port`, balanced to `backend`:`to` under `backend_id`.
+        let flow = |port: u16, backend_id: u32, backend: Ipv4Addr, to: u16| {
             let key = FlowKey {
                 src: addr_v4(Ipv4Addr::new(198, 19, 0, 1)),
                 dst: addr_v4(Ipv4Addr::new(198, 18, 1, 1)),
@@ -373,6 +395,9 @@ services:
                 backend_id,
                 reply: FlowKey {
                     src: addr_v4(backend),
+                    dst: key.src,
+                    src_port: to.to_be(),
+                    dst_port: key.src_port,
                     ..key
                 },
                 ..Default::default()
@@ -380,15 +405,34 @@ services:
             (key, entry)
         };
         let a_addr = Ipv4Addr::new(198, 18, 2, 1);
+        let c_addr = Ipv4Addr::new(198, 18, 2, 3);
         let flows = [
-            flow(80, a, a_addr),                       // web → a: its own
-            flow(1001, a, a_addr),                     // web's range → a: its own
-            flow(443, x, a_addr),                      // one → x (same address): its own
-            flow(443, a, a_addr),                      // one's port, web's backend
-            flow(80, a, Ipv4Addr::new(198, 18, 2, 9)), // id a, but another address
-            flow(80, 15, a_addr),                      // an id nobody holds
-            flow(8443, a, a_addr),                     // a port no service has now
+            flow(80, a, a_addr, 80),                       // web → a: its own
+            flow(1001, a, a_addr, 1001),                   // web's range → a: its own
+            flow(443, x, a_addr, 443),                     // one → x (same address): its own
+            flow(1000, c, c_addr, 8080),                   // web → c's fixed port: its own
+            flow(443, a, a_addr, 443), // one's port, web's a: one's x is there too
+            flow(80, a, Ipv4Addr::new(198, 18, 2, 9), 80), // id a, but another address
+            flow(80, 15, a_addr, 80),  // an id nobody holds, but web's a is there
+            flow(80, c, c_addr, 80),   // c, but not at the port it serves
+            flow(443, c, c_addr, 8080), // one has nothing at c
+            flow(8443, a, a_addr, 8443), // a port no service has now
         ];
-        assert_eq!(foreign_flows(&img, &flows), vec![3, 4, 5, 6]);
+        use FlowFate::*;
+        assert_eq!(
+            flow_fates(&img, &flows),
+            vec![
+                Keep,
+                Keep,
+                Keep,
+                Keep,
+                Repoint(x),
+                Foreign,
+                Repoint(a),
+                Foreign,
+                Foreign,
+                Foreign
+            ]
+        );
     }
 }

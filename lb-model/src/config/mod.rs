@@ -291,6 +291,21 @@ impl Service {
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
     }
+
+    /// Whether some packet `other` answers for (VIP, protocol, port) this service answers for
+    /// too: flows of `other` may become this service's when a reload regroups services.
+    pub fn overlaps(&self, other: &Service) -> bool {
+        self.vip == other.vip
+            && self
+                .protocol
+                .numbers()
+                .iter()
+                .any(|p| other.protocol.numbers().contains(p))
+            && self
+                .ports
+                .iter()
+                .any(|a| other.ports.iter().any(|b| a.overlaps(b)))
+    }
 }
 
 impl Backend {
@@ -334,5 +349,26 @@ fn v4_of(addr: IpAddr) -> Ipv4Addr {
     match addr {
         IpAddr::V4(a) => a,
         IpAddr::V6(a) => unreachable!("validation admits only IPv4 addresses, got {a}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(vip: &str, protocol: &str, ports: &str) -> Service {
+        let text =
+            format!("name: s\nvip: {vip}\nprotocol: {protocol}\nports: [{ports}]\nbackends: []\n");
+        serde_yaml::from_str(&text).expect("a service")
+    }
+
+    #[test]
+    fn services_overlap_on_a_shared_vip_protocol_and_port() {
+        let mail = service("198.18.1.1", "tcp", "80, 443");
+        assert!(mail.overlaps(&service("198.18.1.1", "tcp", "443")));
+        assert!(mail.overlaps(&service("198.18.1.1", "both", "\"400-500\"")));
+        assert!(!mail.overlaps(&service("198.18.1.1", "tcp", "8443")));
+        assert!(!mail.overlaps(&service("198.18.1.1", "udp", "443")));
+        assert!(!mail.overlaps(&service("198.18.1.2", "tcp", "443")));
     }
 }

@@ -3,11 +3,19 @@
 //! move the maps back to them, so the old config keeps running.
 
 use anyhow::{Result, bail};
-use lb_model::config::{self, Config};
+use std::collections::BTreeMap;
+
+use lb_model::{
+    config::{self, Config},
+    lifecycle::Lifecycle,
+};
 use tracing::warn;
 
 use super::controller::Controller;
-use crate::{health, host::interfaces};
+use crate::{
+    health::{self, BackendName},
+    host::interfaces,
+};
 use lb_common::limits::MAX_BACKENDS;
 
 impl Controller {
@@ -46,6 +54,12 @@ impl Controller {
                     .then(|| ((service.clone(), b.clone()), life.clone()))
             })
             .collect();
+        inherit_lifecycles(
+            &old_config,
+            &old_lifecycles,
+            &self.config,
+            &mut self.lifecycles,
+        );
         self.choose_routing();
         self.resolve_held_hops_waiting();
         match self.reprogram() {
@@ -73,6 +87,37 @@ impl Controller {
                 }
                 self.publish();
                 Err(e.context("applying the new config (the old one keeps running)"))
+            }
+        }
+    }
+}
+
+/// A backend new to its service (by name) that some old service overlapping it had at the same
+/// address and port starts from that backend's lifecycle (health, drain) instead of from
+/// scratch: when a reload splits or merges services over the same backends, the flows that
+/// move to the new service find their backend in the state it was in, not down until its
+/// first probes pass. The new service's health block applies from the next probe.
+fn inherit_lifecycles(
+    old: &Config,
+    old_lifecycles: &BTreeMap<BackendName, Lifecycle>,
+    new: &Config,
+    lifecycles: &mut BTreeMap<BackendName, Lifecycle>,
+) {
+    for service in &new.services {
+        for backend in &service.backends {
+            let name = (service.name.clone(), backend.name.clone());
+            if lifecycles.contains_key(&name) {
+                continue;
+            }
+            let inherited = old
+                .services
+                .iter()
+                .filter(|s| s.overlaps(service))
+                .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+                .filter(|(_, b)| b.address == backend.address && b.port == backend.port)
+                .find_map(|(s, b)| old_lifecycles.get(&(s.name.clone(), b.name.clone())));
+            if let Some(life) = inherited {
+                lifecycles.insert(name, life.clone());
             }
         }
     }

@@ -25,6 +25,9 @@ use lb_model::port_rules::RuleKey;
 
 use super::{Datapath, DatapathError, Result, batch, io_err, map_err, reader::stage_maps};
 
+/// `bpf_map_update_elem`'s flag: only replace an element that exists.
+const BPF_EXIST: u64 = 2;
+
 impl Datapath {
     fn array_set<V: Pod>(&mut self, name: &'static str, index: u32, value: &V) -> Result<()> {
         let mut array: Array<&mut MapData, V> =
@@ -297,6 +300,49 @@ impl Datapath {
             self.count_flow_event(event, removed.len() as u64)?;
         }
         Ok(removed.len())
+    }
+
+    /// Re-points flows (of the half-open or established stage) at another backend id, each
+    /// with its reply entry, unless the datapath changed the flow since it was read. Returns
+    /// how many were re-pointed. The datapath's own stores into an entry in the instant of its
+    /// rewrite (its last-seen time, a FIN) may be lost: the next packet stores them again.
+    pub fn repoint_flows(
+        &mut self,
+        half_open: bool,
+        flows: &[((FlowKey, FlowEntry), u32)],
+    ) -> Result<usize> {
+        let (flows_map, replies_map) = stage_maps(half_open);
+        let mut moved = Vec::new();
+        {
+            let mut map: HashMap<&mut MapData, FlowKey, FlowEntry> =
+                HashMap::try_from(self.map_mut(flows_map)?).map_err(map_err(flows_map))?;
+            for &((key, read), id) in flows {
+                let Ok(mut now) = map.get(&key, 0) else {
+                    continue;
+                };
+                if now.backend_id != read.backend_id || now.reply != read.reply {
+                    continue;
+                }
+                now.backend_id = id;
+                if map.insert(key, now, BPF_EXIST).is_ok() {
+                    moved.push((key, now.reply, id));
+                }
+            }
+        }
+        let mut map: HashMap<&mut MapData, FlowKey, ReplyEntry> =
+            HashMap::try_from(self.map_mut(replies_map)?).map_err(map_err(replies_map))?;
+        for (client, reply, id) in &moved {
+            if let Ok(mut owner) = map.get(reply, 0)
+                && owner.client == *client
+            {
+                owner.backend_id = *id;
+                let _ = map.insert(reply, owner, BPF_EXIST);
+            }
+        }
+        if !moved.is_empty() {
+            self.count_flow_event(FlowEvent::Repointed, moved.len() as u64)?;
+        }
+        Ok(moved.len())
     }
 
     /// Writes established flows directly, each with its reply entry, in batches (benchmarks

@@ -6,13 +6,16 @@
 //! 2. each changed service: its new table goes into the ring slot it is *not* using, then one
 //!    `SERVICES` write switches it (the kernel swaps the element under RCU);
 //! 3. port rules that appear or move, then those that go;
-//! 4. services that go, then their backends are retired (state down, so their flows are
-//!    re-selected), then addresses and VIPs that go;
-//! 5. when a backend id was retired or now names another backend (and once after a restart, for
-//!    what a killed daemon may have left), the flows that no longer belong to the backend they
-//!    went to are removed (`plan::foreign_flows`). The datapath already never follows such an id;
-//!    this keeps the table, `xnlb status` and the metrics to flows that can still go where they
-//!    went.
+//! 4. services that go;
+//! 5. when a backend id goes or now names another backend (and once after a restart, for what
+//!    a killed daemon may have left), every flow follows its backend (`plan::flow_fates`): one
+//!    whose tuple now belongs to another service that has the backend it went to (a split or a
+//!    merge of services) is re-pointed at that service's id for it; one that no longer belongs
+//!    to the backend it went to is removed. The datapath already never follows an id to
+//!    another address and port; this keeps flows alive across a regrouping of services, and
+//!    the table, `xnlb status` and the metrics to flows that can still go where they went;
+//! 6. backends that go are retired (state down, so their remaining flows are re-selected),
+//!    then addresses and VIPs that go.
 //!
 //! `Programmed` is the controller's record of what the maps hold; after a daemon restart it is
 //! read back from the pinned maps (`Programmed::read`).
@@ -23,7 +26,7 @@ use lb_common::{
     backend::BackendState,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
 };
-use lb_model::plan::{self, Image, ServicePlan};
+use lb_model::plan::{self, FlowFate, Image, ServicePlan};
 
 use super::{Datapath, DatapathError};
 
@@ -50,6 +53,7 @@ pub struct Changes {
     pub backends_written: usize,
     pub backends_retired: usize,
     pub foreign_flows_removed: usize,
+    pub flows_repointed: usize,
 }
 
 impl Changes {
@@ -62,13 +66,14 @@ impl std::fmt::Display for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} tables switched, {} services removed, {} rules added, {} rules removed, {} backends written, {} retired, {} foreign flows removed",
+            "{} tables switched, {} services removed, {} rules added, {} rules removed, {} backends written, {} retired, {} flows re-pointed, {} foreign flows removed",
             self.tables_switched,
             self.services_removed,
             self.rules_added,
             self.rules_removed,
             self.backends_written,
             self.backends_retired,
+            self.flows_repointed,
             self.foreign_flows_removed
         )
     }
@@ -221,6 +226,11 @@ impl Programmed {
         }
         let gone = absent_from(&now.backends, &want.backends);
         ids_moved |= !gone.is_empty();
+        if ids_moved {
+            // Before the retired ids go down: a flow whose backend now serves its tuple under
+            // another id moves to it while its old id still holds.
+            flows_follow(dp, want, &mut changes)?;
+        }
         for id in gone {
             let mut b = now.backends[&id];
             if b.state != BackendState::Down as u8 {
@@ -238,20 +248,34 @@ impl Programmed {
             dp.remove_vip(*vip)?;
             now.vips.remove(vip);
         }
-
         if ids_moved {
-            for half_open in [false, true] {
-                let flows = dp.reader().flows_in(half_open)?;
-                let foreign: Vec<_> = plan::foreign_flows(now, &flows)
-                    .into_iter()
-                    .map(|i| flows[i])
-                    .collect();
-                changes.foreign_flows_removed += dp.remove_flows(half_open, &foreign)?;
-            }
             self.flows_unchecked = false;
         }
         Ok(changes)
     }
+}
+
+/// Moves every flow in both stages to its fate under `want` (`plan::flow_fates`):
+/// re-pointed at its backend's id in the service its tuple now belongs to, or removed.
+fn flows_follow(
+    dp: &mut Datapath,
+    want: &Image,
+    changes: &mut Changes,
+) -> Result<(), DatapathError> {
+    for half_open in [false, true] {
+        let flows = dp.reader().flows_in(half_open)?;
+        let (mut repoint, mut foreign) = (Vec::new(), Vec::new());
+        for (flow, fate) in flows.iter().zip(plan::flow_fates(want, &flows)) {
+            match fate {
+                FlowFate::Keep => {}
+                FlowFate::Repoint(id) => repoint.push((*flow, id)),
+                FlowFate::Foreign => foreign.push(*flow),
+            }
+        }
+        changes.flows_repointed += dp.repoint_flows(half_open, &repoint)?;
+        changes.foreign_flows_removed += dp.remove_flows(half_open, &foreign)?;
+    }
+    Ok(())
 }
 
 /// Keys of `have` that `want` lacks (collected, so `have` can be changed while they are removed).

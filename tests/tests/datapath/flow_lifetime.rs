@@ -347,3 +347,94 @@ fn a_renamed_service_keeps_its_flows() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_client(&bed, &reply, 443, client));
 }
+
+/// A reload that splits a service in two over the same backends, then merges them back: every
+/// flow goes on to the backend it went to, re-pointed at the id its backend has in the service
+/// its port now belongs to, and is never re-selected.
+#[test]
+fn split_and_merged_services_keep_their_flows() {
+    let mut bed = Bed::new();
+    let backends = [1, 2, 3].map(backend_ip);
+    let mut mail = service("mail", 443, &backends);
+    mail.affinity = xnlb::config::Affinity::None;
+    mail.ports = vec![
+        xnlb::config::PortRange { lo: 443, hi: 443 },
+        xnlb::config::PortRange { lo: 8443, hi: 8443 },
+    ];
+    bed.install(mail.clone());
+    // Ten flows on each port, each to the backend the table gave it.
+    let clients: Vec<((Ipv4Addr, u16), u16)> = (0..20u16)
+        .map(|n| ((client_ip(40 + n), 42_000), if n < 10 { 443 } else { 8443 }))
+        .collect();
+    let mut went_to = Vec::new();
+    for &(client, port) in &clients {
+        let (action, out) = bed.connect(client, (VIP, port));
+        assert_eq!(action, XDP_REDIRECT);
+        went_to.push(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+    }
+    // Every flow's next packet, and its backend's reply, go where they went before.
+    let still_there = |bed: &Bed, stage: &str| {
+        for (&(client, port), &backend) in clients.iter().zip(&went_to) {
+            let ack = bed.from_client(Pkt::tcp(client, (VIP, port), ACK));
+            let (action, out) = bed.run(bed.client_if, &ack.bytes());
+            assert_eq!(action, XDP_REDIRECT, "{stage}: {client:?}");
+            assert_eq!(
+                &out[30..34],
+                &backend.octets(),
+                "{stage}: still to its backend"
+            );
+            let reply = bed.from_backend(Pkt::tcp((backend, port), client, ACK), bed.server_if);
+            let (action, out) = bed.run(bed.server_if, &reply.bytes());
+            assert_eq!(
+                (action, out),
+                (XDP_REDIRECT, to_client(bed, &reply, port, client)),
+                "{stage}: its reply"
+            );
+        }
+        for event in [
+            FlowEvent::BackendRetired,
+            FlowEvent::ReselectedDown,
+            FlowEvent::NonSynMiss,
+            FlowEvent::ForeignRemoved,
+        ] {
+            assert_eq!(bed.events(event), 0, "{stage}: {event:?}");
+        }
+    };
+    // Each flow's backend id names its backend in the service that answers for its port.
+    let ids_follow = |bed: &Bed, service_of: &dyn Fn(u16) -> &'static str| {
+        let flows = bed.dp.reader().flows().unwrap();
+        assert_eq!(flows.len(), clients.len());
+        for (key, entry) in flows {
+            let port = u16::from_be(key.dst_port);
+            let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&entry.reply.src));
+            assert_eq!(
+                entry.backend_id,
+                bed.program.backend_id_at(service_of(port), backend),
+                "the flow to port {port} is under its service's id for {backend}"
+            );
+        }
+    };
+
+    // Split: `web` takes 443, `alt` 8443.
+    bed.program.remove("mail");
+    for (name, port) in [("web", 443), ("alt", 8443)] {
+        let mut half = mail.clone();
+        half.name = name.into();
+        half.ports = vec![xnlb::config::PortRange { lo: port, hi: port }];
+        bed.program.put(half);
+    }
+    let changes = bed.program.apply(&mut bed.dp);
+    assert_eq!(changes.flows_repointed, 20, "{changes}");
+    assert_eq!(bed.events(FlowEvent::Repointed), 20);
+    ids_follow(&bed, &|port| if port == 443 { "web" } else { "alt" });
+    still_there(&bed, "after the split");
+
+    // Merge: `mail` answers for both again.
+    bed.program.remove("web");
+    bed.program.remove("alt");
+    bed.program.put(mail.clone());
+    let changes = bed.program.apply(&mut bed.dp);
+    assert_eq!(changes.flows_repointed, 20, "{changes}");
+    ids_follow(&bed, &|_| "mail");
+    still_there(&bed, "after the merge");
+}

@@ -205,3 +205,107 @@ pub(super) fn rename(mode: Mode) {
         "{mode_name}: no flow re-selected"
     );
 }
+
+/// The alternate port of `regroup`'s services (the backends serve both on :80).
+const ALT: u16 = 8081;
+
+/// A reload that splits a service in two over the same backends, then one that merges them
+/// back, each under 20 transfers (10 on each port) with health checks: no transfer breaks, the
+/// backends stay in rotation in every service, new connections are answered at once, and the
+/// flows are re-pointed at their new service's backends, never re-selected or removed.
+pub(super) fn regroup(mode: Mode) {
+    let farm = Farm::new(mode, 3);
+    let mode_name = farm.mode();
+    let backends = farm.backends(&[1, 2, 3], |_| "".into());
+    let service = |name: &str, ports: &str| {
+        farm.service(name, HTTP, "    affinity: single\n", &backends)
+            .replace(&format!("ports: [{HTTP}]"), &format!("ports: [{ports}]"))
+            + FAST
+    };
+    let merged = farm.config(&[service("mail", &format!("{HTTP}, {ALT}"))]);
+    let split = farm.config(&[
+        service("web", &HTTP.to_string()),
+        service("alt", &ALT.to_string()),
+    ]);
+    let d = Daemon::start(&farm.net.lb, &merged);
+    d.wait_state(
+        &[("mail", "b1"), ("mail", "b2"), ("mail", "b3")],
+        "up",
+        LIMIT,
+    );
+    let clients = farm.net.client_addresses(9);
+    for (what, config, names) in [
+        ("split mail into web and alt", &split, &["web", "alt"][..]),
+        ("merged web and alt into mail", &merged, &["mail"][..]),
+    ] {
+        // 20 transfers of 300 ticks (6 s); the reload and the checks after it take well under
+        // a second here, so a machine several times slower still reloads during them.
+        let transfers: Vec<Transfer> = clients
+            .iter()
+            .flat_map(|&c| [HTTP, ALT].map(|port| (c, port)))
+            .map(|(c, port)| {
+                Transfer::start(&farm.net.client, c, farm.vip(port), 300)
+                    .unwrap_or_else(|e| panic!("{mode_name}: transfer from {c} to :{port}: {e}"))
+            })
+            .collect();
+        let before = farm.scrape();
+        d.write_config(config);
+        d.ok(&["reload"]);
+        let status = d.status_json();
+        let served = [HTTP, ALT].map(|port| farm.try_get(clients[0], port));
+        let spanning: Vec<bool> = transfers.iter().map(Transfer::running).collect();
+        let mut broken = Vec::new();
+        for (t, spanned) in transfers.into_iter().zip(spanning) {
+            match t.finish() {
+                Ok(_) => assert!(spanned, "{mode_name}: the transfers must span the reload"),
+                Err(e) => broken.push(e),
+            }
+        }
+        let after = farm.scrape();
+        let delta =
+            |event: &str| after.since(&before, "xnlb_flow_events_total", &[("event", event)]);
+        let dropped = after.since(&before, "xnlb_drops_total", &[]);
+        println!(
+            "{mode_name}: {what} under 20 transfers: {} broken; {} flows re-pointed, \
+             re-selected {}, removed {}, packets dropped {dropped}",
+            broken.len(),
+            delta("repointed"),
+            delta("backend_retired") + delta("reselected_down"),
+            delta("foreign_removed") + delta("half_open_foreign_removed"),
+        );
+        let services = status["services"].as_array().expect("services");
+        assert_eq!(services.len(), names.len());
+        for s in services {
+            assert!(names.contains(&s["name"].as_str().unwrap_or("?")));
+            for b in s["backends"].as_array().expect("backends") {
+                assert_eq!(
+                    b["state"], "up",
+                    "{mode_name}: {what}: {} keeps its state in {}",
+                    b["name"], s["name"]
+                );
+            }
+        }
+        for (port, answer) in [HTTP, ALT].iter().zip(&served) {
+            assert!(
+                answer.is_ok(),
+                "{mode_name}: {what}: a new connection to :{port} right after: {answer:?}"
+            );
+        }
+        assert!(broken.is_empty(), "{mode_name}: {what}: {broken:?}");
+        assert!(
+            delta("repointed") >= 20.0,
+            "{mode_name}: {what}: every transfer's flow re-pointed"
+        );
+        assert_eq!(
+            delta("backend_retired") + delta("reselected_down"),
+            0.0,
+            "{mode_name}: {what}: no flow re-selected"
+        );
+        assert_eq!(
+            delta("foreign_removed") + delta("half_open_foreign_removed"),
+            0.0,
+            "{mode_name}: {what}: no flow removed"
+        );
+        assert_eq!(dropped, 0.0, "{mode_name}: {what}: no packet dropped");
+    }
+}

@@ -176,6 +176,7 @@ in_both_modes! {
     balancing::balancing: balancing_two_arm, balancing_one_arm;
     lifecycle::lifecycle: health_drain_reload_two_arm, health_drain_reload_one_arm;
     lifecycle::rename: rename_keeps_connections_two_arm, rename_keeps_connections_one_arm;
+    lifecycle::regroup: split_and_merge_keep_connections_two_arm, split_and_merge_keep_connections_one_arm;
     failures::fail_static: fail_static_two_arm, fail_static_one_arm;
     failures::bad_input: bad_input_two_arm, bad_input_one_arm;
     syn_flood::syn_flood: syn_flood_two_arm, syn_flood_one_arm;
