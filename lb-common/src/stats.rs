@@ -117,6 +117,10 @@ reasons! {
         /// backend has in the service their tuple now belongs to: a split or merge of services
         /// over the same backends (counted by the controller).
         Repointed = "repointed",
+        /// A backend's packet (TCP, past the handshake) found its reply entry but not its flow,
+        /// which the LRU had evicted: the flow was recorded again from the entry and the
+        /// packet translated, instead of reaching the client from the backend's own address.
+        Readopted = "readopted",
     }
 }
 

@@ -127,6 +127,9 @@ pub fn client_flow(
         if still_valid(e, Stage::Established, key, l4, s, now) {
             if !FlowState::byte_is_closing(e.state) {
                 touch(e, l4, now, true);
+                if s.holds_next_hops() {
+                    follow_the_client(e);
+                }
                 return Ok(Flow::of(e));
             }
             // A new handshake may have reused the closing flow's tuple: the half-open flow, if
@@ -169,6 +172,29 @@ pub fn client_flow(
         s,
         now,
     )
+}
+
+/// Held routing: the way back to the client is the way its packets come. `balance::to_vip`
+/// wrote this packet's into the scratch entry; an established flow takes it when it differs
+/// from the one it holds (a flow re-adopted without one, or opened under FIB routing, or a
+/// client that now comes through another router).
+#[inline(always)]
+fn follow_the_client(e: &mut FlowEntry) {
+    let Some(scratch) = scratch::get() else {
+        return;
+    };
+    let (held, now) = (&e.client_hop, &scratch.entry.client_hop);
+    let same = held.epoch == now.epoch
+        && held.ifindex == now.ifindex
+        && held.dmac[0] == now.dmac[0]
+        && held.dmac[1] == now.dmac[1]
+        && held.dmac[2] == now.dmac[2]
+        && held.dmac[3] == now.dmac[3]
+        && held.dmac[4] == now.dmac[4]
+        && held.dmac[5] == now.dmac[5];
+    if !same {
+        mem::copy(&mut e.client_hop, now);
+    }
 }
 
 /// A packet of a live flow, from the client or the backend: fresh again, and closing (then
@@ -247,9 +273,17 @@ fn record(
 }
 
 /// The flow that owns `entry` (found in `stage`'s replies), if it is alive and still points
-/// back at `reply`; it is refreshed by the reply. An entry whose flow is gone, expired or moved
-/// owns nothing: it is removed, so it can never rewrite traffic that is not the balancer's (the
+/// back at `reply`; it is refreshed by the reply. An entry whose flow is expired or moved owns
+/// nothing: it is removed, so it can never rewrite traffic that is not the balancer's (the
 /// backend's own connections from a client port a balanced flow once used).
+///
+/// An established entry whose flow is gone altogether lost it to the LRU (the two maps age
+/// apart, and an overloaded table evicts): a TCP packet past the handshake is that flow's
+/// reply, so the flow is re-adopted from what the entry names (`readopted`) rather than its
+/// reply leaking to the client from the backend's own address. A SYN-ACK is not: a backend
+/// answering a new direct connection from the flow's old client port clears the entry (it
+/// passes untouched), before any other packet of that connection could be taken for the
+/// flow's. UDP has no such mark, so a UDP entry without its flow is only cleared.
 #[inline(always)]
 pub fn reply_owner(
     stage: Stage,
@@ -259,22 +293,63 @@ pub fn reply_owner(
     s: &DatapathSettings,
     now: u64,
 ) -> Option<*mut FlowEntry> {
-    if let Some(flow) = stage.flows().get_ptr_mut(&entry.client) {
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
-        // stores of values this packet decided, so a racing CPU sees one value or the other.
-        let f = unsafe { &mut *flow };
-        if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
-            match stage {
-                Stage::Established => touch(f, l4, now, false),
-                // The handshake decides: a backend's RST leaves the flow half-open, to expire.
-                Stage::HalfOpen => f.last_seen_ns = now,
+    match stage.flows().get_ptr_mut(&entry.client) {
+        Some(flow) => {
+            // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields
+            // get plain stores of values this packet decided, so a racing CPU sees one value or
+            // the other.
+            let f = unsafe { &mut *flow };
+            if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
+                match stage {
+                    Stage::Established => touch(f, l4, now, false),
+                    // The handshake decides: a backend's RST leaves the flow half-open, to
+                    // expire.
+                    Stage::HalfOpen => f.last_seen_ns = now,
+                }
+                return Some(flow);
             }
-            return Some(flow);
         }
+        None if stage == Stage::Established && l4.is_tcp_midstream() => {
+            if let Some(flow) = readopt(entry, reply, l4, now) {
+                return Some(flow);
+            }
+        }
+        None => {}
     }
     let _ = stage.replies().remove(reply);
     stats::flow_event(FlowEvent::StaleReply);
     None
+}
+
+/// Records again the established flow that `entry` names, which the LRU evicted while its
+/// reply entry stayed: its client tuple, backend and reply tuple (`reply`, this packet's). Not
+/// when its backend no longer serves that address and port, or no longer keeps flows: then
+/// the flow is over. Its next hop to the client is asked again (held routing: learnt from the
+/// client's next packet).
+#[inline(always)]
+fn readopt(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) -> Option<*mut FlowEntry> {
+    let b = BACKENDS.get(entry.backend_id)?;
+    if !b.serves(&reply.src, reply.src_port) || !BackendState::byte_keeps_flows(b.state) {
+        return None;
+    }
+    let scratch = scratch::get()?;
+    let e = &mut scratch.entry;
+    e.last_seen_ns = now;
+    mem::copy(&mut e.reply, reply);
+    e.backend_id = entry.backend_id;
+    e.state = FlowState::Open as u8;
+    e._pad0 = 0;
+    e._pad1 = 0;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut e.client_hop) };
+    // NOEXIST: a client packet that re-created the flow meanwhile decides.
+    FLOWS.insert(&entry.client, e, BPF_NOEXIST as u64).ok()?;
+    stats::flow_event(FlowEvent::EstablishedNew);
+    stats::flow_event(FlowEvent::Readopted);
+    let flow = FLOWS.get_ptr_mut(&entry.client)?;
+    // SAFETY: as in `reply_owner`.
+    touch(unsafe { &mut *flow }, l4, now, false);
+    Some(flow)
 }
 
 /// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses

@@ -149,6 +149,12 @@ impl L4 {
         self.is_tcp() && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
+    /// A TCP packet of a connection past its handshake's first step (no SYN flag).
+    #[inline(always)]
+    pub fn is_tcp_midstream(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & TCP_SYN == 0
+    }
+
     #[inline(always)]
     pub fn is_fin_or_rst(&self) -> bool {
         self.is_tcp() && self.tcp_flags & (TCP_FIN | TCP_RST) != 0

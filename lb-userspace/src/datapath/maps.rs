@@ -345,6 +345,15 @@ impl Datapath {
         Ok(moved.len())
     }
 
+    /// Removes an established flow's entry alone, leaving its reply entry, as the kernel's LRU
+    /// may when the table is full (tests of what the datapath does then). Whether it was there.
+    pub fn evict_flow(&mut self, key: &FlowKey) -> Result<bool> {
+        let name = names::FLOWS;
+        let mut map: HashMap<&mut MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        Ok(map.remove(key).is_ok())
+    }
+
     /// Writes established flows directly, each with its reply entry, in batches (benchmarks
     /// fill the table with them; the datapath alone creates flows in service).
     pub fn insert_flows(&mut self, flows: &[(FlowKey, FlowEntry)]) -> Result<()> {

@@ -438,3 +438,117 @@ fn split_and_merged_services_keep_their_flows() {
     ids_follow(&bed, &|_| "mail");
     still_there(&bed, "after the merge");
 }
+
+/// The LRU evicts an established flow while its reply entry stays (the two maps age apart): the
+/// backend's next packet re-adopts the flow from the entry and is translated, instead of reaching
+/// the client from the backend's own address; the client's packets then find the flow again.
+#[test]
+fn an_evicted_flow_is_readopted_by_its_backends_next_packet() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(61), 42_000);
+    bed.connect(client, (VIP, 443));
+    let (key, before) = bed.dp.reader().flows().unwrap()[0];
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&before.reply.src));
+    assert!(bed.dp.evict_flow(&key).unwrap());
+
+    let data = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &data.bytes()),
+        (XDP_REDIRECT, to_client(&bed, &data, 443, client)),
+        "translated, not passed from the backend's address"
+    );
+    assert_eq!(bed.events(FlowEvent::Readopted), 1);
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        (flows[0].0, flows[0].1.reply, flows[0].1.backend_id),
+        (key, before.reply, before.backend_id),
+        "the same flow again"
+    );
+    let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
+    let (action, out) = bed.run(bed.client_if, &ack.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        &out[30..34],
+        &backend.octets(),
+        "the client's packets still go there"
+    );
+    assert_eq!(bed.events(FlowEvent::NonSynMiss), 0);
+}
+
+/// What is not re-adopted: a SYN-ACK (a backend answering a new direct connection from the
+/// evicted flow's client port, which must pass untouched, and clears the entry so that the rest
+/// of that connection does too), a UDP reply, and a packet whose backend has gone down.
+#[test]
+fn a_direct_connection_udp_or_a_down_backend_is_never_readopted() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(62), 42_000);
+    bed.connect(client, (VIP, 443));
+    let (key, flow) = bed.dp.reader().flows().unwrap()[0];
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&flow.reply.src));
+    bed.dp.evict_flow(&key).unwrap();
+    let syn_ack = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &syn_ack.bytes()),
+        (XDP_PASS, syn_ack.bytes())
+    );
+    let ack = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &ack.bytes()),
+        (XDP_PASS, ack.bytes())
+    );
+    assert_eq!(bed.events(FlowEvent::Readopted), 0);
+    assert_eq!(
+        bed.events(FlowEvent::StaleReply),
+        1,
+        "the entry was cleared"
+    );
+
+    let mut dns = service("dns", 53, &[backend_ip(1)]);
+    dns.protocol = Protocol::Udp;
+    bed.install(dns);
+    let udp_client = (client_ip(63), 5353);
+    let query = bed.from_client(Pkt::udp(udp_client, (VIP, 53)));
+    assert_eq!(bed.run(bed.client_if, &query.bytes()).0, XDP_REDIRECT);
+    let udp_key = bed
+        .dp
+        .reader()
+        .flows()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| u16::from_be(k.dst_port) == 53)
+        .unwrap()
+        .0;
+    bed.dp.evict_flow(&udp_key).unwrap();
+    let answer = bed.from_backend(Pkt::udp((backend_ip(1), 53), udp_client), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &answer.bytes()),
+        (XDP_PASS, answer.bytes())
+    );
+
+    let client = (client_ip(64), 42_000);
+    bed.connect(client, (VIP, 443));
+    let (key, flow) = *bed
+        .dp
+        .reader()
+        .flows()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.src == lb_common::addr::v4(client.0.octets()))
+        .unwrap();
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&flow.reply.src));
+    let name = ["b1", "b2", "b3"]
+        .into_iter()
+        .find(|b| bed.program.address_of(bed.backend_id("web", b)) == backend)
+        .unwrap();
+    bed.set_state("web", name, BackendState::Down);
+    bed.dp.evict_flow(&key).unwrap();
+    let ack = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &ack.bytes()),
+        (XDP_PASS, ack.bytes())
+    );
+    assert_eq!(bed.events(FlowEvent::Readopted), 0);
+}

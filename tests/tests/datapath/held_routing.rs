@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::stats::PassReason;
+use lb_common::stats::{FlowEvent, PassReason};
 use xnlb_tests::{bed::*, packets::*};
 
 /// A sender the FIB knows nothing about: the clients' route says `ROUTER`, so a reply to this
@@ -238,5 +238,65 @@ fn turning_forwarding_on_moves_open_flows_to_the_fib() {
             XDP_TX,
             snatted(&bed, &retry, backend, neighbour_mac(backend))
         )
+    );
+}
+
+#[test]
+fn a_flow_learns_its_way_back_from_its_clients_next_packet() {
+    let backend = one_arm_backend_ip(1);
+    let mut bed = held_bed(backend);
+    let client = (client_ip(1), 40_000);
+    let from_sender =
+        |flags| Pkt::tcp(client, (VIP, 443), flags).macs(SENDER_MAC, bed.client_if.mac);
+    bed.run(bed.client_if, &from_sender(SYN).bytes());
+    bed.run(bed.client_if, &from_sender(ACK).bytes());
+    // The LRU evicts the established flow; the backend's next packet re-adopts it, but a
+    // backend's packet does not say the way to the client.
+    let data = from_backend_at(&bed, backend, neighbour_mac(backend), ACK);
+    let (key, _) = bed.dp.reader().flows().unwrap()[0];
+    bed.dp.evict_flow(&key).unwrap();
+    assert_eq!(bed.run(bed.client_if, &data.bytes()).0, XDP_PASS);
+    assert_eq!(bed.passes(PassReason::NoNeighbour), 1);
+    assert_eq!(bed.events(FlowEvent::Readopted), 1);
+    // The client's next packet does.
+    let ack = from_sender(ACK);
+    assert_eq!(
+        bed.run(bed.client_if, &ack.bytes()),
+        (XDP_TX, snatted(&bed, &ack, backend, neighbour_mac(backend)))
+    );
+    assert_eq!(
+        bed.run(bed.client_if, &data.bytes()),
+        (XDP_TX, unnatted(&bed, &data, client, SENDER_MAC))
+    );
+
+    // A flow opened under FIB routing, then forwarding turned off and a reload: the same.
+    bed.forwarding(true);
+    bed.program.hold_next_hops(false);
+    bed.reprogram();
+    let other = (client_ip(2), 40_000);
+    let syn = bed.from_client(Pkt::tcp(other, (VIP, 443), SYN));
+    assert_eq!(bed.run(bed.client_if, &syn.bytes()).0, XDP_TX);
+    let ack = bed.from_client(Pkt::tcp(other, (VIP, 443), ACK));
+    assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_TX);
+    bed.forwarding(false);
+    bed.program.hold_next_hops(true);
+    bed.reprogram();
+    let ack = Pkt::tcp(other, (VIP, 443), ACK).macs(SENDER_MAC, bed.client_if.mac);
+    assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_TX);
+    let flows = bed.dp.reader().flows().unwrap();
+    let (_, flow) = flows
+        .iter()
+        .find(|(k, _)| {
+            u16::from_be(k.src_port) == 40_000 && k.src == lb_common::addr::v4(other.0.octets())
+        })
+        .unwrap();
+    let snat = (
+        Ipv4Addr::from(lb_common::addr::v4_octets(&flow.reply.dst)),
+        u16::from_be(flow.reply.dst_port),
+    );
+    let reply = Pkt::tcp((backend, 443), snat, ACK).macs(neighbour_mac(backend), bed.client_if.mac);
+    assert_eq!(
+        bed.run(bed.client_if, &reply.bytes()),
+        (XDP_TX, unnatted(&bed, &reply, other, SENDER_MAC))
     );
 }
