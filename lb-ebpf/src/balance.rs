@@ -182,36 +182,22 @@ pub fn from_backend(
         && let Some(flow) =
             conntrack::reply_owner(Stage::Established, entry, &key, &l4, settings, now)
     {
-        return to_client(
-            ctx,
-            eth,
-            ip,
-            &l4,
-            entry,
-            flow,
-            forward::epoch(now, settings),
-        );
+        return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
     }
     // SAFETY: as above.
     if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) }
         && let Some(flow) = conntrack::reply_owner(Stage::HalfOpen, entry, &key, &l4, settings, now)
     {
-        return to_client(
-            ctx,
-            eth,
-            ip,
-            &l4,
-            entry,
-            flow,
-            forward::epoch(now, settings),
-        );
+        return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
     }
     Outcome::Pass(PassReason::NotOurs)
 }
 
 /// A backend's packet of the live flow `flow` (`entry` names its client): its NAT undone,
-/// forwarded by the next hop the flow keeps for its client.
+/// forwarded by the next hop the flow keeps for its client. (Eight arguments: a struct of them
+/// would cost stack, which the verifier counts.)
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn to_client(
     ctx: &XdpContext,
     eth: &mut EthHdr,
@@ -219,7 +205,8 @@ fn to_client(
     l4: &L4,
     entry: &ReplyEntry,
     flow: *mut FlowEntry,
-    epoch: u32,
+    settings: &DatapathSettings,
+    now: u64,
 ) -> Outcome {
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
@@ -234,6 +221,7 @@ fn to_client(
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
+    let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
     forward::send(ctx, eth, ip, l4, hop, epoch)

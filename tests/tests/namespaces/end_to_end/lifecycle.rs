@@ -149,6 +149,23 @@ pub(super) fn lifecycle(mode: Mode) {
 /// the same to the datapath, so its connections go on and its backends stay in rotation with
 /// the health they had, under the new name. Before, the renamed service's backends got new ids:
 /// its connections were reset and, with a health check, its backends started down.
+/// Finishes transfers started before a reload: each that completes must have been running
+/// after it (`spanning`, taken right after the reload); returns the errors of those that broke.
+fn finish_across_reload(
+    transfers: Vec<Transfer>,
+    spanning: Vec<bool>,
+    mode_name: &str,
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (t, spanned) in transfers.into_iter().zip(spanning) {
+        match t.finish() {
+            Ok(_) => assert!(spanned, "{mode_name}: the transfers must span the reload"),
+            Err(e) => broken.push(e),
+        }
+    }
+    broken
+}
+
 pub(super) fn rename(mode: Mode) {
     let farm = Farm::new(mode, 3);
     let mode_name = farm.mode();
@@ -170,13 +187,7 @@ pub(super) fn rename(mode: Mode) {
         .collect();
     let spanning: Vec<bool> = transfers.iter().map(Transfer::running).collect();
     let served = farm.try_get(clients[0], HTTP);
-    let mut broken = Vec::new();
-    for (t, spanned) in transfers.into_iter().zip(spanning) {
-        match t.finish() {
-            Ok(_) => assert!(spanned, "{mode_name}: the transfers must span the reload"),
-            Err(e) => broken.push(e),
-        }
-    }
+    let broken = finish_across_reload(transfers, spanning, mode_name);
     let after = farm.scrape();
     let delta = |event: &str| after.since(&before, "xnlb_flow_events_total", &[("event", event)]);
     println!(
@@ -254,13 +265,7 @@ pub(super) fn regroup(mode: Mode) {
         let status = d.status_json();
         let served = [HTTP, ALT].map(|port| farm.try_get(clients[0], port));
         let spanning: Vec<bool> = transfers.iter().map(Transfer::running).collect();
-        let mut broken = Vec::new();
-        for (t, spanned) in transfers.into_iter().zip(spanning) {
-            match t.finish() {
-                Ok(_) => assert!(spanned, "{mode_name}: the transfers must span the reload"),
-                Err(e) => broken.push(e),
-            }
-        }
+        let broken = finish_across_reload(transfers, spanning, mode_name);
         let after = farm.scrape();
         let delta =
             |event: &str| after.since(&before, "xnlb_flow_events_total", &[("event", event)]);

@@ -25,6 +25,15 @@ const ECHO: u16 = 7;
 const METRICS: &str = "127.0.0.1:9779";
 const HEALTH: &str = "/owa/healthcheck.htm";
 const LIMIT: Duration = Duration::from_secs(10);
+/// The line servers' port (`apps::line_servers`): one line answered per line asked.
+const LINES: u16 = 7100;
+/// How soon an open connection's next exchange must complete after a routing change. The
+/// routing watch reacts in milliseconds (under held routing the controller then resolves the
+/// next hops again, a few more); a next hop that did not follow would lose packets until the
+/// datapath's clock tick refreshed it (up to 4.3 s) or for good (held routing), and TCP's first
+/// retransmission comes only after 200 ms, so the bound leaves most of a second of slack for a
+/// loaded machine and still catches a watch that failed.
+const FOLLOW_LIMIT: Duration = Duration::from_secs(1);
 
 /// The namespace network with its servers: on each backend an HTTP server on :80 (health page,
 /// `/stream/<n>`, a page naming the backend and the client it saw) and a UDP echo on :7.
