@@ -10,6 +10,7 @@ mod kernel_enum;
 pub mod addr;
 pub mod backend;
 pub mod checksum;
+pub mod cluster;
 pub mod flow;
 pub mod hash;
 pub mod limits;

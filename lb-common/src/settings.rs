@@ -1,6 +1,6 @@
 //! Datapath-wide settings: one element of an array map, written by the controller.
 
-use crate::{addr::Addr, kernel_enum::kernel_enum};
+use crate::{addr::Addr, cluster::ClusterSettings, kernel_enum::kernel_enum};
 
 kernel_enum! {
     /// How the balancer sits between clients and backends.
@@ -112,9 +112,11 @@ pub struct DatapathSettings {
     /// broadcast, multicast) pass untouched as `not_for_us`. The controller fills it from the
     /// interfaces it attaches to; empty, the datapath acts on nothing.
     pub own_macs: [OwnMac; MAX_OWN_MACS],
+    /// Cluster mode; all zero when off.
+    pub cluster: ClusterSettings,
 }
 const _: () =
-    assert!(core::mem::size_of::<DatapathSettings>() == 40 + 16 * 16 + 16 + 12 * MAX_OWN_MACS);
+    assert!(core::mem::size_of::<DatapathSettings>() == 40 + 16 * 16 + 16 + 12 * MAX_OWN_MACS + 40);
 
 impl DatapathSettings {
     /// Settings that balance nothing special: two-arm, SPEC default timeouts.
@@ -137,6 +139,18 @@ impl DatapathSettings {
                 mac: [0; 6],
                 _pad: [0; 2],
             }; MAX_OWN_MACS],
+            cluster: ClusterSettings {
+                enabled: 0,
+                node_id: 0,
+                _pad: 0,
+                client_ifindex: 0,
+                vip_mac: [0; 6],
+                gateway_mac: [0; 6],
+                gateway: 0,
+                server_ifindex: 0,
+                own_client_mac: [0; 6],
+                own_server_mac: [0; 6],
+            },
         }
     }
 

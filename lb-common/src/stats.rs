@@ -43,6 +43,9 @@ reasons! {
         ReplyCollision = "reply_collision",
         /// The connection table refused an insert (out of memory).
         FlowTableFull = "flow_table_full",
+        /// Cluster mode: the packet's bucket is another node's (every node sees every packet;
+        /// not an error).
+        NotMyBucket = "not_my_bucket",
     }
 }
 
@@ -76,6 +79,9 @@ reasons! {
         /// To a VIP or from a backend, but sent to another host's MAC (flooded unicast, a
         /// promiscuous interface) or to a broadcast/multicast MAC: that host's to act on.
         NotForUs = "not_for_us",
+        /// Cluster mode: ARP for another address than a VIP (or the shared gateway): the
+        /// kernel's.
+        Arp = "arp",
     }
 }
 

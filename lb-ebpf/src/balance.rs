@@ -6,6 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    cluster::BUCKET_MINE,
     flow::{FlowEntry, FlowKey, ReplyEntry},
     next_hop::NextHop,
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
@@ -14,7 +15,7 @@ use lb_common::{
 };
 
 use crate::{
-    Outcome,
+    Outcome, cluster,
     conntrack::{self, Stage},
     forward,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
@@ -85,6 +86,24 @@ pub fn to_vip(
     let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
         return Outcome::Drop(DropReason::NoService);
     };
+    // SAFETY: a helper that takes no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Cluster mode: every node sees every packet; another node's are not counted as this one's.
+    let ownership = if settings.cluster.enabled != 0 {
+        let flags = cluster::bucket_flags(
+            svc.affinity,
+            svc.network_prefix,
+            &key.src,
+            key.src_port,
+            now,
+        );
+        if flags == 0 {
+            return Outcome::Drop(DropReason::NotMyBucket);
+        }
+        flags
+    } else {
+        BUCKET_MINE
+    };
     let bytes = frame_len(ctx);
     stats::service_packet(service_id, bytes);
     if svc.filtering == Filtering::Disabled as u8 {
@@ -94,22 +113,21 @@ pub fn to_vip(
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
-    // SAFETY: a helper that takes no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if settings.holds_next_hops() {
         // A new flow's entry is built in scratch: it takes its client hop from there.
         let Some(scratch) = scratch::get() else {
             return Outcome::Pass(PassReason::NoFastRoute);
         };
-        forward::return_to_sender(ctx, eth, &mut scratch.entry.client_hop);
+        let smac = cluster::answering_mac(settings, &eth.dst);
+        forward::return_to_sender(ctx, eth, smac, &mut scratch.entry.client_hop);
     }
-    let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, now) {
+    let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, ownership, now) {
         Ok(flow) => flow,
         Err(reason) => {
             stats::service_dropped(service_id);
             if reason == DropReason::SnatExhausted
                 && l4.is_syn()
-                && let Some(action) = reset::refuse_syn(ctx)
+                && let Some(action) = reset::refuse_syn(ctx, settings)
             {
                 stats::drop_reason(reason);
                 stats::flow_event(FlowEvent::SnatExhaustedReset);
@@ -208,6 +226,9 @@ fn to_client(
     settings: &DatapathSettings,
     now: u64,
 ) -> Outcome {
+    if settings.cluster.enabled != 0 && !cluster::carries_reply(entry, l4.is_tcp(), now) {
+        return Outcome::Drop(DropReason::NotMyBucket);
+    }
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }

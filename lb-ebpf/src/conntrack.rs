@@ -15,6 +15,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     backend::{BackendInfo, BackendState},
+    cluster::{BUCKET_HANDOVER, BUCKET_MINE},
     flow::{FlowEntry, FlowKey, FlowState, ReplyEntry},
     hash::hash_addr_port,
     service::{NO_BACKEND, ServiceInfo},
@@ -100,7 +101,11 @@ impl Flow {
     }
 }
 
-/// The flow for a client packet to a service: the existing one, or a new one.
+/// The flow for a client packet to a service: the existing one, or a new one. `ownership` is
+/// this node's flags for the packet's bucket (`lb_common::cluster`; `BUCKET_MINE` outside
+/// cluster mode): only the owner starts flows; a finishing node carries its own TCP connections
+/// to their end; an owner that another node is finishing for takes no connection's middle,
+/// which is that node's; UDP moves with the bucket at once.
 #[inline(always)]
 pub fn client_flow(
     svc: &ServiceInfo,
@@ -108,8 +113,13 @@ pub fn client_flow(
     key: &FlowKey,
     l4: &L4,
     s: &DatapathSettings,
+    ownership: u32,
     now: u64,
 ) -> Result<Flow, DropReason> {
+    let mine = ownership & BUCKET_MINE != 0;
+    if !mine && !l4.is_tcp() {
+        return Err(DropReason::NotMyBucket);
+    }
     // A SYN starts a connection: it never joins an established flow, so that table is not
     // asked (one cold lookup less per new flow). A SYN on an established flow's tuple becomes
     // a half-open flow of its own, which the client's next packet completes only if the
@@ -157,9 +167,15 @@ pub fn client_flow(
             return Ok(Flow::of(e));
         }
         if l4.is_syn() {
+            if !mine {
+                return Err(DropReason::NotMyBucket);
+            }
             return new_flow(Stage::HalfOpen, svc, service_id, key, half_open, s, now);
         }
         if established.is_none() {
+            if !mine || ownership & BUCKET_HANDOVER != 0 {
+                return Err(DropReason::NotMyBucket);
+            }
             stats::flow_event(FlowEvent::NonSynMiss);
         }
     }

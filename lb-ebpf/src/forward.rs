@@ -48,14 +48,15 @@ pub fn epoch(now: u64, s: &DatapathSettings) -> u32 {
 
 /// The next hop back to where the frame `eth` came from, held for its flow: out of the
 /// interface it arrived on, to the MAC that sent it (the client, or the router it came
-/// through). The frame fitted that interface, so its replies get no MTU of their own.
+/// through), from `smac` (`cluster::answering_mac`). The frame fitted that interface, so its
+/// replies get no MTU of their own.
 #[inline(always)]
-pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, hop: &mut NextHop) {
+pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, smac: &[u8; 6], hop: &mut NextHop) {
     hop.epoch = HELD_EPOCH;
     hop.ifindex = ctx.ingress_ifindex() as u32;
     hop.mtu = u16::MAX;
     mem::copy_mac(&mut hop.dmac, &eth.src);
-    mem::copy_mac(&mut hop.smac, &eth.dst);
+    mem::copy_mac(&mut hop.smac, smac);
     hop._pad = 0;
 }
 

@@ -8,6 +8,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod balance;
+mod cluster;
 mod conntrack;
 mod forward;
 mod maps;
@@ -83,7 +84,15 @@ fn process(ctx: &XdpContext) -> Outcome {
     match u16::from_be(eth.proto) {
         ETH_P_IP => {}
         ETH_P_IPV6 => return Outcome::Pass(PassReason::Ipv6),
-        _ => return Outcome::Pass(PassReason::NotIp),
+        _ => {
+            if cluster::is_arp(eth)
+                && let Some(settings) = SETTINGS.get(0)
+                && settings.cluster.enabled != 0
+            {
+                return cluster::answer_arp(ctx, eth, settings);
+            }
+            return Outcome::Pass(PassReason::NotIp);
+        }
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Outcome::Pass(PassReason::Truncated);

@@ -10,6 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     addr::AddrKey,
     backend::BackendInfo,
+    cluster::{BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, CLUSTER_STATE_WORDS},
     flow::{FlowEntry, FlowKey, ReplyEntry},
     limits::{
         DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
@@ -22,6 +23,8 @@ use lb_common::{
 };
 
 use crate::scratch::Scratch;
+
+const BUCKETS_ALL: u32 = BUCKETS_PER_TABLE * BUCKET_TABLES;
 
 /// Mode, timeouts and SNAT addresses (one element).
 #[map]
@@ -86,6 +89,15 @@ pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKEND
 /// are looked up again.
 #[map]
 pub static NEXT_HOP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Cluster mode: two tables of bucket flags (`lb_common::cluster`), the live one named by
+/// `CLUSTER_STATE[ACTIVE_TABLE]`.
+#[map]
+pub static BUCKETS: Array<u32> = Array::with_max_entries(BUCKETS_ALL, 0);
+
+/// Cluster mode: this node's lease on its bucket table, and the live table.
+#[map]
+pub static CLUSTER_STATE: Array<u64> = Array::with_max_entries(CLUSTER_STATE_WORDS, 0);
 
 /// Per-CPU room for the large values one packet builds (see `scratch`): the BPF stack's 512
 /// bytes cannot hold them next to everything else.

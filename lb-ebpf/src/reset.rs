@@ -6,8 +6,10 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
 
+use lb_common::settings::DatapathSettings;
+
 use crate::{
-    mem,
+    cluster, mem,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, TCP_ACK, TCP_RST, TcpHdr, ptr_at},
 };
 
@@ -21,7 +23,7 @@ const IP_DF: u16 = 0x4000u16.to_be();
 /// Rewrites the SYN in the packet into the VIP's RST|ACK for it and returns `XDP_TX`; None (the
 /// packet untouched) when its IPv4 header has options.
 #[inline(always)]
-pub fn refuse_syn(ctx: &XdpContext) -> Option<u32> {
+pub fn refuse_syn(ctx: &XdpContext, settings: &DatapathSettings) -> Option<u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     let tcp: *mut TcpHdr = ptr_at(ctx, ETH_HLEN + IP_LEN)?;
@@ -32,7 +34,7 @@ pub fn refuse_syn(ctx: &XdpContext) -> Option<u32> {
     }
 
     let mut mac = [0u8; 6];
-    mem::copy_mac(&mut mac, &eth.dst);
+    mem::copy_mac(&mut mac, cluster::answering_mac(settings, &eth.dst));
     mem::copy_mac(&mut eth.dst, &eth.src);
     mem::copy_mac(&mut eth.src, &mac);
 

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
+    cluster::cluster_mac,
     flow::{FlowEntry, FlowKey},
     next_hop::NextHop,
     service::{NO_BACKEND, ServiceInfo},
@@ -120,6 +121,7 @@ pub fn image(
     if host.held_hops.is_some() {
         img.settings.routing = Routing::Held as u8;
     }
+    cluster_settings(config, host, &mut img.settings);
     for service in &config.services {
         let sid = ids.services[&service.name];
         img.vips.insert(service.vip_v4());
@@ -162,6 +164,31 @@ pub fn image(
     }
     tables.0 = next_tables;
     img
+}
+
+/// Cluster mode: the cluster MAC answered for every VIP on the client interface and accepted
+/// there as the node's own.
+fn cluster_settings(config: &Config, host: &HostFacts, s: &mut DatapathSettings) {
+    let (Some(cluster), Some(vip)) = (&config.cluster, config.cluster_vip()) else {
+        return;
+    };
+    let Some(client) = host.own_macs.first() else {
+        return;
+    };
+    let vip_mac = cluster_mac(cluster.mac_mode, vip.octets());
+    let c = &mut s.cluster;
+    c.enabled = 1;
+    c.node_id = cluster.node_id;
+    c.client_ifindex = client.ifindex;
+    c.own_client_mac = client.mac;
+    c.vip_mac = vip_mac;
+    if let Some(slot) = s.own_macs.get_mut(host.own_macs.len()) {
+        *slot = OwnMac {
+            ifindex: client.ifindex,
+            mac: vip_mac,
+            _pad: [0; 2],
+        };
+    }
 }
 
 /// `members`: (priority, backend id, name, weight) of the backends taking new flows.

@@ -18,6 +18,9 @@ pub struct Status {
     /// or `held` (one-arm on a host that does not forward: xnlb resolves them).
     #[serde(default)]
     pub routing: String,
+    /// Cluster mode: this node's view of the cluster (`xnlb cluster query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
     pub interfaces: Vec<InterfaceStatus>,
     pub config: String,
     pub conntrack: ConntrackStatus,
@@ -185,6 +188,19 @@ impl Status {
             self.conntrack.half_open_max_entries,
             self.config
         );
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                out,
+                "cluster node {} {}: owns {} of {} buckets ({:.0}%), finishing {}, {} members",
+                c.node_id,
+                c.state,
+                c.owned,
+                c.buckets,
+                100.0 * c.owned as f64 / c.buckets.max(1) as f64,
+                c.finishing,
+                c.members
+            );
+        }
         for s in &self.services {
             let _ = writeln!(out);
             let _ = writeln!(

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use lb_model::status::Status;
+use lb_model::{cluster::ClusterStatus, status::Status};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +21,17 @@ pub enum Request {
     Enable { service: String, backend: String },
     Reload,
     Stop,
+    Cluster { action: ClusterAction },
+}
+
+/// `xnlb cluster ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterAction {
+    Query,
+    Drainstop,
+    Stop,
+    Start,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +42,8 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 impl Response {
@@ -39,6 +52,7 @@ impl Response {
             ok: true,
             message: Some(message),
             status: None,
+            cluster: None,
         }
     }
 
@@ -47,6 +61,7 @@ impl Response {
             ok: false,
             message: Some(format!("{e:#}")),
             status: None,
+            cluster: None,
         }
     }
 }

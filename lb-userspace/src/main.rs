@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use xnlb::{
-    admin::{self, Request},
+    admin::{self, ClusterAction, Request},
     config::{self, DEFAULT_SOCKET},
     daemon::{self, controller::DEFAULT_PIN_DIR},
 };
@@ -70,6 +70,29 @@ enum Command {
     Reload(SocketArg),
     /// Detach from the interfaces, remove the pins and exit.
     Stop(SocketArg),
+    /// Cluster mode: this node's view of the cluster, and its part in it.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, their states and buckets, last heartbeats, config digests.
+    Query {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Take no new flows, let this node's connections finish, then stop.
+    Drainstop(SocketArg),
+    /// Leave the cluster now: the other nodes take this node's buckets.
+    Stop(SocketArg),
+    /// Join the cluster again.
+    Start(SocketArg),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +142,21 @@ fn main() -> ExitCode {
         Command::Enable(t) => target(t, |service, backend| Request::Enable { service, backend }),
         Command::Reload(s) => call(&s.socket, Request::Reload, message),
         Command::Stop(s) => call(&s.socket, Request::Stop, message),
+        Command::Cluster { action } => {
+            let (socket, action, json) = match action {
+                ClusterCommand::Query { json, socket } => (socket, ClusterAction::Query, json),
+                ClusterCommand::Drainstop(s) => (s, ClusterAction::Drainstop, false),
+                ClusterCommand::Stop(s) => (s, ClusterAction::Stop, false),
+                ClusterCommand::Start(s) => (s, ClusterAction::Start, false),
+            };
+            call(&socket.socket, Request::Cluster { action }, |r| {
+                match r.cluster {
+                    Some(c) if json => serde_json::to_string_pretty(&c).expect("status serializes"),
+                    Some(c) => c.render(),
+                    None => r.message.unwrap_or_default(),
+                }
+            })
+        }
     }
 }
 

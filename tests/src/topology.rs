@@ -176,18 +176,24 @@ impl Net {
     /// routing like the first (a standby, or a neighbour on a shared segment). The returned
     /// stand-in keeps its switch port delivering `XDP_TX`.
     pub fn second_one_arm_balancer(&self, addr: Ipv4Addr) -> (NetNs, NicStandIn) {
+        self.another_one_arm_balancer("lb2", addr)
+    }
+
+    /// One more balancer on the one-arm segment: namespace and switch port `port`, address
+    /// `addr` on its `lan0`, forwarding off (as the first), the floor program on its port.
+    pub fn another_one_arm_balancer(&self, port: &str, addr: Ipv4Addr) -> (NetNs, NicStandIn) {
         assert_eq!(
             self.mode,
             Mode::OneArm,
-            "a second balancer shares the one-arm segment"
+            "another balancer shares the one-arm segment"
         );
-        let lb = NetNs::new("lb2");
-        self.switch_port(&lb, "lan0", "lb2");
+        let lb = NetNs::new(port);
+        self.switch_port(&lb, "lan0", port);
         lb.ip(&["addr", "add", &format!("{addr}/24"), "dev", "lan0"]);
         lb.ip(&["link", "set", "lan0", "up"]);
         lb.sysctl("net.ipv4.ip_forward", "0");
         route_remote_clients(&lb);
-        let nic = NicStandIn::attach(&self.switch, &["lb2"]);
+        let nic = NicStandIn::attach(&self.switch, &[port]);
         (lb, nic)
     }
 

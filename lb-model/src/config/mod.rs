@@ -28,6 +28,9 @@ pub use ports::PortRange;
 pub struct Config {
     #[serde(default)]
     pub mode: Mode,
+    /// NLB-style cluster of xnlb nodes sharing the VIPs (`docs/cluster.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
     pub interfaces: Interfaces,
     #[serde(default)]
     pub xdp_mode: XdpMode,
@@ -47,9 +50,66 @@ pub struct Config {
 }
 
 pub use lb_common::{
+    cluster::MacMode,
     service::{Affinity, Filtering},
     settings::Mode,
 };
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    #[serde(default)]
+    pub mac_mode: MacMode,
+    /// Unique per node (1-254); also the tie-break, as NLB's host priority.
+    pub node_id: u8,
+    /// Where the cluster MAC lives and heartbeats go: the client interface.
+    pub interface: String,
+    /// Two-arm: the backends' default gateway, shared by the nodes through a cluster MAC on the
+    /// server interface.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub heartbeat: HeartbeatSettings,
+    /// This node's weight in the division of the buckets.
+    #[serde(default = "default_share")]
+    pub share: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSettings {
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Heartbeats a node may miss before the others take its buckets.
+    pub tolerance: u32,
+}
+
+impl Default for HeartbeatSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            tolerance: 5,
+        }
+    }
+}
+
+impl HeartbeatSettings {
+    /// How long a silent node keeps its buckets in the others' eyes.
+    pub fn dead_after(&self) -> Duration {
+        self.interval * self.tolerance
+    }
+
+    /// How long a node's own bucket table stands without its controller renewing it: one
+    /// interval less than `dead_after`, so a node whose controller stopped has let go of its
+    /// buckets before the others take them.
+    pub fn lease(&self) -> Duration {
+        self.interval * self.tolerance.saturating_sub(1).max(1)
+    }
+}
+
+fn default_share() -> u32 {
+    100
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,6 +377,13 @@ impl Backend {
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Cluster mode: the cluster MAC's address, the first service's VIP (every VIP is answered
+    /// with the same MAC).
+    pub fn cluster_vip(&self) -> Option<Ipv4Addr> {
+        self.cluster.as_ref()?;
+        self.services.first().map(Service::vip_v4)
     }
 
     /// Interfaces the program attaches to: the client side, and in two-arm the server side.

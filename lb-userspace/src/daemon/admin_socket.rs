@@ -17,11 +17,12 @@ use tokio::{
 use tracing::warn;
 
 use super::{
+    cluster::{ClusterHandle, Verb},
     control::Handle,
     status::{View, status},
 };
 use crate::{
-    admin::{Request, Response},
+    admin::{ClusterAction, Request, Response},
     datapath::Reader,
 };
 
@@ -53,25 +54,68 @@ pub struct Answerer {
     pub controller: Handle,
     pub view: watch::Receiver<Arc<View>>,
     pub reader: Arc<Reader>,
+    /// Cluster mode's agent, when the config has a cluster block.
+    pub cluster: Option<ClusterHandle>,
 }
 
 impl Answerer {
     pub async fn answer(&self, request: Request) -> Response {
+        if let Request::Cluster { action } = request {
+            return self.cluster_verb(action);
+        }
         if request != Request::Status {
             return self.controller.ask(request).await;
         }
         let view = self.view.borrow().clone();
         let reader = self.reader.clone();
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| (*c.status.borrow().clone()).clone());
         // Reading the connection table is blocking syscalls: off the async workers.
         let read = tokio::task::spawn_blocking(move || status(&view, &reader)).await;
         match read {
-            Ok(Ok(status)) => Response {
-                ok: true,
-                message: None,
-                status: Some(status),
-            },
+            Ok(Ok(mut status)) => {
+                status.cluster = cluster;
+                Response {
+                    ok: true,
+                    message: None,
+                    status: Some(status),
+                    cluster: None,
+                }
+            }
             Ok(Err(e)) => Response::error(&e),
             Err(e) => Response::error(&anyhow::anyhow!("{e}")),
+        }
+    }
+}
+
+impl Answerer {
+    fn cluster_verb(&self, action: ClusterAction) -> Response {
+        let Some(cluster) = &self.cluster else {
+            return Response::error(&anyhow::anyhow!(
+                "cluster mode is off: the config has no cluster block"
+            ));
+        };
+        let (verb, done) = match action {
+            ClusterAction::Query => {
+                return Response {
+                    ok: true,
+                    message: None,
+                    status: None,
+                    cluster: Some((*cluster.status.borrow().clone()).clone()),
+                };
+            }
+            ClusterAction::Drainstop => (
+                Verb::Drainstop,
+                "draining: no new flows; this node stops when its connections have ended",
+            ),
+            ClusterAction::Stop => (Verb::Stop, "stopped: this node owns no buckets"),
+            ClusterAction::Start => (Verb::Start, "starting: this node joins the cluster"),
+        };
+        match cluster.ask(verb) {
+            Ok(()) => Response::ok(done.to_string()),
+            Err(e) => Response::error(&e),
         }
     }
 }

@@ -132,8 +132,11 @@ fn carry_out(ctl: &mut Controller, request: Request) -> Response {
             }
             r
         }
-        // `status` is read from the published view; `stop` ends the thread (above).
-        Request::Status | Request::Stop => Err(anyhow::anyhow!("not a controller command")),
+        // `status` is read from the published view, `cluster` answered by the cluster agent;
+        // `stop` ends the thread (above).
+        Request::Status | Request::Stop | Request::Cluster { .. } => {
+            Err(anyhow::anyhow!("not a controller command"))
+        }
     };
     match result {
         Ok(message) => Response::ok(message),

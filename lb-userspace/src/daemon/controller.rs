@@ -147,7 +147,13 @@ impl Controller {
     /// The addresses the client interface must answer ARP for: the VIPs and, in one-arm, the
     /// SNAT addresses (backends send their replies there).
     pub(super) fn announced(&self) -> BTreeSet<Ipv4Addr> {
-        let mut addrs = self.programmed.image.vips.clone();
+        // Cluster mode: the datapath answers ARP for the VIPs with the cluster MAC; the kernel
+        // must never answer for them with this node's own.
+        let mut addrs = if self.config.cluster.is_some() {
+            BTreeSet::new()
+        } else {
+            self.programmed.image.vips.clone()
+        };
         if self.config.mode == Mode::OneArm {
             addrs.extend(self.config.snat_v4());
         }
@@ -177,6 +183,11 @@ impl Controller {
             info!("XDP on {iface} ({role} side): {how}");
             if let Err(e) = sysctl::accept_local_sources(&iface) {
                 warn!("{e:#}: a client the balancer has not resolved yet may fail to connect");
+            }
+            if self.config.cluster.is_some()
+                && let Err(e) = sysctl::announce_own_addresses_only(&iface)
+            {
+                warn!("{e:#}: this node's ARP requests might name a VIP");
             }
             if self.held.is_none() && !sysctl::forwards(&iface) {
                 warn!(

@@ -25,7 +25,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use lb_model::{lifecycle::BackendState, status::Status};
+use lb_model::{cluster::ClusterStatus, lifecycle::BackendState, status::Status};
 use tokio::sync::watch;
 
 use super::status::{View, status};
@@ -104,7 +104,11 @@ impl Observed {
 }
 
 /// Builds the registry: the datapath collector plus the daemon's own metrics.
-pub fn registry(view: watch::Receiver<Arc<View>>, reader: Arc<Reader>) -> (Registry, Observed) {
+pub fn registry(
+    view: watch::Receiver<Arc<View>>,
+    reader: Arc<Reader>,
+    cluster: Option<watch::Receiver<Arc<ClusterStatus>>>,
+) -> (Registry, Observed) {
     let mut registry = Registry::default();
     let probe_seconds = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
         Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -121,6 +125,9 @@ pub fn registry(view: watch::Receiver<Arc<View>>, reader: Arc<Reader>) -> (Regis
         probes.clone(),
     );
     registry.register_collector(Box::new(DatapathCollector { view, reader }));
+    if let Some(status) = cluster {
+        registry.register_collector(Box::new(ClusterCollector { status }));
+    }
     (
         registry,
         Observed {
@@ -172,6 +179,63 @@ fn gauge(
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// Cluster mode's metrics, from what the cluster agent last published.
+struct ClusterCollector {
+    status: watch::Receiver<Arc<ClusterStatus>>,
+}
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCollector")
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = self.status.borrow().clone();
+        gauge(
+            &mut e,
+            "xnlb_cluster_members",
+            "Converged members of the cluster, this node included",
+            &[(vec![], c.members as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "xnlb_cluster_buckets_owned",
+            "Buckets this node owns",
+            &[(vec![], c.owned as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "xnlb_cluster_buckets_finishing",
+            "Buckets this node gave up but still carries connections in",
+            &[(vec![], c.finishing as i64)],
+        )?;
+        gauge(
+            &mut e,
+            "xnlb_cluster_conflicts",
+            "Conflicts seen (a node id used twice, a config that differs)",
+            &[(vec![], c.problems.len() as i64)],
+        )?;
+        counter(
+            &mut e,
+            "xnlb_cluster_convergences",
+            "Times the division of the buckets changed",
+            &[(vec![], c.convergences)],
+        )?;
+        let direction = |d: &str| vec![("direction", d.to_string())];
+        counter(
+            &mut e,
+            "xnlb_cluster_heartbeats",
+            "Heartbeats sent and received",
+            &[
+                (direction("sent"), c.heartbeats_sent),
+                (direction("received"), c.heartbeats_received),
+            ],
+        )
+    }
 }
 
 impl Collector for DatapathCollector {

@@ -15,6 +15,7 @@
 
 pub mod admin_socket;
 mod backends;
+pub mod cluster;
 pub mod control;
 pub mod controller;
 pub mod metrics;
@@ -70,10 +71,21 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
     let reader = Arc::new(ctl.reader()?);
     let epoch = ctl.next_hop_epoch()?;
+    let cluster = match &ctl.config.cluster {
+        Some(block) => Some(
+            cluster::spawn(block, ctl.dp.cluster_maps()?, reader.clone(), view.clone())
+                .context("starting cluster mode")?,
+        ),
+        None => None,
+    };
     let (controller, controller_thread) = control::spawn(ctl)?;
     follow_routing(epoch, controller.clone());
 
-    let (registry, observed) = metrics::registry(view.clone(), reader.clone());
+    let (registry, observed) = metrics::registry(
+        view.clone(),
+        reader.clone(),
+        cluster.as_ref().map(|c| c.status.clone()),
+    );
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     tokio::spawn(health::follow(targets, reports_tx));
     tokio::spawn(forward_health(
@@ -86,6 +98,7 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
         controller: controller.clone(),
         view,
         reader,
+        cluster,
     };
     let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
     tokio::spawn(admin_socket::serve(admin_listener, answerer, stopped_tx));

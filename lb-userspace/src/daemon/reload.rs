@@ -147,5 +147,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
     );
     check(old.metrics != new.metrics, "metrics");
     check(old.admin != new.admin, "admin");
+    check(old.cluster != new.cluster, "cluster");
+    // The first service's VIP names the cluster MAC that clients hold in their ARP caches.
+    check(
+        old.cluster.is_some() && old.cluster_vip() != new.cluster_vip(),
+        "services[0].vip (it names the cluster MAC)",
+    );
     out
 }

@@ -122,6 +122,7 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             .unwrap_or_default()
             .label()
             .to_string(),
+        cluster: None,
         interfaces: view
             .attached
             .iter()

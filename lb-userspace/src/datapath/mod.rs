@@ -7,6 +7,7 @@
 
 pub mod attach;
 mod batch;
+mod cluster;
 mod maps;
 mod mmap;
 mod next_hops;
@@ -32,6 +33,7 @@ use self::{
     mmap::MappedArray,
     object::{XDP_OBJECT, XDP_PROGRAM},
 };
+pub use cluster::ClusterMaps;
 pub use next_hops::NextHopEpoch;
 pub use reader::{Counters, MapFootprint, Reader, monotonic_ns};
 

@@ -54,26 +54,41 @@ pub fn system_problems(config: &Config) -> Vec<Problem> {
 /// in the calling thread's network namespace (`getifaddrs` asks over netlink; `/sys` would show
 /// the namespace it was mounted in).
 pub fn own_macs(config: &Config) -> anyhow::Result<Vec<OwnMac>> {
-    let links: Vec<(String, usize, [u8; 6])> = nix::ifaddrs::getifaddrs()
+    let links = links()?;
+    config
+        .attach_interfaces()
+        .into_iter()
+        .map(|name| {
+            let (ifindex, mac) = find_link(&links, name)?;
+            Ok(OwnMac {
+                ifindex,
+                mac,
+                _pad: [0; 2],
+            })
+        })
+        .collect()
+}
+
+/// Interface `name`'s index and MAC.
+pub fn link(name: &str) -> anyhow::Result<(u32, [u8; 6])> {
+    find_link(&links()?, name)
+}
+
+/// Every interface with a link-layer address: (name, index, MAC).
+fn links() -> anyhow::Result<Vec<(String, usize, [u8; 6])>> {
+    Ok(nix::ifaddrs::getifaddrs()
         .context("listing the interfaces (getifaddrs)")?
         .filter_map(|a| {
             let link = a.address.as_ref()?.as_link_addr()?;
             Some((a.interface_name.clone(), link.ifindex(), link.addr()?))
         })
-        .collect();
-    config
-        .attach_interfaces()
-        .into_iter()
-        .map(|name| {
-            let (_, ifindex, mac) = links
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .with_context(|| format!("interface `{name}` has no link-layer address"))?;
-            Ok(OwnMac {
-                ifindex: *ifindex as u32,
-                mac: *mac,
-                _pad: [0; 2],
-            })
-        })
-        .collect()
+        .collect())
+}
+
+fn find_link(links: &[(String, usize, [u8; 6])], name: &str) -> anyhow::Result<(u32, [u8; 6])> {
+    let (_, ifindex, mac) = links
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .with_context(|| format!("interface `{name}` has no link-layer address"))?;
+    Ok((*ifindex as u32, *mac))
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod addresses;
 pub mod bpffs;
+pub mod heartbeats;
 pub mod interfaces;
 pub mod next_hops;
 pub mod routes;

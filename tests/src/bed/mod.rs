@@ -166,6 +166,32 @@ impl Bed {
         self.program.apply(&mut self.dp);
     }
 
+    /// Cluster mode, as node `node_id` in `mac_mode`, on cli0 (the config's block, through the
+    /// daemon's plan). The bucket table is empty until `own_buckets`.
+    pub fn cluster(&mut self, node_id: u8, mac_mode: lb_common::cluster::MacMode) {
+        let text = format!(
+            "{{ node_id: {node_id}, interface: cli0, mac_mode: {} }}",
+            mac_mode.label()
+        );
+        self.program.config.cluster = Some(serde_yaml::from_str(&text).expect("a cluster block"));
+        self.program.apply(&mut self.dp);
+    }
+
+    /// Makes `flags(bucket)` this node's bucket table, with a lease for `lease` from now.
+    pub fn own_buckets(&mut self, flags: impl Fn(u32) -> u32, lease: Duration) {
+        let table: Vec<u32> = (0..lb_common::cluster::BUCKETS).map(flags).collect();
+        let mut maps = self.dp.cluster_maps().expect("cluster maps");
+        maps.switch_table(&table).expect("write the bucket table");
+        let until = xnlb::datapath::monotonic_ns() + lease.as_nanos() as u64;
+        maps.renew_lease(until).expect("renew the lease");
+    }
+
+    /// Ends this node's lease on its bucket table, as a controller that stopped renewing it.
+    pub fn expire_lease(&mut self) {
+        let mut maps = self.dp.cluster_maps().expect("cluster maps");
+        maps.renew_lease(1).expect("write the lease");
+    }
+
     /// Turns IPv4 forwarding on or off on every interface of the bed.
     pub fn forwarding(&self, on: bool) {
         let value = if on { "1" } else { "0" };

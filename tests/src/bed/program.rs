@@ -62,6 +62,7 @@ impl Programmer {
         Self {
             config: Config {
                 mode: xnlb::config::Mode::TwoArm,
+                cluster: None,
                 interfaces: Interfaces {
                     client: "cli0".into(),
                     server: Some("srv0".into()),

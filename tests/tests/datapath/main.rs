@@ -1,6 +1,7 @@
 //! The real XDP object run through `BPF_PROG_TEST_RUN` in the datapath test bed (root; a
 //! namespace with veths, routes and neighbours, no traffic between namespaces).
 
+mod cluster;
 mod flow_lifetime;
 mod golden_flows;
 mod golden_stateless;

@@ -12,11 +12,16 @@ use lb_common::{
     settings::{MAX_SNAT_ADDRS, MIN_SNAT_PORTS},
 };
 
-use super::{Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
+use std::time::Duration;
+
+use super::{Cluster, Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
 
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     top_level(config, &mut out);
+    if let Some(cluster) = &config.cluster {
+        cluster_problems(config, cluster, &mut out);
+    }
     for (i, service) in config.services.iter().enumerate() {
         out.extend(service_problems(service, &format!("services[{i}]")));
     }
@@ -37,6 +42,74 @@ pub fn warnings(config: &Config) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The `cluster` block's own checks.
+fn cluster_problems(config: &Config, cluster: &Cluster, out: &mut Vec<Problem>) {
+    if !(1..=254).contains(&cluster.node_id) {
+        out.push(
+            Problem::new(
+                "cluster.node_id",
+                format!("{} is out of range 1..=254", cluster.node_id),
+            )
+            .hint("give each node of the cluster its own number"),
+        );
+    }
+    if cluster.interface != config.interfaces.client {
+        out.push(
+            Problem::new(
+                "cluster.interface",
+                format!(
+                    "the cluster MAC lives on the client interface ({}), not {}",
+                    config.interfaces.client, cluster.interface
+                ),
+            )
+            .hint(format!(
+                "cluster: {{ interface: {} }}",
+                config.interfaces.client
+            )),
+        );
+    }
+    if config.mode == Mode::TwoArm {
+        out.push(
+            Problem::new("cluster", "cluster mode works in one-arm mode for now")
+                .hint("two-arm needs the shared gateway on the server side, not built yet; use mode: one-arm"),
+        );
+    }
+    if cluster.gateway.is_some() && config.mode != Mode::TwoArm {
+        out.push(Problem::new(
+            "cluster.gateway",
+            "a shared gateway is for two-arm mode",
+        ));
+    }
+    if config.services.is_empty() {
+        out.push(
+            Problem::new(
+                "cluster",
+                "cluster mode needs a service: the first one's VIP names the cluster MAC",
+            )
+            .hint("add a service"),
+        );
+    }
+    if !(1..=MAX_WEIGHT).contains(&cluster.share) {
+        out.push(Problem::new(
+            "cluster.share",
+            format!("{} is out of range 1..={MAX_WEIGHT}", cluster.share),
+        ));
+    }
+    let hb = &cluster.heartbeat;
+    if !(Duration::from_millis(100)..=Duration::from_secs(10)).contains(&hb.interval) {
+        out.push(Problem::new(
+            "cluster.heartbeat.interval",
+            format!("{:?} is out of range 100ms..=10s", hb.interval),
+        ));
+    }
+    if !(2..=60).contains(&hb.tolerance) {
+        out.push(Problem::new(
+            "cluster.heartbeat.tolerance",
+            format!("{} is out of range 2..=60 heartbeats", hb.tolerance),
+        ));
+    }
 }
 
 fn top_level(config: &Config, out: &mut Vec<Problem>) {

@@ -84,14 +84,14 @@ pub fn standby_on_a_flooding_switch() {
 
 /// nftables counters on a backend: SYNs to the HTTP port from each of some source addresses
 /// (what reached its TCP stack, after the kernel dropped frames for other hosts).
-struct SynCounters<'a> {
+pub(super) struct SynCounters<'a> {
     ns: &'a NetNs,
 }
 
 impl<'a> SynCounters<'a> {
     const TABLE: &'static str = "xnlbtest";
 
-    fn install(ns: &'a NetNs, sources: &[Ipv4Addr]) -> Self {
+    pub(super) fn install(ns: &'a NetNs, sources: &[Ipv4Addr]) -> Self {
         let nft = |args: &[&str]| {
             let mut cmd = vec!["nft"];
             cmd.extend_from_slice(args);
@@ -115,7 +115,7 @@ impl<'a> SynCounters<'a> {
         format!("syn_from_{}", src.to_string().replace('.', "_"))
     }
 
-    fn read(&self, src: Ipv4Addr) -> u64 {
+    pub(super) fn read(&self, src: Ipv4Addr) -> u64 {
         let out = self
             .ns
             .command("nft")
@@ -133,7 +133,7 @@ impl<'a> SynCounters<'a> {
 }
 
 /// The client namespace's count of retransmitted SYNs (`TcpExtTCPSynRetrans`).
-fn syn_retransmits(ns: &NetNs) -> u64 {
+pub(super) fn syn_retransmits(ns: &NetNs) -> u64 {
     let out = ns
         .command("cat")
         .arg("/proc/net/netstat")

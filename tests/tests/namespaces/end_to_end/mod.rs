@@ -172,6 +172,7 @@ macro_rules! in_both_modes {
 
 mod balancing;
 mod churn;
+mod cluster;
 mod failures;
 mod flooding;
 mod held_routing;
@@ -219,6 +220,27 @@ fn one_arm_snat_ports_come_free_after_close() {
 #[test]
 fn one_arm_snat_exhaustion_is_refused_with_a_reset() {
     snat_capacity::exhaustion_is_refused_with_a_reset();
+}
+
+/// Cluster mode, one-arm: three nodes share the VIP through the cluster MAC.
+#[test]
+fn cluster_of_three_nodes_unicast() {
+    cluster::three_nodes("unicast");
+}
+
+#[test]
+fn cluster_of_three_nodes_multicast() {
+    cluster::three_nodes("multicast");
+}
+
+#[test]
+fn cluster_failover_join_and_drainstop() {
+    cluster::failover_join_and_drainstop();
+}
+
+#[test]
+fn cluster_node_with_another_config_owns_nothing() {
+    cluster::a_node_with_another_config_owns_nothing();
 }
 
 /// One-arm only: the shared segment is where frames for another balancer arrive.

@@ -1,0 +1,369 @@
+//! Cluster mode end to end: three xnlb nodes on one switch (a Linux bridge, which floods the
+//! unicast cluster MAC no node ever sends from, and multicast), one-arm, each with its own SNAT
+//! address, so a backend's view of a connection says which node carried it. The clients resolve
+//! the VIP to the cluster MAC (the nodes' datapaths answer ARP) and every node sees every
+//! packet; each keeps its buckets'.
+//!
+//! Time bounds, with their slack: heartbeats every 300 ms, tolerance 5, so a dead node's
+//! buckets move after 1.5 s; the bound is that plus 1 s. Convergence at start is
+//! waited for up to `LIMIT` (10 s; it takes about three intervals, 0.9 s).
+
+use socket2::{Domain, Socket, Type};
+use xnlb_tests::{
+    addresses::{SNAT_IP, snat_ip},
+    netns::NetNs,
+    nic::NicStandIn,
+};
+
+use super::{
+    flooding::{SynCounters, syn_retransmits},
+    *,
+};
+
+const INTERVAL: Duration = Duration::from_millis(300);
+const TOLERANCE: u32 = 5;
+/// `tolerance × interval + 1 s`.
+const FAILOVER_BOUND: Duration = Duration::from_millis(300 * 5 + 1000);
+/// The sticky service's port (affinity single): a client stays on one node and one backend.
+const STICKY: u16 = 82;
+
+/// The nodes: node 1 is the farm's own balancer namespace, the others are added to its switch.
+struct Nodes<'f> {
+    farm: &'f Farm,
+    extra: Vec<(NetNs, NicStandIn)>,
+    daemons: Vec<Option<Daemon>>,
+}
+
+impl<'f> Nodes<'f> {
+    fn new(farm: &'f Farm, count: usize) -> Self {
+        let extra = (2..=count)
+            .map(|n| {
+                farm.net.another_one_arm_balancer(
+                    &format!("lb{n}"),
+                    Ipv4Addr::new(198, 18, 0, n as u8 + 1),
+                )
+            })
+            .collect();
+        Self {
+            farm,
+            extra,
+            daemons: (0..count).map(|_| None).collect(),
+        }
+    }
+
+    fn ns(&self, node: usize) -> &NetNs {
+        match node {
+            1 => &self.farm.net.lb,
+            n => &self.extra[n - 2].0,
+        }
+    }
+
+    /// Node `node`'s SNAT address: what a backend sees of the connections it carries.
+    fn snat(node: usize) -> Ipv4Addr {
+        if node == 1 {
+            SNAT_IP
+        } else {
+            snat_ip(node - 1)
+        }
+    }
+
+    fn node_of(snat: &str) -> usize {
+        (1..=9)
+            .find(|&n| Self::snat(n).to_string() == snat)
+            .unwrap_or_else(|| panic!("{snat} is no node's SNAT address"))
+    }
+
+    fn config(&self, node: usize, mac_mode: &str, extra_weight: bool) -> String {
+        let head = self
+            .farm
+            .net
+            .config_head()
+            .replace(&format!("[{SNAT_IP}]"), &format!("[{}]", Self::snat(node)));
+        let cluster = format!(
+            "cluster:\n  node_id: {node}\n  interface: lan0\n  mac_mode: {mac_mode}\n  heartbeat: {{ interval: {}ms, tolerance: {TOLERANCE} }}\n",
+            INTERVAL.as_millis()
+        );
+        let weight = |n| {
+            if extra_weight && n == 1 {
+                ", weight: 50".to_string()
+            } else {
+                String::new()
+            }
+        };
+        let backends = self.farm.backends(&[1, 2, 3], weight);
+        let services = [
+            self.farm
+                .service("web", HTTP, "    affinity: none\n", &backends),
+            self.farm
+                .service("sticky", STICKY, "    affinity: single\n", &backends),
+        ];
+        format!(
+            "{cluster}{head}{}metrics:\n  listen: {METRICS}\n",
+            services.concat()
+        )
+    }
+
+    fn start(&mut self, node: usize, mac_mode: &str) {
+        let config = self.config(node, mac_mode, false);
+        self.daemons[node - 1] = Some(Daemon::start(self.ns(node), &config));
+    }
+
+    fn daemon(&self, node: usize) -> &Daemon {
+        self.daemons[node - 1].as_ref().expect("a running node")
+    }
+
+    fn query(&self, node: usize) -> serde_json::Value {
+        let text = self.daemon(node).ok(&["cluster", "query", "--json"]);
+        serde_json::from_str(&text).expect("cluster query --json is JSON")
+    }
+
+    /// Waits until the running nodes `nodes` are converged members of one cluster of that
+    /// many, owning every bucket between them; their buckets owned.
+    fn converged(&self, nodes: &[usize]) -> BTreeMap<usize, u64> {
+        let start = Instant::now();
+        loop {
+            let views: Vec<(usize, serde_json::Value)> =
+                nodes.iter().map(|&n| (n, self.query(n))).collect();
+            let owned: BTreeMap<usize, u64> = views
+                .iter()
+                .map(|(n, v)| (*n, v["owned"].as_u64().unwrap_or(0)))
+                .collect();
+            let done = views.iter().all(|(_, v)| {
+                v["state"] == "converged"
+                    && v["members"].as_u64() == Some(nodes.len() as u64)
+                    && v["finishing"].as_u64() == Some(0)
+            }) && owned.values().sum::<u64>() == 256;
+            if done {
+                return owned;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "the cluster did not converge on {nodes:?} within {LIMIT:?}: {views:#?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One GET from `src` to the VIP's `port`: (backend, node) that carried it.
+fn get_via(farm: &Farm, src: Ipv4Addr, port: u16) -> std::io::Result<(String, usize)> {
+    let (status, body) = http_get_from(&farm.net.client, src, farm.vip(port), "/")?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("HTTP {status}: {body}")));
+    }
+    let (backend, seen) = body.trim().split_once(' ').expect("<backend> <client>");
+    Ok((backend.to_string(), Nodes::node_of(seen)))
+}
+
+/// Whether a TCP connection from `src` to the VIP's `port` completes within `wait` (a SYN-ACK
+/// came back through whichever node owns the client's bucket).
+fn connects(farm: &Farm, src: Ipv4Addr, port: u16, wait: Duration) -> bool {
+    let Ok(socket) = farm
+        .net
+        .client
+        .run_in(|| Socket::new(Domain::IPV4, Type::STREAM, None))
+    else {
+        return false;
+    };
+    socket.bind(&SocketAddr::from((src, 0)).into()).is_ok()
+        && socket.connect_timeout(&farm.vip(port).into(), wait).is_ok()
+}
+
+pub fn three_nodes(mac_mode: &str) {
+    let farm = Farm::new(Mode::OneArm, 3);
+    let mut nodes = Nodes::new(&farm, 3);
+    for n in 1..=3 {
+        nodes.start(n, mac_mode);
+    }
+    let owned = nodes.converged(&[1, 2, 3]);
+    println!("{mac_mode}: converged, buckets owned by nodes 1-3: {owned:?}");
+    let syns: Vec<SynCounters> = farm
+        .net
+        .backends
+        .iter()
+        .map(|be| SynCounters::install(be, &(1..=3).map(Nodes::snat).collect::<Vec<_>>()))
+        .collect();
+    let retransmits_before = syn_retransmits(&farm.net.client);
+
+    // 1. Every request answered, each node carrying its share of the buckets (affinity none:
+    // every connection hashes apart). 1500 requests: a node's count is within 4 standard
+    // deviations of its expectation inside ±15%.
+    let clients = farm.net.client_addresses(59);
+    const REQUESTS: usize = 1500;
+    let mut per_node: BTreeMap<usize, usize> = BTreeMap::new();
+    for i in 0..REQUESTS {
+        let (_, node) = get_via(&farm, clients[i % clients.len()], HTTP)
+            .unwrap_or_else(|e| panic!("{mac_mode}: request {i}: {e}"));
+        *per_node.entry(node).or_default() += 1;
+    }
+    println!("{mac_mode}: {REQUESTS} requests from 60 clients carried by nodes: {per_node:?}");
+    for (n, &buckets) in &owned {
+        let expected = REQUESTS as f64 * buckets as f64 / 256.0;
+        let got = *per_node.get(n).unwrap_or(&0) as f64;
+        assert!(
+            (got - expected).abs() <= 0.15 * expected,
+            "{mac_mode}: node {n} carried {got} requests, expected {expected:.0} (±15%)"
+        );
+    }
+    // No duplicates: each connection's SYN reached a backend once, through one node.
+    let retransmits = syn_retransmits(&farm.net.client) - retransmits_before;
+    let total: u64 = (1..=3)
+        .map(|n| syns.iter().map(|c| c.read(Nodes::snat(n))).sum::<u64>())
+        .sum();
+    println!(
+        "{mac_mode}: SYNs at the backends {total} for {REQUESTS} connections ({retransmits} retransmitted)"
+    );
+    assert_eq!(
+        total,
+        REQUESTS as u64 + retransmits,
+        "{mac_mode}: a SYN forwarded twice"
+    );
+
+    // 2. Affinity single: each client stays on one node and one backend.
+    for &c in &clients {
+        let seen: BTreeSet<(String, usize)> = (0..3)
+            .map(|_| get_via(&farm, c, STICKY).expect("sticky request"))
+            .collect();
+        assert_eq!(seen.len(), 1, "{mac_mode}: client {c} moved: {seen:?}");
+    }
+}
+
+pub fn failover_join_and_drainstop() {
+    let farm = Farm::new(Mode::OneArm, 3);
+    let mut nodes = Nodes::new(&farm, 3);
+    for n in 1..=3 {
+        nodes.start(n, "unicast");
+    }
+    nodes.converged(&[1, 2, 3]);
+    let clients = farm.net.client_addresses(59);
+    let node_of = |c: Ipv4Addr| get_via(&farm, c, STICKY).expect("sticky request").1;
+    let by_node: BTreeMap<usize, Vec<Ipv4Addr>> =
+        clients.iter().fold(BTreeMap::new(), |mut m, &c| {
+            m.entry(node_of(c)).or_default().push(c);
+            m
+        });
+    assert_eq!(
+        by_node.len(),
+        3,
+        "60 clients reach all three nodes: {by_node:?}"
+    );
+
+    // 1. Node 3 dies (daemon killed, link down) while transfers run through nodes 1 and 2.
+    let transfers: Vec<Transfer> = [1, 2]
+        .iter()
+        .flat_map(|n| by_node[n].iter().take(3))
+        .map(|&c| Transfer::start(&farm.net.client, c, farm.vip(STICKY), 400).expect("transfer"))
+        .collect();
+    let orphans = &by_node[&3];
+    let died = Instant::now();
+    nodes.daemons[2].as_mut().unwrap().kill9();
+    nodes.ns(3).ip(&["link", "set", "lan0", "down"]);
+    // Until every client of node 3 connects again, through the survivors.
+    let mut waiting: Vec<Ipv4Addr> = orphans.clone();
+    while !waiting.is_empty() {
+        waiting.retain(|&c| !connects(&farm, c, STICKY, Duration::from_millis(200)));
+        assert!(
+            died.elapsed() < FAILOVER_BOUND + Duration::from_secs(2),
+            "node 3's clients still cannot connect after {:?}: {waiting:?}",
+            died.elapsed()
+        );
+    }
+    let gap = died.elapsed();
+    println!(
+        "node 3 died: its {} clients connect again after {gap:?} (bound {FAILOVER_BOUND:?})",
+        orphans.len()
+    );
+    assert!(gap < FAILOVER_BOUND, "failover took {gap:?}");
+    let owned = nodes.converged(&[1, 2]);
+    println!("nodes 1 and 2 own {owned:?}");
+    for c in orphans.iter().take(10) {
+        let (_, node) = get_via(&farm, *c, STICKY).expect("a request after the failover");
+        assert_ne!(node, 3);
+    }
+
+    // 2. Node 3 comes back: the running transfers go on; it takes buckets again.
+    nodes.ns(3).ip(&["link", "set", "lan0", "up"]);
+    nodes.daemons[2] = None;
+    nodes.start(3, "unicast");
+    nodes.converged(&[1, 2, 3]);
+    let back: usize = clients.iter().filter(|&&c| node_of(c) == 3).count();
+    println!("node 3 rejoined: {back} of 60 clients' new connections go to it");
+    assert!(back > 0, "node 3 took no buckets back");
+    let mut broken = Vec::new();
+    for t in transfers {
+        if let Err(e) = t.finish() {
+            broken.push(e);
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "transfers through nodes 1 and 2 broke: {broken:?}"
+    );
+
+    // 3. Drainstop node 2 during transfers through it: they complete; no new connection
+    // reaches it; it stops when they have ended.
+    let through_2: Vec<Ipv4Addr> = clients
+        .iter()
+        .copied()
+        .filter(|&c| node_of(c) == 2)
+        .collect();
+    let draining: Vec<Transfer> = through_2
+        .iter()
+        .take(3)
+        .map(|&c| Transfer::start(&farm.net.client, c, farm.vip(STICKY), 200).expect("transfer"))
+        .collect();
+    nodes.daemon(2).ok(&["cluster", "drainstop"]);
+    let owned = nodes.converged(&[1, 3]);
+    println!("node 2 draining: nodes 1 and 3 own {owned:?}");
+    for &c in &through_2 {
+        let (_, node) = get_via(&farm, c, STICKY).expect("a new connection during the drain");
+        assert_ne!(node, 2, "a new connection reached the draining node");
+    }
+    for t in draining {
+        t.finish().expect("a transfer through the draining node");
+    }
+    let start = Instant::now();
+    while nodes.query(2)["state"] != "stopped" {
+        assert!(
+            start.elapsed() < LIMIT,
+            "node 2 did not stop after its connections ended"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn a_node_with_another_config_owns_nothing() {
+    let farm = Farm::new(Mode::OneArm, 3);
+    let mut nodes = Nodes::new(&farm, 3);
+    nodes.start(1, "unicast");
+    nodes.start(2, "unicast");
+    let odd = nodes.config(3, "unicast", true);
+    nodes.daemons[2] = Some(Daemon::start(nodes.ns(3), &odd));
+    let owned = nodes.converged(&[1, 2]);
+    let start = Instant::now();
+    loop {
+        let v = nodes.query(3);
+        if v["state"] == "conflict" {
+            assert_eq!(v["owned"], 0);
+            break;
+        }
+        assert!(
+            start.elapsed() < INTERVAL * 2 + Duration::from_secs(2),
+            "node 3's different config was not detected: {v:#}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let problems = nodes.query(1)["problems"].to_string();
+    assert!(
+        problems.contains("node 3 has a different config"),
+        "{problems}"
+    );
+    let scrape = Scrape::take(nodes.ns(1), METRICS);
+    assert!(scrape.sum("xnlb_cluster_conflicts", &[]) >= 1.0);
+    println!("node 3's different config: detected, it owns nothing; nodes 1 and 2 own {owned:?}");
+    let clients = farm.net.client_addresses(19);
+    for &c in &clients {
+        let (_, node) = get_via(&farm, c, HTTP).expect("a request");
+        assert_ne!(node, 3);
+    }
+}
