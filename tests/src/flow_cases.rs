@@ -199,7 +199,9 @@ pub fn all() -> Vec<FlowCase> {
         backend_port_rewrite(),
         reply_from_backend_port(),
         one_arm_new_flow(),
+        one_arm_established_flow(),
         one_arm_reply(),
+        cluster_established_flow(),
         unknown_neighbour(),
         no_route(),
         syn_for_another_host(),
@@ -350,6 +352,69 @@ pub fn one_arm_new_flow() -> FlowCase {
         },
         counts: None,
         timing: Timing::NewClientEachRun,
+    }
+}
+
+/// The client's flow established (SYN, then ACK), its packets sent by `to`.
+fn a_flow(bed: &mut Bed, to: fn(&Bed) -> (Iface, Pkt)) {
+    let (ingress, syn) = to(bed);
+    let syn = syn.flags(SYN);
+    assert_eq!(bed.run(ingress, &syn.bytes()).0, XDP_TX, "setup SYN");
+    let (ingress, ack) = to(bed);
+    assert_eq!(bed.run(ingress, &ack.bytes()).0, XDP_TX, "setup ACK");
+}
+
+/// `pkt` translated to the row's only flow's backend, from its SNAT source.
+fn snatted_to_the_flows_backend(bed: &Bed, pkt: &Pkt) -> Vec<u8> {
+    let (backend, snat) = one_arm_flow(bed);
+    pkt.clone()
+        .addressed(snat, (backend, 443))
+        .ttl(pkt.ttl - 1)
+        .macs(bed.client_if.mac, neighbour_mac(backend))
+        .bytes()
+}
+
+pub fn one_arm_established_flow() -> FlowCase {
+    FlowCase {
+        name: "one-arm established flow: DNAT and SNAT as at its SYN",
+        setup: |bed| {
+            one_arm(bed);
+            a_flow(bed, ack_to_vip);
+        },
+        input: ack_to_vip,
+        action: XDP_TX,
+        output: snatted_to_the_flows_backend,
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+/// The client's ACK to VIP:443 sent to the cluster MAC, as a cluster's switch floods it.
+fn ack_to_cluster(bed: &Bed) -> (Iface, Pkt) {
+    let mac = lb_common::cluster::cluster_mac(lb_common::cluster::MacMode::Unicast, VIP.octets());
+    (
+        bed.client_if,
+        Pkt::tcp(CLIENT, (VIP, 443), ACK).macs(ROUTER_MAC, mac),
+    )
+}
+
+pub fn cluster_established_flow() -> FlowCase {
+    FlowCase {
+        name: "cluster mode: one-arm established flow in a bucket this node owns (bucket check)",
+        setup: |bed| {
+            one_arm(bed);
+            bed.cluster(1, lb_common::cluster::MacMode::Unicast);
+            bed.own_buckets(
+                |_| lb_common::cluster::BUCKET_MINE,
+                std::time::Duration::from_secs(3600),
+            );
+            a_flow(bed, ack_to_cluster);
+        },
+        input: ack_to_cluster,
+        action: XDP_TX,
+        output: snatted_to_the_flows_backend,
+        counts: None,
+        timing: Timing::SameFlow,
     }
 }
 

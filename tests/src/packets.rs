@@ -121,6 +121,14 @@ impl Pkt {
         self
     }
 
+    /// The same TCP packet with other flags.
+    pub fn flags(mut self, to: TcpFlags) -> Self {
+        if let Transport::Tcp { flags, .. } = &mut self.l4 {
+            *flags = to;
+        }
+        self
+    }
+
     pub fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
         self

@@ -125,6 +125,29 @@ fn only_this_nodes_buckets_are_balanced() {
         1,
         "another node's packets are not counted as this one's"
     );
+
+    // The bucket is another node's now (this node came back from the dead, its old flows
+    // still in its table, and the others had adopted them): neither the client's packets nor
+    // the backend's replies of those flows are this node's any more.
+    bed.run(bed.client_if, &to_cluster(mine, ACK).bytes());
+    let (_, flow) = bed.dp.reader().flows().unwrap()[0];
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&flow.reply.src));
+    let snat = (
+        Ipv4Addr::from(lb_common::addr::v4_octets(&flow.reply.dst)),
+        u16::from_be(flow.reply.dst_port),
+    );
+    let reply = bed.from_backend(Pkt::tcp((backend, 443), snat, ACK), bed.client_if);
+    assert_eq!(
+        bed.run(bed.client_if, &reply.bytes()).0,
+        XDP_TX,
+        "while it is mine"
+    );
+    bed.own_buckets(|_| 0, LEASE);
+    assert_eq!(bed.run(bed.client_if, &reply.bytes()).0, XDP_DROP);
+    assert_eq!(
+        bed.run(bed.client_if, &to_cluster(mine, ACK).bytes()).0,
+        XDP_DROP
+    );
 }
 
 #[test]

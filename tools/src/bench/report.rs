@@ -115,6 +115,24 @@ pub fn summary(r: &Results) -> String {
             ns > 0.0 && ns <= target * floor,
         );
     }
+    // Issue 15 asks what cluster mode's bucket check adds to a packet: the same established
+    // one-arm flow with and without cluster mode, side by side.
+    let (plain, clustered) = (
+        case("one-arm established"),
+        case("cluster mode: one-arm established"),
+    );
+    if plain > 0.0 && clustered > 0.0 {
+        row(
+            "cluster mode's bucket check: one-arm established flow with it vs without",
+            format!(
+                "{clustered:.0} ns vs {plain:.0} ns = {} ({:+.0} ns)",
+                ratio(clustered, plain),
+                clustered - plain
+            ),
+            "reported",
+            true,
+        );
+    }
     let fill = |n: u32| {
         r.by_table_size
             .iter()

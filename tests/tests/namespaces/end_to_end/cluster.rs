@@ -172,11 +172,55 @@ fn connects(farm: &Farm, src: Ipv4Addr, port: u16, wait: Duration) -> bool {
 pub fn three_nodes(mac_mode: &str) {
     let farm = Farm::new(Mode::OneArm, 3);
     let mut nodes = Nodes::new(&farm, 3);
+    if mac_mode == "igmp" {
+        // A snooping switch with a querier, as IGMP mode expects of the network.
+        let sw = &farm.net.switch;
+        sw.ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "1",
+        ]);
+        sw.ip(&["link", "set", "br0", "type", "bridge", "mcast_querier", "1"]);
+    }
     for n in 1..=3 {
         nodes.start(n, mac_mode);
     }
     let owned = nodes.converged(&[1, 2, 3]);
     println!("{mac_mode}: converged, buckets owned by nodes 1-3: {owned:?}");
+    if mac_mode == "igmp" {
+        // Every node joined the cluster's group: the switch knows its port for it.
+        let [_, _, c, d] = farm.net.vip().octets();
+        let group = format!("239.255.{c}.{d}");
+        let start = Instant::now();
+        loop {
+            let out = farm
+                .net
+                .switch
+                .command("bridge")
+                .args(["mdb", "show"])
+                .output()
+                .expect("bridge mdb show");
+            let mdb = String::from_utf8_lossy(&out.stdout).to_string();
+            let ports: Vec<&str> = mdb
+                .lines()
+                .filter(|l| l.contains(&group))
+                .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "port").nth(1))
+                .collect();
+            if ["lb", "lb2", "lb3"].iter().all(|p| ports.contains(p)) {
+                println!("igmp: the switch delivers {group} to ports {ports:?}");
+                break;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "the nodes did not join {group}: {mdb}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
     let syns: Vec<SynCounters> = farm
         .net
         .backends

@@ -234,6 +234,11 @@ fn cluster_of_three_nodes_multicast() {
 }
 
 #[test]
+fn cluster_of_three_nodes_igmp() {
+    cluster::three_nodes("igmp");
+}
+
+#[test]
 fn cluster_failover_join_and_drainstop() {
     cluster::failover_join_and_drainstop();
 }
