@@ -122,26 +122,32 @@ impl<'f> Nodes<'f> {
     fn converged(&self, nodes: &[usize]) -> BTreeMap<usize, u64> {
         let start = Instant::now();
         loop {
-            let views: Vec<(usize, serde_json::Value)> =
-                nodes.iter().map(|&n| (n, self.query(n))).collect();
-            let owned: BTreeMap<usize, u64> = views
-                .iter()
-                .map(|(n, v)| (*n, v["owned"].as_u64().unwrap_or(0)))
-                .collect();
-            let done = views.iter().all(|(_, v)| {
-                v["state"] == "converged"
-                    && v["members"].as_u64() == Some(nodes.len() as u64)
-                    && v["finishing"].as_u64() == Some(0)
-            }) && owned.values().sum::<u64>() == 256;
-            if done {
+            if let Ok(owned) = self.convergence(nodes) {
                 return owned;
             }
-            assert!(
-                start.elapsed() < LIMIT,
-                "the cluster did not converge on {nodes:?} within {LIMIT:?}: {views:#?}"
-            );
+            if start.elapsed() >= LIMIT {
+                let views = self.convergence(nodes).unwrap_err();
+                panic!("the cluster did not converge on {nodes:?} within {LIMIT:?}: {views:#?}");
+            }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The buckets each of `nodes` owns if they have converged (nothing finishing), else their
+    /// views.
+    fn convergence(&self, nodes: &[usize]) -> Result<BTreeMap<usize, u64>, Vec<serde_json::Value>> {
+        let views: Vec<serde_json::Value> = nodes.iter().map(|&n| self.query(n)).collect();
+        let owned: BTreeMap<usize, u64> = nodes
+            .iter()
+            .zip(&views)
+            .map(|(&n, v)| (n, v["owned"].as_u64().unwrap_or(0)))
+            .collect();
+        let done = views.iter().all(|v| {
+            v["state"] == "converged"
+                && v["members"].as_u64() == Some(nodes.len() as u64)
+                && v["finishing"].as_u64() == Some(0)
+        }) && owned.values().sum::<u64>() == 256;
+        if done { Ok(owned) } else { Err(views) }
     }
 }
 
@@ -325,11 +331,37 @@ pub fn failover_join_and_drainstop() {
         assert_ne!(node, 3);
     }
 
-    // 2. Node 3 comes back: the running transfers go on; it takes buckets again.
+    // 2. Node 3 comes back: the running transfers go on; it takes buckets again. Requests run
+    // all through the convergence, and no SYN may reach a backend twice (through two nodes).
+    let syns: Vec<SynCounters> = farm
+        .net
+        .backends
+        .iter()
+        .map(|be| SynCounters::install(be, &(1..=3).map(Nodes::snat).collect::<Vec<_>>()))
+        .collect();
+    let retransmits_before = syn_retransmits(&farm.net.client);
     nodes.ns(3).ip(&["link", "set", "lan0", "up"]);
     nodes.daemons[2] = None;
     nodes.start(3, "unicast");
-    nodes.converged(&[1, 2, 3]);
+    let (mut attempts, mut answered) = (0u64, 0u64);
+    let joining = Instant::now();
+    while nodes.convergence(&[1, 2, 3]).is_err() || attempts < 60 {
+        answered += u64::from(get_via(&farm, clients[attempts as usize % 60], STICKY).is_ok());
+        attempts += 1;
+        assert!(joining.elapsed() < LIMIT * 2, "node 3 did not rejoin");
+    }
+    let retransmits = syn_retransmits(&farm.net.client) - retransmits_before;
+    let total: u64 = (1..=3)
+        .map(|n| syns.iter().map(|c| c.read(Nodes::snat(n))).sum::<u64>())
+        .sum();
+    println!(
+        "node 3 rejoining: {answered} of {attempts} requests answered during the convergence; \
+         SYNs at the backends {total} ({retransmits} retransmitted by the clients)"
+    );
+    assert!(
+        answered <= total && total <= attempts + retransmits,
+        "a SYN reached the backends twice during the convergence"
+    );
     let back: usize = clients.iter().filter(|&&c| node_of(c) == 3).count();
     println!("node 3 rejoined: {back} of 60 clients' new connections go to it");
     assert!(back > 0, "node 3 took no buckets back");
@@ -374,6 +406,17 @@ pub fn failover_join_and_drainstop() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+
+    // 4. `cluster start`: node 2 joins again; `xnlb status` shows each node's share.
+    nodes.daemon(2).ok(&["cluster", "start"]);
+    let owned = nodes.converged(&[1, 2, 3]);
+    println!("node 2 started again: {owned:?}");
+    let status = nodes.daemon(2).ok(&["status"]);
+    let line = format!(
+        "cluster node 2 converged: owns {} of 256 buckets",
+        owned[&2]
+    );
+    assert!(status.contains(&line), "{status}");
 }
 
 pub fn a_node_with_another_config_owns_nothing() {
