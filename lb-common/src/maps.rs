@@ -28,6 +28,7 @@ map_names!(
     NEXT_HOP_EPOCH,
     BUCKETS,
     CLUSTER_STATE,
+    SERVED_BY,
     SCRATCH,
     BACKEND_STATS,
     SERVICE_STATS,

@@ -160,6 +160,20 @@ impl DatapathSettings {
         self.routing == Routing::Held as u8
     }
 
+    /// Whether a flow's way back to its client is learnt from the client's frames (held routing,
+    /// which includes cluster mode).
+    #[inline(always)]
+    pub fn learns_client_hops(&self) -> bool {
+        self.holds_next_hops()
+    }
+
+    /// Held routing in a two-arm cluster, which forwards: a client hop not learnt from the
+    /// client (a flow adopted from its backend's packet) is asked of the FIB.
+    #[inline(always)]
+    pub fn asks_fib_for_client_hops(&self) -> bool {
+        self.cluster.enabled != 0 && self.mode == Mode::TwoArm as u8
+    }
+
     /// Whether a frame to `dst` that arrived on `ifindex` is addressed to the balancer.
     #[inline(always)]
     pub fn addressed_to_us(&self, ifindex: u32, dst: &[u8; 6]) -> bool {

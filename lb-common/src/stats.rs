@@ -127,6 +127,9 @@ reasons! {
         /// which the LRU had evicted: the flow was recorded again from the entry and the
         /// packet translated, instead of reaching the client from the backend's own address.
         Readopted = "readopted",
+        /// Two-arm cluster mode: a backend's packet of a connection whose node died was taken
+        /// by the new owner of its bucket, which recorded the flow and carried it on.
+        Adopted = "adopted",
     }
 }
 

@@ -113,7 +113,7 @@ pub fn to_vip(
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
-    if settings.holds_next_hops() {
+    if settings.learns_client_hops() {
         // A new flow's entry is built in scratch: it takes its client hop from there.
         let Some(scratch) = scratch::get() else {
             return Outcome::Pass(PassReason::NoFastRoute);
@@ -143,7 +143,11 @@ pub fn to_vip(
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
-    forward::send(ctx, eth, ip, &l4, hop, epoch)
+    let sent = forward::send(ctx, eth, ip, &l4, hop, epoch, false);
+    if let Outcome::Pass(_) = sent {
+        cluster::hand_to_kernel(ctx, eth, settings);
+    }
+    sent
 }
 
 /// Where the next hop for backend `id` at `addr` is kept: its `BACKEND_HOPS` element, which
@@ -208,6 +212,17 @@ pub fn from_backend(
     {
         return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
     }
+    // Two-arm cluster mode: the connection of a node that died, taken over by this one.
+    if settings.cluster.enabled != 0
+        && l4.is_tcp_midstream()
+        && cluster::adopt_reply(&key, now)
+        // SAFETY: as above.
+        && let Some(entry) = unsafe { REPLIES.get(&key) }
+        && let Some(flow) =
+            conntrack::reply_owner(Stage::Established, entry, &key, &l4, settings, now)
+    {
+        return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
+    }
     Outcome::Pass(PassReason::NotOurs)
 }
 
@@ -245,5 +260,17 @@ fn to_client(
     let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
-    forward::send(ctx, eth, ip, l4, hop, epoch)
+    let sent = forward::send(
+        ctx,
+        eth,
+        ip,
+        l4,
+        hop,
+        epoch,
+        settings.asks_fib_for_client_hops(),
+    );
+    if let Outcome::Pass(_) = sent {
+        cluster::hand_to_kernel(ctx, eth, settings);
+    }
+    sent
 }

@@ -2,23 +2,28 @@
 //! buckets it owns, while its lease on the bucket table holds), and ARP for the VIPs answered
 //! with the cluster MAC, so that every node receives every packet for them.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    programs::XdpContext,
+};
 use lb_common::{
     addr::{Addr, AddrKey},
+    backend::BackendState,
     cluster::{
-        ACTIVE_TABLE, BUCKET_FINISHING, BUCKET_MINE, BUCKETS as BUCKETS_PER_TABLE, LEASE_UNTIL,
-        bucket_of,
+        ACTIVE_TABLE, BUCKET_FINISHING, BUCKET_HANDOVER, BUCKET_MINE, BUCKETS as BUCKETS_PER_TABLE,
+        LEASE_UNTIL, ServedBy, bucket_of,
     },
-    flow::ReplyEntry,
+    flow::{FlowKey, FlowState, ReplyEntry},
     settings::DatapathSettings,
-    stats::PassReason,
+    stats::{FlowEvent, PassReason},
 };
 
 use crate::{
     Outcome,
-    maps::{BACKENDS, BUCKETS, CLUSTER_STATE, SERVICES, VIPS},
+    maps::{BACKENDS, BUCKETS, CLUSTER_STATE, FLOWS, REPLIES, SERVED_BY, SERVICES, VIPS},
     mem,
     packet::{ETH_HLEN, EthHdr, ptr_at},
+    scratch, stats,
 };
 
 /// This node's flags for the bucket of a client at `client`:`client_port` of a service with
@@ -77,6 +82,140 @@ pub fn answering_mac<'a>(s: &'a DatapathSettings, frame_dst: &'a [u8; 6]) -> &'a
     } else {
         frame_dst
     }
+}
+
+/// Two-arm cluster mode: a backend's packet (TCP, past the handshake) of a connection no node
+/// knows any more, because the node that carried it died before its client sent again. The
+/// packet names the backend and the client; `SERVED_BY` names the VIP the backend port serves.
+/// The owner of the client's bucket (when no node is finishing connections there) records the
+/// flow as its own, on the backend it already has, and carries it; true when it did.
+///
+/// Three steps, each in a frame of its own called one after the other: the verifier counts a
+/// chain of frames against 512 bytes, and the reply path's own frame is nearly full.
+#[inline(always)]
+pub fn adopt_reply(reply: &FlowKey, now: u64) -> bool {
+    let Some(served) = served_by(reply) else {
+        return false;
+    };
+    may_adopt(served, reply, now) && record_adopted(served, reply, now)
+}
+
+/// What `SERVED_BY` says the backend port that sent `reply` serves.
+#[inline(never)]
+fn served_by(reply: &FlowKey) -> Option<&'static ServedBy> {
+    let scratch = scratch::get()?;
+    let at = &mut scratch.backend_port;
+    mem::copy(&mut at.addr, &reply.src);
+    at.port = reply.src_port;
+    at.proto = reply.proto;
+    at._pad = 0;
+    // SAFETY: the element stays valid for this program run (RCU).
+    unsafe { SERVED_BY.get(&*at) }
+}
+
+/// Whether this node may take the connection: the client's bucket is its own with nobody
+/// finishing there, and the backend still serves that address and port and keeps flows.
+#[inline(never)]
+fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
+    // SAFETY: the element stays valid for this program run (RCU).
+    let Some(svc) = (unsafe { SERVICES.get(&served.service_id) }) else {
+        return false;
+    };
+    let flags = v4_bucket_flags(
+        svc.affinity,
+        svc.network_prefix,
+        reply.dst[0],
+        reply.dst_port,
+        now,
+    );
+    if flags & BUCKET_MINE == 0 || flags & BUCKET_HANDOVER != 0 {
+        return false;
+    }
+    BACKENDS.get(served.backend_id).is_some_and(|b| {
+        b.serves(&reply.src, reply.src_port) && BackendState::byte_keeps_flows(b.state)
+    })
+}
+
+/// Records the adopted flow: its reply entry and its established entry, built in scratch.
+#[inline(never)]
+fn record_adopted(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
+    let Some(scratch) = scratch::get() else {
+        return false;
+    };
+    let owner = &mut scratch.owner;
+    let client = &mut owner.client;
+    mem::copy(&mut client.src, &reply.dst);
+    client.dst = [served.vip, 0, 0, 0];
+    client.src_port = reply.dst_port;
+    client.dst_port = served.vip_port;
+    client.proto = reply.proto;
+    client.family = reply.family;
+    client._pad = [0; 2];
+    owner.backend_id = served.backend_id;
+    owner._pad = 0;
+    let e = &mut scratch.entry;
+    e.last_seen_ns = now;
+    mem::copy(&mut e.reply, reply);
+    e.backend_id = served.backend_id;
+    e.state = FlowState::Open as u8;
+    e._pad0 = 0;
+    e._pad1 = 0;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut e.client_hop) };
+    // NOEXIST both: a packet of the client that adopted the flow meanwhile decides.
+    if REPLIES.insert(reply, &*owner, BPF_NOEXIST as u64).is_err() {
+        return false;
+    }
+    if FLOWS.insert(&owner.client, e, BPF_NOEXIST as u64).is_err() {
+        let _ = REPLIES.remove(reply);
+        return false;
+    }
+    stats::flow_event(FlowEvent::EstablishedNew);
+    stats::flow_event(FlowEvent::Adopted);
+    true
+}
+
+/// A packet of this node's that goes to the kernel after all (to resolve a neighbour, to be
+/// fragmented, to answer with ICMP): it was sent to the cluster MAC, which the kernel does not
+/// take as its own, so it is readdressed to the node's own MAC on the interface it came in on.
+#[inline(always)]
+pub fn hand_to_kernel(ctx: &XdpContext, eth: &mut EthHdr, s: &DatapathSettings) {
+    let c = &s.cluster;
+    if c.enabled == 0 {
+        return;
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let own = if ingress == c.client_ifindex {
+        &c.own_client_mac
+    } else if c.server_ifindex != 0 && ingress == c.server_ifindex {
+        &c.own_server_mac
+    } else {
+        return;
+    };
+    mem::copy_mac(&mut eth.dst, own);
+    // The kernel classifies the frame again (host, not another host's) only when it sees its
+    // source changed as well; the source of a frame it takes in is not used.
+    mem::copy_mac(&mut eth.src, own);
+}
+
+/// `bucket_flags` for an IPv4 client, in a frame of its own: the hash's registers would
+/// otherwise spill onto `adopt_reply`'s stack, which sits on top of the datapath's nearly full
+/// one (the verifier counts the sum against 512 bytes).
+#[inline(never)]
+fn v4_bucket_flags(
+    affinity: u8,
+    network_prefix: u8,
+    client: u32,
+    client_port: u16,
+    now: u64,
+) -> u32 {
+    bucket_flags(
+        affinity,
+        network_prefix,
+        &[client, 0, 0, 0],
+        client_port,
+        now,
+    )
 }
 
 const ETH_P_ARP: u16 = 0x0806;

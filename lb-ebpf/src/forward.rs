@@ -61,7 +61,9 @@ pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, smac: &[u8; 6], hop: &mu
 }
 
 /// Sends the translated packet by `hop`, the next hop kept for its destination (looked up and
-/// kept first when it is not current in `epoch`).
+/// kept first when it is not current in `epoch`). Under held routing a hop not held goes to the
+/// kernel, unless `ask_fib_when_not_held` (a two-arm cluster, which forwards: the FIB's answer
+/// is then held for the flow).
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
@@ -70,13 +72,14 @@ pub fn send(
     l4: &L4,
     hop: *mut NextHop,
     epoch: u32,
+    ask_fib_when_not_held: bool,
 ) -> Outcome {
     // SAFETY: a pointer to a live map element (valid for this run under RCU). Fields get plain
     // stores of the FIB's answer, the epoch last: a CPU that sees the epoch current sees the
     // answer it was written with.
     let hop = unsafe { &mut *hop };
     if !hop.current(epoch) {
-        if epoch == HELD_EPOCH {
+        if epoch == HELD_EPOCH && !ask_fib_when_not_held {
             return Outcome::Pass(PassReason::NoNeighbour);
         }
         if let Err(reason) = look_up(ctx, ip, l4, hop, epoch) {

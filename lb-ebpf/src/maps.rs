@@ -10,7 +10,10 @@ use aya_ebpf::{
 use lb_common::{
     addr::AddrKey,
     backend::BackendInfo,
-    cluster::{BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, CLUSTER_STATE_WORDS},
+    cluster::{
+        BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, BackendPort, CLUSTER_STATE_WORDS,
+        MAX_SERVED_BY, ServedBy,
+    },
     flow::{FlowEntry, FlowKey, ReplyEntry},
     limits::{
         DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
@@ -94,6 +97,11 @@ pub static NEXT_HOP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 /// `CLUSTER_STATE[ACTIVE_TABLE]`.
 #[map]
 pub static BUCKETS: Array<u32> = Array::with_max_entries(BUCKETS_ALL, 0);
+
+/// Two-arm cluster mode: the VIP each backend port serves, to adopt a connection whose node
+/// died from its backend's next packet.
+#[map]
+pub static SERVED_BY: HashMap<BackendPort, ServedBy> = HashMap::with_max_entries(MAX_SERVED_BY, 0);
 
 /// Cluster mode: this node's lease on its bucket table, and the live table.
 #[map]

@@ -4,6 +4,7 @@
 
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::{
+    cluster::BackendPort,
     flow::{FlowEntry, ReplyEntry},
     next_hop::NextHop,
 };
@@ -20,6 +21,8 @@ pub struct Scratch {
     pub fib: FibParams,
     /// A next hop used once and kept nowhere (see `balance::backend_hop`).
     pub hop: NextHop,
+    /// A backend port to look up in `SERVED_BY` (`cluster::adopt_reply`).
+    pub backend_port: BackendPort,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

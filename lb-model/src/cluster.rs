@@ -359,10 +359,11 @@ pub fn digest_text(config: &crate::config::Config) -> String {
     if let Some(c) = &config.cluster {
         let _ = write!(
             t,
-            "mac_mode={};interval_ms={};tolerance={};",
+            "mac_mode={};interval_ms={};tolerance={};gateway={:?};",
             c.mac_mode.label(),
             c.heartbeat.interval.as_millis(),
-            c.heartbeat.tolerance
+            c.heartbeat.tolerance,
+            c.gateway
         );
     }
     for s in &config.services {

@@ -2,12 +2,12 @@
 //! touching the kernel. `reconcile` then moves the real maps to this image.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
-    cluster::cluster_mac,
+    cluster::{BackendPort, ServedBy, cluster_mac},
     flow::{FlowEntry, FlowKey},
     next_hop::NextHop,
     service::{NO_BACKEND, ServiceInfo},
@@ -48,6 +48,8 @@ pub struct Image {
     /// Held routing: each backend's next hop (`NextHop::NONE` while it has none), by backend id.
     /// Empty under FIB routing, where the datapath keeps the FIB's answers itself.
     pub held_hops: BTreeMap<u32, NextHop>,
+    /// Two-arm cluster mode: the one VIP and port each backend port serves (`SERVED_BY`).
+    pub served_by: BTreeMap<BackendPort, ServedBy>,
 }
 
 /// What only the running system knows and the image depends on.
@@ -70,6 +72,7 @@ impl Default for Image {
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
             held_hops: BTreeMap::new(),
+            served_by: BTreeMap::new(),
         }
     }
 }
@@ -163,11 +166,70 @@ pub fn image(
         );
     }
     tables.0 = next_tables;
+    if config.cluster.is_some() && config.mode == Mode::TwoArm {
+        img.served_by = served_by(config, ids);
+    }
     img
 }
 
+/// Ports of a range are listed one by one up to this width; a wider range's backend ports are
+/// not derivable (its connections of a dead node are adopted only from the client's side).
+const MAX_LISTED_RANGE: u16 = 16;
+
+/// Two-arm cluster mode: the VIP and port each backend port serves, for backend ports that
+/// serve exactly one (a backend port reached from two VIP ports, or from two services, says
+/// nothing about which its client reached).
+fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
+    let mut seen: BTreeMap<BackendPort, Option<ServedBy>> = BTreeMap::new();
+    let mut note = |key: BackendPort, value: Option<ServedBy>| {
+        let slot = seen.entry(key).or_insert(value);
+        if *slot != value {
+            *slot = None;
+        }
+    };
+    for service in &config.services {
+        let sid = ids.services[&service.name];
+        let vip = addr_v4(service.vip_v4())[0];
+        for b in &service.backends {
+            let bid = ids
+                .backend_id(&service.name, &b.name)
+                .expect("ids assigned");
+            let addr = addr_v4(b.address_v4());
+            for &proto in service.protocol.numbers() {
+                let key = |port: u16| BackendPort {
+                    addr,
+                    port: port.to_be(),
+                    proto,
+                    _pad: 0,
+                };
+                for range in &service.ports {
+                    if range.hi - range.lo >= MAX_LISTED_RANGE {
+                        if let Some(port) = b.port {
+                            note(key(port), None);
+                        }
+                        continue;
+                    }
+                    for vport in range.lo..=range.hi {
+                        let value = ServedBy {
+                            vip,
+                            vip_port: vport.to_be(),
+                            _pad: 0,
+                            service_id: sid,
+                            backend_id: bid,
+                        };
+                        note(key(b.port.unwrap_or(vport)), Some(value));
+                    }
+                }
+            }
+        }
+    }
+    seen.into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+}
+
 /// Cluster mode: the cluster MAC answered for every VIP on the client interface and accepted
-/// there as the node's own.
+/// there as the node's own; in two-arm, the shared gateway's on the server interface too.
 fn cluster_settings(config: &Config, host: &HostFacts, s: &mut DatapathSettings) {
     let (Some(cluster), Some(vip)) = (&config.cluster, config.cluster_vip()) else {
         return;
@@ -175,17 +237,25 @@ fn cluster_settings(config: &Config, host: &HostFacts, s: &mut DatapathSettings)
     let Some(client) = host.own_macs.first() else {
         return;
     };
-    let vip_mac = cluster_mac(cluster.mac_mode, vip.octets());
+    let mut accepted = vec![(client.ifindex, cluster_mac(cluster.mac_mode, vip.octets()))];
     let c = &mut s.cluster;
     c.enabled = 1;
     c.node_id = cluster.node_id;
     c.client_ifindex = client.ifindex;
     c.own_client_mac = client.mac;
-    c.vip_mac = vip_mac;
-    if let Some(slot) = s.own_macs.get_mut(host.own_macs.len()) {
+    c.vip_mac = accepted[0].1;
+    if let (Some(IpAddr::V4(gateway)), Some(server)) = (cluster.gateway, host.own_macs.get(1)) {
+        c.gateway = u32::from_ne_bytes(gateway.octets());
+        c.gateway_mac = cluster_mac(cluster.mac_mode, gateway.octets());
+        c.server_ifindex = server.ifindex;
+        c.own_server_mac = server.mac;
+        accepted.push((server.ifindex, c.gateway_mac));
+    }
+    let slots = s.own_macs.iter_mut().skip(host.own_macs.len());
+    for (slot, (ifindex, mac)) in slots.zip(accepted) {
         *slot = OwnMac {
-            ifindex: client.ifindex,
-            mac: vip_mac,
+            ifindex,
+            mac,
             _pad: [0; 2],
         };
     }
@@ -399,6 +469,33 @@ services:
         assert_eq!(img.backends[&c].state, BackendState::Down as u8);
         let one = &img.services[&ids.services["one"]];
         assert_eq!(one.info.single_backend, ids.backend_id("one", "x").unwrap());
+    }
+
+    #[test]
+    fn a_backend_port_names_its_vip_only_when_it_serves_one() {
+        let config = config::parse(TEXT, "t").unwrap().config;
+        let mut ids = IdBook::default();
+        ids.assign(&config, 4, 16).unwrap();
+        let served = served_by(&config, &ids);
+        let at = |addr: [u8; 4], port: u16, proto: u8| {
+            served.get(&BackendPort {
+                addr: lb_common::addr::v4(addr),
+                port: port.to_be(),
+                proto,
+                _pad: 0,
+            })
+        };
+        let (tcp, udp) = (lb_common::addr::PROTO_TCP, lb_common::addr::PROTO_UDP);
+        // `a` keeps the client's port: each of web's ports is its own backend port.
+        let a = at([198, 18, 2, 1], 1001, udp).expect("a:1001/udp");
+        assert_eq!(u16::from_be(a.vip_port), 1001);
+        assert_eq!(a.service_id, ids.services["web"]);
+        assert_eq!(a.backend_id, ids.backend_id("web", "a").unwrap());
+        // The same address serves `one` on 443 as `x`.
+        let x = at([198, 18, 2, 1], 443, tcp).expect("x:443/tcp");
+        assert_eq!(x.backend_id, ids.backend_id("one", "x").unwrap());
+        // `c` serves every web port on 8080: its packets do not say which.
+        assert_eq!(at([198, 18, 2, 3], 8080, tcp), None);
     }
 
     #[test]

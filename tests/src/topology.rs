@@ -69,15 +69,35 @@ fn veth(ns: &NetNs, name: &str, peer_ns: &NetNs, peer: &str) {
     ]);
 }
 
+/// Makes the bridges of switch namespace `sw` plain L2 switches (see `Net::plain_switch`).
+fn plain_bridge(sw: &NetNs) {
+    sw.run_in(|| {
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
+            if std::path::Path::new(&path).exists() {
+                std::fs::write(&path, "0").unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
+        }
+    });
+}
+
 pub struct Net {
     pub mode: Mode,
     pub client: NetNs,
     pub lb: NetNs,
     pub switch: NetNs,
     pub backends: Vec<NetNs>,
+    /// Two-arm cluster mode: the switch of the clients and every node's `cli0`.
+    pub client_switch: Option<NetNs>,
     /// Detaches with the topology (one-arm only).
     _nic: Option<NicStandIn>,
+    /// Two-arm cluster mode: node 1's switch ports' stand-ins.
+    _node_nics: Vec<NicStandIn>,
 }
+
+/// Two-arm cluster mode: the backends' gateway, shared by the nodes (none has it: their
+/// datapaths answer ARP for it with the cluster MAC).
+pub const CLUSTER_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
 impl Net {
     pub fn build(mode: Mode, backends: usize) -> Self {
@@ -87,7 +107,9 @@ impl Net {
             lb: NetNs::new("lb"),
             switch: NetNs::new("sw"),
             backends: (1..=backends).map(|_| NetNs::new("be")).collect(),
+            client_switch: None,
             _nic: None,
+            _node_nics: Vec::new(),
         };
         net.switch.ip(&["link", "add", "br0", "type", "bridge"]);
         net.switch.ip(&["link", "set", "br0", "up"]);
@@ -102,6 +124,83 @@ impl Net {
         net.lb.sysctl("net.ipv4.ip_forward", forwarding);
         route_remote_clients(&net.lb);
         net
+    }
+
+    /// Two-arm cluster mode: the client and every node's `cli0` on one switch, every node's
+    /// `srv0` and the backends on the other (`switch`); the backends route through
+    /// `CLUSTER_GATEWAY`; the client reaches the VIPs on its own segment (it asks ARP for them,
+    /// and the nodes answer with the cluster MAC). `lb` is node 1; `another_two_arm_node` adds
+    /// the others.
+    pub fn build_two_arm_cluster(backends: usize) -> Self {
+        let net = Self {
+            mode: Mode::TwoArm,
+            client: NetNs::new("cli"),
+            lb: NetNs::new("lb"),
+            switch: NetNs::new("sw"),
+            backends: (1..=backends).map(|_| NetNs::new("be")).collect(),
+            client_switch: Some(NetNs::new("swc")),
+            _nic: None,
+            _node_nics: Vec::new(),
+        };
+        for sw in [&net.switch, net.client_switch.as_ref().expect("built")] {
+            sw.ip(&["link", "add", "br0", "type", "bridge"]);
+            sw.ip(&["link", "set", "br0", "up"]);
+            plain_bridge(sw);
+        }
+        let sw = net.client_switch.as_ref().expect("built");
+        veth(sw, "c", &net.client, "eth0");
+        sw.ip(&["link", "set", "c", "master", "br0", "up"]);
+        let client = &net.client;
+        client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "198.18.1.0/24", "dev", "eth0"]);
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        let mut net = net;
+        net._node_nics = net.wire_two_arm_node(&net.lb, 1);
+        let via = CLUSTER_GATEWAY.to_string();
+        net.wire_backends(&["route", "add", "default", "via", &via]);
+        net
+    }
+
+    /// Two-arm cluster node `n` in `ns`: `cli0` at 198.18.0.1 (node 1) or .(n+1) on the client
+    /// switch, `srv0` at 198.18.2.(n+1) on the server switch, forwarding on. Its switch ports
+    /// carry the floor program (returned), so that the ARP answers it sends back out with
+    /// `XDP_TX` are delivered.
+    fn wire_two_arm_node(&self, ns: &NetNs, n: u8) -> Vec<NicStandIn> {
+        let client_side = if n == 1 { 1 } else { n + 1 };
+        let port = format!("lb{n}");
+        let sw = self
+            .client_switch
+            .as_ref()
+            .expect("a two-arm cluster network");
+        veth(sw, &port, ns, "cli0");
+        sw.ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.switch_port(ns, "srv0", &port);
+        for (dev, addr) in [
+            ("cli0", Ipv4Addr::new(198, 18, 0, client_side)),
+            ("srv0", Ipv4Addr::new(198, 18, 2, n + 1)),
+        ] {
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        // Redirects between a node's interfaces arrive on veths whose peers need GRO.
+        for switch in [sw, &self.switch] {
+            switch.exec(&["ethtool", "-K", &port, "gro", "on"]);
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        route_remote_clients(ns);
+        vec![
+            NicStandIn::attach(sw, &[&port]),
+            NicStandIn::attach(&self.switch, &[&port]),
+        ]
+    }
+
+    /// Two-arm cluster node `n` (2, 3, ...) in a namespace of its own, with its switch ports'
+    /// stand-ins.
+    pub fn another_two_arm_node(&self, n: u8) -> (NetNs, Vec<NicStandIn>) {
+        let ns = NetNs::new(&format!("lb{n}"));
+        let nics = self.wire_two_arm_node(&ns, n);
+        (ns, nics)
     }
 
     fn wire_two_arm(self) -> Self {
@@ -141,14 +240,7 @@ impl Net {
     /// namespace's bridges pass frames through the IP layer's checks, which drop malformed
     /// headers before they reach the balancer; a real switch does not look at them.
     fn plain_switch(&self) {
-        self.switch.run_in(|| {
-            for table in ["iptables", "ip6tables", "arptables"] {
-                let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
-                if std::path::Path::new(&path).exists() {
-                    std::fs::write(&path, "0").unwrap_or_else(|e| panic!("{path}: {e}"));
-                }
-            }
-        });
+        plain_bridge(&self.switch);
     }
 
     /// A veth from `dev` in `ns` to port `port` of the switch's bridge.

@@ -40,12 +40,18 @@ impl Controller {
     /// Leaving held routing releases the neighbour entries it made.
     pub(super) fn choose_routing(&mut self) {
         let iface = self.config.interfaces.client.clone();
-        let held = self.config.mode == Mode::OneArm && !sysctl::forwards(&iface);
+        let cluster = self.config.cluster.is_some();
+        let held = cluster || (self.config.mode == Mode::OneArm && !sysctl::forwards(&iface));
         match (&mut self.held, held) {
             (None, true) => {
+                let why = if cluster {
+                    "cluster mode"
+                } else {
+                    "one-arm with forwarding off"
+                };
                 info!(
-                    "{iface}: one-arm with forwarding off: xnlb holds the backends' next hops \
-                     and answers clients the way their packets came"
+                    "{iface}: {why}: xnlb holds the backends' next hops and answers clients \
+                     the way their packets came"
                 );
                 self.held = Some(HeldRouting::default());
             }
@@ -89,11 +95,17 @@ impl Controller {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address_v4()))
             .collect();
-        // Validation requires an SNAT address in one-arm.
-        let Some(&from) = self.config.snat_v4().first() else {
-            return;
-        };
-        let now = match held.resolver.resolve(&backends, from) {
+        // One-arm sends from its SNAT address; two-arm (a cluster) forwards the client's.
+        let from = self.config.snat_v4().first().copied();
+        // A two-arm cluster asks the FIB for the way to a client it did not learn from the
+        // client (a connection adopted from its backend's packet): the routers towards the
+        // clients are kept resolved too.
+        let client_side =
+            (self.config.mode == Mode::TwoArm).then(|| self.config.interfaces.client.clone());
+        let now = match held
+            .resolver
+            .resolve(&backends, from, client_side.as_deref())
+        {
             Ok(now) => now,
             Err(e) => {
                 warn!("resolving the backends' next hops: {e:#}; the last ones are kept");

@@ -13,6 +13,7 @@ use aya::{
 use lb_common::{
     addr::{Addr, AddrKey, FAMILY_V4},
     backend::{BackendInfo, BackendState},
+    cluster::{BackendPort, ServedBy},
     flow::{FlowEntry, FlowKey, ReplyEntry},
     limits::MAX_BACKENDS,
     maps as names,
@@ -102,6 +103,19 @@ impl Datapath {
 
     pub fn backend_addrs(&self) -> Result<Vec<Ipv4Addr>> {
         self.addr_keys(names::BACKEND_ADDRS)
+    }
+
+    /// Two-arm cluster mode: backend port `key` serves `value`'s VIP and port.
+    pub fn set_served_by(&mut self, key: &BackendPort, value: &ServedBy) -> Result<()> {
+        self.hash_insert(names::SERVED_BY, key, value)
+    }
+
+    pub fn remove_served_by(&mut self, key: &BackendPort) -> Result<()> {
+        self.hash_remove::<BackendPort, ServedBy>(names::SERVED_BY, key)
+    }
+
+    pub fn served_by(&self) -> Result<Vec<(BackendPort, ServedBy)>> {
+        self.reader.hash_entries(names::SERVED_BY)
     }
 
     /// Every `BACKENDS` element, in id order (unused ones are all zero).

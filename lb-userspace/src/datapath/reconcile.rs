@@ -88,6 +88,7 @@ impl Programmed {
         };
         image.vips = dp.vips()?.into_iter().collect();
         image.backend_addrs = dp.backend_addrs()?.into_iter().collect();
+        image.served_by = dp.served_by()?.into_iter().collect();
         image.rules = dp.rules()?.into_iter().collect();
         let mut slots = BTreeMap::new();
         let mut unknown_tables = BTreeSet::new();
@@ -164,6 +165,16 @@ impl Programmed {
         for &addr in want.backend_addrs.difference(&now.backend_addrs.clone()) {
             dp.add_backend_addr(addr)?;
             now.backend_addrs.insert(addr);
+        }
+        for (key, value) in &want.served_by {
+            if now.served_by.get(key) != Some(value) {
+                dp.set_served_by(key, value)?;
+                now.served_by.insert(*key, *value);
+            }
+        }
+        for key in absent_from(&now.served_by, &want.served_by) {
+            dp.remove_served_by(&key)?;
+            now.served_by.remove(&key);
         }
         for &vip in want.vips.difference(&now.vips.clone()) {
             dp.add_vip(vip)?;

@@ -69,11 +69,17 @@ struct Link {
 const USABLE: [&str; 6] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"];
 
 impl Resolver {
-    /// The next hop of every address in `backends`, sending from `from`. Managed neighbour
-    /// entries are made for next hops that have no static one and dropped for those no longer
-    /// needed; a next hop just made managed resolves later (its change reaches the routing
-    /// watch), so it is unresolved now.
-    pub fn resolve(&mut self, backends: &BTreeSet<Ipv4Addr>, from: Ipv4Addr) -> Result<Resolved> {
+    /// The next hop of every address in `backends`, sending from `from` (when given). Managed
+    /// neighbour entries are made for next hops that have no static one, and for the gateways
+    /// of the routes out of `client_side` (when given), and dropped for those no longer needed;
+    /// a next hop just made managed resolves later (its change reaches the routing watch), so
+    /// it is unresolved now.
+    pub fn resolve(
+        &mut self,
+        backends: &BTreeSet<Ipv4Addr>,
+        from: Option<Ipv4Addr>,
+        client_side: Option<&str>,
+    ) -> Result<Resolved> {
         let mut found = Resolved::default();
         let routes = self.routes(backends, from)?;
         let links: BTreeMap<String, Link> =
@@ -83,10 +89,14 @@ impl Resolver {
                 .map(|l| (l.ifname.clone(), l))
                 .collect();
         let neighbours = neighbours(&ip(&["-j", "-4", "neigh", "show"])?)?;
-        let needed: BTreeSet<(Ipv4Addr, String)> = routes
+        let mut needed: BTreeSet<(Ipv4Addr, String)> = routes
             .values()
             .map(|r| (r.gateway.unwrap_or(r.dst), r.dev.clone()))
             .collect();
+        if let Some(dev) = client_side {
+            let table = ip(&["-4", "route", "show", "dev", dev])?;
+            needed.extend(gateways(&table).into_iter().map(|g| (g, dev.to_string())));
+        }
         let failed = self.manage(&needed, &neighbours);
 
         for &backend in backends {
@@ -153,9 +163,12 @@ impl Resolver {
     fn routes(
         &self,
         backends: &BTreeSet<Ipv4Addr>,
-        from: Ipv4Addr,
+        from: Option<Ipv4Addr>,
     ) -> Result<BTreeMap<Ipv4Addr, Route>> {
-        let mut found = route_batch(backends.iter(), &format!(" from {from}"))?;
+        let mut found = match from {
+            Some(from) => route_batch(backends.iter(), &format!(" from {from}"))?,
+            None => BTreeMap::new(),
+        };
         let rest: Vec<&Ipv4Addr> = backends.iter().filter(|b| !found.contains_key(b)).collect();
         if !rest.is_empty() {
             found.extend(route_batch(rest.into_iter(), "")?);
@@ -195,6 +208,18 @@ impl Resolver {
         }
         failed
     }
+}
+
+/// The gateways in `ip route show` output (`... via 198.18.0.10 ...`).
+fn gateways(table: &str) -> BTreeSet<Ipv4Addr> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "via")?;
+            words.next()?.parse().ok()
+        })
+        .collect()
 }
 
 /// `ip route get B<suffix>` for each of `backends`, in one `ip -batch`.

@@ -141,9 +141,8 @@ impl Programmer {
             .collect();
         let snat = self.config.snat_v4().first().copied();
         let held_hops = self.held.as_mut().map(|resolver| {
-            let from = snat.expect("held routing is one-arm: an SNAT address");
             resolver
-                .resolve(&backends, from)
+                .resolve(&backends, snat, None)
                 .expect("resolve the backends' next hops")
                 .hops
         });

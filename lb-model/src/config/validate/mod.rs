@@ -70,17 +70,28 @@ fn cluster_problems(config: &Config, cluster: &Cluster, out: &mut Vec<Problem>) 
             )),
         );
     }
-    if config.mode == Mode::TwoArm {
-        out.push(
-            Problem::new("cluster", "cluster mode works in one-arm mode for now")
-                .hint("two-arm needs the shared gateway on the server side, not built yet; use mode: one-arm"),
-        );
-    }
-    if cluster.gateway.is_some() && config.mode != Mode::TwoArm {
-        out.push(Problem::new(
+    match (config.mode, cluster.gateway) {
+        (Mode::TwoArm, None) => out.push(
+            Problem::new(
+                "cluster.gateway",
+                "a two-arm cluster needs the backends' shared gateway",
+            )
+            .hint("the address the backends route through, on the server side, on no node"),
+        ),
+        (Mode::TwoArm, Some(IpAddr::V6(_))) => out.push(Problem::new(
+            "cluster.gateway",
+            "the shared gateway must be an IPv4 address",
+        )),
+        (Mode::TwoArm, Some(gateway)) if config.services.iter().any(|s| s.vip == gateway) => out
+            .push(Problem::new(
+                "cluster.gateway",
+                "the shared gateway is a VIP",
+            )),
+        (Mode::OneArm, Some(_)) => out.push(Problem::new(
             "cluster.gateway",
             "a shared gateway is for two-arm mode",
-        ));
+        )),
+        _ => {}
     }
     if config.services.is_empty() {
         out.push(

@@ -13,6 +13,7 @@ use xnlb_tests::{
     addresses::{SNAT_IP, snat_ip},
     netns::NetNs,
     nic::NicStandIn,
+    topology::CLUSTER_GATEWAY,
 };
 
 use super::{
@@ -30,18 +31,21 @@ const STICKY: u16 = 82;
 /// The nodes: node 1 is the farm's own balancer namespace, the others are added to its switch.
 struct Nodes<'f> {
     farm: &'f Farm,
-    extra: Vec<(NetNs, NicStandIn)>,
+    /// Nodes 2, 3, ...: their namespaces and their switch ports' NIC stand-ins.
+    extra: Vec<(NetNs, Vec<NicStandIn>)>,
     daemons: Vec<Option<Daemon>>,
 }
 
 impl<'f> Nodes<'f> {
     fn new(farm: &'f Farm, count: usize) -> Self {
         let extra = (2..=count)
-            .map(|n| {
-                farm.net.another_one_arm_balancer(
-                    &format!("lb{n}"),
-                    Ipv4Addr::new(198, 18, 0, n as u8 + 1),
-                )
+            .map(|n| match farm.net.mode {
+                Mode::OneArm => {
+                    let addr = Ipv4Addr::new(198, 18, 0, n as u8 + 1);
+                    let (ns, nic) = farm.net.another_one_arm_balancer(&format!("lb{n}"), addr);
+                    (ns, vec![nic])
+                }
+                Mode::TwoArm => farm.net.another_two_arm_node(n as u8),
             })
             .collect();
         Self {
@@ -79,8 +83,12 @@ impl<'f> Nodes<'f> {
             .net
             .config_head()
             .replace(&format!("[{SNAT_IP}]"), &format!("[{}]", Self::snat(node)));
+        let (interface, gateway) = match self.farm.net.mode {
+            Mode::OneArm => ("lan0", String::new()),
+            Mode::TwoArm => ("cli0", format!("  gateway: {CLUSTER_GATEWAY}\n")),
+        };
         let cluster = format!(
-            "cluster:\n  node_id: {node}\n  interface: lan0\n  mac_mode: {mac_mode}\n  heartbeat: {{ interval: {}ms, tolerance: {TOLERANCE} }}\n",
+            "cluster:\n  node_id: {node}\n  interface: {interface}\n  mac_mode: {mac_mode}\n{gateway}  heartbeat: {{ interval: {}ms, tolerance: {TOLERANCE} }}\n",
             INTERVAL.as_millis()
         );
         let weight = |n| {
@@ -91,12 +99,19 @@ impl<'f> Nodes<'f> {
             }
         };
         let backends = self.farm.backends(&[1, 2, 3], weight);
-        let services = [
-            self.farm
-                .service("web", HTTP, "    affinity: none\n", &backends),
-            self.farm
-                .service("sticky", STICKY, "    affinity: single\n", &backends),
-        ];
+        let sticky = self
+            .farm
+            .service("sticky", STICKY, "    affinity: single\n", &backends);
+        // Two-arm: the backends' port 80 serves only `sticky`, so a backend's packet names the
+        // VIP port its client reached and a dead node's connections can be adopted from it.
+        let services = match self.farm.net.mode {
+            Mode::OneArm => vec![
+                self.farm
+                    .service("web", HTTP, "    affinity: none\n", &backends),
+                sticky,
+            ],
+            Mode::TwoArm => vec![sticky],
+        };
         format!(
             "{cluster}{head}{}metrics:\n  listen: {METRICS}\n",
             services.concat()
@@ -452,5 +467,65 @@ pub fn a_node_with_another_config_owns_nothing() {
     for &c in &clients {
         let (_, node) = get_via(&farm, c, HTTP).expect("a request");
         assert_ne!(node, 3);
+    }
+}
+
+/// Two-arm: node 3 dies while 24 transfers run, some through it. The survivors take its buckets
+/// and adopt its connections on the backends they were on (the backend choice is the same on
+/// every node): from the backend's next packet (its retransmission) or the client's. Every
+/// transfer completes byte-exact. The read timeout of a transfer is 5 s; a backend retransmits
+/// about 3 s after the node died, after the takeover at 1.5-1.8 s.
+pub fn two_arm_failover_adopts_connections() {
+    let farm = Farm::on(Net::build_two_arm_cluster(3));
+    let mut nodes = Nodes::new(&farm, 3);
+    for n in 1..=3 {
+        nodes.start(n, "unicast");
+    }
+    let owned = nodes.converged(&[1, 2, 3]);
+    println!("two-arm: converged, buckets owned by nodes 1-3: {owned:?}");
+    // Clients behind the client-side router, as in a real site: a node that adopts a
+    // connection from its backend's packet finds the way to the client through the router.
+    let clients: Vec<Ipv4Addr> = farm.net.remote_clients(4, 6).concat();
+    for &c in &clients {
+        farm.get(c, STICKY);
+    }
+    // The requests' flows leave the tables `tcp_closed_timeout` (2 s) after they closed: then
+    // a node's live flows are its transfers.
+    thread::sleep(Duration::from_millis(2500));
+    let transfers: Vec<Transfer> = clients
+        .iter()
+        .map(|&c| Transfer::start(&farm.net.client, c, farm.vip(STICKY), 500).expect("transfer"))
+        .collect();
+    let adopted = |nodes: &Nodes, n: usize| {
+        let s = Scrape::take(nodes.ns(n), METRICS);
+        s.sum("xnlb_flow_events_total", &[("event", "adopted")])
+            + s.sum("xnlb_flow_events_total", &[("event", "non_syn_miss")])
+    };
+    let on_3 = nodes.daemon(3).status_json()["conntrack"]["entries"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(on_3 >= 1.0, "no transfer went through node 3");
+    let before = adopted(&nodes, 1) + adopted(&nodes, 2);
+    nodes.daemons[2].as_mut().unwrap().kill9();
+    for dev in ["cli0", "srv0"] {
+        nodes.ns(3).ip(&["link", "set", dev, "down"]);
+    }
+    let mut broken = Vec::new();
+    for t in transfers {
+        if let Err(e) = t.finish() {
+            broken.push(e);
+        }
+    }
+    let taken = adopted(&nodes, 1) + adopted(&nodes, 2) - before;
+    println!(
+        "two-arm: node 3 died with {on_3} transfers; the survivors adopted {taken} connections; \
+         {} of {} transfers broke",
+        broken.len(),
+        clients.len()
+    );
+    assert!(broken.is_empty(), "{broken:?}");
+    assert!(taken >= on_3, "node 3's connections were not adopted");
+    for &c in &clients {
+        farm.get(c, STICKY);
     }
 }

@@ -45,7 +45,11 @@ struct Farm {
 
 impl Farm {
     fn new(mode: Mode, backends: usize) -> Self {
-        let net = Net::build(mode, backends);
+        Self::on(Net::build(mode, backends))
+    }
+
+    /// The servers on `net`'s backends.
+    fn on(net: Net) -> Self {
         let name = |i: usize| format!("b{}", i + 1);
         let web = net
             .backends
@@ -241,6 +245,11 @@ fn cluster_of_three_nodes_igmp() {
 #[test]
 fn cluster_failover_join_and_drainstop() {
     cluster::failover_join_and_drainstop();
+}
+
+#[test]
+fn cluster_two_arm_failover_adopts_connections() {
+    cluster::two_arm_failover_adopts_connections();
 }
 
 #[test]
