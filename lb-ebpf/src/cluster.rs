@@ -13,13 +13,13 @@ use lb_common::{
         ACTIVE_TABLE, BUCKET_FINISHING, BUCKET_HANDOVER, BUCKET_MINE, BUCKETS as BUCKETS_PER_TABLE,
         LEASE_UNTIL, ServedBy, bucket_of,
     },
-    flow::{FlowKey, FlowState, ReplyEntry},
+    flow::{FlowKey, ReplyEntry},
     settings::DatapathSettings,
     stats::{FlowEvent, PassReason},
 };
 
 use crate::{
-    Outcome,
+    Outcome, conntrack,
     maps::{BACKENDS, BUCKETS, CLUSTER_STATE, FLOWS, REPLIES, SERVED_BY, SERVICES, VIPS},
     mem,
     packet::{ETH_HLEN, EthHdr, ptr_at},
@@ -154,14 +154,7 @@ fn record_adopted(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
     owner.backend_id = served.backend_id;
     owner._pad = 0;
     let e = &mut scratch.entry;
-    e.last_seen_ns = now;
-    mem::copy(&mut e.reply, reply);
-    e.backend_id = served.backend_id;
-    e.state = FlowState::Open as u8;
-    e._pad0 = 0;
-    e._pad1 = 0;
-    // SAFETY: a next hop is plain integers; all zero means never looked up.
-    unsafe { mem::zero(&mut e.client_hop) };
+    conntrack::open_from_reply(e, reply, served.backend_id, now);
     // NOEXIST both: a packet of the client that adopted the flow meanwhile decides.
     if REPLIES.insert(reply, &*owner, BPF_NOEXIST as u64).is_err() {
         return false;

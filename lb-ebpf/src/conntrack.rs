@@ -337,6 +337,21 @@ pub fn reply_owner(
     None
 }
 
+/// An established flow's entry for a connection met in its middle from the backend's side:
+/// its reply tuple and backend, open, and no way back to the client yet (asked again, or, under
+/// held routing, learnt from the client's next packet).
+#[inline(always)]
+pub fn open_from_reply(e: &mut FlowEntry, reply: &FlowKey, backend_id: u32, now: u64) {
+    e.last_seen_ns = now;
+    mem::copy(&mut e.reply, reply);
+    e.backend_id = backend_id;
+    e.state = FlowState::Open as u8;
+    e._pad0 = 0;
+    e._pad1 = 0;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut e.client_hop) };
+}
+
 /// Records again the established flow that `entry` names, which the LRU evicted while its
 /// reply entry stayed: its client tuple, backend and reply tuple (`reply`, this packet's). Not
 /// when its backend no longer serves that address and port, or no longer keeps flows: then
@@ -350,14 +365,7 @@ fn readopt(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) -> Option<*mu
     }
     let scratch = scratch::get()?;
     let e = &mut scratch.entry;
-    e.last_seen_ns = now;
-    mem::copy(&mut e.reply, reply);
-    e.backend_id = entry.backend_id;
-    e.state = FlowState::Open as u8;
-    e._pad0 = 0;
-    e._pad1 = 0;
-    // SAFETY: a next hop is plain integers; all zero means never looked up.
-    unsafe { mem::zero(&mut e.client_hop) };
+    open_from_reply(e, reply, entry.backend_id, now);
     // NOEXIST: a client packet that re-created the flow meanwhile decides.
     FLOWS.insert(&entry.client, e, BPF_NOEXIST as u64).ok()?;
     stats::flow_event(FlowEvent::EstablishedNew);

@@ -166,6 +166,16 @@ impl<'f> Nodes<'f> {
     }
 }
 
+/// SYNs from each of three one-arm nodes (by SNAT address), counted on every backend.
+fn syn_counters(farm: &Farm) -> Vec<SynCounters<'_>> {
+    let sources: Vec<Ipv4Addr> = (1..=3).map(Nodes::snat).collect();
+    farm.net
+        .backends
+        .iter()
+        .map(|be| SynCounters::install(be, &sources))
+        .collect()
+}
+
 /// One GET from `src` to the VIP's `port`: (backend, node) that carried it.
 fn get_via(farm: &Farm, src: Ipv4Addr, port: u16) -> std::io::Result<(String, usize)> {
     let (status, body) = http_get_from(&farm.net.client, src, farm.vip(port), "/")?;
@@ -242,12 +252,7 @@ pub fn three_nodes(mac_mode: &str) {
             thread::sleep(Duration::from_millis(200));
         }
     }
-    let syns: Vec<SynCounters> = farm
-        .net
-        .backends
-        .iter()
-        .map(|be| SynCounters::install(be, &(1..=3).map(Nodes::snat).collect::<Vec<_>>()))
-        .collect();
+    let syns = syn_counters(&farm);
     let retransmits_before = syn_retransmits(&farm.net.client);
 
     // 1. Every request answered, each node carrying its share of the buckets (affinity none:
@@ -348,12 +353,7 @@ pub fn failover_join_and_drainstop() {
 
     // 2. Node 3 comes back: the running transfers go on; it takes buckets again. Requests run
     // all through the convergence, and no SYN may reach a backend twice (through two nodes).
-    let syns: Vec<SynCounters> = farm
-        .net
-        .backends
-        .iter()
-        .map(|be| SynCounters::install(be, &(1..=3).map(Nodes::snat).collect::<Vec<_>>()))
-        .collect();
+    let syns = syn_counters(&farm);
     let retransmits_before = syn_retransmits(&farm.net.client);
     nodes.ns(3).ip(&["link", "set", "lan0", "up"]);
     nodes.daemons[2] = None;
