@@ -262,3 +262,65 @@ fn a_node_whose_lease_ran_out_keeps_nothing() {
         XDP_DROP
     );
 }
+
+/// Two-arm: a connection whose node died, met first from its backend's side (the client is
+/// waiting for data). The owner of the client's bucket adopts it from `SERVED_BY` (the backend
+/// port serves web's VIP:443 alone) and translates the packet; not while another node is
+/// finishing in the bucket, and never from a SYN-ACK.
+#[test]
+fn a_dead_nodes_connection_is_adopted_from_its_backends_packet() {
+    let mut bed = Bed::new();
+    xnlb_tests::flow_cases::three_backends(&mut bed);
+    bed.cluster(1, MacMode::Unicast);
+    let client: (Ipv4Addr, u16) = (client_ip(7), 45_000);
+    let b = bucket_of(
+        Affinity::None as u8,
+        24,
+        &v4(client.0.octets()),
+        client.1.to_be(),
+    );
+    let backend = backend_ip(1);
+    let data = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+
+    bed.own_buckets(
+        |x| {
+            if x == b {
+                BUCKET_MINE | BUCKET_HANDOVER
+            } else {
+                0
+            }
+        },
+        LEASE,
+    );
+    assert_eq!(
+        bed.run(bed.server_if, &data.bytes()).0,
+        XDP_PASS,
+        "another node's to finish"
+    );
+    bed.own_buckets(|x| if x == b { BUCKET_MINE } else { 0 }, LEASE);
+    let syn_ack = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &syn_ack.bytes()).0,
+        XDP_PASS,
+        "not a SYN-ACK"
+    );
+    assert_eq!(bed.events(FlowEvent::Adopted), 0);
+
+    assert_eq!(
+        bed.run(bed.server_if, &data.bytes()),
+        (
+            XDP_REDIRECT,
+            xnlb_tests::flow_cases::to_client(&bed, &data, 443, client)
+        )
+    );
+    assert_eq!(bed.events(FlowEvent::Adopted), 1);
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.backend_id, bed.backend_id("web", "b1"));
+    // The client's next packet finds the flow: to the same backend.
+    let ack = Pkt::tcp(client, (VIP, 443), ACK).macs(ROUTER_MAC, unicast_mac());
+    let (action, out) = bed.run(bed.client_if, &ack.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[30..34], &backend.octets());
+    assert_eq!(bed.events(FlowEvent::NonSynMiss), 0);
+}
