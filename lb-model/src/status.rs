@@ -176,10 +176,10 @@ impl Status {
             out,
             "xnlb {}{}   {}   flows {}/{} established, {}/{} half-open   config {}",
             self.mode,
-            if self.routing == "held" {
-                " (next hops held: forwarding off)"
-            } else {
-                ""
+            match (self.routing.as_str(), self.cluster.is_some()) {
+                ("held", true) => " (next hops held: cluster mode)",
+                ("held", false) => " (next hops held: forwarding off)",
+                _ => "",
             },
             ifaces.join(", "),
             self.conntrack.entries,
