@@ -350,17 +350,19 @@ impl Agent {
             self.maps.switch_table(&flags)?;
             self.last_flags = flags;
         }
-        self.maps
-            .renew_lease(monotonic_ns() + cluster.heartbeat.lease().as_nanos() as u64)?;
         if self.state == NodeState::Draining && self.finishing_now.is_empty() {
             info!("cluster: drained: every connection has ended; stopped");
             self.state = NodeState::Stopped;
         }
         self.seq = self.seq.wrapping_add(1);
+        self.publish(&config, &cluster, my_digest, members.len() as u32, &live);
+        // The lease is renewed only for a heartbeat that went out: a node the others stop
+        // hearing lets go of its buckets before they take them.
         self.socket
             .send(&self.heartbeat(&cluster, my_digest).encode())?;
         self.sent += 1;
-        self.publish(&config, &cluster, my_digest, members.len() as u32, &live);
+        self.maps
+            .renew_lease(monotonic_ns() + cluster.heartbeat.lease().as_nanos() as u64)?;
         Ok(())
     }
 
