@@ -97,6 +97,22 @@ pub struct ClusterSettings {
 }
 const _: () = assert!(core::mem::size_of::<ClusterSettings>() == 40);
 
+impl ClusterSettings {
+    /// Cluster mode off.
+    pub const OFF: Self = Self {
+        enabled: 0,
+        node_id: 0,
+        _pad: 0,
+        client_ifindex: 0,
+        vip_mac: [0; 6],
+        gateway_mac: [0; 6],
+        gateway: 0,
+        server_ifindex: 0,
+        own_client_mac: [0; 6],
+        own_server_mac: [0; 6],
+    };
+}
+
 /// Key of `SERVED_BY` (two-arm cluster mode): a backend's address, the port it serves on
 /// (network order) and the protocol.
 #[repr(C)]

@@ -139,32 +139,15 @@ impl DatapathSettings {
                 mac: [0; 6],
                 _pad: [0; 2],
             }; MAX_OWN_MACS],
-            cluster: ClusterSettings {
-                enabled: 0,
-                node_id: 0,
-                _pad: 0,
-                client_ifindex: 0,
-                vip_mac: [0; 6],
-                gateway_mac: [0; 6],
-                gateway: 0,
-                server_ifindex: 0,
-                own_client_mac: [0; 6],
-                own_server_mac: [0; 6],
-            },
+            cluster: ClusterSettings::OFF,
         }
     }
 
-    /// Whether next hops are held by the controller (never asked of the FIB).
+    /// Whether next hops are held: the controller's for backends, and a flow's way back to its
+    /// client learnt from the client's frames (one-arm without forwarding, and cluster mode).
     #[inline(always)]
     pub fn holds_next_hops(&self) -> bool {
         self.routing == Routing::Held as u8
-    }
-
-    /// Whether a flow's way back to its client is learnt from the client's frames (held routing,
-    /// which includes cluster mode).
-    #[inline(always)]
-    pub fn learns_client_hops(&self) -> bool {
-        self.holds_next_hops()
     }
 
     /// Held routing in a two-arm cluster, which forwards: a client hop not learnt from the

@@ -113,7 +113,7 @@ pub fn to_vip(
     if ip.ttl <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
-    if settings.learns_client_hops() {
+    if settings.holds_next_hops() {
         // A new flow's entry is built in scratch: it takes its client hop from there.
         let Some(scratch) = scratch::get() else {
             return Outcome::Pass(PassReason::NoFastRoute);
@@ -144,10 +144,7 @@ pub fn to_vip(
         return Outcome::Pass(PassReason::NoFastRoute);
     };
     let sent = forward::send(ctx, eth, ip, &l4, hop, epoch, false);
-    if let Outcome::Pass(_) = sent {
-        cluster::hand_to_kernel(ctx, eth, settings);
-    }
-    sent
+    cluster::to_kernel_as_own(ctx, eth, settings, sent)
 }
 
 /// Where the next hop for backend `id` at `addr` is kept: its `BACKEND_HOPS` element, which
@@ -260,17 +257,7 @@ fn to_client(
     let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
-    let sent = forward::send(
-        ctx,
-        eth,
-        ip,
-        l4,
-        hop,
-        epoch,
-        settings.asks_fib_for_client_hops(),
-    );
-    if let Outcome::Pass(_) = sent {
-        cluster::hand_to_kernel(ctx, eth, settings);
-    }
-    sent
+    let ask_fib = settings.asks_fib_for_client_hops();
+    let sent = forward::send(ctx, eth, ip, l4, hop, epoch, ask_fib);
+    cluster::to_kernel_as_own(ctx, eth, settings, sent)
 }

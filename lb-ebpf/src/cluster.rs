@@ -168,11 +168,25 @@ fn record_adopted(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
     true
 }
 
-/// A packet of this node's that goes to the kernel after all (to resolve a neighbour, to be
-/// fragmented, to answer with ICMP): it was sent to the cluster MAC, which the kernel does not
-/// take as its own, so it is readdressed to the node's own MAC on the interface it came in on.
+/// `sent`, the outcome of sending a translated packet. One of this node's packets that goes to
+/// the kernel after all (to resolve a neighbour, to be fragmented, to answer with ICMP) was
+/// sent to the cluster MAC, which the kernel does not take as its own: it is readdressed to the
+/// node's own MAC on the interface it came in on.
 #[inline(always)]
-pub fn hand_to_kernel(ctx: &XdpContext, eth: &mut EthHdr, s: &DatapathSettings) {
+pub fn to_kernel_as_own(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    s: &DatapathSettings,
+    sent: Outcome,
+) -> Outcome {
+    if let Outcome::Pass(_) = sent {
+        readdress_to_this_node(ctx, eth, s);
+    }
+    sent
+}
+
+#[inline(always)]
+fn readdress_to_this_node(ctx: &XdpContext, eth: &mut EthHdr, s: &DatapathSettings) {
     let c = &s.cluster;
     if c.enabled == 0 {
         return;

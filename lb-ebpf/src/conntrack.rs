@@ -137,7 +137,7 @@ pub fn client_flow(
         if still_valid(e, Stage::Established, key, l4, s, now) {
             if !FlowState::byte_is_closing(e.state) {
                 touch(e, l4, now, true);
-                if s.learns_client_hops() {
+                if s.holds_next_hops() {
                     follow_the_client(e);
                 }
                 return Ok(Flow::of(e));
@@ -477,7 +477,7 @@ fn new_flow(
     entry.state = stage.first_state() as u8;
     entry._pad0 = 0;
     entry._pad1 = 0;
-    if !s.learns_client_hops() {
+    if !s.holds_next_hops() {
         // SAFETY: a next hop is plain integers; all zero means never looked up.
         unsafe { mem::zero(&mut entry.client_hop) };
     }

@@ -81,7 +81,7 @@ impl Resolver {
         client_side: Option<&str>,
     ) -> Result<Resolved> {
         let mut found = Resolved::default();
-        let routes = self.routes(backends, from)?;
+        let routes = routes_to(backends, from)?;
         let links: BTreeMap<String, Link> =
             serde_json::from_str::<Vec<Link>>(&ip(&["-j", "link", "show"])?)
                 .context("reading ip -j link show")?
@@ -156,26 +156,6 @@ impl Resolver {
         }
     }
 
-    /// One `ip route get` per backend, in one batch, sending from `from`; a backend without a
-    /// route has no answer. The kernel answers "from" lookups only for a local source: until
-    /// the SNAT address is on an interface (the daemon adds it after its first resolution),
-    /// the rest are asked without one.
-    fn routes(
-        &self,
-        backends: &BTreeSet<Ipv4Addr>,
-        from: Option<Ipv4Addr>,
-    ) -> Result<BTreeMap<Ipv4Addr, Route>> {
-        let mut found = match from {
-            Some(from) => route_batch(backends.iter(), &format!(" from {from}"))?,
-            None => BTreeMap::new(),
-        };
-        let rest: Vec<&Ipv4Addr> = backends.iter().filter(|b| !found.contains_key(b)).collect();
-        if !rest.is_empty() {
-            found.extend(route_batch(rest.into_iter(), "")?);
-        }
-        Ok(found)
-    }
-
     /// Makes managed entries for the `needed` (address, interface) pairs that have no static
     /// entry, and drops the ones made before that are no longer needed. Returns why each that
     /// could not be made failed.
@@ -208,6 +188,25 @@ impl Resolver {
         }
         failed
     }
+}
+
+/// One `ip route get` per backend, in one batch, sending from `from`; a backend without a
+/// route has no answer. The kernel answers "from" lookups only for a local source: until
+/// the SNAT address is on an interface (the daemon adds it after its first resolution),
+/// the rest are asked without one.
+fn routes_to(
+    backends: &BTreeSet<Ipv4Addr>,
+    from: Option<Ipv4Addr>,
+) -> Result<BTreeMap<Ipv4Addr, Route>> {
+    let mut found = match from {
+        Some(from) => route_batch(backends.iter(), &format!(" from {from}"))?,
+        None => BTreeMap::new(),
+    };
+    let rest: Vec<&Ipv4Addr> = backends.iter().filter(|b| !found.contains_key(b)).collect();
+    if !rest.is_empty() {
+        found.extend(route_batch(rest.into_iter(), "")?);
+    }
+    Ok(found)
 }
 
 /// The gateways in `ip route show` output (`... via 198.18.0.10 ...`).

@@ -76,6 +76,14 @@ fn load_with_retries(sizes: DatapathSizes) -> Datapath {
     panic!("load the XDP object: {errors:#?}");
 }
 
+/// IPv4 forwarding on or off on every interface of the bed's namespace.
+fn set_forwarding(ns: &NetNs, on: bool) {
+    let value = if on { "1" } else { "0" };
+    for conf in ["all", "cli0", "srv0"] {
+        ns.sysctl(&format!("net.ipv4.conf.{conf}.forwarding"), value);
+    }
+}
+
 impl Bed {
     pub fn new() -> Self {
         Self::with_sizes(DatapathSizes {
@@ -98,9 +106,7 @@ impl Bed {
             // accept the interface as ingress.
             ns.exec(&["ethtool", "-K", dev, "gro", "on"]);
         }
-        ns.sysctl("net.ipv4.conf.all.forwarding", "1");
-        ns.sysctl("net.ipv4.conf.cli0.forwarding", "1");
-        ns.sysctl("net.ipv4.conf.srv0.forwarding", "1");
+        set_forwarding(&ns, true);
         // Like a real router: everything not local goes towards the clients' side; one prefix
         // is unreachable so the no-route path can be tested.
         ns.ip(&[
@@ -194,11 +200,7 @@ impl Bed {
 
     /// Turns IPv4 forwarding on or off on every interface of the bed.
     pub fn forwarding(&self, on: bool) {
-        let value = if on { "1" } else { "0" };
-        for conf in ["all", "cli0", "srv0"] {
-            self.ns
-                .sysctl(&format!("net.ipv4.conf.{conf}.forwarding"), value);
-        }
+        set_forwarding(&self.ns, on);
     }
 
     /// Adds or replaces `service` (by name) and programs the maps as a reload would.

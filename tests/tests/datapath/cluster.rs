@@ -33,6 +33,11 @@ fn node() -> Bed {
     bed
 }
 
+/// A bucket table where this node has `flags` for `bucket` and nothing else.
+fn only(bucket: u32, flags: u32) -> impl Fn(u32) -> u32 {
+    move |b| if b == bucket { flags } else { 0 }
+}
+
 fn bucket(client: Ipv4Addr) -> u32 {
     bucket_of(Affinity::Single as u8, 24, &v4(client.octets()), 0)
 }
@@ -110,7 +115,7 @@ fn only_this_nodes_buckets_are_balanced() {
     let mut bed = node();
     let (mine, theirs) = two_clients();
     let my_bucket = bucket(mine.0);
-    bed.own_buckets(|b| if b == my_bucket { BUCKET_MINE } else { 0 }, LEASE);
+    bed.own_buckets(only(my_bucket, BUCKET_MINE), LEASE);
     let (action, _) = bed.run(bed.client_if, &to_cluster(mine, SYN).bytes());
     assert_eq!(
         action, XDP_TX,
@@ -155,13 +160,13 @@ fn a_finishing_node_carries_its_own_connections_and_nothing_new() {
     let mut bed = node();
     let (client, other) = two_clients();
     let b = bucket(client.0);
-    bed.own_buckets(|x| if x == b { BUCKET_MINE } else { 0 }, LEASE);
+    bed.own_buckets(only(b, BUCKET_MINE), LEASE);
     bed.run(bed.client_if, &to_cluster(client, SYN).bytes());
     bed.run(bed.client_if, &to_cluster(client, ACK).bytes());
     assert_eq!(bed.dp.reader().flows().unwrap().len(), 1);
 
     // The bucket moves to another node; this one finishes its connection there.
-    bed.own_buckets(|x| if x == b { BUCKET_FINISHING } else { 0 }, LEASE);
+    bed.own_buckets(only(b, BUCKET_FINISHING), LEASE);
     let (action, _) = bed.run(bed.client_if, &to_cluster(client, ACK).bytes());
     assert_eq!(action, XDP_TX, "its own connection goes on");
     let (_, snat) = {
@@ -208,16 +213,7 @@ fn an_owner_takes_a_connections_middle_only_when_nobody_is_finishing_it() {
     let b = bucket(client.0);
     // Another node is finishing connections in this bucket: an unknown connection's packet is
     // that node's; a SYN is a new flow, this node's.
-    bed.own_buckets(
-        |x| {
-            if x == b {
-                BUCKET_MINE | BUCKET_HANDOVER
-            } else {
-                0
-            }
-        },
-        LEASE,
-    );
+    bed.own_buckets(only(b, BUCKET_MINE | BUCKET_HANDOVER), LEASE);
     let (action, _) = bed.run(bed.client_if, &to_cluster(client, ACK).bytes());
     assert_eq!(action, XDP_DROP);
     assert_eq!(bed.events(FlowEvent::NonSynMiss), 0);
@@ -227,7 +223,7 @@ fn an_owner_takes_a_connections_middle_only_when_nobody_is_finishing_it() {
         XDP_TX
     );
     // Nobody is: the connection of a node that died is adopted at once.
-    bed.own_buckets(|x| if x == b { BUCKET_MINE } else { 0 }, LEASE);
+    bed.own_buckets(only(b, BUCKET_MINE), LEASE);
     let (action, out) = bed.run(bed.client_if, &to_cluster(client, ACK).bytes());
     assert_eq!(action, XDP_TX);
     assert_eq!(bed.events(FlowEvent::NonSynMiss), 1, "adopted");
@@ -282,22 +278,13 @@ fn a_dead_nodes_connection_is_adopted_from_its_backends_packet() {
     let backend = backend_ip(1);
     let data = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
 
-    bed.own_buckets(
-        |x| {
-            if x == b {
-                BUCKET_MINE | BUCKET_HANDOVER
-            } else {
-                0
-            }
-        },
-        LEASE,
-    );
+    bed.own_buckets(only(b, BUCKET_MINE | BUCKET_HANDOVER), LEASE);
     assert_eq!(
         bed.run(bed.server_if, &data.bytes()).0,
         XDP_PASS,
         "another node's to finish"
     );
-    bed.own_buckets(|x| if x == b { BUCKET_MINE } else { 0 }, LEASE);
+    bed.own_buckets(only(b, BUCKET_MINE), LEASE);
     let syn_ack = bed.from_backend(Pkt::tcp((backend, 443), client, SYN_ACK), bed.server_if);
     assert_eq!(
         bed.run(bed.server_if, &syn_ack.bytes()).0,

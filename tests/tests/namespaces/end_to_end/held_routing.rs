@@ -48,20 +48,7 @@ pub fn one_arm_without_forwarding() {
     open.ask().expect("first exchange");
     // The backend's MAC changes; the balancer's neighbour entry is replaced (as a gratuitous
     // ARP, or the kernel's own probing of the entry xnlb keeps managed, would).
-    let new_mac = "02:00:00:99:00:01";
-    be.ip(&["link", "set", "eth0", "address", new_mac]);
-    let changed = Instant::now();
-    lb.ip(&[
-        "neigh",
-        "replace",
-        &b1.to_string(),
-        "lladdr",
-        new_mac,
-        "dev",
-        "lan0",
-        "nud",
-        "reachable",
-    ]);
+    let changed = change_backend_mac(lb, be, b1, "lan0");
     open.ask()
         .expect("the open connection after the backend's MAC changed");
     let took = changed.elapsed();

@@ -15,6 +15,7 @@ use xnlb_tests::{
     apps::{Transfer, UdpEcho, http_get_from, tally, udp_ask},
     daemon::{Daemon, Scrape, backend_of},
     http_backend::{Answer, HttpBackend},
+    netns::NetNs,
     packets::{Pkt, SYN, reseal_ipv4},
     topology::{Mode, Net},
     wire::{FrameSender, ping},
@@ -157,6 +158,28 @@ impl Farm {
     fn scrape(&self) -> Scrape {
         Scrape::take(&self.net.lb, METRICS)
     }
+}
+
+/// Backend `addr` (namespace `be`) gets a new MAC, and the balancer's neighbour entry for it on
+/// `dev` is replaced, as a gratuitous ARP would; returns the instant just before the balancer
+/// learnt it.
+fn change_backend_mac(lb: &NetNs, be: &NetNs, addr: Ipv4Addr, dev: &str) -> Instant {
+    let new_mac = "02:00:00:99:00:01";
+    be.ip(&["link", "set", "eth0", "address", new_mac]);
+    let changed = Instant::now();
+    let addr = addr.to_string();
+    lb.ip(&[
+        "neigh",
+        "replace",
+        &addr,
+        "lladdr",
+        new_mac,
+        "dev",
+        dev,
+        "nud",
+        "reachable",
+    ]);
+    changed
 }
 
 /// Two tests for each scenario: `<two>` runs it in two-arm mode, `<one>` in one-arm mode.

@@ -41,21 +41,8 @@ pub fn next_hops_follow_routing() {
     };
 
     // 1. The backend's MAC changes; the balancer's neighbour entry is replaced.
-    let new_mac = "02:00:00:99:00:01";
-    be.ip(&["link", "set", "eth0", "address", new_mac]);
     let before = epoch();
-    let changed = Instant::now();
-    lb.ip(&[
-        "neigh",
-        "replace",
-        &b1.to_string(),
-        "lladdr",
-        new_mac,
-        "dev",
-        "srv0",
-        "nud",
-        "reachable",
-    ]);
+    let changed = change_backend_mac(lb, be, b1, "srv0");
     local
         .ask()
         .expect("the existing connection after the backend's MAC changed");
