@@ -148,8 +148,23 @@ impl Datapath {
         let ring_entries = dp.reader.max_entries(names::RING)?;
         dp.ring_slots = ring_entries / RING_MAX_SIZE;
         dp.ring_view = MappedArray::map(dp.map_data(names::RING)?.fd().as_fd(), ring_entries);
-        dp.program_mut()?.load()?;
+        dp.load_program()?;
         Ok(dp)
+    }
+
+    /// Loads the XDP program into the kernel. The verifier works on it for seconds and gives up
+    /// with EAGAIN when a signal reaches the loading thread meanwhile (seen in the test suite,
+    /// where beds load in parallel); that is retried, as libbpf does.
+    fn load_program(&mut self) -> Result<()> {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1.. {
+            match self.program_mut()?.load() {
+                Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {}
+                other => return Ok(other?),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// Counters, statistics and the connection table, read through this datapath's handles.
