@@ -113,37 +113,6 @@ impl ClusterSettings {
     };
 }
 
-/// Key of `SERVED_BY` (two-arm cluster mode): a backend's address, the port it serves on
-/// (network order) and the protocol.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendPort {
-    pub addr: Addr,
-    pub port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-const _: () = assert!(core::mem::size_of::<BackendPort>() == 20);
-
-/// Value of `SERVED_BY`: the one VIP and port a backend port serves, and the ids it serves them
-/// under. A backend port that serves several (two services, or a range) has no entry: its
-/// packets do not say which VIP their client reached.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServedBy {
-    /// The VIP as an address word (`addr::v4`'s first word).
-    pub vip: u32,
-    /// Network order.
-    pub vip_port: u16,
-    pub _pad: u16,
-    pub service_id: u32,
-    pub backend_id: u32,
-}
-const _: () = assert!(core::mem::size_of::<ServedBy>() == 16);
-
-/// Entries `SERVED_BY` has room for.
-pub const MAX_SERVED_BY: u32 = 16_384;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,13 @@
 //! A TCP flow lives in `HALF_OPEN` / `HALF_OPEN_REPLIES` from its SYN until the client's first
 //! packet after the handshake, and only then moves to `FLOWS` / `REPLIES`: a SYN flood churns the
 //! half-open pair and can never evict an established flow.
+//!
+//! Derived replies (two-arm): a backend port that serves one VIP and port alone names its
+//! replies' client tuple by itself (the reply's destination is the client, `SERVED_BY` gives
+//! the VIP and port), so its flows need no reply entry: one insert per new flow and one lookup
+//! per established packet instead of two each. Only a backend port reached from several VIP
+//! ports (two services, a range wider than `MAX_LISTED_RANGE`) and every one-arm flow, whose
+//! SNAT port must be unique, claim reply entries.
 
 use crate::{
     addr::{Addr, PROTO_UDP},
@@ -86,13 +93,60 @@ pub struct FlowEntry {
     pub backend_id: u32,
     /// A [`FlowState`] as `u8`.
     pub state: u8,
-    // Integers, not a `[u8; 3]`, so that zeroing them is two stores, not a `memset` call.
-    pub _pad0: u8,
-    pub _pad1: u16,
+    /// [`REPLY_DERIVED`], or 0.
+    pub flags: u8,
+    // An integer, not a `[u8; 2]`, so that zeroing it is one store, not a `memset` call.
+    pub _pad: u16,
     /// Where the backend's replies leave for the client (filled by the first reply).
     pub client_hop: NextHop,
 }
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 80);
+
+/// `FlowEntry::flags`: the flow holds no reply entry; its replies find it through `SERVED_BY`
+/// (its backend port served its VIP and port alone when it started).
+pub const REPLY_DERIVED: u8 = 1;
+
+/// Key of `SERVED_BY`: a backend's address, the port it serves on (network order) and the
+/// protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendPort {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<BackendPort>() == 20);
+
+/// Value of `SERVED_BY` (two-arm): the VIP and port a backend port serves, and the ids it
+/// serves them under. With [`SERVES_ALONE`] the backend port serves that VIP and port and
+/// nothing else: new flows to it derive their replies. Without it, it did when it was last
+/// written and serves more now (a reload added a service on it): the flows it derived before
+/// still find their replies this way, and a new flow that claims its reply tuple checks that
+/// none of them holds it. A backend port that never served one VIP and port alone has no entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The VIP as an address word (`addr::v4`'s first word).
+    pub vip: u32,
+    /// Network order.
+    pub vip_port: u16,
+    /// [`SERVES_ALONE`], or 0.
+    pub flags: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServedBy>() == 16);
+
+/// `ServedBy::flags`: the backend port serves this VIP and port alone.
+pub const SERVES_ALONE: u16 = 1;
+
+/// Entries `SERVED_BY` has room for.
+pub const MAX_SERVED_BY: u32 = 16_384;
+
+/// Ports of a range are listed in `SERVED_BY` one by one up to this width; a wider range's
+/// backend ports claim reply entries.
+pub const MAX_LISTED_RANGE: u16 = 16;
 
 /// Value in `REPLIES`: the client's original tuple, to restore on the backend's replies.
 #[repr(C)]

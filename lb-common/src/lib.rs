@@ -16,6 +16,7 @@ pub mod hash;
 pub mod limits;
 pub mod maps;
 pub mod next_hop;
+pub mod programs;
 pub mod service;
 pub mod settings;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, cluster, flow, next_hop, service, settings, stats};
+use crate::{addr, backend, flow, next_hop, service, settings, stats};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -24,6 +24,6 @@ pod!(
     settings::DatapathSettings,
     stats::BackendStats,
     stats::ServiceStats,
-    cluster::BackendPort,
-    cluster::ServedBy,
+    flow::BackendPort,
+    flow::ServedBy,
 );

@@ -46,6 +46,9 @@ reasons! {
         /// Cluster mode: the packet's bucket is another node's (every node sees every packet;
         /// not an error).
         NotMyBucket = "not_my_bucket",
+        /// The stage that handles the packet is not in `STAGES` (a datapath loaded in part):
+        /// dropped rather than half handled.
+        NoStage = "no_stage",
     }
 }
 

@@ -10,14 +10,14 @@ use lb_common::{
     flow::{FlowEntry, FlowKey, ReplyEntry},
     next_hop::NextHop,
     service::{Filtering, RULE_LOOKUP_BITS, ServiceRuleKey},
-    settings::DatapathSettings,
+    settings::{DatapathSettings, Mode},
     stats::{DropReason, FlowEvent, PassReason},
 };
 
 use crate::{
     Outcome, cluster,
     conntrack::{self, Stage},
-    forward,
+    derived, forward,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     mem, nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
@@ -195,6 +195,14 @@ pub fn from_backend(
     // An established flow's reply, or the SYN-ACK (or RST) of a half-open one. A stale
     // established entry does not end the search: a client that came back from the same port
     // has the tuple again, half-open. Two blocks, so that each names its maps as constants.
+    // Two-arm: a backend port that serves (or served) one VIP and port alone names the flow.
+    if settings.mode == Mode::TwoArm as u8
+        && let Some(served) = derived::served_by(&key)
+        && let Some((entry, flow)) =
+            conntrack::derived_reply_owner(served, &key, &l4, settings, now)
+    {
+        return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
+    }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if let Some(entry) = unsafe { REPLIES.get(&key) }
@@ -206,17 +214,6 @@ pub fn from_backend(
     // SAFETY: as above.
     if let Some(entry) = unsafe { HALF_OPEN_REPLIES.get(&key) }
         && let Some(flow) = conntrack::reply_owner(Stage::HalfOpen, entry, &key, &l4, settings, now)
-    {
-        return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
-    }
-    // Two-arm cluster mode: the connection of a node that died, taken over by this one.
-    if settings.cluster.enabled != 0
-        && l4.is_tcp_midstream()
-        && cluster::adopt_reply(&key, now)
-        // SAFETY: as above.
-        && let Some(entry) = unsafe { REPLIES.get(&key) }
-        && let Some(flow) =
-            conntrack::reply_owner(Stage::Established, entry, &key, &l4, settings, now)
     {
         return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
     }

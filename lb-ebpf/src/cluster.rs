@@ -2,28 +2,24 @@
 //! buckets it owns, while its lease on the bucket table holds), and ARP for the VIPs answered
 //! with the cluster MAC, so that every node receives every packet for them.
 
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     addr::{Addr, AddrKey},
     backend::BackendState,
     cluster::{
         ACTIVE_TABLE, BUCKET_FINISHING, BUCKET_HANDOVER, BUCKET_MINE, BUCKETS as BUCKETS_PER_TABLE,
-        LEASE_UNTIL, ServedBy, bucket_of,
+        LEASE_UNTIL, bucket_of,
     },
-    flow::{FlowKey, ReplyEntry},
+    flow::{FlowKey, ReplyEntry, ServedBy},
     settings::DatapathSettings,
-    stats::{FlowEvent, PassReason},
+    stats::PassReason,
 };
 
 use crate::{
-    Outcome, conntrack,
-    maps::{BACKENDS, BUCKETS, CLUSTER_STATE, FLOWS, REPLIES, SERVED_BY, SERVICES, VIPS},
+    Outcome,
+    maps::{BACKENDS, BUCKETS, CLUSTER_STATE, SERVICES, VIPS},
     mem,
     packet::{ETH_HLEN, EthHdr, ptr_at},
-    scratch, stats,
 };
 
 /// This node's flags for the bucket of a client at `client`:`client_port` of a service with
@@ -84,39 +80,13 @@ pub fn answering_mac<'a>(s: &'a DatapathSettings, frame_dst: &'a [u8; 6]) -> &'a
     }
 }
 
-/// Two-arm cluster mode: a backend's packet (TCP, past the handshake) of a connection no node
-/// knows any more, because the node that carried it died before its client sent again. The
-/// packet names the backend and the client; `SERVED_BY` names the VIP the backend port serves.
-/// The owner of the client's bucket (when no node is finishing connections there) records the
-/// flow as its own, on the backend it already has, and carries it; true when it did.
-///
-/// Three steps, each in a frame of its own called one after the other: the verifier counts a
-/// chain of frames against 512 bytes, and the reply path's own frame is nearly full.
-#[inline(always)]
-pub fn adopt_reply(reply: &FlowKey, now: u64) -> bool {
-    let Some(served) = served_by(reply) else {
-        return false;
-    };
-    may_adopt(served, reply, now) && record_adopted(served, reply, now)
-}
-
-/// What `SERVED_BY` says the backend port that sent `reply` serves.
+/// Two-arm: whether this node may adopt the connection that a backend's `reply` answers, which
+/// no node knows any more (its node died before its client sent again; the client tuple comes
+/// from `served`): the client's bucket is this node's with nobody finishing there, and the
+/// backend still serves that address and port and keeps flows. A frame of its own: the reply
+/// path's is nearly full.
 #[inline(never)]
-fn served_by(reply: &FlowKey) -> Option<&'static ServedBy> {
-    let scratch = scratch::get()?;
-    let at = &mut scratch.backend_port;
-    mem::copy(&mut at.addr, &reply.src);
-    at.port = reply.src_port;
-    at.proto = reply.proto;
-    at._pad = 0;
-    // SAFETY: the element stays valid for this program run (RCU).
-    unsafe { SERVED_BY.get(&*at) }
-}
-
-/// Whether this node may take the connection: the client's bucket is its own with nobody
-/// finishing there, and the backend still serves that address and port and keeps flows.
-#[inline(never)]
-fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
+pub fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
     // SAFETY: the element stays valid for this program run (RCU).
     let Some(svc) = (unsafe { SERVICES.get(&served.service_id) }) else {
         return false;
@@ -134,38 +104,6 @@ fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
     BACKENDS.get(served.backend_id).is_some_and(|b| {
         b.serves(&reply.src, reply.src_port) && BackendState::byte_keeps_flows(b.state)
     })
-}
-
-/// Records the adopted flow: its reply entry and its established entry, built in scratch.
-#[inline(never)]
-fn record_adopted(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
-    let Some(scratch) = scratch::get() else {
-        return false;
-    };
-    let owner = &mut scratch.owner;
-    let client = &mut owner.client;
-    mem::copy(&mut client.src, &reply.dst);
-    client.dst = [served.vip, 0, 0, 0];
-    client.src_port = reply.dst_port;
-    client.dst_port = served.vip_port;
-    client.proto = reply.proto;
-    client.family = reply.family;
-    client._pad = [0; 2];
-    owner.backend_id = served.backend_id;
-    owner._pad = 0;
-    let e = &mut scratch.entry;
-    conntrack::open_from_reply(e, reply, served.backend_id, now);
-    // NOEXIST both: a packet of the client that adopted the flow meanwhile decides.
-    if REPLIES.insert(reply, &*owner, BPF_NOEXIST as u64).is_err() {
-        return false;
-    }
-    if FLOWS.insert(&owner.client, e, BPF_NOEXIST as u64).is_err() {
-        let _ = REPLIES.remove(reply);
-        return false;
-    }
-    stats::flow_event(FlowEvent::EstablishedNew);
-    stats::flow_event(FlowEvent::Adopted);
-    true
 }
 
 /// `sent`, the outcome of sending a translated packet. One of this node's packets that goes to

@@ -6,6 +6,10 @@
 //! evicted only by other established flows. UDP flows, and TCP flows picked up mid-connection
 //! (after a restart or an eviction), start established.
 //!
+//! In two-arm, a flow whose backend port serves its VIP and port alone derives its replies
+//! (`derived`): it has no reply entry, and its backend's packets find it under the client
+//! tuple they name.
+//!
 //! Writes are plain stores of values this packet decided (time, state) or whole-entry inserts;
 //! there is no shared read-modify-write. Inserts that must be unique use `BPF_NOEXIST`.
 
@@ -16,7 +20,7 @@ use aya_ebpf::{
 use lb_common::{
     backend::{BackendInfo, BackendState},
     cluster::{BUCKET_HANDOVER, BUCKET_MINE},
-    flow::{FlowEntry, FlowKey, FlowState, ReplyEntry},
+    flow::{FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, ServedBy},
     hash::hash_addr_port,
     service::{NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode, SNAT_PORT_ATTEMPTS},
@@ -24,6 +28,7 @@ use lb_common::{
 };
 
 use crate::{
+    cluster, derived,
     maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
     mem,
     packet::{L4, TCP_FIN, TCP_RST},
@@ -83,23 +88,10 @@ impl Stage {
     }
 }
 
-/// Where a client packet goes: the reply tuple holds the translated addresses
-/// (backend ← src, client-or-SNAT ← dst).
-pub struct Flow {
-    pub reply: FlowKey,
-    pub backend_id: u32,
-}
-
-impl Flow {
-    /// Where `e`'s packets go.
-    #[inline(always)]
-    fn of(e: &FlowEntry) -> Self {
-        Flow {
-            reply: e.reply,
-            backend_id: e.backend_id,
-        }
-    }
-}
+/// Where a client packet goes: the entry of its flow (the flow's own element, or this CPU's
+/// scratch copy of the entry just recorded), whose reply tuple holds the translated addresses
+/// (backend ← src, client-or-SNAT ← dst). A reference, not a copy: the stack is nearly full.
+pub type Flow = &'static FlowEntry;
 
 /// The flow for a client packet to a service: the existing one, or a new one. `ownership` is
 /// this node's flags for the packet's bucket (`lb_common::cluster`; `BUCKET_MINE` outside
@@ -140,7 +132,7 @@ pub fn client_flow(
                 if s.holds_next_hops() {
                     follow_the_client(e);
                 }
-                return Ok(Flow::of(e));
+                return Ok(e);
             }
             // A new handshake may have reused the closing flow's tuple: the half-open flow, if
             // there is one, is the newer.
@@ -157,14 +149,14 @@ pub fn client_flow(
                 // A SYN retry, or the client giving up (RST, FIN) before the handshake
                 // completed, leaves the flow half-open.
                 if l4.is_syn() || l4.is_fin_or_rst() {
-                    return Ok(Flow::of(h));
+                    return Ok(h);
                 }
                 return establish(key, h, established, now);
             }
         }
         if let Some(e) = closing {
             touch(e, l4, now, true);
-            return Ok(Flow::of(e));
+            return Ok(e);
         }
         if l4.is_syn() {
             if !mine {
@@ -244,24 +236,51 @@ fn establish(
     mem::copy(&mut entry.reply, &h.reply);
     entry.backend_id = h.backend_id;
     entry.state = FlowState::Open as u8;
-    entry._pad0 = 0;
-    entry._pad1 = 0;
+    entry.flags = h.flags;
+    entry._pad = 0;
     // The SYN-ACK's next hop to the client serves the established flow.
     mem::copy(&mut entry.client_hop, &h.client_hop);
+    // The reply entry first: a backend reply racing this packet finds one stage or the other.
+    if !claim_established_reply(key) {
+        return Err(DropReason::FlowTableFull);
+    }
+    record(Stage::Established, key, entry, established)?;
+    release_half_open_reply();
+    if HALF_OPEN.remove(key).is_ok() {
+        stats::flow_event(FlowEvent::Established);
+    }
+    Ok(entry)
+}
+
+/// `establish`: the reply entry of the flow of `key` that scratch's entry holds, in the
+/// established stage (none for a flow that derives its replies); false when the table refused
+/// it. Frames of their own, here and in `release_half_open_reply`: the verifier walks the rest
+/// of the packet's path once for both kinds of flow, not once for each.
+#[inline(never)]
+fn claim_established_reply(key: &FlowKey) -> bool {
+    let Some(scratch) = scratch::get() else {
+        return false;
+    };
+    let entry = &scratch.entry;
+    if entry.flags & REPLY_DERIVED != 0 {
+        return true;
+    }
     let owner = &mut scratch.owner;
     owner.client = *key;
     owner.backend_id = entry.backend_id;
     owner._pad = 0;
-    // The reply entry first: a backend reply racing this packet finds one stage or the other.
-    if REPLIES.insert(&entry.reply, owner, BPF_ANY as u64).is_err() {
-        return Err(DropReason::FlowTableFull);
+    REPLIES.insert(&entry.reply, owner, BPF_ANY as u64).is_ok()
+}
+
+/// `establish`: the half-open reply entry of the flow that scratch's entry holds, if it
+/// claimed one, removed.
+#[inline(never)]
+fn release_half_open_reply() {
+    if let Some(scratch) = scratch::get()
+        && scratch.entry.flags & REPLY_DERIVED == 0
+    {
+        let _ = HALF_OPEN_REPLIES.remove(&scratch.entry.reply);
     }
-    record(Stage::Established, key, entry, established)?;
-    let _ = HALF_OPEN_REPLIES.remove(&entry.reply);
-    if HALF_OPEN.remove(key).is_ok() {
-        stats::flow_event(FlowEvent::Established);
-    }
-    Ok(Flow::of(entry))
 }
 
 /// Writes `entry` as the key's flow in `stage`: in place of the key's old entry (expired,
@@ -310,21 +329,10 @@ pub fn reply_owner(
     now: u64,
 ) -> Option<*mut FlowEntry> {
     match stage.flows().get_ptr_mut(&entry.client) {
-        Some(flow) => {
-            // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields
-            // get plain stores of values this packet decided, so a racing CPU sees one value or
-            // the other.
-            let f = unsafe { &mut *flow };
-            if f.reply.same(reply) && !f.expired(entry.client.proto, s, now) {
-                match stage {
-                    Stage::Established => touch(f, l4, now, false),
-                    // The handshake decides: a backend's RST leaves the flow half-open, to
-                    // expire.
-                    Stage::HalfOpen => f.last_seen_ns = now,
-                }
-                return Some(flow);
-            }
+        Some(flow) if answers(stage, flow, &entry.client, reply, false, l4, s, now) => {
+            return Some(flow);
         }
+        Some(_) => {}
         None if stage == Stage::Established && l4.is_tcp_midstream() => {
             if let Some(flow) = readopt(entry, reply, l4, now) {
                 return Some(flow);
@@ -337,17 +345,139 @@ pub fn reply_owner(
     None
 }
 
+/// The flow of `client` in `stage`, if it is alive, its reply tuple is `reply` and (with
+/// `derived_only`) it derives its replies: refreshed by this backend packet.
+#[inline(always)]
+fn live_flow(
+    stage: Stage,
+    client: &FlowKey,
+    reply: &FlowKey,
+    derived_only: bool,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> Option<*mut FlowEntry> {
+    let flow = stage.flows().get_ptr_mut(client)?;
+    answers(stage, flow, client, reply, derived_only, l4, s, now).then_some(flow)
+}
+
+/// Whether `flow`, the flow of `client` in `stage`, is alive with `reply` as its reply tuple
+/// (and, with `derived_only`, derives its replies): then it is refreshed by this backend
+/// packet.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn answers(
+    stage: Stage,
+    flow: *mut FlowEntry,
+    client: &FlowKey,
+    reply: &FlowKey,
+    derived_only: bool,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+    // stores of values this packet decided, so a racing CPU sees one value or the other.
+    let f = unsafe { &mut *flow };
+    if !f.reply.same(reply)
+        || f.expired(client.proto, s, now)
+        || (derived_only && f.flags & REPLY_DERIVED == 0)
+    {
+        return false;
+    }
+    match stage {
+        Stage::Established => touch(f, l4, now, false),
+        // The handshake decides: a backend's RST leaves the flow half-open, to expire.
+        Stage::HalfOpen => f.last_seen_ns = now,
+    }
+    true
+}
+
+/// The flow that a backend's `reply` answers, found under the client tuple it derives from
+/// `served` (`derived`), with a reply entry naming that client and the flow's backend (in
+/// scratch). The handshake's packets ask the half-open stage first, since a closing
+/// established flow may still have the tuple. Where the backend port serves more now (a
+/// reload), only a flow that derived its replies is taken: a flow that claimed the tuple is
+/// found by its reply entry. A flow that is gone stays gone, except in cluster mode (`adopt`):
+/// nothing in a backend's packet tells a connection the LRU evicted from the backend's own
+/// (a direct connection from the same client port, a health probe), and only the latter's
+/// packets may pass untouched; the client's next packet starts the flow again. A TCP packet past the handshake of a flow that
+/// is gone (evicted, or carried by a cluster node that died) adopts it, when the backend port
+/// serves its VIP and port alone (`adopt`).
+#[inline(always)]
+pub fn derived_reply_owner(
+    served: &ServedBy,
+    reply: &FlowKey,
+    l4: &L4,
+    s: &DatapathSettings,
+    now: u64,
+) -> Option<(&'static ReplyEntry, *mut FlowEntry)> {
+    let scratch = scratch::get()?;
+    let owner = &mut scratch.owner;
+    derived::client_of(&mut owner.client, served, reply);
+    let client = &owner.client;
+    let only = served.flags & SERVES_ALONE == 0;
+    let flow = if l4.is_handshake() {
+        live_flow(Stage::HalfOpen, client, reply, only, l4, s, now)
+            .or_else(|| live_flow(Stage::Established, client, reply, only, l4, s, now))
+    } else {
+        live_flow(Stage::Established, client, reply, only, l4, s, now)
+            .or_else(|| live_flow(Stage::HalfOpen, client, reply, only, l4, s, now))
+    };
+    let flow = match flow {
+        Some(flow) => flow,
+        None if s.cluster.enabled != 0 && l4.is_tcp_midstream() => {
+            adopt(served, client, reply, l4, now)?
+        }
+        None => return None,
+    };
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
+    owner.backend_id = unsafe { (*flow).backend_id };
+    owner._pad = 0;
+    Some((owner, flow))
+}
+
+/// Cluster mode: records the established flow of `client` that a backend's TCP packet past
+/// the handshake answers, which no node knows any more: its node died before its client sent
+/// again (`adopted`). Only the owner of the client's bucket takes it, when nobody is finishing
+/// connections there; only where the backend port serves its VIP and port alone, so that
+/// `client` is the connection's; and while its backend serves and keeps flows. Its next hop to
+/// the client is asked again (held routing: learnt from the client's next packet).
+#[inline(always)]
+fn adopt(
+    served: &ServedBy,
+    client: &FlowKey,
+    reply: &FlowKey,
+    l4: &L4,
+    now: u64,
+) -> Option<*mut FlowEntry> {
+    if !derived::derives(served, client) || !cluster::may_adopt(served, reply, now) {
+        return None;
+    }
+    let scratch = scratch::get()?;
+    let e = &mut scratch.entry;
+    open_from_reply(e, reply, served.backend_id, REPLY_DERIVED, now);
+    // NOEXIST: a client packet that re-created the flow meanwhile decides.
+    FLOWS.insert(client, e, BPF_NOEXIST as u64).ok()?;
+    stats::flow_event(FlowEvent::EstablishedNew);
+    stats::flow_event(FlowEvent::Adopted);
+    let flow = FLOWS.get_ptr_mut(client)?;
+    // SAFETY: as in `live_flow`.
+    touch(unsafe { &mut *flow }, l4, now, false);
+    Some(flow)
+}
+
 /// An established flow's entry for a connection met in its middle from the backend's side:
 /// its reply tuple and backend, open, and no way back to the client yet (asked again, or, under
 /// held routing, learnt from the client's next packet).
 #[inline(always)]
-pub fn open_from_reply(e: &mut FlowEntry, reply: &FlowKey, backend_id: u32, now: u64) {
+fn open_from_reply(e: &mut FlowEntry, reply: &FlowKey, backend_id: u32, flags: u8, now: u64) {
     e.last_seen_ns = now;
     mem::copy(&mut e.reply, reply);
     e.backend_id = backend_id;
     e.state = FlowState::Open as u8;
-    e._pad0 = 0;
-    e._pad1 = 0;
+    e.flags = flags;
+    e._pad = 0;
     // SAFETY: a next hop is plain integers; all zero means never looked up.
     unsafe { mem::zero(&mut e.client_hop) };
 }
@@ -365,13 +495,13 @@ fn readopt(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) -> Option<*mu
     }
     let scratch = scratch::get()?;
     let e = &mut scratch.entry;
-    open_from_reply(e, reply, entry.backend_id, now);
+    open_from_reply(e, reply, entry.backend_id, 0, now);
     // NOEXIST: a client packet that re-created the flow meanwhile decides.
     FLOWS.insert(&entry.client, e, BPF_NOEXIST as u64).ok()?;
     stats::flow_event(FlowEvent::EstablishedNew);
     stats::flow_event(FlowEvent::Readopted);
     let flow = FLOWS.get_ptr_mut(&entry.client)?;
-    // SAFETY: as in `reply_owner`.
+    // SAFETY: as in `live_flow`.
     touch(unsafe { &mut *flow }, l4, now, false);
     Some(flow)
 }
@@ -408,7 +538,10 @@ fn still_valid(
     // An LRU may evict the reply entry alone (the two maps age apart), and then another flow
     // may take the tuple (an SNAT port, in one-arm). A flow whose replies could no longer be
     // translated must not carry another packet: it claims its reply tuple anew (two-arm: the
-    // same one, normally) or picks another port.
+    // same one, normally) or picks another port. A flow that derives its replies has no entry.
+    if e.flags & REPLY_DERIVED != 0 {
+        return true;
+    }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements
     // or store single fields, so a read sees old or new values, never freed memory.
     let owned = matches!(unsafe { stage.replies().get(&e.reply) }, Some(r) if r.client.same(key));
@@ -445,38 +578,22 @@ fn new_flow(
     owner.client = *key;
     owner.backend_id = backend_id;
     owner._pad = 0;
-    let reply = if s.mode == Mode::OneArm as u8 {
-        claim_snat_port(stage, key, backend, owner, s, now)?
-    } else {
-        let reply = reply_tuple(key, backend, key.src, key.src_port);
-        // A client reusing its port for the same backend finds its old reply entry: refreshed
-        // in place, without a new element.
-        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
-        // stores of values this packet decided, so a racing CPU sees one value or the other.
-        let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(&reply) });
-        if !(ours && refresh_own(stage, &reply, owner)) {
-            // Two services on one VIP may send a client's reused source port to the same
-            // backend port: the backend sees the old connection's tuple again, as after any
-            // port reuse, and a new SYN may take it over from a closing flow (as the backend's
-            // TIME_WAIT allows).
-            let takeover = if stage == Stage::HalfOpen {
-                Takeover::Closing
-            } else {
-                Takeover::GoneOnly
-            };
-            if !claim(stage, &reply, owner, takeover, s, now) {
-                return Err(DropReason::ReplyCollision);
-            }
-        }
-        reply
-    };
     let entry = &mut scratch.entry;
+    let reply = &mut entry.reply;
+    entry.flags = if s.mode == Mode::OneArm as u8 {
+        claim_snat_port(stage, key, backend, owner, reply, s, now)?;
+        0
+    } else {
+        write_reply_tuple(reply, key, backend, &key.src, key.src_port);
+        if !two_arm_reply(stage == Stage::HalfOpen, existing, s, now) {
+            return Err(DropReason::ReplyCollision);
+        }
+        entry.flags
+    };
     entry.last_seen_ns = now;
-    entry.reply = reply;
     entry.backend_id = backend_id;
     entry.state = stage.first_state() as u8;
-    entry._pad0 = 0;
-    entry._pad1 = 0;
+    entry._pad = 0;
     if !s.holds_next_hops() {
         // SAFETY: a next hop is plain integers; all zero means never looked up.
         unsafe { mem::zero(&mut entry.client_hop) };
@@ -484,41 +601,114 @@ fn new_flow(
     // (Held routing: `balance::to_vip` wrote the way back to the client there.)
     record(stage, key, entry, existing)?;
     stats::new_flow(service_id, backend_id);
-    Ok(Flow { reply, backend_id })
+    Ok(entry)
 }
 
-/// The tuple the backend's replies carry: from the backend to `to:to_port`.
-#[inline(always)]
-fn reply_tuple(key: &FlowKey, backend: &BackendInfo, to: [u32; 4], to_port: u16) -> FlowKey {
-    let mut src = [0; 4];
-    mem::copy(&mut src, &backend.addr);
-    FlowKey {
-        src,
-        dst: to,
-        src_port: if backend.port == 0 {
-            key.dst_port
-        } else {
-            backend.port
-        },
-        dst_port: to_port,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
+/// Two-arm: how the new flow that scratch holds (its reply tuple in the entry, its client and
+/// backend in the owner) finds its replies, in the half-open stage or the established one:
+/// derived, where its backend port serves its VIP and port alone (the entry's flags say so), or
+/// by claiming its reply tuple (`existing`: the client's stale entry in that stage). False when
+/// another flow holds the tuple. A frame of its own, that returns the same on every path that
+/// goes on: the verifier walks the rest of the packet's path once, not once for each way here.
+#[inline(never)]
+fn two_arm_reply(
+    half_open: bool,
+    existing: Option<*mut FlowEntry>,
+    s: &DatapathSettings,
+    now: u64,
+) -> bool {
+    let Some(scratch) = scratch::get() else {
+        return false;
+    };
+    let (entry, owner) = (&mut scratch.entry, &scratch.owner);
+    let (reply, client) = (&entry.reply, &owner.client);
+    let served = derived::served_by(reply);
+    if let Some(served) = served
+        && derived::derives(served, client)
+    {
+        entry.flags = REPLY_DERIVED;
+        return true;
     }
+    entry.flags = 0;
+    if served.is_some_and(|v| derived::holds(v, s, now)) {
+        return false;
+    }
+    let claimed = if half_open {
+        claim_two_arm(Stage::HalfOpen, reply, owner, existing, s, now)
+    } else {
+        claim_two_arm(Stage::Established, reply, owner, existing, s, now)
+    };
+    claimed.is_ok()
+}
+
+/// Two-arm, a backend port that serves more than the flow's VIP and port: claims `reply` in
+/// `stage` for `owner`, the client of a new flow (`existing`: its stale entry in that stage).
+#[inline(always)]
+fn claim_two_arm(
+    stage: Stage,
+    reply: &FlowKey,
+    owner: &ReplyEntry,
+    existing: Option<*mut FlowEntry>,
+    s: &DatapathSettings,
+    now: u64,
+) -> Result<(), DropReason> {
+    // A client reusing its port for the same backend finds its old reply entry: refreshed in
+    // place, without a new element.
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
+    // stores of values this packet decided, so a racing CPU sees one value or the other.
+    let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(reply) });
+    if ours && refresh_own(stage, reply, owner) {
+        return Ok(());
+    }
+    // Two services on one VIP may send a client's reused source port to the same backend port:
+    // the backend sees the old connection's tuple again, as after any port reuse, and a new
+    // SYN may take it over from a closing flow (as the backend's TIME_WAIT allows).
+    let takeover = if stage == Stage::HalfOpen {
+        Takeover::Closing
+    } else {
+        Takeover::GoneOnly
+    };
+    if !claim(stage, reply, owner, takeover, s, now) {
+        return Err(DropReason::ReplyCollision);
+    }
+    Ok(())
+}
+
+/// Writes into `out` the tuple the backend's replies carry: from the backend to `to:to_port`.
+#[inline(always)]
+fn write_reply_tuple(
+    out: &mut FlowKey,
+    key: &FlowKey,
+    backend: &BackendInfo,
+    to: &[u32; 4],
+    to_port: u16,
+) {
+    mem::copy(&mut out.src, &backend.addr);
+    mem::copy(&mut out.dst, to);
+    out.src_port = if backend.port == 0 {
+        key.dst_port
+    } else {
+        backend.port
+    };
+    out.dst_port = to_port;
+    out.proto = key.proto;
+    out.family = key.family;
+    out._pad = [0; 2];
 }
 
 /// One-arm: an SNAT address by client hash, then ports by hash until one is free for this
-/// backend's (address, port). The reply tuple is unique over both stages, so no two flows share
-/// a port towards the same backend.
+/// backend's (address, port), written into `reply`. The reply tuple is unique over both stages,
+/// so no two flows share a port towards the same backend.
 #[inline(always)]
 fn claim_snat_port(
     stage: Stage,
     key: &FlowKey,
     backend: &BackendInfo,
     owner: &ReplyEntry,
+    reply: &mut FlowKey,
     s: &DatapathSettings,
     now: u64,
-) -> Result<FlowKey, DropReason> {
+) -> Result<(), DropReason> {
     let count = s.snat_count;
     if count == 0 || count as usize > MAX_SNAT_ADDRS || s.snat_port_max < s.snat_port_min {
         return Err(DropReason::SnatExhausted);
@@ -534,9 +724,9 @@ fn claim_snat_port(
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let pick = hash_addr_port(&key.src, key.src_port, hash ^ attempt) % span;
         let port = (s.snat_port_min as u32 + pick) as u16;
-        let reply = reply_tuple(key, backend, addr, port.to_be());
-        if claim(stage, &reply, owner, Takeover::GoneOnly, s, now) {
-            return Ok(reply);
+        write_reply_tuple(reply, key, backend, &addr, port.to_be());
+        if claim(stage, reply, owner, Takeover::GoneOnly, s, now) {
+            return Ok(());
         }
         stats::flow_event(FlowEvent::SnatPortRetry);
     }

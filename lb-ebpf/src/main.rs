@@ -1,5 +1,6 @@
-//! xnlb's XDP program: balance what is addressed to a VIP, undo the NAT on backends' replies,
-//! and hand everything else to the kernel untouched. Only frames sent to the balancer's own MAC
+//! xnlb's XDP programs: balance what is addressed to a VIP, undo the NAT on backends' replies,
+//! and hand everything else to the kernel untouched. The entry program classifies; a stage
+//! program of each kind does the work (`lb_common::programs`). Only frames sent to the balancer's own MAC
 //! are acted on: a flooded frame for another host is that host's. Every outcome is counted with
 //! its reason.
 #![cfg_attr(target_arch = "bpf", no_std)]
@@ -10,6 +11,7 @@
 mod balance;
 mod cluster;
 mod conntrack;
+mod derived;
 mod forward;
 mod maps;
 mod mem;
@@ -23,11 +25,12 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
+    programs::{FROM_BACKEND, TO_VIP},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
 
-use maps::{BACKEND_ADDRS, SETTINGS, VIPS};
+use maps::{BACKEND_ADDRS, SETTINGS, STAGES, VIPS};
 use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Check, Ipv4Hdr, check_ipv4, ptr_at};
 
 /// What happened to a packet.
@@ -40,9 +43,43 @@ pub enum Outcome {
     Sent(u32),
 }
 
+/// The entry program, attached to the interfaces: classifies the packet and tail-calls the
+/// stage that handles it (`lb_common::programs`), or passes it.
 #[xdp]
 pub fn xnlb(ctx: XdpContext) -> u32 {
-    let action = match process(&ctx) {
+    finish(process(&ctx))
+}
+
+/// The stage for a packet to a VIP that was sent to this host (checked by `xnlb`).
+#[xdp]
+pub fn xnlb_to_vip(ctx: XdpContext) -> u32 {
+    finish(match stage_input(&ctx) {
+        // SAFETY: `stage_input` checked that the headers lie inside the packet, which outlives
+        // this call.
+        Some((eth, ip, settings)) => unsafe {
+            balance::to_vip(&ctx, &mut *eth, &mut *ip, settings)
+        },
+        None => Outcome::Drop(DropReason::MalformedIp),
+    })
+}
+
+/// The stage for a packet from a backend's address that was sent to this host (checked by
+/// `xnlb`).
+#[xdp]
+pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
+    finish(match stage_input(&ctx) {
+        // SAFETY: as in `xnlb_to_vip`.
+        Some((eth, ip, settings)) => unsafe {
+            balance::from_backend(&ctx, &mut *eth, &mut *ip, settings)
+        },
+        None => Outcome::Pass(PassReason::Malformed),
+    })
+}
+
+/// Counts an outcome and gives its XDP action.
+#[inline(always)]
+fn finish(outcome: Outcome) -> u32 {
+    let action = match outcome {
         Outcome::Pass(reason) => {
             stats::pass_reason(reason);
             xdp_action::XDP_PASS
@@ -55,6 +92,23 @@ pub fn xnlb(ctx: XdpContext) -> u32 {
     };
     stats::xdp_action(action);
     action
+}
+
+/// The headers `xnlb` checked, found again by a stage (a tail call passes nothing but the
+/// packet), with the settings.
+#[inline(always)]
+fn stage_input(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr, &'static DatapathSettings)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    Some((eth, ip, SETTINGS.get(0)?))
+}
+
+/// Hands the packet to the stage in `slot` of `STAGES`; returns only if that slot is empty.
+#[inline(always)]
+fn to_stage(ctx: &XdpContext, slot: u32) -> Outcome {
+    // SAFETY: on success the stage runs in place of this program and this call never returns.
+    unsafe { STAGES.tail_call(ctx, slot) };
+    Outcome::Drop(DropReason::NoStage)
 }
 
 /// The floor: parse Ethernet, pass. Not part of balancing. Benchmarks measure the balancer
@@ -107,16 +161,16 @@ fn process(ctx: &XdpContext) -> Outcome {
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { VIPS.get(&AddrKey::v4_word(ip.dst)) }.is_some() {
         // Another host's frame passes untouched, however malformed: it is not ours to judge.
-        let Some(settings) = sent_to_us(ctx, eth) else {
+        if sent_to_us(ctx, eth).is_none() {
             return Outcome::Pass(PassReason::NotForUs);
-        };
+        }
         if !ip_valid {
             return Outcome::Drop(DropReason::MalformedIp);
         }
         if !packet::ipv4_checksum_ok(ctx, packet::ipv4_header_len(ip)) {
             return Outcome::Drop(DropReason::IpChecksum);
         }
-        return balance::to_vip(ctx, eth, ip, settings);
+        return to_stage(ctx, TO_VIP);
     }
     if !ip_valid {
         return Outcome::Pass(PassReason::Malformed);
@@ -124,10 +178,10 @@ fn process(ctx: &XdpContext) -> Outcome {
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(ip.src)) }.is_some() {
-        let Some(settings) = sent_to_us(ctx, eth) else {
+        if sent_to_us(ctx, eth).is_none() {
             return Outcome::Pass(PassReason::NotForUs);
-        };
-        return balance::from_backend(ctx, eth, ip, settings);
+        }
+        return to_stage(ctx, FROM_BACKEND);
     }
     Outcome::Pass(PassReason::NotOurs)
 }

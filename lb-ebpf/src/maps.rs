@@ -5,16 +5,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     addr::AddrKey,
     backend::BackendInfo,
-    cluster::{
-        BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, BackendPort, CLUSTER_STATE_WORDS,
-        MAX_SERVED_BY, ServedBy,
-    },
-    flow::{FlowEntry, FlowKey, ReplyEntry},
+    cluster::{BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, CLUSTER_STATE_WORDS},
+    flow::{BackendPort, FlowEntry, FlowKey, MAX_SERVED_BY, ReplyEntry, ServedBy},
     limits::{
         DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
         MIN_FLOW_ENTRIES,
@@ -93,13 +90,19 @@ pub static BACKEND_HOPS: Array<BackendHop> = Array::with_max_entries(MAX_BACKEND
 #[map]
 pub static NEXT_HOP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
+/// The stages `xnlb` tail-calls (`lb_common::programs`), put in by the controller at load.
+#[map]
+pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGES_LEN, 0);
+
+const STAGES_LEN: u32 = lb_common::programs::STAGES.len() as u32;
+
 /// Cluster mode: two tables of bucket flags (`lb_common::cluster`), the live one named by
 /// `CLUSTER_STATE[ACTIVE_TABLE]`.
 #[map]
 pub static BUCKETS: Array<u32> = Array::with_max_entries(BUCKETS_ALL, 0);
 
-/// Two-arm cluster mode: the VIP each backend port serves, to adopt a connection whose node
-/// died from its backend's next packet.
+/// Two-arm: the VIP and port a backend port serves alone, from which its replies derive their
+/// flow (`lb_common::flow::ServedBy`).
 #[map]
 pub static SERVED_BY: HashMap<BackendPort, ServedBy> = HashMap::with_max_entries(MAX_SERVED_BY, 0);
 

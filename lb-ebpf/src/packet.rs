@@ -149,6 +149,12 @@ impl L4 {
         self.is_tcp() && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
+    /// A TCP packet of the handshake's first two steps (SYN, or SYN-ACK).
+    #[inline(always)]
+    pub fn is_handshake(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & TCP_SYN != 0
+    }
+
     /// A TCP packet of a connection past its handshake's first step (no SYN flag).
     #[inline(always)]
     pub fn is_tcp_midstream(&self) -> bool {

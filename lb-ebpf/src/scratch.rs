@@ -4,8 +4,7 @@
 
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::{
-    cluster::BackendPort,
-    flow::{FlowEntry, ReplyEntry},
+    flow::{BackendPort, FlowEntry, FlowKey, ReplyEntry},
     next_hop::NextHop,
 };
 
@@ -21,8 +20,11 @@ pub struct Scratch {
     pub fib: FibParams,
     /// A next hop used once and kept nowhere (see `balance::backend_hop`).
     pub hop: NextHop,
-    /// A backend port to look up in `SERVED_BY` (`cluster::adopt_reply`).
+    /// A backend port to look up in `SERVED_BY` (`derived::served_by`).
     pub backend_port: BackendPort,
+    /// The client tuple of a flow that derived its replies, asked whether it holds a reply
+    /// tuple that a new flow wants to claim (`derived::holds`).
+    pub derived: FlowKey,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

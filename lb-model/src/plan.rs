@@ -7,8 +7,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use lb_common::{
     addr::FAMILY_V4,
     backend::BackendInfo,
-    cluster::{BackendPort, ServedBy, cluster_mac},
-    flow::{FlowEntry, FlowKey},
+    cluster::cluster_mac,
+    flow::{
+        BackendPort, FlowEntry, FlowKey, MAX_LISTED_RANGE, MAX_SERVED_BY, SERVES_ALONE, ServedBy,
+    },
     next_hop::NextHop,
     service::{NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, Mode, OwnMac, Routing},
@@ -48,7 +50,8 @@ pub struct Image {
     /// Held routing: each backend's next hop (`NextHop::NONE` while it has none), by backend id.
     /// Empty under FIB routing, where the datapath keeps the FIB's answers itself.
     pub held_hops: BTreeMap<u32, NextHop>,
-    /// Two-arm cluster mode: the one VIP and port each backend port serves (`SERVED_BY`).
+    /// Two-arm: the VIP and port each backend port serves alone, or served alone before
+    /// (`SERVED_BY`, see `lb_common::flow::ServedBy`).
     pub served_by: BTreeMap<BackendPort, ServedBy>,
 }
 
@@ -60,6 +63,9 @@ pub struct HostFacts {
     /// `Some` for held routing (one-arm on a host that does not forward): the next hop towards
     /// each backend address that has one now. `None`: the datapath asks the FIB.
     pub held_hops: Option<BTreeMap<Ipv4Addr, NextHop>>,
+    /// What `SERVED_BY` holds now: flows that derived their replies from an entry keep
+    /// finding them after a reload makes its backend port serve more.
+    pub served_by: BTreeMap<BackendPort, ServedBy>,
 }
 
 impl Default for Image {
@@ -166,20 +172,23 @@ pub fn image(
         );
     }
     tables.0 = next_tables;
-    if config.cluster.is_some() && config.mode == Mode::TwoArm {
-        img.served_by = served_by(config, ids);
+    if config.mode == Mode::TwoArm {
+        img.served_by = served_by(config, ids, &host.served_by);
     }
     img
 }
 
-/// Ports of a range are listed one by one up to this width; a wider range's backend ports are
-/// not derivable (its connections of a dead node are adopted only from the client's side).
-const MAX_LISTED_RANGE: u16 = 16;
-
-/// Two-arm cluster mode: the VIP and port each backend port serves, for backend ports that
-/// serve exactly one (a backend port reached from two VIP ports, or from two services, says
-/// nothing about which its client reached).
-fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
+/// Two-arm: `SERVED_BY` for `config`, where `before` is what it holds now. A backend port that
+/// serves exactly one VIP and port names it, `SERVES_ALONE` (a backend port reached from two VIP
+/// ports, or from two services, says nothing about which its client reached). One that serves
+/// more keeps the entry it had, without the flag, for the flows that derived their replies from
+/// it. A port served by nothing has none. Entries `before` had come first when there are more
+/// than the map holds: the ports left out claim reply entries.
+fn served_by(
+    config: &Config,
+    ids: &IdBook,
+    before: &BTreeMap<BackendPort, ServedBy>,
+) -> BTreeMap<BackendPort, ServedBy> {
     let mut seen: BTreeMap<BackendPort, Option<ServedBy>> = BTreeMap::new();
     let mut note = |key: BackendPort, value: Option<ServedBy>| {
         let slot = seen.entry(key).or_insert(value);
@@ -187,6 +196,8 @@ fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
             *slot = None;
         }
     };
+    // Wide ranges whose backend keeps the client's port: (address, protocol, ports).
+    let mut wide = Vec::new();
     for service in &config.services {
         let sid = ids.services[&service.name];
         let vip = addr_v4(service.vip_v4())[0];
@@ -204,8 +215,9 @@ fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
                 };
                 for range in &service.ports {
                     if range.hi - range.lo >= MAX_LISTED_RANGE {
-                        if let Some(port) = b.port {
-                            note(key(port), None);
+                        match b.port {
+                            Some(port) => note(key(port), None),
+                            None => wide.push((addr, proto, range.lo..=range.hi)),
                         }
                         continue;
                     }
@@ -213,7 +225,7 @@ fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
                         let value = ServedBy {
                             vip,
                             vip_port: vport.to_be(),
-                            _pad: 0,
+                            flags: SERVES_ALONE,
                             service_id: sid,
                             backend_id: bid,
                         };
@@ -223,8 +235,24 @@ fn served_by(config: &Config, ids: &IdBook) -> BTreeMap<BackendPort, ServedBy> {
             }
         }
     }
-    seen.into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
+    for (key, alone) in seen.iter_mut() {
+        let port = u16::from_be(key.port);
+        if wide.iter().any(|(addr, proto, ports)| {
+            *addr == key.addr && *proto == key.proto && ports.contains(&port)
+        }) {
+            *alone = None;
+        }
+    }
+    let want = seen.into_iter().filter_map(|(key, alone)| match alone {
+        Some(value) => Some((key, value)),
+        None => before
+            .get(&key)
+            .map(|had| (key, ServedBy { flags: 0, ..*had })),
+    });
+    let (kept, new): (Vec<_>, Vec<_>) = want.partition(|(key, _)| before.contains_key(key));
+    kept.into_iter()
+        .chain(new)
+        .take(MAX_SERVED_BY as usize)
         .collect()
 }
 
@@ -476,7 +504,7 @@ services:
         let config = config::parse(TEXT, "t").unwrap().config;
         let mut ids = IdBook::default();
         ids.assign(&config, 4, 16).unwrap();
-        let served = served_by(&config, &ids);
+        let served = served_by(&config, &ids, &BTreeMap::new());
         let at = |addr: [u8; 4], port: u16, proto: u8| {
             served.get(&BackendPort {
                 addr: lb_common::addr::v4(addr),
@@ -496,6 +524,56 @@ services:
         assert_eq!(x.backend_id, ids.backend_id("one", "x").unwrap());
         // `c` serves every web port on 8080: its packets do not say which.
         assert_eq!(at([198, 18, 2, 3], 8080, tcp), None);
+        assert!(served.values().all(|v| v.flags == SERVES_ALONE));
+    }
+
+    #[test]
+    fn a_backend_port_that_comes_to_serve_more_keeps_its_entry_without_the_flag() {
+        let key = |addr: [u8; 4], port: u16| BackendPort {
+            addr: lb_common::addr::v4(addr),
+            port: port.to_be(),
+            proto: lb_common::addr::PROTO_TCP,
+            _pad: 0,
+        };
+        let config = config::parse(TEXT, "t").unwrap().config;
+        let mut ids = IdBook::default();
+        ids.assign(&config, 4, 16).unwrap();
+        let before = served_by(&config, &ids, &BTreeMap::new());
+        // Another VIP's port 80 on `a`, and a wide range on `y` that covers 443.
+        let more = format!(
+            "{TEXT}  - name: more
+    vip: 198.18.1.2
+    ports: [80]
+    backends: [{{ name: a, address: 198.18.2.1 }}]
+  - name: wide
+    vip: 198.18.1.3
+    ports: [\"1-1024\"]
+    backends: [{{ name: y, address: 198.18.2.4 }}]
+"
+        );
+        let config = config::parse(&more, "t").unwrap().config;
+        ids.assign(&config, 4, 16).unwrap();
+        let after = served_by(&config, &ids, &before);
+        let a80 = key([198, 18, 2, 1], 80);
+        assert_eq!(
+            after[&a80],
+            ServedBy {
+                flags: 0,
+                ..before[&a80]
+            },
+            "a:80 kept for web's flows, no longer serving web:80 alone"
+        );
+        let y443 = key([198, 18, 2, 4], 443);
+        assert_eq!(before[&y443].flags, SERVES_ALONE);
+        assert_eq!(after[&y443].flags, 0, "the wide range reaches y:443 too");
+        assert_eq!(
+            served_by(&config, &ids, &BTreeMap::new()).get(&y443),
+            None,
+            "nothing to keep: no entry"
+        );
+        // Back to the first config: served alone again.
+        let config = config::parse(TEXT, "t").unwrap().config;
+        assert_eq!(served_by(&config, &ids, &after)[&a80], before[&a80]);
     }
 
     #[test]

@@ -69,6 +69,55 @@ pub fn three_backends(bed: &mut Bed) {
     bed.install(web);
 }
 
+/// `three_backends`, and `alt` on VIP:8443 over the same backends' port 443: each backend port
+/// then serves two VIP ports, so web's flows claim reply entries instead of deriving their
+/// replies (`lb_common::flow`).
+pub fn three_backends_shared(bed: &mut Bed) {
+    three_backends(bed);
+    let mut alt = service("alt", 8443, &[1, 2, 3].map(backend_ip));
+    for b in &mut alt.backends {
+        b.port = Some(443);
+    }
+    bed.install(alt);
+}
+
+/// How `web`'s flows find their replies (`lb_common::flow`): by derivation, where each backend
+/// port serves VIP:443 alone, or by reply entries they claim, where `alt` shares the backend
+/// ports. Tests of a flow's reply bookkeeping run both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replies {
+    Derived,
+    Claimed,
+}
+
+impl Replies {
+    pub const BOTH: [Replies; 2] = [Replies::Derived, Replies::Claimed];
+
+    /// `three_backends`, or `three_backends_shared`.
+    pub fn install(self, bed: &mut Bed) {
+        match self {
+            Replies::Derived => three_backends(bed),
+            Replies::Claimed => three_backends_shared(bed),
+        }
+    }
+
+    /// The reply entries one of web's flows holds.
+    pub fn entries(self) -> usize {
+        match self {
+            Replies::Derived => 0,
+            Replies::Claimed => 1,
+        }
+    }
+
+    /// `FlowEntry::flags` of web's flows.
+    pub fn flags(self) -> u8 {
+        match self {
+            Replies::Derived => lb_common::flow::REPLY_DERIVED,
+            Replies::Claimed => 0,
+        }
+    }
+}
+
 /// One-arm over the bed's one-arm backends, SNAT from every SNAT slot with ports 1024-65535:
 /// room for millions of flows, so the bench's new flows never run out of ports.
 pub fn one_arm(bed: &mut Bed) {
@@ -87,6 +136,11 @@ fn syn_from_client(bed: &mut Bed, action: u32) {
 /// `three_backends`, and the client's SYN that starts the row's flow.
 fn three_backends_and_a_flow(bed: &mut Bed) {
     three_backends(bed);
+    syn_from_client(bed, XDP_REDIRECT);
+}
+
+fn shared_backend_ports_and_a_flow(bed: &mut Bed) {
+    three_backends_shared(bed);
     syn_from_client(bed, XDP_REDIRECT);
 }
 
@@ -192,6 +246,9 @@ pub fn all() -> Vec<FlowCase> {
         two_arm_new_flow(),
         two_arm_established_flow(),
         two_arm_reply(),
+        claimed_new_flow(),
+        claimed_established_flow(),
+        claimed_reply(),
         mid_flow_without_state(),
         port_range_rule(),
         udp_new_flow(),
@@ -237,6 +294,42 @@ pub fn two_arm_reply() -> FlowCase {
     FlowCase {
         name: "two-arm reply: source restored to the VIP",
         setup: three_backends_and_a_flow,
+        input: reply_from_the_flows_backend,
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn claimed_new_flow() -> FlowCase {
+    FlowCase {
+        name: "two-arm new flow, backend ports shared by two VIP ports: claims its reply tuple",
+        setup: three_backends_shared,
+        input: syn_to_vip,
+        action: XDP_REDIRECT,
+        output: to_predicted_web_backend,
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn claimed_established_flow() -> FlowCase {
+    FlowCase {
+        name: "two-arm established flow that claimed its reply tuple",
+        setup: shared_backend_ports_and_a_flow,
+        input: ack_to_vip,
+        action: XDP_REDIRECT,
+        output: to_predicted_web_backend,
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn claimed_reply() -> FlowCase {
+    FlowCase {
+        name: "two-arm reply of a flow that claimed its reply tuple",
+        setup: shared_backend_ports_and_a_flow,
         input: reply_from_the_flows_backend,
         action: XDP_REDIRECT,
         output: |bed, pkt| to_client(bed, pkt, 443, CLIENT),

@@ -227,7 +227,10 @@ impl Controller {
                 had.into_iter().filter(|m| m.ifindex != 0).collect()
             }
         };
-        let host = self.host_facts(own_macs);
+        let host = plan::HostFacts {
+            served_by: self.programmed.image.served_by.clone(),
+            ..self.host_facts(own_macs)
+        };
         let lifecycles = &self.lifecycles;
         let image = plan::image(
             &self.config,

@@ -144,6 +144,7 @@ impl Controller {
         HostFacts {
             own_macs,
             held_hops: self.held.as_ref().map(|h| h.last.hops.clone()),
+            ..HostFacts::default()
         }
     }
 

@@ -13,8 +13,7 @@ use aya::{
 use lb_common::{
     addr::{Addr, AddrKey, FAMILY_V4},
     backend::{BackendInfo, BackendState},
-    cluster::{BackendPort, ServedBy},
-    flow::{FlowEntry, FlowKey, ReplyEntry},
+    flow::{BackendPort, FlowEntry, FlowKey, REPLY_DERIVED, ReplyEntry, ServedBy},
     limits::MAX_BACKENDS,
     maps as names,
     next_hop::{BackendHop, NextHop},
@@ -368,14 +367,16 @@ impl Datapath {
         Ok(map.remove(key).is_ok())
     }
 
-    /// Writes established flows directly, each with its reply entry, in batches (benchmarks
-    /// fill the table with them; the datapath alone creates flows in service).
+    /// Writes established flows directly, each with its reply entry unless it derives its
+    /// replies, in batches (benchmarks fill the table with them; the datapath alone creates
+    /// flows in service).
     pub fn insert_flows(&mut self, flows: &[(FlowKey, FlowEntry)]) -> Result<()> {
         let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
         let fd = self.map_data(names::FLOWS)?.fd().as_fd();
         batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))?;
         let (replies, owners): (Vec<FlowKey>, Vec<ReplyEntry>) = flows
             .iter()
+            .filter(|(_, f)| f.flags & REPLY_DERIVED == 0)
             .map(|(client, f)| {
                 let owner = ReplyEntry {
                     client: *client,
@@ -385,6 +386,9 @@ impl Datapath {
                 (f.reply, owner)
             })
             .unzip();
+        if replies.is_empty() {
+            return Ok(());
+        }
         let fd = self.map_data(names::REPLIES)?.fd().as_fd();
         batch::update(fd, &replies, &owners).map_err(io_err("writing REPLIES"))
     }

@@ -19,12 +19,12 @@ use std::{os::fd::AsFd, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, MapError},
+    maps::{Map, MapData, MapError, ProgramArray},
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
     limits::{DEFAULT_FLOW_ENTRIES, DEFAULT_HALF_OPEN_SHARE, MIN_RING_SERVICES},
-    maps as names,
+    maps as names, programs,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
     settings::DatapathSettings,
 };
@@ -148,23 +148,26 @@ impl Datapath {
         let ring_entries = dp.reader.max_entries(names::RING)?;
         dp.ring_slots = ring_entries / RING_MAX_SIZE;
         dp.ring_view = MappedArray::map(dp.map_data(names::RING)?.fd().as_fd(), ring_entries);
-        dp.load_program()?;
+        dp.load_programs()?;
         Ok(dp)
     }
 
-    /// Loads the XDP program into the kernel. The verifier works on it for seconds and gives up
-    /// with EAGAIN when a signal reaches the loading thread meanwhile (seen in the test suite,
-    /// where beds load in parallel); that is retried, as libbpf does.
-    fn load_program(&mut self) -> Result<()> {
-        const ATTEMPTS: u32 = 5;
-        for attempt in 1.. {
-            match self.program_mut()?.load() {
-                Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                    if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {}
-                other => return Ok(other?),
-            }
+    /// Loads the entry program and the stages into the kernel, and puts the stages in `STAGES`
+    /// (an adopted `STAGES` gets this process's stages in place of the previous daemon's).
+    fn load_programs(&mut self) -> Result<()> {
+        load_verified(self.program_mut()?)?;
+        for (slot, name) in programs::STAGES {
+            let stage = self.xdp_mut(name)?;
+            load_verified(stage)?;
+            let fd = stage
+                .fd()?
+                .try_clone()
+                .map_err(io_err("duplicating a stage's fd"))?;
+            let mut stages = ProgramArray::try_from(self.map_mut(names::STAGES)?)
+                .map_err(map_err(names::STAGES))?;
+            stages.set(slot, &fd, 0).map_err(map_err(names::STAGES))?;
         }
-        unreachable!("the last attempt returns")
+        Ok(())
     }
 
     /// Counters, statistics and the connection table, read through this datapath's handles.
@@ -203,10 +206,32 @@ impl Datapath {
     }
 
     pub fn program_mut(&mut self) -> Result<&mut Xdp> {
+        self.xdp_mut(XDP_PROGRAM)
+    }
+
+    /// For the entry program and each stage, how many instructions the verifier processed
+    /// (its limit is a million per program): the headroom the datapath has left to grow.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        let stages = programs::STAGES.iter().map(|&(_, name)| name);
+        std::iter::once(XDP_PROGRAM)
+            .chain(stages)
+            .map(|name| {
+                let prog: &Xdp = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(DatapathError::MissingMap(name))?
+                    .try_into()?;
+                let count = prog.info()?.verified_instruction_count().unwrap_or(0);
+                Ok((name, count))
+            })
+            .collect()
+    }
+
+    fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp> {
         let prog = self
             .ebpf
-            .program_mut(XDP_PROGRAM)
-            .ok_or(DatapathError::MissingMap(XDP_PROGRAM))?;
+            .program_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
         Ok(prog.try_into()?)
     }
 
@@ -229,6 +254,21 @@ impl Datapath {
     fn map_data(&self, name: &'static str) -> Result<&MapData> {
         reader::data_of(self.map(name)?, name)
     }
+}
+
+/// Loads `prog` into the kernel. The verifier works on it for seconds and gives up with EAGAIN
+/// when a signal reaches the loading thread meanwhile (seen in the test suite, where beds load
+/// in parallel); that is retried, as libbpf does.
+fn load_verified(prog: &mut Xdp) -> Result<()> {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1.. {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS => {}
+            other => return Ok(other?),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// Removes every map pin of the datapath under `dir` (after `xnlb stop` detached it).

@@ -48,7 +48,8 @@ pub(super) fn data_of<'a>(map: &'a Map, name: &'static str) -> Result<&'a MapDat
         | Map::HashMap(m)
         | Map::LruHashMap(m)
         | Map::LpmTrie(m)
-        | Map::PerCpuArray(m) => Ok(m),
+        | Map::PerCpuArray(m)
+        | Map::ProgramArray(m) => Ok(m),
         _ => Err(DatapathError::MissingMap(name)),
     }
 }

@@ -149,6 +149,7 @@ impl Programmer {
         let host = HostFacts {
             own_macs,
             held_hops,
+            served_by: self.programmed.image.served_by.clone(),
         };
         let image = plan::image(
             &self.config,

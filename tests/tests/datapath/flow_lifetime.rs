@@ -13,14 +13,20 @@ use lb_common::{
 use xnlb::config::Protocol;
 use xnlb_tests::{
     bed::*,
-    flow_cases::{three_backends, to_client},
+    flow_cases::{Replies, three_backends, three_backends_shared, to_client},
     packets::*,
 };
 
 #[test]
 fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
+    for replies in Replies::BOTH {
+        fin_shortens_a_flow(replies);
+    }
+}
+
+fn fin_shortens_a_flow(replies: Replies) {
     let mut bed = Bed::new();
-    three_backends(&mut bed);
+    replies.install(&mut bed);
     let client = (client_ip(4), 40_000);
     assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
     bed.run(
@@ -52,15 +58,15 @@ fn fin_shortens_a_flow_and_a_new_syn_after_close_selects_again() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, to_client(&bed, &reply, 443, client));
 
-    // The client's ACK establishes it in place of the old entries: one flow, open again, one
-    // reply entry that still undoes the NAT, nothing half-open.
+    // The client's ACK establishes it in place of the old entries: one flow, open again, its
+    // reply entry (if it claims one) that still undoes the NAT, nothing half-open.
     let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
     assert_eq!(bed.run(bed.client_if, &ack.bytes()).0, XDP_REDIRECT);
     let flows = bed.dp.reader().flows().unwrap();
     assert_eq!(flows.len(), 1);
     assert_eq!(flows[0].1.state, FlowState::Open as u8);
     assert_eq!(flows[0].1.backend_id, half_open[0].1.backend_id);
-    assert_eq!(bed.dp.reader().replies().unwrap().len(), 1);
+    assert_eq!(bed.dp.reader().replies().unwrap().len(), replies.entries());
     assert!(bed.dp.reader().half_open_flows().unwrap().is_empty());
     let (action, out) = bed.run(bed.server_if, &reply.bytes());
     assert_eq!(action, XDP_REDIRECT);
@@ -170,11 +176,17 @@ fn switching_a_ring_moves_new_flows_only() {
 
 #[test]
 fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
+    for replies in Replies::BOTH {
+        an_expired_flow_never_rewrites(replies);
+    }
+}
+
+fn an_expired_flow_never_rewrites(replies: Replies) {
     // A client once reached the backend through the VIP from port P; later it connects to the
     // backend's own address from the same port. The backend's answer carries the same tuple as
     // the old flow's replies, but it is not the balancer's: it must pass byte for byte.
     let mut bed = Bed::new();
-    three_backends(&mut bed);
+    replies.install(&mut bed);
     let client = (client_ip(12), 45_000);
     let backend = bed.predict("web", client.0, client.1);
     assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
@@ -200,8 +212,8 @@ fn a_reply_entry_whose_flow_expired_never_rewrites_the_backends_own_traffic() {
     }
     assert_eq!(
         bed.events(FlowEvent::StaleReply),
-        1,
-        "the stale entry is counted once and removed"
+        replies.entries() as u64,
+        "a stale entry is counted once and removed"
     );
     assert!(bed.dp.reader().replies().unwrap().is_empty());
     assert_eq!(
@@ -445,7 +457,7 @@ fn split_and_merged_services_keep_their_flows() {
 #[test]
 fn an_evicted_flow_is_readopted_by_its_backends_next_packet() {
     let mut bed = Bed::new();
-    three_backends(&mut bed);
+    three_backends_shared(&mut bed);
     let client = (client_ip(61), 42_000);
     bed.connect(client, (VIP, 443));
     let (key, before) = bed.dp.reader().flows().unwrap()[0];
@@ -477,13 +489,51 @@ fn an_evicted_flow_is_readopted_by_its_backends_next_packet() {
     assert_eq!(bed.events(FlowEvent::NonSynMiss), 0);
 }
 
+/// A flow that derives its replies has nothing left once the LRU evicts it: its backend's next
+/// packet passes untouched (it cannot be told from the backend's own connection from that
+/// client port), and the client's next packet starts the flow again, on the same backend.
+#[test]
+fn an_evicted_flow_that_derived_its_replies_starts_again_from_the_client() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(61), 42_000);
+    bed.connect(client, (VIP, 443));
+    let (key, before) = bed.dp.reader().flows().unwrap()[0];
+    assert_eq!(before.flags, Replies::Derived.flags());
+    let backend = Ipv4Addr::from(lb_common::addr::v4_octets(&before.reply.src));
+    assert!(bed.dp.evict_flow(&key).unwrap());
+
+    let data = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    assert_eq!(
+        bed.run(bed.server_if, &data.bytes()),
+        (XDP_PASS, data.bytes())
+    );
+    assert_eq!(bed.events(FlowEvent::Readopted), 0);
+    let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
+    let (action, out) = bed.run(bed.client_if, &ack.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[30..34], &backend.octets(), "the same backend again");
+    assert_eq!(bed.events(FlowEvent::NonSynMiss), 1);
+    assert_eq!(
+        bed.run(bed.server_if, &data.bytes()),
+        (XDP_REDIRECT, to_client(&bed, &data, 443, client)),
+        "its replies are translated again"
+    );
+}
+
 /// What is not re-adopted: a SYN-ACK (a backend answering a new direct connection from the
 /// evicted flow's client port, which must pass untouched, and clears the entry so that the rest
 /// of that connection does too), a UDP reply, and a packet whose backend has gone down.
 #[test]
 fn a_direct_connection_udp_or_a_down_backend_is_never_readopted() {
+    for replies in Replies::BOTH {
+        never_readopted(replies);
+    }
+}
+
+fn never_readopted(replies: Replies) {
     let mut bed = Bed::new();
-    three_backends(&mut bed);
+    replies.install(&mut bed);
     let client = (client_ip(62), 42_000);
     bed.connect(client, (VIP, 443));
     let (key, flow) = bed.dp.reader().flows().unwrap()[0];
@@ -502,8 +552,8 @@ fn a_direct_connection_udp_or_a_down_backend_is_never_readopted() {
     assert_eq!(bed.events(FlowEvent::Readopted), 0);
     assert_eq!(
         bed.events(FlowEvent::StaleReply),
-        1,
-        "the entry was cleared"
+        replies.entries() as u64,
+        "the entry (if the flow claimed one) was cleared"
     );
 
     let mut dns = service("dns", 53, &[backend_ip(1)]);

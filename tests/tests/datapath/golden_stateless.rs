@@ -381,3 +381,20 @@ fn the_object_holds_exactly_the_maps_lb_common_names() {
         "lb-ebpf/src/maps.rs and lb_common::maps::ALL must list the same maps"
     );
 }
+
+/// Each program (the entry and every stage) leaves the verifier at least half of its budget of
+/// a million instructions: a change that would take a program near the limit must split it
+/// into another stage first (`lb_common::programs`), not find out when a load fails.
+#[test]
+fn every_program_leaves_the_verifier_half_its_budget() {
+    let bed = Bed::new();
+    let counts = bed.dp.verified_instructions().expect("program info");
+    let names: Vec<&str> = counts.iter().map(|&(name, _)| name).collect();
+    let stages = lb_common::programs::STAGES.map(|(_, name)| name);
+    assert_eq!(names[0], lb_common::programs::ENTRY);
+    assert_eq!(names[1..], stages, "every stage is loaded");
+    for (name, count) in counts {
+        assert!(count > 0, "{name}: the kernel reports no count");
+        assert!(count < 500_000, "{name}: {count} instructions verified");
+    }
+}

@@ -11,8 +11,14 @@
 //!   backend's MAC;
 //! - no packet leaves with an address pair that no live flow owns: one to a backend carries
 //!   exactly the reply tuple (reversed) of the flow its client tuple names, that flow's backend
-//!   id names that very backend of that service, and the reply entry points back at the flow;
-//!   a reply leaves with exactly the client tuple (reversed) of the flow that owns its entry;
+//!   id names that very backend of that service, and the reply entry points back at the flow
+//!   (or the flow derives its replies and `SERVED_BY` names its VIP and port for that backend
+//!   port); a reply leaves with exactly the client tuple (reversed) of the flow that owns its
+//!   entry (or that `SERVED_BY` names);
+//!
+//! `alt` (VIP:8443 on web's backends' port 443) comes and goes with reloads, so web's backend
+//! ports go from serving VIP:443 alone (flows derive their replies) to serving two VIP ports
+//! (flows claim reply entries) and back, with flows of both kinds alive across the change.
 //! - a forwarded packet whose input had valid checksums leaves with valid checksums;
 //! - the program never aborts.
 
@@ -23,7 +29,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP, PROTO_UDP},
     backend::BackendState,
-    flow::FlowKey,
+    flow::{FlowKey, REPLY_DERIVED, SERVES_ALONE, ServedBy},
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use xnlb::datapath::DatapathSizes;
@@ -34,18 +40,23 @@ const PACKETS: usize = 8000;
 const EVENT_EVERY: usize = 400;
 /// Spoofed SYNs in one flood: more than the half-open table holds.
 const FLOOD: usize = 1500;
-/// Backend ids the id book may use: room for both services at their largest (6 + 4) and two
+/// Backend ids the id book may use: room for the services at their largest (6 + 4 + 2) and two
 /// more, so ids are soon handed out again.
-const IDS: u32 = 12;
+const IDS: u32 = 14;
 
-/// What the test knows: each service's backends now, and every (client tuple, backend) pair
-/// it saw forwarded, for generating replies; old pairs too, so that backends answer for flows
-/// that have since moved or ended.
+/// What the test knows: each service's backends now, and every (client address, client port,
+/// backend port, backend) it saw forwarded, for generating replies; old ones too, so that
+/// backends answer for flows that have since moved or ended.
 struct Model {
     web: Vec<Ipv4Addr>,
     rpc: Vec<Ipv4Addr>,
+    /// On VIP:8443, to port 443 of these (empty: no `alt`).
+    alt: Vec<Ipv4Addr>,
     seen: HashSet<(Ipv4Addr, u16, u16, Ipv4Addr)>,
     flows: Vec<(Ipv4Addr, u16, u16, Ipv4Addr)>,
+    /// TCP packets forwarded to a backend on flows that claimed their reply tuple, and on
+    /// flows that derive their replies.
+    kinds: [usize; 2],
 }
 
 impl Model {
@@ -53,6 +64,7 @@ impl Model {
     fn service(&self, proto: u8, port: u16) -> Option<(&'static str, &[Ipv4Addr])> {
         match (proto, port) {
             (PROTO_TCP, 443) => Some(("web", &self.web)),
+            (PROTO_TCP, 8443) if !self.alt.is_empty() => Some(("alt", &self.alt)),
             (PROTO_UDP, 1024..) => Some(("rpc", &self.rpc)),
             _ => None,
         }
@@ -68,6 +80,16 @@ fn install(bed: &mut Bed, model: &Model) {
     }];
     rpc.protocol = xnlb::config::Protocol::Udp;
     bed.install(rpc);
+    if model.alt.is_empty() {
+        bed.program.remove("alt");
+        bed.program.apply(&mut bed.dp);
+    } else {
+        let mut alt = service("alt", 8443, &model.alt);
+        for b in &mut alt.backends {
+            b.port = Some(443);
+        }
+        bed.install(alt);
+    }
 }
 
 /// The IPv4 TCP/UDP tuple of a frame, as the datapath keys it.
@@ -108,9 +130,33 @@ fn addr(word: &[u32; 4]) -> Ipv4Addr {
     Ipv4Addr::from(word[0].to_ne_bytes())
 }
 
+/// What `SERVED_BY` holds for the backend port that sends `reply`.
+fn served_by(bed: &Bed, reply: &FlowKey) -> Option<ServedBy> {
+    let at = lb_common::flow::BackendPort {
+        addr: reply.src,
+        port: reply.src_port,
+        proto: reply.proto,
+        _pad: 0,
+    };
+    let served = bed.dp.served_by().expect("SERVED_BY");
+    served.into_iter().find(|(k, _)| *k == at).map(|(_, v)| v)
+}
+
+/// The client tuple a backend's `reply` answers, by `served`.
+fn derived_client(served: &ServedBy, reply: &FlowKey) -> FlowKey {
+    FlowKey {
+        src: reply.dst,
+        dst: [served.vip, 0, 0, 0],
+        src_port: reply.dst_port,
+        dst_port: served.vip_port,
+        ..*reply
+    }
+}
+
 /// Some live flow owns `out`, the translation of client packet `input`: the flow its tuple
 /// names (established or half-open) translates to exactly `out`'s tuple, names under its
-/// backend id the backend of `service` it was sent to, and holds the reply entry for it.
+/// backend id the backend of `service` it was sent to, and holds the reply entry for it, or
+/// derives its replies from a `SERVED_BY` entry that leads back to it.
 fn owned_towards_backend(bed: &Bed, service: &str, input: &FlowKey, out: &FlowKey) -> bool {
     let r = bed.dp.reader();
     [false, true].into_iter().any(|half_open| {
@@ -118,26 +164,45 @@ fn owned_towards_backend(bed: &Bed, service: &str, input: &FlowKey, out: &FlowKe
             return false;
         };
         let backend = bed.dp.backend(flow.backend_id).expect("backend");
-        flow.reply == reversed(out)
-            && backend.is(bed.service_id(service), &flow.reply.src)
-            && r.reply(half_open, &flow.reply)
+        let owns_reply = if flow.flags & REPLY_DERIVED != 0 {
+            served_by(bed, &flow.reply).is_some_and(|v| derived_client(&v, &flow.reply) == *input)
+        } else {
+            r.reply(half_open, &flow.reply)
                 .expect("reply lookup")
                 .is_some_and(|owner| owner.client == *input)
+        };
+        flow.reply == reversed(out)
+            && backend.is(bed.service_id(service), &flow.reply.src)
+            && owns_reply
     })
 }
 
 /// Some live flow owns `out`, the translation of backend packet `input`: the reply entry of
-/// `input`'s tuple names a flow that points back at it, and `out` carries that flow's client
-/// tuple, reversed.
+/// `input`'s tuple names a flow that points back at it, or `SERVED_BY` names such a flow (one
+/// that derives its replies, or any where the backend port serves its VIP and port alone); and
+/// `out` carries that flow's client tuple, reversed.
 fn owned_towards_client(bed: &Bed, input: &FlowKey, out: &FlowKey) -> bool {
     let r = bed.dp.reader();
-    [false, true].into_iter().any(|half_open| {
-        let Some(owner) = r.reply(half_open, input).expect("reply lookup") else {
-            return false;
-        };
-        let flow = r.flow(half_open, &owner.client).expect("flow lookup");
-        flow.is_some_and(|f| f.reply == *input) && reversed(&owner.client) == *out
-    })
+    let derived = served_by(bed, input).is_some_and(|v| {
+        let client = derived_client(&v, input);
+        reversed(&client) == *out
+            && [false, true].into_iter().any(|half_open| {
+                r.flow(half_open, &client)
+                    .expect("flow lookup")
+                    .is_some_and(|f| {
+                        f.reply == *input
+                            && (v.flags & SERVES_ALONE != 0 || f.flags & REPLY_DERIVED != 0)
+                    })
+            })
+    });
+    derived
+        || [false, true].into_iter().any(|half_open| {
+            let Some(owner) = r.reply(half_open, input).expect("reply lookup") else {
+                return false;
+            };
+            let flow = r.flow(half_open, &owner.client).expect("flow lookup");
+            flow.is_some_and(|f| f.reply == *input) && reversed(&owner.client) == *out
+        })
 }
 
 /// What the maps hold for client tuple `key`, for a failure message.
@@ -210,12 +275,17 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
                     let pair = (
                         addr(&input.src),
                         u16::from_be(input.src_port),
-                        u16::from_be(input.dst_port),
+                        u16::from_be(out_key.dst_port),
                         out_dst,
                     );
                     if model.seen.insert(pair) {
                         model.flows.push(pair);
                     }
+                    let r = bed.dp.reader();
+                    let flow = r.flow(false, &input).expect("flow lookup");
+                    let flow = flow.or_else(|| r.flow(true, &input).expect("flow lookup"));
+                    let derived = flow.is_some_and(|f| f.flags & REPLY_DERIVED != 0);
+                    model.kinds[derived as usize] += 1;
                 }
             } else {
                 assert_eq!(
@@ -246,9 +316,18 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
     }
 }
 
-/// A reload: one service gains a backend it lacks or loses one (never its last). Backends are
-/// named by position, so a removal also re-addresses the names after it.
+/// A reload: one service gains a backend it lacks or loses one (never its last), or `alt` comes
+/// or goes. Backends are named by position, so a removal also re-addresses the names after it.
 fn reload(bed: &mut Bed, model: &mut Model, rng: &mut SmallRng) {
+    if rng.random_bool(0.25) {
+        model.alt = if model.alt.is_empty() {
+            model.web.iter().copied().take(2).collect()
+        } else {
+            Vec::new()
+        };
+        install(bed, model);
+        return;
+    }
     let (set, pool): (&mut Vec<Ipv4Addr>, Vec<Ipv4Addr>) = if rng.random_bool(0.6) {
         (&mut model.web, (1..=6).map(backend_ip).collect())
     } else {
@@ -275,6 +354,8 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let mut model = Model {
         web: (1..=4).map(backend_ip).collect(),
         rpc: vec![backend_ip(5), backend_ip(6)],
+        alt: Vec::new(),
+        kinds: [0; 2],
         seen: HashSet::new(),
         flows: Vec::new(),
     };
@@ -321,9 +402,11 @@ fn datapath_invariants_hold_for_generated_traffic() {
                 } else {
                     [ACK, FIN_ACK, RST][rng.random_range(0..3)]
                 };
+                let port = if rng.random_bool(0.7) { 443 } else { 8443 };
                 (
                     bed.client_if,
-                    bed.from_client(Pkt::tcp(client, (VIP, 443), flags)).bytes(),
+                    bed.from_client(Pkt::tcp(client, (VIP, port), flags))
+                        .bytes(),
                     "tcp to VIP",
                 )
             }
@@ -388,6 +471,11 @@ fn datapath_invariants_hold_for_generated_traffic() {
     assert!(
         forwarded > (PACKETS / 5) as u64,
         "the generator must exercise real flows, forwarded {forwarded}"
+    );
+    assert!(
+        model.kinds.iter().all(|&n| n > 100),
+        "flows that claim and flows that derive their replies, by packets: {:?}",
+        model.kinds
     );
     assert!(
         model.flows.len() > 100,

@@ -10,7 +10,7 @@
 use aya::programs::Xdp;
 use lb_common::{
     addr::{FAMILY_V4, PROTO_TCP},
-    flow::{FlowEntry, FlowKey, FlowState},
+    flow::{FlowEntry, FlowKey, FlowState, REPLY_DERIVED},
 };
 use xnlb::{datapath::DatapathSizes, model::port_rules::addr_v4};
 use xnlb_tests::{
@@ -262,11 +262,14 @@ pub fn by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) ->
                     dst_port: key.src_port,
                     ..key
                 };
+                // `web`'s backend ports serve VIP:443 alone: its flows derive their replies, as
+                // the datapath's own would.
                 let entry = FlowEntry {
                     last_seen_ns: now,
                     reply,
                     backend_id: bed.program.backend_id_at("web", backend),
                     state: FlowState::Open as u8,
+                    flags: REPLY_DERIVED,
                     ..Default::default()
                 };
                 (key, entry)

@@ -5,6 +5,9 @@
 //! keyed by; they are not the balancer's and must reach the client untouched. Before reply
 //! entries were checked against a live flow, 9 of 20 such connections failed (the SYN-ACK came
 //! back from the VIP).
+//!
+//! Run twice: with `web` alone, its flows derive their replies and hold no reply entry at all;
+//! with `alt` on the same backend ports, they claim reply entries, which go stale.
 
 use xnlb_tests::{addresses::CLIENT_IP, apps::http_get_from_port};
 
@@ -14,11 +17,23 @@ const CONNECTIONS: u16 = 40;
 const FIRST_PORT: u16 = 45_000;
 
 pub fn direct_connections_from_reused_ports() {
+    for shared in [false, true] {
+        direct_connections(shared);
+    }
+}
+
+/// `shared`: `alt` (VIP:8080) shares web's backend ports.
+fn direct_connections(shared: bool) {
     let farm = Farm::new(Mode::TwoArm, 3);
+    let backends = farm.backends(&[1, 2, 3], |_| "".into());
+    let mut services = vec![farm.service("web", HTTP, "    affinity: none\n", &backends)];
+    if shared {
+        services.push(farm.service("alt", 8080, "", &backends));
+    }
     // Short timeouts, so the test can wait them out.
     let config = format!(
         "{}conntrack:\n  tcp_timeout: 2s\n  tcp_closing_timeout: 1s\n",
-        farm.web_config()
+        farm.config(&services)
     );
     let _d = Daemon::start(&farm.net.lb, &config);
     let client = &farm.net.client;
@@ -57,13 +72,18 @@ pub fn direct_connections_from_reused_ports() {
         .sum("xnlb_flow_events_total", &[("event", "stale_reply")])
         - stale_before;
     println!(
-        "two-arm: {} of {CONNECTIONS} direct connections from reused client ports failed; \
-         stale reply entries met: {stale}",
+        "two-arm, backend ports shared: {shared}: {} of {CONNECTIONS} direct connections from \
+         reused client ports failed; stale reply entries met: {stale}",
         failed.len()
     );
     assert!(failed.is_empty(), "direct connections failed: {failed:?}");
-    assert_eq!(
-        stale, CONNECTIONS as f64,
-        "each old flow's reply entry was met once, found stale and removed"
-    );
+    let (entries, why) = if shared {
+        (
+            CONNECTIONS,
+            "each old flow's reply entry was met once, found stale and removed",
+        )
+    } else {
+        (0, "the flows derived their replies: no entry to meet")
+    };
+    assert_eq!(stale, entries as f64, "{why}");
 }

@@ -1,0 +1,19 @@
+//! The datapath's XDP programs by name. Interfaces run [`ENTRY`], which classifies a packet and
+//! tail-calls the stage that handles it through the `STAGES` program array. Each program is
+//! verified on its own, so the verifier's budget (a million instructions per program) holds for
+//! each stage, not for the whole datapath.
+
+/// The program attached to the interfaces: parse, classify, pass what is not ours.
+pub const ENTRY: &str = "xnlb";
+
+/// Parse Ethernet, pass: the cost every XDP program pays (benchmarks), and a NIC-like receiver
+/// on veth peers (test beds).
+pub const FLOOR: &str = "xnlb_floor";
+
+/// `STAGES` slot of the stage for packets addressed to a VIP.
+pub const TO_VIP: u32 = 0;
+/// `STAGES` slot of the stage for packets from a backend's address.
+pub const FROM_BACKEND: u32 = 1;
+
+/// Every stage: its `STAGES` slot and its program's name.
+pub const STAGES: [(u32, &str); 2] = [(TO_VIP, "xnlb_to_vip"), (FROM_BACKEND, "xnlb_from_backend")];
