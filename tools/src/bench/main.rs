@@ -91,10 +91,7 @@ pub struct Results {
     pub by_backends: packet_cost::Curve,
     pub table_builds: Vec<(u32, Duration)>,
     pub reload: control::Reload,
-    pub memory: (
-        xnlb::datapath::DatapathSizes,
-        Vec<xnlb::datapath::MapFootprint>,
-    ),
+    pub memory: memory::Footprints,
     pub end_to_end: Vec<end_to_end::Run>,
     pub took: Duration,
 }

@@ -434,7 +434,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
         e2e_table(&r.end_to_end),
         PLOTS[4]
     );
-    let (sizes, maps) = &r.memory;
+    let (sizes, maps, verified) = &r.memory;
     let _ = writeln!(
         md,
         "## 4. Memory\n\nEvery map at a default config's sizes ({} flows; ring tables for {} services), as the kernel charges it (`memlock` in the map's fdinfo). The LPM trie of port rules allocates a node per rule as rules are added, so the kernel reports 0 for it up front.\n\n| map | type | key B | value B | max entries | bytes |\n|---|---|---:|---:|---:|---:|",
@@ -453,6 +453,13 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
         "| **total** | | | | | **{total}** ({:.1} MiB) |",
         total as f64 / 1048576.0
     );
+    let _ = writeln!(
+        md,
+        "\nThe verifier's work on each program (`Datapath::verified_instructions`), of its limit of a million per program: the datapath's room to grow before a stage must be split (a datapath test keeps each under half).\n\n| program | instructions verified |\n|---|---:|"
+    );
+    for (name, count) in verified {
+        let _ = writeln!(md, "| `{name}` | {count} |");
+    }
     std::fs::write(dir.join("report.md"), md)?;
     Ok(())
 }
