@@ -73,14 +73,23 @@ pub fn to_vip(
         return Outcome::Drop(DropReason::MalformedL4);
     };
     let key = tuple(ip, &l4);
-    let rule_key = Key::new(
-        RULE_LOOKUP_BITS,
-        ServiceRuleKey::v4(key.proto, key.dst[0], key.dst_port),
-    );
-    let Some(rule) = SERVICE_RULES.get(&rule_key) else {
-        return Outcome::Drop(DropReason::NoService);
+    // A packet of an established flow has its service from the flow's backend: the rule lookup
+    // (a longest-prefix walk, the costliest lookup on this path) is for packets without one. A
+    // reload that takes a port's rule away removes the port's flows (`plan::flow_fates`).
+    let established = conntrack::established_entry(&key, &l4);
+    let service_id = match established.and_then(conntrack::service_of) {
+        Some(id) => id,
+        None => {
+            let rule_key = Key::new(
+                RULE_LOOKUP_BITS,
+                ServiceRuleKey::v4(key.proto, key.dst[0], key.dst_port),
+            );
+            let Some(rule) = SERVICE_RULES.get(&rule_key) else {
+                return Outcome::Drop(DropReason::NoService);
+            };
+            rule.service_id
+        }
     };
-    let service_id = rule.service_id;
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
@@ -121,7 +130,16 @@ pub fn to_vip(
         let smac = cluster::answering_mac(settings, &eth.dst);
         forward::return_to_sender(ctx, eth, smac, &mut scratch.entry.client_hop);
     }
-    let flow = match conntrack::client_flow(svc, service_id, &key, &l4, settings, ownership, now) {
+    let flow = match conntrack::client_flow(
+        svc,
+        service_id,
+        &key,
+        &l4,
+        settings,
+        ownership,
+        established,
+        now,
+    ) {
         Ok(flow) => flow,
         Err(reason) => {
             stats::service_dropped(service_id);

@@ -98,7 +98,9 @@ pub type Flow = &'static FlowEntry;
 /// cluster mode): only the owner starts flows; a finishing node carries its own TCP connections
 /// to their end; an owner that another node is finishing for takes no connection's middle,
 /// which is that node's; UDP moves with the bucket at once.
+/// `established` is the key's entry in `FLOWS` (`established_entry`).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn client_flow(
     svc: &ServiceInfo,
     service_id: u32,
@@ -106,21 +108,13 @@ pub fn client_flow(
     l4: &L4,
     s: &DatapathSettings,
     ownership: u32,
+    established: Option<*mut FlowEntry>,
     now: u64,
 ) -> Result<Flow, DropReason> {
     let mine = ownership & BUCKET_MINE != 0;
     if !mine && !l4.is_tcp() {
         return Err(DropReason::NotMyBucket);
     }
-    // A SYN starts a connection: it never joins an established flow, so that table is not
-    // asked (one cold lookup less per new flow). A SYN on an established flow's tuple becomes
-    // a half-open flow of its own, which the client's next packet completes only if the
-    // established flow is closing or gone; a spoofed one no longer refreshes the flow.
-    let established = if l4.is_syn() {
-        None
-    } else {
-        FLOWS.get_ptr_mut(key)
-    };
     let mut closing = None;
     if let Some(entry) = established {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
@@ -180,6 +174,31 @@ pub fn client_flow(
         s,
         now,
     )
+}
+
+/// The established entry a client packet may belong to. A SYN starts a connection: it never
+/// joins an established flow, so that table is not asked (one cold lookup less per new flow).
+/// A SYN on an established flow's tuple becomes a half-open flow of its own, which the client's
+/// next packet completes only if the established flow is closing or gone; a spoofed one no
+/// longer refreshes the flow.
+#[inline(always)]
+pub fn established_entry(key: &FlowKey, l4: &L4) -> Option<*mut FlowEntry> {
+    if l4.is_syn() {
+        None
+    } else {
+        FLOWS.get_ptr_mut(key)
+    }
+}
+
+/// The service of an established entry: its backend's, while the backend id still names the
+/// backend it went to (`client_flow` decides whether the flow goes on).
+#[inline(always)]
+pub fn service_of(entry: *mut FlowEntry) -> Option<u32> {
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
+    let e = unsafe { &*entry };
+    let b = BACKENDS.get(e.backend_id)?;
+    b.serves(&e.reply.src, e.reply.src_port)
+        .then_some(b.service_id)
 }
 
 /// Held routing: the way back to the client is the way its packets come. `balance::to_vip`

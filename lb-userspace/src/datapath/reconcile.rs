@@ -7,8 +7,9 @@
 //!    `SERVICES` write switches it (the kernel swaps the element under RCU);
 //! 3. port rules that appear or move, then those that go;
 //! 4. services that go;
-//! 5. when a backend id goes or now names another backend (and once after a restart, for what
-//!    a killed daemon may have left), every flow follows its backend (`plan::flow_fates`): one
+//! 5. when a backend id goes or now names another backend, or a port rule goes or moves to
+//!    another service (and once after a restart, for what a killed daemon may have left), every
+//!    flow follows its backend (`plan::flow_fates`): one
 //!    whose tuple now belongs to another service that has the backend it went to (a split or a
 //!    merge of services) is re-pointed at that service's id for it; one that no longer belongs
 //!    to the backend it went to is removed. The datapath already never follows an id to
@@ -134,7 +135,8 @@ impl Programmed {
         for &id in fresh {
             dp.reset_backend_stats(id)?;
         }
-        let mut ids_moved = self.flows_unchecked;
+        // Whether every flow must be given its fate again (step 5).
+        let mut fates_due = self.flows_unchecked;
         if self.flows_unchecked {
             // Adopted maps, perhaps from an xnlb that kept no next hops: label every backend's.
             for (&id, b) in &want.backends {
@@ -143,7 +145,7 @@ impl Programmed {
         }
         for (&id, b) in &want.backends {
             if let Some(old) = now.backends.get(&id) {
-                ids_moved |= !old.is(b.service_id, &b.addr);
+                fates_due |= !old.is(b.service_id, &b.addr);
             }
             if now.backends.get(&id) != Some(b) {
                 dp.set_backend(id, b)?;
@@ -215,12 +217,18 @@ impl Programmed {
 
         for (&key, &sid) in &want.rules {
             if now.rules.get(&key) != Some(&sid) {
+                // A rule that moves to another service moves its flows (step 5).
+                fates_due |= now.rules.contains_key(&key);
                 dp.insert_rule(key, sid)?;
                 now.rules.insert(key, sid);
                 changes.rules_added += 1;
             }
         }
         let gone = absent_from(&now.rules, &want.rules);
+        // The datapath asks the rules only for packets without an established flow (an
+        // established one has its service from its backend): the flows of a port whose rule
+        // goes are removed here (step 5), not at their next packet.
+        fates_due |= !gone.is_empty();
         for key in gone {
             dp.remove_rule(key)?;
             now.rules.remove(&key);
@@ -236,8 +244,8 @@ impl Programmed {
             changes.services_removed += 1;
         }
         let gone = absent_from(&now.backends, &want.backends);
-        ids_moved |= !gone.is_empty();
-        if ids_moved {
+        fates_due |= !gone.is_empty();
+        if fates_due {
             // Before the retired ids go down: a flow whose backend now serves its tuple under
             // another id moves to it while its old id still holds.
             flows_follow(dp, want, &mut changes)?;
@@ -259,7 +267,7 @@ impl Programmed {
             dp.remove_vip(*vip)?;
             now.vips.remove(vip);
         }
-        if ids_moved {
+        if fates_due {
             self.flows_unchecked = false;
         }
         Ok(changes)

@@ -3,7 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{backend::BackendState, stats::DropReason};
+use lb_common::{
+    backend::BackendState,
+    stats::{DropReason, FlowEvent},
+};
 use xnlb::config::{Affinity, Filtering};
 use xnlb_tests::{bed::*, flow_cases::three_backends, packets::*};
 
@@ -171,4 +174,32 @@ fn port_rules_follow_reloads_from_one_port_to_a_range_to_none() {
     assert_eq!(bed.run(bed.client_if, &syn443).0, XDP_DROP);
     assert_eq!(bed.run(bed.client_if, &syn444).0, XDP_DROP);
     assert_eq!(bed.drops(DropReason::NoService), before + 2);
+}
+
+/// An established flow has its service from its backend, so its packets skip the rule lookup:
+/// a reload that takes its port's rule away removes the flow, and its next packet is dropped as
+/// traffic to a port without a rule, as a new one would be. A flow on a port that keeps its
+/// rule goes on.
+#[test]
+fn an_established_flow_ends_with_its_ports_rule() {
+    let mut bed = Bed::new();
+    let mut web = service("web", 443, &[backend_ip(1)]);
+    web.ports.push(xnlb::config::PortRange { lo: 444, hi: 444 });
+    bed.install(web.clone());
+    let (kept, cut) = ((client_ip(2), 40_001), (client_ip(2), 40_002));
+    assert_eq!(bed.connect(kept, (VIP, 443)).0, XDP_REDIRECT);
+    assert_eq!(bed.connect(cut, (VIP, 444)).0, XDP_REDIRECT);
+    assert_eq!(bed.dp.reader().flows().unwrap().len(), 2);
+
+    web.ports.truncate(1);
+    bed.install(web);
+    let flows = bed.dp.reader().flows().unwrap();
+    assert_eq!(flows.len(), 1, "the reload removed the flow of port 444");
+    assert_eq!(u16::from_be(flows[0].0.dst_port), 443);
+    assert_eq!(bed.events(FlowEvent::ForeignRemoved), 1);
+    let ack = |client, port| bed.from_client(Pkt::tcp(client, (VIP, port), ACK)).bytes();
+    let before = bed.drops(DropReason::NoService);
+    assert_eq!(bed.run(bed.client_if, &ack(cut, 444)).0, XDP_DROP);
+    assert_eq!(bed.drops(DropReason::NoService), before + 1);
+    assert_eq!(bed.run(bed.client_if, &ack(kept, 443)).0, XDP_REDIRECT);
 }
