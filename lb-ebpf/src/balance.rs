@@ -74,11 +74,18 @@ pub fn to_vip(
     };
     let key = tuple(ip, &l4);
     // A packet of an established flow has its service from the flow's backend: the rule lookup
-    // (a longest-prefix walk, the costliest lookup on this path) is for packets without one. A
-    // reload that takes a port's rule away removes the port's flows (`plan::flow_fates`).
+    // (a longest-prefix walk, the costliest lookup on this path) is for packets without one,
+    // and for a flow whose service a reload has just removed (it is re-pointed at its new
+    // service right after). A reload that takes a port's rule away removes the port's flows
+    // (`plan::flow_fates`).
     let established = conntrack::established_entry(&key, &l4);
-    let service_id = match established.and_then(conntrack::service_of) {
-        Some(id) => id,
+    let flow_service = established
+        .and_then(conntrack::service_of)
+        // SAFETY: the element stays valid for this program run (RCU); writers replace whole
+        // elements, so a read sees old or new values, never freed memory.
+        .and_then(|id| unsafe { SERVICES.get(&id) }.map(|svc| (id, svc)));
+    let (service_id, svc) = match flow_service {
+        Some(found) => found,
         None => {
             let rule_key = Key::new(
                 RULE_LOOKUP_BITS,
@@ -87,13 +94,13 @@ pub fn to_vip(
             let Some(rule) = SERVICE_RULES.get(&rule_key) else {
                 return Outcome::Drop(DropReason::NoService);
             };
-            rule.service_id
+            let service_id = rule.service_id;
+            // SAFETY: as above.
+            let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
+                return Outcome::Drop(DropReason::NoService);
+            };
+            (service_id, svc)
         }
-    };
-    // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
-    // store single fields, so a read sees old or new values, never freed memory.
-    let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
-        return Outcome::Drop(DropReason::NoService);
     };
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -210,9 +217,6 @@ pub fn from_backend(
     let key = tuple(ip, &l4);
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // An established flow's reply, or the SYN-ACK (or RST) of a half-open one. A stale
-    // established entry does not end the search: a client that came back from the same port
-    // has the tuple again, half-open. Two blocks, so that each names its maps as constants.
     // Two-arm: a backend port that serves (or served) one VIP and port alone names the flow.
     if settings.mode == Mode::TwoArm as u8
         && let Some(served) = derived::served_by(&key)
@@ -221,6 +225,10 @@ pub fn from_backend(
     {
         return to_client(ctx, eth, ip, &l4, entry, flow, settings, now);
     }
+    // Otherwise its reply entry: an established flow's reply, or the SYN-ACK (or RST) of a
+    // half-open one. A stale established entry does not end the search: a client that came
+    // back from the same port has the tuple again, half-open. Two blocks, so that each names
+    // its maps as constants.
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.
     if let Some(entry) = unsafe { REPLIES.get(&key) }

@@ -144,8 +144,8 @@ fn readdress_to_this_node(ctx: &XdpContext, eth: &mut EthHdr, s: &DatapathSettin
 }
 
 /// `bucket_flags` for an IPv4 client, in a frame of its own: the hash's registers would
-/// otherwise spill onto `adopt_reply`'s stack, which sits on top of the datapath's nearly full
-/// one (the verifier counts the sum against 512 bytes).
+/// otherwise spill onto `may_adopt`'s stack, which sits on top of the reply stage's (the
+/// verifier counts the sum against 512 bytes).
 #[inline(never)]
 fn v4_bucket_flags(
     affinity: u8,

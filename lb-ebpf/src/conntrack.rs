@@ -259,47 +259,27 @@ fn establish(
     entry._pad = 0;
     // The SYN-ACK's next hop to the client serves the established flow.
     mem::copy(&mut entry.client_hop, &h.client_hop);
-    // The reply entry first: a backend reply racing this packet finds one stage or the other.
-    if !claim_established_reply(key) {
-        return Err(DropReason::FlowTableFull);
+    // A flow that derives its replies has no reply entry to move.
+    let claimed = entry.flags & REPLY_DERIVED == 0;
+    if claimed {
+        let owner = &mut scratch.owner;
+        owner.client = *key;
+        owner.backend_id = entry.backend_id;
+        owner._pad = 0;
+        // The reply entry first: a backend reply racing this packet finds one stage or the
+        // other.
+        if REPLIES.insert(&entry.reply, owner, BPF_ANY as u64).is_err() {
+            return Err(DropReason::FlowTableFull);
+        }
     }
     record(Stage::Established, key, entry, established)?;
-    release_half_open_reply();
+    if claimed {
+        let _ = HALF_OPEN_REPLIES.remove(&entry.reply);
+    }
     if HALF_OPEN.remove(key).is_ok() {
         stats::flow_event(FlowEvent::Established);
     }
     Ok(entry)
-}
-
-/// `establish`: the reply entry of the flow of `key` that scratch's entry holds, in the
-/// established stage (none for a flow that derives its replies); false when the table refused
-/// it. Frames of their own, here and in `release_half_open_reply`: the verifier walks the rest
-/// of the packet's path once for both kinds of flow, not once for each.
-#[inline(never)]
-fn claim_established_reply(key: &FlowKey) -> bool {
-    let Some(scratch) = scratch::get() else {
-        return false;
-    };
-    let entry = &scratch.entry;
-    if entry.flags & REPLY_DERIVED != 0 {
-        return true;
-    }
-    let owner = &mut scratch.owner;
-    owner.client = *key;
-    owner.backend_id = entry.backend_id;
-    owner._pad = 0;
-    REPLIES.insert(&entry.reply, owner, BPF_ANY as u64).is_ok()
-}
-
-/// `establish`: the half-open reply entry of the flow that scratch's entry holds, if it
-/// claimed one, removed.
-#[inline(never)]
-fn release_half_open_reply() {
-    if let Some(scratch) = scratch::get()
-        && scratch.entry.flags & REPLY_DERIVED == 0
-    {
-        let _ = HALF_OPEN_REPLIES.remove(&scratch.entry.reply);
-    }
 }
 
 /// Writes `entry` as the key's flow in `stage`: in place of the key's old entry (expired,
@@ -627,8 +607,8 @@ fn new_flow(
 /// backend in the owner) finds its replies, in the half-open stage or the established one:
 /// derived, where its backend port serves its VIP and port alone (the entry's flags say so), or
 /// by claiming its reply tuple (`existing`: the client's stale entry in that stage). False when
-/// another flow holds the tuple. A frame of its own, that returns the same on every path that
-/// goes on: the verifier walks the rest of the packet's path once, not once for each way here.
+/// another flow holds the tuple. A frame of its own: the claim's locals stay off the stage's
+/// frame, which the verifier bounds at 512 bytes together with its callees'.
 #[inline(never)]
 fn two_arm_reply(
     half_open: bool,

@@ -203,3 +203,26 @@ fn an_established_flow_ends_with_its_ports_rule() {
     assert_eq!(bed.drops(DropReason::NoService), before + 1);
     assert_eq!(bed.run(bed.client_if, &ack(kept, 443)).0, XDP_REDIRECT);
 }
+
+/// A reload removes a service before it re-points the service's flows at their new service
+/// (`datapath::reconcile`, steps 4 and 5): in between, a flow's backend names a service that is
+/// gone. Its packets then find their service by the rule, as a flow without one would, and go
+/// on (they were dropped as `no_service` when only the flow's backend was asked).
+#[test]
+fn a_flow_whose_service_is_gone_finds_it_by_the_rule() {
+    let mut bed = Bed::new();
+    three_backends(&mut bed);
+    let client = (client_ip(3), 40_003);
+    let backend = bed.predict("web", client.0, client.1);
+    assert_eq!(bed.connect(client, (VIP, 443)).0, XDP_REDIRECT);
+    let id = bed.dp.reader().flows().unwrap()[0].1.backend_id;
+    let mut info = bed.dp.backend(id).expect("backend");
+    info.service_id = lb_common::limits::MAX_SERVICES - 1;
+    bed.dp.set_backend(id, &info).expect("set backend");
+
+    let ack = bed.from_client(Pkt::tcp(client, (VIP, 443), ACK));
+    let (action, out) = bed.run(bed.client_if, &ack.bytes());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&out[30..34], &backend.octets(), "on its backend still");
+    assert_eq!(bed.drops(DropReason::NoService), 0);
+}
