@@ -5,7 +5,6 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     addr::{Addr, AddrKey},
-    backend::BackendState,
     cluster::{
         ACTIVE_TABLE, BUCKET_FINISHING, BUCKET_HANDOVER, BUCKET_MINE, BUCKETS as BUCKETS_PER_TABLE,
         LEASE_UNTIL, bucket_of,
@@ -16,7 +15,7 @@ use lb_common::{
 };
 
 use crate::{
-    Outcome,
+    Outcome, conntrack,
     maps::{BACKENDS, BUCKETS, CLUSTER_STATE, SERVICES, VIPS},
     mem,
     packet::{ETH_HLEN, EthHdr, ptr_at},
@@ -101,9 +100,7 @@ pub fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
     if flags & BUCKET_MINE == 0 || flags & BUCKET_HANDOVER != 0 {
         return false;
     }
-    BACKENDS.get(served.backend_id).is_some_and(|b| {
-        b.serves(&reply.src, reply.src_port) && BackendState::byte_keeps_flows(b.state)
-    })
+    conntrack::backend_carries(served.backend_id, reply)
 }
 
 /// `sent`, the outcome of sending a translated packet. One of this node's packets that goes to

@@ -397,12 +397,10 @@ fn answers(
 /// scratch). The handshake's packets ask the half-open stage first, since a closing
 /// established flow may still have the tuple. Where the backend port serves more now (a
 /// reload), only a flow that derived its replies is taken: a flow that claimed the tuple is
-/// found by its reply entry. A flow that is gone stays gone, except in cluster mode (`adopt`):
-/// nothing in a backend's packet tells a connection the LRU evicted from the backend's own
-/// (a direct connection from the same client port, a health probe), and only the latter's
-/// packets may pass untouched; the client's next packet starts the flow again. A TCP packet past the handshake of a flow that
-/// is gone (evicted, or carried by a cluster node that died) adopts it, when the backend port
-/// serves its VIP and port alone (`adopt`).
+/// found by its reply entry. A flow that is gone stays gone, except in cluster mode (`adopt`,
+/// a connection of a node that died): nothing in a backend's packet tells a connection the LRU
+/// evicted from the backend's own (a direct connection from the same client port, a health
+/// probe), whose packets must pass untouched; the client's next packet starts the flow again.
 #[inline(always)]
 pub fn derived_reply_owner(
     served: &ServedBy,
@@ -453,32 +451,61 @@ fn adopt(
     if !derived::derives(served, client) || !cluster::may_adopt(served, reply, now) {
         return None;
     }
+    let met = Met {
+        backend_id: served.backend_id,
+        flags: REPLY_DERIVED,
+        event: FlowEvent::Adopted,
+    };
+    record_from_reply(client, reply, &met, l4, now)
+}
+
+/// Whether backend `id` still serves the address and port `reply` comes from, and keeps flows:
+/// a flow met from the backend's side may be recorded again only then.
+#[inline(always)]
+pub fn backend_carries(id: u32, reply: &FlowKey) -> bool {
+    BACKENDS.get(id).is_some_and(|b| {
+        b.serves(&reply.src, reply.src_port) && BackendState::byte_keeps_flows(b.state)
+    })
+}
+
+/// What is known of a flow met in its middle from the backend's side.
+struct Met {
+    backend_id: u32,
+    /// `FlowEntry::flags`.
+    flags: u8,
+    /// Counted with `established_new` when it is recorded.
+    event: FlowEvent,
+}
+
+/// Records the established flow of `client` met in its middle from the backend's side, from
+/// this packet's `reply` tuple: open, and no way back to the client yet (asked again, or,
+/// under held routing, learnt from the client's next packet); refreshed by the packet.
+#[inline(always)]
+fn record_from_reply(
+    client: &FlowKey,
+    reply: &FlowKey,
+    met: &Met,
+    l4: &L4,
+    now: u64,
+) -> Option<*mut FlowEntry> {
     let scratch = scratch::get()?;
     let e = &mut scratch.entry;
-    open_from_reply(e, reply, served.backend_id, REPLY_DERIVED, now);
+    e.last_seen_ns = now;
+    mem::copy(&mut e.reply, reply);
+    e.backend_id = met.backend_id;
+    e.state = FlowState::Open as u8;
+    e.flags = met.flags;
+    e._pad = 0;
+    // SAFETY: a next hop is plain integers; all zero means never looked up.
+    unsafe { mem::zero(&mut e.client_hop) };
     // NOEXIST: a client packet that re-created the flow meanwhile decides.
     FLOWS.insert(client, e, BPF_NOEXIST as u64).ok()?;
     stats::flow_event(FlowEvent::EstablishedNew);
-    stats::flow_event(FlowEvent::Adopted);
+    stats::flow_event(met.event);
     let flow = FLOWS.get_ptr_mut(client)?;
     // SAFETY: as in `live_flow`.
     touch(unsafe { &mut *flow }, l4, now, false);
     Some(flow)
-}
-
-/// An established flow's entry for a connection met in its middle from the backend's side:
-/// its reply tuple and backend, open, and no way back to the client yet (asked again, or, under
-/// held routing, learnt from the client's next packet).
-#[inline(always)]
-fn open_from_reply(e: &mut FlowEntry, reply: &FlowKey, backend_id: u32, flags: u8, now: u64) {
-    e.last_seen_ns = now;
-    mem::copy(&mut e.reply, reply);
-    e.backend_id = backend_id;
-    e.state = FlowState::Open as u8;
-    e.flags = flags;
-    e._pad = 0;
-    // SAFETY: a next hop is plain integers; all zero means never looked up.
-    unsafe { mem::zero(&mut e.client_hop) };
 }
 
 /// Records again the established flow that `entry` names, which the LRU evicted while its
@@ -488,21 +515,15 @@ fn open_from_reply(e: &mut FlowEntry, reply: &FlowKey, backend_id: u32, flags: u
 /// client's next packet).
 #[inline(always)]
 fn readopt(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) -> Option<*mut FlowEntry> {
-    let b = BACKENDS.get(entry.backend_id)?;
-    if !b.serves(&reply.src, reply.src_port) || !BackendState::byte_keeps_flows(b.state) {
+    if !backend_carries(entry.backend_id, reply) {
         return None;
     }
-    let scratch = scratch::get()?;
-    let e = &mut scratch.entry;
-    open_from_reply(e, reply, entry.backend_id, 0, now);
-    // NOEXIST: a client packet that re-created the flow meanwhile decides.
-    FLOWS.insert(&entry.client, e, BPF_NOEXIST as u64).ok()?;
-    stats::flow_event(FlowEvent::EstablishedNew);
-    stats::flow_event(FlowEvent::Readopted);
-    let flow = FLOWS.get_ptr_mut(&entry.client)?;
-    // SAFETY: as in `live_flow`.
-    touch(unsafe { &mut *flow }, l4, now, false);
-    Some(flow)
+    let met = Met {
+        backend_id: entry.backend_id,
+        flags: 0,
+        event: FlowEvent::Readopted,
+    };
+    record_from_reply(&entry.client, reply, &met, l4, now)
 }
 
 /// May an existing entry of `stage` carry this packet? Not when it timed out, when a SYN reuses
@@ -578,17 +599,16 @@ fn new_flow(
     owner.backend_id = backend_id;
     owner._pad = 0;
     let entry = &mut scratch.entry;
-    let reply = &mut entry.reply;
-    entry.flags = if s.mode == Mode::OneArm as u8 {
-        claim_snat_port(stage, key, backend, owner, reply, s, now)?;
-        0
+    if s.mode == Mode::OneArm as u8 {
+        claim_snat_port(stage, key, backend, owner, &mut entry.reply, s, now)?;
+        entry.flags = 0;
     } else {
-        write_reply_tuple(reply, key, backend, &key.src, key.src_port);
+        write_reply_tuple(&mut entry.reply, key, backend, &key.src, key.src_port);
+        // (It sets the entry's flags.)
         if !two_arm_reply(stage == Stage::HalfOpen, existing, s, now) {
             return Err(DropReason::ReplyCollision);
         }
-        entry.flags
-    };
+    }
     entry.last_seen_ns = now;
     entry.backend_id = backend_id;
     entry.state = stage.first_state() as u8;
@@ -632,16 +652,16 @@ fn two_arm_reply(
     if served.is_some_and(|v| derived::holds(v, s, now)) {
         return false;
     }
-    let claimed = if half_open {
+    if half_open {
         claim_two_arm(Stage::HalfOpen, reply, owner, existing, s, now)
     } else {
         claim_two_arm(Stage::Established, reply, owner, existing, s, now)
-    };
-    claimed.is_ok()
+    }
 }
 
 /// Two-arm, a backend port that serves more than the flow's VIP and port: claims `reply` in
 /// `stage` for `owner`, the client of a new flow (`existing`: its stale entry in that stage).
+/// False when another live flow holds it.
 #[inline(always)]
 fn claim_two_arm(
     stage: Stage,
@@ -650,14 +670,14 @@ fn claim_two_arm(
     existing: Option<*mut FlowEntry>,
     s: &DatapathSettings,
     now: u64,
-) -> Result<(), DropReason> {
+) -> bool {
     // A client reusing its port for the same backend finds its old reply entry: refreshed in
     // place, without a new element.
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
     // stores of values this packet decided, so a racing CPU sees one value or the other.
     let ours = existing.is_some_and(|e| unsafe { (*e).reply.same(reply) });
     if ours && refresh_own(stage, reply, owner) {
-        return Ok(());
+        return true;
     }
     // Two services on one VIP may send a client's reused source port to the same backend port:
     // the backend sees the old connection's tuple again, as after any port reuse, and a new
@@ -667,10 +687,7 @@ fn claim_two_arm(
     } else {
         Takeover::GoneOnly
     };
-    if !claim(stage, reply, owner, takeover, s, now) {
-        return Err(DropReason::ReplyCollision);
-    }
-    Ok(())
+    claim(stage, reply, owner, takeover, s, now)
 }
 
 /// Writes into `out` the tuple the backend's replies carry: from the backend to `to:to_port`.
