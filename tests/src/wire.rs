@@ -4,7 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -50,27 +50,7 @@ impl FrameSender {
     }
 
     fn send_once(&self, frame: &[u8]) -> std::io::Result<()> {
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields set are plain integers.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = self.ifindex;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: `frame` and `to` are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        xnlb::host::heartbeats::send_frame(self.fd.as_fd(), self.ifindex, frame)
     }
 }
 

@@ -5,7 +5,7 @@
 //! its port.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -73,27 +73,7 @@ impl HeartbeatSocket {
         frame.extend_from_slice(&HEARTBEAT_ETHERTYPE.to_be_bytes());
         frame.extend_from_slice(payload);
         frame.resize(frame.len().max(MIN_FRAME), 0);
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields set are plain integers.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = self.ifindex;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&BROADCAST);
-        // SAFETY: `frame` and `to` are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error()).context("sending a heartbeat");
-        }
-        Ok(())
+        send_frame(self.fd.as_fd(), self.ifindex, &frame).context("sending a heartbeat")
     }
 
     /// The next heartbeat from another host within `wait`, if one comes. This host's own
@@ -193,4 +173,30 @@ impl GroupMembership {
         }
         Ok(Self { _fd: fd })
     }
+}
+
+/// Sends `frame` (Ethernet, destination MAC first) out of interface `ifindex` through the
+/// AF_PACKET socket `fd`. The tests' raw-frame sender uses it too.
+pub fn send_frame(fd: BorrowedFd<'_>, ifindex: i32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields set are plain integers.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_ifindex = ifindex;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: `frame` and `to` are valid for the lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
