@@ -77,8 +77,14 @@ pub fn to_vip(
     // (a longest-prefix walk, the costliest lookup on this path) is for packets without one,
     // and for a flow whose service a reload has just removed (it is re-pointed at its new
     // service right after). A reload that takes a port's rule away removes the port's flows
-    // (`plan::flow_fates`).
-    let established = conntrack::established_entry(&key, &l4);
+    // (`plan::flow_fates`). Not in cluster mode, where most packets are other nodes': there the
+    // bucket is checked first, and the flow looked up only for this node's.
+    let flows_first = settings.cluster.enabled == 0;
+    let established = if flows_first {
+        conntrack::established_entry(&key, &l4)
+    } else {
+        None
+    };
     let flow_service = established
         .and_then(conntrack::service_of)
         // SAFETY: the element stays valid for this program run (RCU); writers replace whole
@@ -119,6 +125,11 @@ pub fn to_vip(
         flags
     } else {
         BUCKET_MINE
+    };
+    let established = if flows_first {
+        established
+    } else {
+        conntrack::established_entry(&key, &l4)
     };
     let bytes = frame_len(ctx);
     stats::service_packet(service_id, bytes);
