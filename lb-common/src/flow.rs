@@ -176,6 +176,20 @@ impl FlowKey {
             && self.proto == o.proto
             && self.family == o.family
     }
+
+    /// The tuple of the other direction.
+    #[inline(always)]
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
 }
 
 impl FlowEntry {

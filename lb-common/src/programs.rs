@@ -15,5 +15,13 @@ pub const TO_VIP: u32 = 0;
 /// `STAGES` slot of the stage for packets from a backend's address.
 pub const FROM_BACKEND: u32 = 1;
 
+/// `STAGES` slot of the stage for ICMP sent to the balancer: errors about balanced flows,
+/// echo requests to VIPs.
+pub const ICMP: u32 = 2;
+
 /// Every stage: its `STAGES` slot and its program's name.
-pub const STAGES: [(u32, &str); 2] = [(TO_VIP, "xnlb_to_vip"), (FROM_BACKEND, "xnlb_from_backend")];
+pub const STAGES: [(u32, &str); 3] = [
+    (TO_VIP, "xnlb_to_vip"),
+    (FROM_BACKEND, "xnlb_from_backend"),
+    (ICMP, "xnlb_icmp"),
+];

@@ -67,7 +67,10 @@ pub const MAX_OWN_MACS: usize = 4;
 pub struct OwnMac {
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The interface's MTU when the controller last looked (0: unknown). A frame larger than
+    /// this was merged by GRO (generic mode), not sent so large: too big for its next hop, it
+    /// goes to the kernel to be segmented, never answered with "fragmentation needed".
+    pub mtu: u16,
 }
 const _: () = assert!(core::mem::size_of::<OwnMac>() == 12);
 
@@ -137,7 +140,7 @@ impl DatapathSettings {
             own_macs: [OwnMac {
                 ifindex: 0,
                 mac: [0; 6],
-                _pad: [0; 2],
+                mtu: 0,
             }; MAX_OWN_MACS],
             cluster: ClusterSettings::OFF,
         }
@@ -155,6 +158,15 @@ impl DatapathSettings {
     #[inline(always)]
     pub fn asks_fib_for_client_hops(&self) -> bool {
         self.cluster.enabled != 0 && self.mode == Mode::TwoArm as u8
+    }
+
+    /// Whether a packet of IP length `len` that arrived on `ifindex` fits that interface's MTU
+    /// (as the controller last read it), so it was sent this large; not when unknown.
+    #[inline(always)]
+    pub fn fits_ingress(&self, ifindex: u32, len: u16) -> bool {
+        self.own_macs
+            .iter()
+            .any(|m| m.ifindex == ifindex && m.mtu != 0 && len <= m.mtu)
     }
 
     /// Whether a frame to `dst` that arrived on `ifindex` is addressed to the balancer.

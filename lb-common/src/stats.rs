@@ -67,14 +67,17 @@ reasons! {
         Malformed = "malformed",
         /// Fragment not to a VIP (the kernel reassembles).
         Fragment = "fragment",
-        /// ICMP to a VIP: the kernel answers echo requests and handles errors.
+        /// ICMP to a VIP that is neither an echo request nor an error about a flow the
+        /// balancer keeps (or an echo request another cluster node answers): the kernel's.
         IcmpToVip = "icmp_to_vip",
         /// TTL would expire: the kernel sends the ICMP time-exceeded.
         TtlExceeded = "ttl_exceeded",
         /// Translated, but the next hop's MAC is unknown: the kernel forwards and resolves it.
         NoNeighbour = "no_neighbour",
-        /// Translated, but larger than the egress MTU (e.g. GRO in generic mode): the kernel
-        /// forwards.
+        /// Translated, but larger than the egress MTU, and not answered with an ICMP
+        /// "fragmentation needed" (`too_big_answered`): its DF bit is clear (the kernel
+        /// fragments it), it is larger than the interface it came in on allows (a GRO-merged
+        /// packet in generic mode: the kernel segments it), or it is itself an ICMP error.
         FragNeeded = "frag_needed",
         /// Translated, but the route lookup did not give a direct next hop (forwarding off,
         /// unreachable, local): the kernel decides and answers with ICMP where due.
@@ -133,6 +136,19 @@ reasons! {
         /// Two-arm cluster mode: a backend's packet of a connection whose node died was taken
         /// by the new owner of its bucket, which recorded the flow and carried it on.
         Adopted = "adopted",
+        /// An ICMP error (unreachable, fragmentation needed, time exceeded, parameter problem)
+        /// from the client's side about a balanced flow was translated to the flow's backend:
+        /// outer and quoted addresses, ports and checksums.
+        IcmpErrorToBackend = "icmp_error_to_backend",
+        /// The same from the backend's side (the backend, or a router on its way), translated
+        /// to the flow's client.
+        IcmpErrorToClient = "icmp_error_to_client",
+        /// A packet of a flow, larger than its next hop's MTU and with DF set, was answered
+        /// with an ICMP "fragmentation needed" to its sender about the packet as the sender sent
+        /// it, so that path MTU discovery works through the NAT.
+        TooBigAnswered = "too_big_answered",
+        /// An echo request to a VIP was answered by the datapath.
+        EchoAnswered = "echo_answered",
     }
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
 };
 use lb_common::{
-    addr::{FAMILY_V4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    addr::{FAMILY_V4, PROTO_TCP, PROTO_UDP},
     cluster::BUCKET_MINE,
     flow::{FlowEntry, FlowKey, ReplyEntry},
     next_hop::NextHop,
@@ -17,7 +17,7 @@ use lb_common::{
 use crate::{
     Outcome, cluster,
     conntrack::{self, Stage},
-    derived, forward,
+    derived, forward, icmp,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     mem, nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
@@ -64,10 +64,9 @@ pub fn to_vip(
     if is_fragment(ip) {
         return Outcome::Drop(DropReason::Fragment);
     }
-    match ip.proto {
-        PROTO_TCP | PROTO_UDP => {}
-        PROTO_ICMP => return Outcome::Pass(PassReason::IcmpToVip),
-        _ => return Outcome::Drop(DropReason::NoService),
+    // (ICMP has a stage of its own.)
+    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+        return Outcome::Drop(DropReason::NoService);
     }
     let Some(l4) = transport(ctx, ip) else {
         return Outcome::Drop(DropReason::MalformedL4);
@@ -179,8 +178,12 @@ pub fn to_vip(
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
-    let sent = forward::send(ctx, eth, ip, &l4, hop, epoch, false);
-    cluster::to_kernel_as_own(ctx, eth, settings, sent)
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
+    let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, false) {
+        Outcome::TooBig(mtu) => icmp::too_big(ctx, ip, &key, mtu, settings),
+        sent => sent,
+    };
+    cluster::to_kernel_as_own(ctx, settings, sent)
 }
 
 /// Where the next hop for backend `id` at `addr` is kept: its `BACKEND_HOPS` element, which
@@ -189,7 +192,7 @@ pub fn to_vip(
 /// it) gets this CPU's scratch hop instead, asked of the FIB and kept nowhere: the datapath
 /// never relabels an element, so it can never keep one address's answer under another's.
 #[inline(always)]
-fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
+pub fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
     let kept = BACKEND_HOPS.get_ptr_mut(id)?;
     // SAFETY: a pointer to a live array element; the datapath only stores the hop's fields
     // (see `forward::send`), the controller the whole element.
@@ -292,6 +295,12 @@ fn to_client(
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
     let ask_fib = settings.asks_fib_for_client_hops();
-    let sent = forward::send(ctx, eth, ip, l4, hop, epoch, ask_fib);
-    cluster::to_kernel_as_own(ctx, eth, settings, sent)
+    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
+    let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, ask_fib) {
+        // SAFETY: a pointer to a live LRU element (valid for this run under RCU); its reply
+        // tuple is this packet's as the backend sent it (`conntrack::reply_owner`).
+        Outcome::TooBig(mtu) => icmp::too_big(ctx, ip, unsafe { &(*flow).reply }, mtu, settings),
+        sent => sent,
+    };
+    cluster::to_kernel_as_own(ctx, settings, sent)
 }

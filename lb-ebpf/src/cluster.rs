@@ -106,26 +106,28 @@ pub fn may_adopt(served: &ServedBy, reply: &FlowKey, now: u64) -> bool {
 /// `sent`, the outcome of sending a translated packet. One of this node's packets that goes to
 /// the kernel after all (to resolve a neighbour, to be fragmented, to answer with ICMP) was
 /// sent to the cluster MAC, which the kernel does not take as its own: it is readdressed to the
-/// node's own MAC on the interface it came in on.
+/// node's own MAC on the interface it came in on. (The Ethernet header is found again: a
+/// packet that `icmp::too_big` could not answer went through a helper that may move the
+/// frame, which leaves the caller no valid packet pointer.)
 #[inline(always)]
-pub fn to_kernel_as_own(
-    ctx: &XdpContext,
-    eth: &mut EthHdr,
-    s: &DatapathSettings,
-    sent: Outcome,
-) -> Outcome {
+pub fn to_kernel_as_own(ctx: &XdpContext, s: &DatapathSettings, sent: Outcome) -> Outcome {
     if let Outcome::Pass(_) = sent {
-        readdress_to_this_node(ctx, eth, s);
+        readdress_to_this_node(ctx, s);
     }
     sent
 }
 
 #[inline(always)]
-fn readdress_to_this_node(ctx: &XdpContext, eth: &mut EthHdr, s: &DatapathSettings) {
+fn readdress_to_this_node(ctx: &XdpContext, s: &DatapathSettings) {
     let c = &s.cluster;
     if c.enabled == 0 {
         return;
     }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return;
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
+    let eth = unsafe { &mut *eth };
     let ingress = ctx.ingress_ifindex() as u32;
     let own = if ingress == c.client_ifindex {
         &c.own_client_mac

@@ -865,3 +865,62 @@ fn owner_gone(
         }
     }
 }
+
+/// The live flow of `client`, established or half-open, for an ICMP error about one of its
+/// packets: found, not refreshed (an error says nothing of the flow's life).
+#[inline(always)]
+pub fn flow_of_client(client: &FlowKey, s: &DatapathSettings, now: u64) -> Option<*mut FlowEntry> {
+    alive(Stage::Established, client, None, s, now)
+        .or_else(|| alive(Stage::HalfOpen, client, None, s, now))
+}
+
+/// The live flow whose backend sends `reply`, with its client tuple, for an ICMP error about
+/// one of its packets to the backend: by derivation (two-arm), else by its reply entry; found,
+/// not refreshed.
+#[inline(always)]
+pub fn flow_of_reply(
+    reply: &FlowKey,
+    s: &DatapathSettings,
+    now: u64,
+) -> Option<(FlowKey, *mut FlowEntry)> {
+    if s.mode == Mode::TwoArm as u8
+        && let Some(served) = derived::served_by(reply)
+    {
+        let mut client = FlowKey::default();
+        derived::client_of(&mut client, served, reply);
+        if let Some(flow) = alive(Stage::Established, &client, Some(reply), s, now)
+            .or_else(|| alive(Stage::HalfOpen, &client, Some(reply), s, now))
+        {
+            return Some((client, flow));
+        }
+    }
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole
+    // elements, so a read sees old or new values, never freed memory.
+    if let Some(entry) = unsafe { REPLIES.get(reply) }
+        && let Some(flow) = alive(Stage::Established, &entry.client, Some(reply), s, now)
+    {
+        return Some((entry.client, flow));
+    }
+    // SAFETY: as above.
+    let entry = unsafe { HALF_OPEN_REPLIES.get(reply) }?;
+    let flow = alive(Stage::HalfOpen, &entry.client, Some(reply), s, now)?;
+    Some((entry.client, flow))
+}
+
+/// `client`'s flow in `stage`, if it is alive (and, given `reply`, has that reply tuple).
+#[inline(always)]
+fn alive(
+    stage: Stage,
+    client: &FlowKey,
+    reply: Option<&FlowKey>,
+    s: &DatapathSettings,
+    now: u64,
+) -> Option<*mut FlowEntry> {
+    let flow = stage.flows().get_ptr_mut(client)?;
+    // SAFETY: a pointer to a live LRU element (valid for this run under RCU); only read.
+    let f = unsafe { &*flow };
+    if f.expired(client.proto, s, now) || reply.is_some_and(|r| !f.reply.same(r)) {
+        return None;
+    }
+    Some(flow)
+}

@@ -1,9 +1,10 @@
 //! Sending a translated packet: by the next hop kept for its destination (`lb_common::next_hop`),
 //! or the kernel's FIB when none is current, whose answer is then kept. XDP_TX when it leaves by
-//! the interface it came in on, a redirect otherwise. Anything the FIB cannot answer directly,
-//! and a packet larger than the route's MTU, goes to the kernel already translated, so the
-//! kernel forwards it (resolving ARP, fragmenting, or answering with ICMP) instead of it being
-//! dropped silently.
+//! the interface it came in on, a redirect otherwise. Anything the FIB cannot answer directly
+//! goes to the kernel already translated, so the kernel forwards it (resolving ARP, or
+//! answering with ICMP) instead of it being dropped silently. A packet larger than the route's
+//! MTU is the caller's to handle (`Outcome::TooBig`): `icmp::too_big` answers it or hands it to
+//! the kernel.
 //!
 //! Under held routing (one-arm on a host that does not forward, where the FIB refuses to
 //! answer) the FIB is never asked: the controller holds backends' next hops and a flow's client
@@ -29,7 +30,7 @@ use crate::{
     Outcome,
     maps::NEXT_HOP_EPOCH,
     mem, nat,
-    packet::{EthHdr, Ipv4Hdr, L4},
+    packet::{EthHdr, Ipv4Hdr, Ports},
     scratch,
 };
 
@@ -63,13 +64,14 @@ pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, smac: &[u8; 6], hop: &mu
 /// Sends the translated packet by `hop`, the next hop kept for its destination (looked up and
 /// kept first when it is not current in `epoch`). Under held routing a hop not held goes to the
 /// kernel, unless `ask_fib_when_not_held` (a two-arm cluster, which forwards: the FIB's answer
-/// is then held for the flow).
+/// is then held for the flow). `ports` are the packet's (or zero), for the FIB's multipath
+/// hash.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
-    l4: &L4,
+    ports: &Ports,
     hop: *mut NextHop,
     epoch: u32,
     ask_fib_when_not_held: bool,
@@ -82,12 +84,12 @@ pub fn send(
         if epoch == HELD_EPOCH && !ask_fib_when_not_held {
             return Outcome::Pass(PassReason::NoNeighbour);
         }
-        if let Err(reason) = look_up(ctx, ip, l4, hop, epoch) {
-            return Outcome::Pass(reason);
+        if let Err(outcome) = look_up(ctx, ip, ports, hop, epoch) {
+            return outcome;
         }
     }
     if u16::from_be(ip.tot_len) > hop.mtu {
-        return Outcome::Pass(PassReason::FragNeeded);
+        return Outcome::TooBig(hop.mtu as u32);
     }
     nat::decrement_ttl(ip);
     mem::copy_mac(&mut eth.dst, &hop.dmac);
@@ -101,20 +103,19 @@ pub fn send(
 }
 
 /// Asks the FIB where the packet goes and keeps the answer in `hop` for `epoch`. An answer it
-/// cannot give directly (no neighbour entry yet, no route, fragmentation needed) is not kept:
-/// the packet goes to the kernel, and the next one asks again.
+/// cannot give directly (no neighbour entry yet, no route) is not kept: the packet goes to the
+/// kernel, and the next one asks again. Nor is "fragmentation needed", which only says the
+/// route's MTU (`Outcome::TooBig`).
 #[inline(always)]
 fn look_up(
     ctx: &XdpContext,
     ip: &Ipv4Hdr,
-    l4: &L4,
+    ports: &Ports,
     hop: &mut NextHop,
     epoch: u32,
-) -> Result<(), PassReason> {
-    // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
-    let ports = unsafe { &*l4.ports };
+) -> Result<(), Outcome> {
     let Some(scratch) = scratch::get() else {
-        return Err(PassReason::NoFastRoute);
+        return Err(Outcome::Pass(PassReason::NoFastRoute));
     };
     let fib = &mut scratch.fib;
     // SAFETY: `bpf_fib_lookup`'s parameters are plain integers: all zero is a valid value.
@@ -141,9 +142,13 @@ fn look_up(
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(PassReason::NoNeighbour),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(PassReason::FragNeeded),
-        _ => return Err(PassReason::NoFastRoute),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Outcome::Pass(PassReason::NoNeighbour)),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // SAFETY: the FIB wrote the route's MTU over `tot_len` (the same union).
+            let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+            return Err(Outcome::TooBig(mtu as u32));
+        }
+        _ => return Err(Outcome::Pass(PassReason::NoFastRoute)),
     }
     hop.ifindex = fib.ifindex;
     // SAFETY: on success the FIB wrote the route's MTU over `tot_len` (the same union).

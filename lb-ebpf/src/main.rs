@@ -14,6 +14,7 @@ mod cluster;
 mod conntrack;
 mod derived;
 mod forward;
+mod icmp;
 mod maps;
 mod mem;
 mod nat;
@@ -26,7 +27,8 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
-    programs::{FROM_BACKEND, TO_VIP},
+    addr::PROTO_ICMP,
+    programs::{FROM_BACKEND, ICMP, TO_VIP},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
@@ -42,6 +44,11 @@ pub enum Outcome {
     Drop(DropReason),
     /// Forwarded by XDP: `XDP_TX` or the result of a redirect.
     Sent(u32),
+    /// Translated, but larger than its next hop's MTU (`.0`): for the caller to answer
+    /// (`icmp::too_big`); counted as `frag_needed` if it gets this far. (A `u32`, as every
+    /// variant's: with a narrower one LLVM leaves the rest of the register undefined, which the
+    /// verifier refuses to read.)
+    TooBig(u32),
 }
 
 /// The entry program, attached to the interfaces: classifies the packet and tail-calls the
@@ -77,6 +84,17 @@ pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
     })
 }
 
+/// The stage for ICMP sent to this host (checked by `xnlb`): errors about balanced flows,
+/// echo requests to VIPs.
+#[xdp]
+pub fn xnlb_icmp(ctx: XdpContext) -> u32 {
+    finish(match stage_input(&ctx) {
+        // SAFETY: as in `xnlb_to_vip`.
+        Some((eth, ip, settings)) => unsafe { icmp::stage(&ctx, &mut *eth, &mut *ip, settings) },
+        None => Outcome::Pass(PassReason::Malformed),
+    })
+}
+
 /// Counts an outcome and gives its XDP action.
 #[inline(always)]
 fn finish(outcome: Outcome) -> u32 {
@@ -90,6 +108,10 @@ fn finish(outcome: Outcome) -> u32 {
             xdp_action::XDP_DROP
         }
         Outcome::Sent(action) => action,
+        Outcome::TooBig(_) => {
+            stats::pass_reason(PassReason::FragNeeded);
+            xdp_action::XDP_PASS
+        }
     };
     stats::xdp_action(action);
     action
@@ -122,7 +144,7 @@ pub fn xnlb_floor(ctx: XdpContext) -> u32 {
 }
 
 // The literal slots of `tail_call!`'s uses.
-const _: () = assert!(TO_VIP == 0 && FROM_BACKEND == 1);
+const _: () = assert!(TO_VIP == 0 && FROM_BACKEND == 1 && ICMP == 2);
 
 /// Hands the packet to the stage in `STAGES` slot `$slot` (a literal); goes on only if that
 /// slot is empty. A tail call with a constant slot becomes a direct jump; LLVM would merge two
@@ -195,11 +217,23 @@ fn process(ctx: &XdpContext) -> Outcome {
         if !packet::ipv4_checksum_ok(ctx, packet::ipv4_header_len(ip)) {
             return Outcome::Drop(DropReason::IpChecksum);
         }
-        tail_call!(ctx, 0);
+        if ip.proto == PROTO_ICMP {
+            tail_call!(ctx, 2);
+        } else {
+            tail_call!(ctx, 0);
+        }
         return Outcome::Drop(DropReason::NoStage);
     }
     if !ip_valid {
         return Outcome::Pass(PassReason::Malformed);
+    }
+    // An ICMP error about a flow may come from any address (a router on either side).
+    if ip.proto == PROTO_ICMP {
+        if sent_to_us(ctx, eth).is_none() {
+            return Outcome::Pass(PassReason::NotForUs);
+        }
+        tail_call!(ctx, 2);
+        return Outcome::Pass(PassReason::NotOurs);
     }
     // SAFETY: the element stays valid for this program run (RCU); writers replace whole elements or
     // store single fields, so a read sees old or new values, never freed memory.

@@ -1,4 +1,5 @@
-//! Address and port rewriting with incremental checksum updates (RFC 1624).
+//! Address and port rewriting with incremental checksum updates (RFC 1624), and full checksums
+//! for the headers the datapath writes itself.
 
 use lb_common::{addr::PROTO_UDP, checksum::Delta};
 
@@ -35,4 +36,24 @@ pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
     ip.ttl -= 1;
     let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
     ip.check = Delta::new().word(old, new).apply(ip.check);
+}
+
+/// The one's-complement sum of `n` 16-bit words at `p` (network order kept: the sum is the same
+/// either way round).
+#[inline(always)]
+pub fn sum_words(p: *const u16, n: usize) -> u32 {
+    let mut sum = 0u32;
+    for i in 0..n {
+        // SAFETY: the caller's header holds `n` words, inside the packet.
+        sum += u32::from(unsafe { core::ptr::read_unaligned(p.add(i)) });
+    }
+    sum
+}
+
+/// The checksum field value for a one's-complement sum.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }

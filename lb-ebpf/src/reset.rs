@@ -10,15 +10,14 @@ use lb_common::settings::DatapathSettings;
 
 use crate::{
     cluster, mem,
-    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, TCP_ACK, TCP_RST, TcpHdr, ptr_at},
+    nat::{fold, sum_words},
+    packet::{ETH_HLEN, EthHdr, IP_DF, Ipv4Hdr, TCP_ACK, TCP_RST, TcpHdr, ptr_at},
 };
 
 /// An IPv4 header without options, and a TCP header without options.
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;
 const TTL: u8 = 64;
-/// Don't Fragment, network byte order.
-const IP_DF: u16 = 0x4000u16.to_be();
 
 /// Rewrites the SYN in the packet into the VIP's RST|ACK for it and returns `XDP_TX`; None (the
 /// packet untouched) when its IPv4 header has options.
@@ -42,7 +41,7 @@ pub fn refuse_syn(ctx: &XdpContext, settings: &DatapathSettings) -> Option<u32> 
     ip.tos = 0;
     ip.tot_len = ((IP_LEN + TCP_LEN) as u16).to_be();
     ip.id = 0;
-    ip.frag_off = IP_DF;
+    ip.frag_off = IP_DF.to_be();
     ip.ttl = TTL;
     ip.check = 0;
     ip.check = fold(sum_words(ip as *const Ipv4Hdr as *const u16, IP_LEN / 2));
@@ -73,24 +72,4 @@ pub fn refuse_syn(ctx: &XdpContext, settings: &DatapathSettings) -> Option<u32> 
         return None;
     }
     Some(xdp_action::XDP_TX)
-}
-
-/// The one's-complement sum of `n` 16-bit words at `p` (network order kept: the sum is the same
-/// either way round).
-#[inline(always)]
-fn sum_words(p: *const u16, n: usize) -> u32 {
-    let mut sum = 0u32;
-    for i in 0..n {
-        // SAFETY: the caller's header holds `n` words, inside the packet.
-        sum += u32::from(unsafe { core::ptr::read_unaligned(p.add(i)) });
-    }
-    sum
-}
-
-/// The checksum field value for a one's-complement sum.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

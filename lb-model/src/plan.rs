@@ -265,7 +265,12 @@ fn cluster_settings(config: &Config, host: &HostFacts, s: &mut DatapathSettings)
     let Some(client) = host.own_macs.first() else {
         return;
     };
-    let mut accepted = vec![(client.ifindex, cluster_mac(cluster.mac_mode, vip.octets()))];
+    // (interface, MAC, the interface's MTU): the cluster MACs accepted besides the own ones.
+    let mut accepted = vec![(
+        client.ifindex,
+        cluster_mac(cluster.mac_mode, vip.octets()),
+        client.mtu,
+    )];
     let c = &mut s.cluster;
     c.enabled = 1;
     c.node_id = cluster.node_id;
@@ -277,15 +282,11 @@ fn cluster_settings(config: &Config, host: &HostFacts, s: &mut DatapathSettings)
         c.gateway_mac = cluster_mac(cluster.mac_mode, gateway.octets());
         c.server_ifindex = server.ifindex;
         c.own_server_mac = server.mac;
-        accepted.push((server.ifindex, c.gateway_mac));
+        accepted.push((server.ifindex, c.gateway_mac, server.mtu));
     }
     let slots = s.own_macs.iter_mut().skip(host.own_macs.len());
-    for (slot, (ifindex, mac)) in slots.zip(accepted) {
-        *slot = OwnMac {
-            ifindex,
-            mac,
-            _pad: [0; 2],
-        };
+    for (slot, (ifindex, mac, mtu)) in slots.zip(accepted) {
+        *slot = OwnMac { ifindex, mac, mtu };
     }
 }
 

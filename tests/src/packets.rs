@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -68,6 +68,8 @@ pub struct Pkt {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub ttl: u8,
+    /// Don't Fragment (set, as TCP stacks send).
+    pub df: bool,
     pub l4: Transport,
     pub payload: Vec<u8>,
 }
@@ -80,6 +82,7 @@ impl Pkt {
             src: src.0,
             dst: dst.0,
             ttl: 64,
+            df: true,
             l4: Transport::Tcp {
                 sport: src.1,
                 dport: dst.1,
@@ -134,6 +137,17 @@ impl Pkt {
         self
     }
 
+    /// The same packet with Don't Fragment clear.
+    pub fn fragmentable(mut self) -> Self {
+        self.df = false;
+        self
+    }
+
+    /// The IP packet, without its Ethernet header (what an ICMP error quotes).
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        self.bytes()[14..].to_vec()
+    }
+
     pub fn src_port(&self) -> u16 {
         match self.l4 {
             Transport::Tcp { sport, .. } | Transport::Udp { sport, .. } => sport,
@@ -181,8 +195,45 @@ impl Pkt {
                 }
             }
         }
+        if !self.df {
+            clear_df(&mut out);
+        }
         out
     }
+}
+
+/// Clears an Ethernet + IPv4 frame's Don't Fragment bit, and reseals its header.
+fn clear_df(frame: &mut [u8]) {
+    frame[14 + 6] &= !0x40;
+    reseal_ipv4(frame);
+}
+
+/// An ICMP message of type `kind` carrying `payload`, in an Ethernet + IPv4 frame from
+/// `macs.0` to `macs.1`, with every checksum computed from scratch and Don't Fragment clear (as
+/// routers and hosts send ICMP).
+pub fn icmp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    kind: Icmpv4Type,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .icmpv4(kind)
+        .write(&mut out, payload)
+        .expect("build ICMP message");
+    clear_df(&mut out);
+    out
+}
+
+/// "Fragmentation needed, next hop MTU `mtu`".
+pub fn frag_needed(mtu: u16) -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    )
 }
 
 /// Checks a packet's IPv4 header checksum and TCP/UDP checksum against values recomputed from

@@ -50,9 +50,10 @@ pub fn system_problems(config: &Config) -> Vec<Problem> {
     problems
 }
 
-/// The frames the datapath may act on: each attached interface's own MAC, read from the kernel
-/// in the calling thread's network namespace (`getifaddrs` asks over netlink; `/sys` would show
-/// the namespace it was mounted in).
+/// The frames the datapath may act on: each attached interface's own MAC, with its MTU, read
+/// from the kernel in the calling thread's network namespace (`getifaddrs` asks over netlink,
+/// the MTU an ioctl on a socket of that namespace; `/sys` would show the namespace it was
+/// mounted in).
 pub fn own_macs(config: &Config) -> anyhow::Result<Vec<OwnMac>> {
     let links = links()?;
     config
@@ -63,10 +64,41 @@ pub fn own_macs(config: &Config) -> anyhow::Result<Vec<OwnMac>> {
             Ok(OwnMac {
                 ifindex,
                 mac,
-                _pad: [0; 2],
+                mtu: mtu(name)?,
             })
         })
         .collect()
+}
+
+/// Interface `name`'s MTU (`SIOCGIFMTU`), at most 65535.
+fn mtu(name: &str) -> anyhow::Result<u16> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("a socket to ask interface MTUs with")?;
+    // SAFETY: `ifreq` is plain integers and arrays: all zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    anyhow::ensure!(
+        bytes.len() < req.ifr_name.len(),
+        "interface name `{name}` is too long"
+    );
+    for (to, &b) in req.ifr_name.iter_mut().zip(bytes) {
+        *to = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the NUL-terminated name from `req` and writes the MTU into it; the
+    // socket and `req` outlive the call. (nix has no wrapper for this request.)
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the MTU of `{name}`"));
+    }
+    // SAFETY: SIOCGIFMTU answered in the union's `ifru_mtu` member.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.clamp(0, u16::MAX as i32) as u16)
 }
 
 /// Interface `name`'s index and MAC.

@@ -7,6 +7,7 @@ mod golden_flows;
 mod golden_stateless;
 mod half_open;
 mod held_routing;
+mod icmp;
 mod next_hops;
 mod random_invariants;
 mod selection;
