@@ -1,6 +1,7 @@
 //! A backend's web server for the tests: HTTP or HTTPS (hyper + rustls), answering health pages
 //! (`…healthcheck.htm`) the way the test sets them at run time (200, 503, a redirect, a slow
-//! answer), `/stream/<n>` with a long-lived transfer (see [`STREAM_LINE`]), and any other path
+//! answer), `/stream/<n>` with a long-lived transfer (see [`STREAM_LINE`]), `/bulk/<n>` with
+//! `<name> <client address>` followed by `n` bytes sent as fast as TCP goes, and any other path
 //! with `<name> <client address>`. It records the `Host` header of every request. Runs on its own
 //! thread with its own runtime until dropped.
 
@@ -193,6 +194,16 @@ async fn answer(
     let greeting = format!("{name} {}\n", peer.ip());
     if let Some(lines) = path.strip_prefix("/stream/").and_then(|n| n.parse().ok()) {
         return Ok(Response::new(Either::Right(stream(greeting, lines))));
+    }
+    // At most 64 MiB: the body is built in memory.
+    if let Some(bytes) = path
+        .strip_prefix("/bulk/")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n <= 64 << 20)
+    {
+        let mut body = greeting.into_bytes();
+        body.resize(body.len() + bytes, b'x');
+        return Ok(Response::new(Either::Left(Full::new(Bytes::from(body)))));
     }
     Ok(match health {
         None => reply(200, greeting),
