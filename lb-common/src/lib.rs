@@ -12,6 +12,7 @@ pub mod backend;
 pub mod checksum;
 pub mod cluster;
 pub mod flow;
+pub mod fragment;
 pub mod hash;
 pub mod limits;
 pub mod maps;

@@ -29,6 +29,7 @@ map_names!(
     BUCKETS,
     CLUSTER_STATE,
     SERVED_BY,
+    FRAGMENTS,
     STAGES,
     SCRATCH,
     BACKEND_STATS,

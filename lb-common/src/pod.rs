@@ -1,6 +1,6 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, flow, next_hop, service, settings, stats};
+use crate::{addr, backend, flow, fragment, next_hop, service, settings, stats};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -26,4 +26,6 @@ pod!(
     stats::ServiceStats,
     flow::BackendPort,
     flow::ServedBy,
+    fragment::FragmentKey,
+    fragment::FragmentEntry,
 );

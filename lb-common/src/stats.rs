@@ -29,7 +29,9 @@ reasons! {
         IpChecksum = "ip_checksum",
         /// TCP/UDP header to a VIP is truncated or has a bad data offset.
         MalformedL4 = "malformed_l4",
-        /// Fragment to a VIP: fragments after the first carry no ports, so none can be balanced.
+        /// A later fragment to a VIP (not the first of its datagram) whose first fragment was not
+        /// seen (it came later, or never, or longer ago than `FRAGMENT_TIMEOUT_NS`): it carries
+        /// no ports to balance it by, so it is dropped rather than misrouted.
         Fragment = "fragment",
         /// VIP traffic matching no port rule.
         NoService = "no_service",
@@ -65,7 +67,8 @@ reasons! {
         Truncated = "truncated",
         /// Invalid IPv4 header, not to a VIP: the kernel's own checks decide.
         Malformed = "malformed",
-        /// Fragment not to a VIP (the kernel reassembles).
+        /// A fragment not to a VIP, or a backend's later fragment of a datagram whose first
+        /// fragment was not a balanced flow's reply (the kernel's).
         Fragment = "fragment",
         /// ICMP to a VIP that is neither an echo request nor an error about a flow the
         /// balancer keeps (or an echo request another cluster node answers): the kernel's.
@@ -149,6 +152,11 @@ reasons! {
         TooBigAnswered = "too_big_answered",
         /// An echo request to a VIP was answered by the datapath.
         EchoAnswered = "echo_answered",
+        /// The first fragment of a datagram (client's or backend's) was balanced or
+        /// reverse-translated and its translation kept for the datagram's later fragments.
+        FragmentTracked = "fragment_tracked",
+        /// A later fragment followed its datagram's first fragment.
+        FragmentFollowed = "fragment_followed",
     }
 }
 

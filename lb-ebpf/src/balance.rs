@@ -17,10 +17,10 @@ use lb_common::{
 use crate::{
     Outcome, cluster,
     conntrack::{self, Stage},
-    derived, forward, icmp,
+    derived, forward, fragments, icmp,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     mem, nat,
-    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, is_fragment, parse_l4},
+    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, parse_l4},
     reset, scratch, stats,
 };
 
@@ -61,8 +61,16 @@ pub fn to_vip(
     ip: &mut Ipv4Hdr,
     settings: &DatapathSettings,
 ) -> Outcome {
-    if is_fragment(ip) {
-        return Outcome::Drop(DropReason::Fragment);
+    // A first fragment carries the ports: it is balanced below, like any packet.
+    if fragments::is_later(ip) {
+        return fragments::follow(ctx, eth, ip, settings).unwrap_or(
+            if settings.cluster.enabled != 0 {
+                // Every node sees every fragment; the one that balanced the first follows it.
+                Outcome::Drop(DropReason::NotMyBucket)
+            } else {
+                Outcome::Drop(DropReason::Fragment)
+            },
+        );
     }
     // (ICMP has a stage of its own.)
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
@@ -178,6 +186,9 @@ pub fn to_vip(
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
+    if fragments::is_first(ip) {
+        fragments::record(&key, ip, hop, flow.backend_id, false);
+    }
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, false) {
         Outcome::TooBig(mtu) => icmp::too_big(ctx, ip, &key, mtu, settings),
@@ -219,8 +230,9 @@ pub fn from_backend(
     ip: &mut Ipv4Hdr,
     settings: &DatapathSettings,
 ) -> Outcome {
-    if is_fragment(ip) {
-        return Outcome::Pass(PassReason::Fragment);
+    if fragments::is_later(ip) {
+        return fragments::follow(ctx, eth, ip, settings)
+            .unwrap_or(Outcome::Pass(PassReason::Fragment));
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Outcome::Pass(PassReason::NotOurs);
@@ -294,6 +306,10 @@ fn to_client(
     let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
+    if fragments::is_first(ip) {
+        // SAFETY: as above; its reply tuple is this packet's as the backend sent it.
+        fragments::record(unsafe { &(*flow).reply }, ip, hop, entry.backend_id, true);
+    }
     let ask_fib = settings.asks_fib_for_client_hops();
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, ask_fib) {

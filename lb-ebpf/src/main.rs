@@ -14,6 +14,7 @@ mod cluster;
 mod conntrack;
 mod derived;
 mod forward;
+mod fragments;
 mod icmp;
 mod maps;
 mod mem;

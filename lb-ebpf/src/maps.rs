@@ -12,6 +12,7 @@ use lb_common::{
     backend::BackendInfo,
     cluster::{BUCKET_TABLES, BUCKETS as BUCKETS_PER_TABLE, CLUSTER_STATE_WORDS},
     flow::{BackendPort, FlowEntry, FlowKey, MAX_SERVED_BY, ReplyEntry, ServedBy},
+    fragment::{FragmentEntry, FragmentKey, MAX_FRAGMENTED_DATAGRAMS},
     limits::{
         DEFAULT_FLOW_ENTRIES, MAX_BACKENDS, MAX_RULE_PREFIXES, MAX_SERVICES, MAX_VIPS,
         MIN_FLOW_ENTRIES,
@@ -105,6 +106,12 @@ pub static BUCKETS: Array<u32> = Array::with_max_entries(BUCKETS_ALL, 0);
 /// flow (`lb_common::flow::ServedBy`).
 #[map]
 pub static SERVED_BY: HashMap<BackendPort, ServedBy> = HashMap::with_max_entries(MAX_SERVED_BY, 0);
+
+/// A fragmented datagram → the translation its first fragment got, for its later ones
+/// (`lb_common::fragment`).
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 /// Cluster mode: this node's lease on its bucket table, and the live table.
 #[map]

@@ -8,7 +8,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_HLEN: usize = 14;
 /// IPv4 flags and fragment offset (host order).
 pub const IP_DF: u16 = 0x4000;
-const IP_MF: u16 = 0x2000;
+pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET: u16 = 0x1fff;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

@@ -5,6 +5,7 @@
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::{
     flow::{BackendPort, FlowEntry, FlowKey, ReplyEntry},
+    fragment::{FragmentEntry, FragmentKey},
     next_hop::NextHop,
 };
 
@@ -25,6 +26,9 @@ pub struct Scratch {
     /// The client tuple of a flow that derived its replies, asked whether it holds a reply
     /// tuple that a new flow wants to claim (`derived::holds`).
     pub derived: FlowKey,
+    /// A fragmented datagram's key and entry (`fragments`).
+    pub fragment_key: FragmentKey,
+    pub fragment: FragmentEntry,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

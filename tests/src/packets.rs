@@ -202,6 +202,30 @@ impl Pkt {
     }
 }
 
+/// Splits an Ethernet + IPv4 frame (no IP options, DF clear) into fragments of at most `size`
+/// payload bytes (a multiple of 8), with IP identification `id`, as a sender's stack would.
+pub fn fragment(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
+    assert_eq!(size % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let (head, payload) = frame.split_at(14 + 20);
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = head.to_vec();
+            f.extend_from_slice(chunk);
+            let total = (20 + chunk.len()) as u16;
+            f[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+            f[14 + 4..14 + 6].copy_from_slice(&id.to_be_bytes());
+            let more = if i + 1 < chunks.len() { 0x2000 } else { 0 };
+            let offset = (i * size / 8) as u16;
+            f[14 + 6..14 + 8].copy_from_slice(&(more | offset).to_be_bytes());
+            reseal_ipv4(&mut f);
+            f
+        })
+        .collect()
+}
+
 /// Clears an Ethernet + IPv4 frame's Don't Fragment bit, and reseals its header.
 fn clear_df(frame: &mut [u8]) {
     frame[14 + 6] &= !0x40;

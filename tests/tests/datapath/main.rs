@@ -3,6 +3,7 @@
 
 mod cluster;
 mod flow_lifetime;
+mod fragments;
 mod golden_flows;
 mod golden_stateless;
 mod half_open;
