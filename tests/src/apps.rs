@@ -276,7 +276,9 @@ impl Transfer {
     }
 }
 
-/// A UDP server answering every datagram with `<name> <client address>`, until dropped.
+/// A UDP server answering every datagram with `<name> <client address>`, padded with spaces to
+/// the datagram's own length when that is longer (so a large datagram gets an answer as large:
+/// fragmented both ways), until dropped.
 pub struct UdpEcho {
     stop: Arc<AtomicBool>,
 }
@@ -290,10 +292,14 @@ impl UdpEcho {
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name) = (stop.clone(), name.to_string());
         thread::spawn(move || {
-            let mut buf = [0u8; 1500];
+            let mut buf = vec![0u8; 65536];
             while !flag.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let mut answer = format!("{name} {}", peer.ip()).into_bytes();
+                    if n > answer.len() {
+                        answer.resize(n, b' ');
+                    }
+                    let _ = socket.send_to(&answer, peer);
                 }
             }
         });
@@ -310,18 +316,34 @@ impl Drop for UdpEcho {
 /// One datagram from `src` to `dst` and its answer: (backend name, client address it saw).
 /// Tries three times, a second apart (UDP may lose the first while ARP resolves).
 pub fn udp_ask(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<(String, String)> {
+    let (name, seen, _) = udp_ask_sized(ns, src, dst, b"hello".len())?;
+    Ok((name, seen))
+}
+
+/// `udp_ask` with a datagram of `size` bytes; also returns the answer's length (`UdpEcho`
+/// answers a large datagram with one as large).
+pub fn udp_ask_sized(
+    ns: &NetNs,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    size: usize,
+) -> std::io::Result<(String, String, usize)> {
     let socket = ns.run_in(|| UdpSocket::bind((src, 0)))?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.connect(dst)?;
-    let mut buf = [0u8; 1500];
+    let mut datagram = b"hello".to_vec();
+    datagram.resize(size, b'.');
+    let mut buf = vec![0u8; 65536];
     let mut last = None;
     for _ in 0..3 {
-        socket.send(b"hello")?;
+        socket.send(&datagram)?;
         match socket.recv(&mut buf) {
             Ok(n) => {
-                let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                let (name, seen) = text.split_once(' ').unwrap_or((&text, ""));
-                return Ok((name.to_string(), seen.to_string()));
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let mut words = text.split_whitespace();
+                let name = words.next().unwrap_or_default().to_string();
+                let seen = words.next().unwrap_or_default().to_string();
+                return Ok((name, seen, n));
             }
             Err(e) => last = Some(e),
         }

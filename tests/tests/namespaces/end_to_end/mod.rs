@@ -202,6 +202,7 @@ mod churn;
 mod cluster;
 mod failures;
 mod flooding;
+mod fragments;
 mod held_routing;
 mod lifecycle;
 mod next_hops;
@@ -219,6 +220,7 @@ in_both_modes! {
     failures::bad_input: bad_input_two_arm, bad_input_one_arm;
     syn_flood::syn_flood: syn_flood_two_arm, syn_flood_one_arm;
     churn::churn: reload_churn_and_kill_two_arm, reload_churn_and_kill_one_arm;
+    fragments::fragmented_datagrams: fragmented_datagrams_two_arm, fragmented_datagrams_one_arm;
     pmtu::path_mtu_through_the_nat: path_mtu_through_the_nat_two_arm, path_mtu_through_the_nat_one_arm;
 }
 

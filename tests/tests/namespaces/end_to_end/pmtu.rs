@@ -1,4 +1,4 @@
-//! Path MTU discovery through the NAT, end to end: 2 MB downloads and uploads with DF set (as
+//! Echo to the VIP, and path MTU discovery through the NAT, end to end: 2 MB downloads and uploads with DF set (as
 //! Linux TCP sends) between a client behind a router and a backend, through the VIP, where one
 //! hop of the path has a smaller MTU (1280) than the links (1500).
 //!
@@ -153,6 +153,14 @@ pub fn path_mtu_through_the_nat(mode: Mode) {
         ]),
     );
     let vip = net.vip().to_string();
+
+    // 0. The VIP answers ping (the datapath answers; the VIP need not be the host's).
+    assert!(
+        ping(&net.client, net.vip(), Duration::from_secs(2)),
+        "{}: ping to the VIP",
+        farm.mode()
+    );
+    assert!(event(&farm, "echo_answered") >= 1.0, "{}", farm.mode());
 
     // 1. The router's hops to the far client, and to the VIP, are small.
     let client = FAR_CLIENTS[0].to_string();
