@@ -91,8 +91,10 @@ pub(super) fn bad_input(mode: Mode) {
         "fragment",
         (0..BURST)
             .map(|i| {
+                // A later fragment (offset 1480 bytes, more to come) whose first was never
+                // sent: nothing says where its datagram goes.
                 let mut f = frame(syn(i));
-                f[20] |= 0x20; // more fragments
+                f[20..22].copy_from_slice(&(0x2000u16 | 185).to_be_bytes());
                 reseal_ipv4(&mut f);
                 f
             })
