@@ -34,7 +34,9 @@ pub struct FragmentEntry {
     pub backend_id: u32,
     /// 1 when the datagram goes to the client (a backend's reply), 0 to a backend.
     pub to_client: u8,
-    pub _pad: [u8; 3],
+    // Integers, not a `[u8; 3]`: zeroing an odd-sized array is a `memset` call in the datapath.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<FragmentEntry>() == 72);
 

@@ -1,7 +1,7 @@
 //! The flow hash: one function, used by the datapath to pick a ring slot and by the controller
 //! to predict (and test) that choice.
 
-use crate::addr::{Addr, v4_prefix_mask};
+use crate::addr::{Addr, network};
 use crate::service::Affinity;
 
 const C1: u32 = 0xcc9e_2d51;
@@ -39,7 +39,7 @@ pub const fn hash_addr_port(addr: &Addr, port: u16, seed: u32) -> u32 {
 
 /// The hash that selects a backend for a new flow, following the service's NLB affinity:
 /// `none` = client address and port, `single` = client address, `network` = the client's
-/// network (IPv4 `/network_prefix`). `client_port` is in network byte order.
+/// network (its first `network_prefix` bits). `client_port` is in network byte order.
 #[inline(always)]
 pub const fn affinity_hash(
     affinity: u8,
@@ -51,8 +51,7 @@ pub const fn affinity_hash(
     if affinity == Affinity::None as u8 {
         hash_addr_port(client, client_port, seed)
     } else if affinity == Affinity::Network as u8 {
-        let masked = [client[0] & v4_prefix_mask(network_prefix), 0, 0, 0];
-        hash_addr_port(&masked, 0, seed)
+        hash_addr_port(&network(client, network_prefix), 0, seed)
     } else {
         // `single` and anything unknown: the client address alone is the safe choice.
         hash_addr_port(client, 0, seed)

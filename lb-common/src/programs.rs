@@ -19,9 +19,15 @@ pub const FROM_BACKEND: u32 = 1;
 /// echo requests to VIPs.
 pub const ICMP: u32 = 2;
 
+/// `STAGES` slots of the IPv6 stages for packets addressed to a VIP and from a backend.
+pub const TO_VIP6: u32 = 3;
+pub const FROM_BACKEND6: u32 = 4;
+
 /// Every stage: its `STAGES` slot and its program's name.
-pub const STAGES: [(u32, &str); 3] = [
+pub const STAGES: [(u32, &str); 5] = [
     (TO_VIP, "xnlb_to_vip"),
     (FROM_BACKEND, "xnlb_from_backend"),
     (ICMP, "xnlb_icmp"),
+    (TO_VIP6, "xnlb_to_vip6"),
+    (FROM_BACKEND6, "xnlb_from_backend6"),
 ];

@@ -40,6 +40,19 @@ pub struct ServiceRule {
 const _: () = assert!(core::mem::size_of::<ServiceRule>() == 4);
 
 impl ServiceRuleKey {
+    /// The key of a rule (or lookup) for `vip:port` of `family` (the port in network order).
+    #[inline(always)]
+    pub const fn new(family: u8, proto: u8, vip: Addr, port_be: u16) -> Self {
+        Self {
+            family,
+            proto,
+            _pad: 0,
+            vip,
+            port: port_be,
+            _pad_tail: 0,
+        }
+    }
+
     /// The key of an IPv4 rule (or lookup) for `vip_word:port` (both in network order).
     #[inline(always)]
     pub const fn v4(proto: u8, vip_word: u32, port_be: u16) -> Self {

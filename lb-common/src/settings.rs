@@ -99,7 +99,7 @@ pub struct DatapathSettings {
     pub half_open_timeout_ns: u64,
     /// TCP flows closed both ways or reset (`FlowState::Closed`).
     pub tcp_closed_timeout_ns: u64,
-    /// One-arm source addresses; the first `snat_count` are used.
+    /// One-arm source addresses: `snat_count` IPv4 ones, then `snat_count_v6` IPv6 ones.
     pub snat_addrs: [Addr; MAX_SNAT_ADDRS],
     pub snat_count: u32,
     /// SNAT source ports are allocated from `snat_port_min..=snat_port_max` (host byte order).
@@ -109,7 +109,9 @@ pub struct DatapathSettings {
     pub mode: u8,
     /// A [`Routing`] as `u8`.
     pub routing: u8,
-    pub _pad: [u8; 6],
+    /// IPv6 SNAT addresses, after the IPv4 ones in `snat_addrs`.
+    pub snat_count_v6: u8,
+    pub _pad: [u8; 5],
     /// Frames are balanced or reverse-translated only when their destination MAC is one of
     /// these for the interface they arrived on; the rest (flooded unicast for another host,
     /// broadcast, multicast) pass untouched as `not_for_us`. The controller fills it from the
@@ -136,7 +138,8 @@ impl DatapathSettings {
             snat_port_max: DEFAULT_SNAT_PORT_MAX,
             mode: Mode::TwoArm as u8,
             routing: Routing::Fib as u8,
-            _pad: [0; 6],
+            snat_count_v6: 0,
+            _pad: [0; 5],
             own_macs: [OwnMac {
                 ifindex: 0,
                 mac: [0; 6],

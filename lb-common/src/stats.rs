@@ -23,7 +23,8 @@ macro_rules! reasons {
 reasons! {
     /// Why a packet was dropped. Only traffic the balancer owns (addressed to a VIP) is dropped.
     DropReason {
-        /// IPv4 header to a VIP is invalid (version, IHL < 5, total length).
+        /// IP header to a VIP is invalid (IPv4: version, IHL < 5, total length; IPv6: version,
+        /// payload length).
         MalformedIp = "malformed_ip",
         /// IPv4 header to a VIP fails its checksum: corrupted on the way, never balanced.
         IpChecksum = "ip_checksum",
@@ -51,6 +52,9 @@ reasons! {
         /// The stage that handles the packet is not in `STAGES` (a datapath loaded in part):
         /// dropped rather than half handled.
         NoStage = "no_stage",
+        /// IPv6 to a VIP whose extension headers the datapath does not walk (more than four, or
+        /// one cut short): its transport header cannot be found.
+        Ipv6Headers = "ipv6_headers",
     }
 }
 
@@ -59,13 +63,13 @@ reasons! {
     PassReason {
         /// Not IPv4 or IPv6 (ARP, LLDP, ...).
         NotIp = "not_ip",
-        /// IPv6 (not balanced yet).
-        Ipv6 = "ipv6",
-        /// IPv4, neither to a VIP nor a reply of a balanced flow.
+        /// Neither to a VIP nor a reply of a balanced flow (IPv6 neighbour discovery and router
+        /// advertisements among them).
         NotOurs = "not_ours",
         /// Frame too short for the headers it claims.
         Truncated = "truncated",
-        /// Invalid IPv4 header, not to a VIP: the kernel's own checks decide.
+        /// Invalid IP header (or IPv6 extension headers not walked), not to a VIP: the kernel's
+        /// own checks decide.
         Malformed = "malformed",
         /// A fragment not to a VIP, or a backend's later fragment of a datagram whose first
         /// fragment was not a balanced flow's reply (the kernel's).

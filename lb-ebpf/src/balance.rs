@@ -1,11 +1,12 @@
 //! The two directions of a balanced flow: client → VIP (select, DNAT, SNAT in one-arm) and
-//! backend → client (undo the NAT).
+//! backend → client (undo the NAT). Each has an entry per IP version, which finds the transport
+//! header (and deals with fragments), and one body for both (`ip::IpHeader`).
 
 use aya_ebpf::{
     helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key, programs::XdpContext,
 };
 use lb_common::{
-    addr::{FAMILY_V4, PROTO_TCP, PROTO_UDP},
+    addr::{FAMILY_V4, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     cluster::BUCKET_MINE,
     flow::{FlowEntry, FlowKey, ReplyEntry},
     next_hop::NextHop,
@@ -17,14 +18,15 @@ use lb_common::{
 use crate::{
     Outcome, cluster,
     conntrack::{self, Stage},
-    derived, forward, fragments, icmp,
+    derived, forward, fragments,
+    ip::IpHeader,
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     mem, nat,
-    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ipv4_header_len, parse_l4},
+    packet::{ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, L4, ipv4_header_len, ipv6_transport, parse_l4},
     reset, scratch, stats,
 };
 
-/// The transport header of a valid, unfragmented IPv4 TCP/UDP packet.
+/// The transport header of a valid IPv4 TCP/UDP packet (not a later fragment).
 #[inline(always)]
 fn transport(ctx: &XdpContext, ip: &Ipv4Hdr) -> Option<L4> {
     let ihl = ipv4_header_len(ip);
@@ -33,16 +35,16 @@ fn transport(ctx: &XdpContext, ip: &Ipv4Hdr) -> Option<L4> {
 }
 
 #[inline(always)]
-fn tuple(ip: &Ipv4Hdr, l4: &L4) -> FlowKey {
+fn tuple<I: IpHeader>(ip: &I, l4: &L4) -> FlowKey {
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &*l4.ports };
     FlowKey {
-        src: [ip.src, 0, 0, 0],
-        dst: [ip.dst, 0, 0, 0],
+        src: ip.src(),
+        dst: ip.dst(),
         src_port: ports.src,
         dst_port: ports.dst,
-        proto: ip.proto,
-        family: FAMILY_V4,
+        proto: l4.proto,
+        family: I::FAMILY,
         _pad: [0; 2],
     }
 }
@@ -52,10 +54,10 @@ fn frame_len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
-/// A packet addressed to a VIP: balanced, or dropped with a reason. Never passed on blindly,
-/// except ICMP (echo, errors) which the kernel handles.
+/// An IPv4 packet addressed to a VIP: balanced, or dropped with a reason. (ICMP has a stage of
+/// its own.)
 #[inline(always)]
-pub fn to_vip(
+pub fn to_vip_v4(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
@@ -72,13 +74,51 @@ pub fn to_vip(
             },
         );
     }
-    // (ICMP has a stage of its own.)
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Outcome::Drop(DropReason::NoService);
     }
     let Some(l4) = transport(ctx, ip) else {
         return Outcome::Drop(DropReason::MalformedL4);
     };
+    to_vip(ctx, eth, ip, l4, settings)
+}
+
+/// An IPv6 packet addressed to a VIP: balanced, or dropped with a reason. ICMPv6 (neighbour
+/// discovery for the VIP where it is the host's, echo, errors) is the kernel's.
+#[inline(always)]
+pub fn to_vip_v6(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    settings: &DatapathSettings,
+) -> Outcome {
+    let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
+        return Outcome::Drop(DropReason::Ipv6Headers);
+    };
+    // (IPv6 fragments are not followed yet.)
+    if t.fragment {
+        return Outcome::Drop(DropReason::Fragment);
+    }
+    match t.proto {
+        PROTO_TCP | PROTO_UDP => {}
+        PROTO_ICMPV6 => return Outcome::Pass(PassReason::IcmpToVip),
+        _ => return Outcome::Drop(DropReason::NoService),
+    }
+    let Some(l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
+        return Outcome::Drop(DropReason::MalformedL4);
+    };
+    to_vip(ctx, eth, ip, l4, settings)
+}
+
+/// A TCP or UDP packet addressed to a VIP, of either IP version.
+#[inline(always)]
+fn to_vip<I: IpHeader>(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut I,
+    l4: L4,
+    settings: &DatapathSettings,
+) -> Outcome {
     let key = tuple(ip, &l4);
     // A packet of an established flow has its service from the flow's backend: the rule lookup
     // (a longest-prefix walk, the costliest lookup on this path) is for packets without one,
@@ -102,7 +142,7 @@ pub fn to_vip(
         None => {
             let rule_key = Key::new(
                 RULE_LOOKUP_BITS,
-                ServiceRuleKey::v4(key.proto, key.dst[0], key.dst_port),
+                ServiceRuleKey::new(I::FAMILY, key.proto, key.dst, key.dst_port),
             );
             let Some(rule) = SERVICE_RULES.get(&rule_key) else {
                 return Outcome::Drop(DropReason::NoService);
@@ -144,7 +184,7 @@ pub fn to_vip(
         stats::service_dropped(service_id);
         return Outcome::Drop(DropReason::FilteringDisabled);
     }
-    if ip.ttl <= 1 {
+    if ip.ttl() <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
     if settings.holds_next_hops() {
@@ -170,6 +210,8 @@ pub fn to_vip(
             stats::service_dropped(service_id);
             if reason == DropReason::SnatExhausted
                 && l4.is_syn()
+                // (The reset is written for IPv4.)
+                && I::FAMILY == FAMILY_V4
                 && let Some(action) = reset::refuse_syn(ctx, settings)
             {
                 stats::drop_reason(reason);
@@ -180,18 +222,16 @@ pub fn to_vip(
         }
     };
     let r = &flow.reply;
-    nat::rewrite(ip, &l4, r.dst[0], r.dst_port, r.src[0], r.src_port);
+    nat::rewrite(ip, &l4, &r.dst, r.dst_port, &r.src, r.src_port);
     stats::to_backend(flow.backend_id, bytes);
     let epoch = forward::epoch(now, settings);
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
-    if fragments::is_first(ip) {
-        fragments::record(&key, ip, hop, flow.backend_id, false);
-    }
+    ip.keep_first_fragment(&key, hop, flow.backend_id, false);
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, false) {
-        Outcome::TooBig(mtu) => icmp::too_big(ctx, ip, &key, mtu, settings),
+        Outcome::TooBig(mtu) => ip.too_big(ctx, &key, mtu, settings),
         sent => sent,
     };
     cluster::to_kernel_as_own(ctx, settings, sent)
@@ -221,10 +261,10 @@ pub fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
     Some(&mut scratch.hop)
 }
 
-/// A packet from a backend's address: a reply of a balanced flow gets its NAT undone; anything
-/// else (the backend's own traffic) goes to the kernel untouched.
+/// An IPv4 packet from a backend's address: a reply of a balanced flow gets its NAT undone;
+/// anything else (the backend's own traffic) goes to the kernel untouched.
 #[inline(always)]
-pub fn from_backend(
+pub fn from_backend_v4(
     ctx: &XdpContext,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
@@ -240,6 +280,41 @@ pub fn from_backend(
     let Some(l4) = transport(ctx, ip) else {
         return Outcome::Pass(PassReason::Malformed);
     };
+    from_backend(ctx, eth, ip, l4, settings)
+}
+
+/// The same for IPv6.
+#[inline(always)]
+pub fn from_backend_v6(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    settings: &DatapathSettings,
+) -> Outcome {
+    let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
+        return Outcome::Pass(PassReason::Malformed);
+    };
+    if t.fragment {
+        return Outcome::Pass(PassReason::Fragment);
+    }
+    if t.proto != PROTO_TCP && t.proto != PROTO_UDP {
+        return Outcome::Pass(PassReason::NotOurs);
+    }
+    let Some(l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
+        return Outcome::Pass(PassReason::Malformed);
+    };
+    from_backend(ctx, eth, ip, l4, settings)
+}
+
+/// A TCP or UDP packet from a backend's address, of either IP version.
+#[inline(always)]
+fn from_backend<I: IpHeader>(
+    ctx: &XdpContext,
+    eth: &mut EthHdr,
+    ip: &mut I,
+    l4: L4,
+    settings: &DatapathSettings,
+) -> Outcome {
     let key = tuple(ip, &l4);
     // SAFETY: a helper that takes no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -277,10 +352,10 @@ pub fn from_backend(
 /// would cost stack, which the verifier counts.)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn to_client(
+fn to_client<I: IpHeader>(
     ctx: &XdpContext,
     eth: &mut EthHdr,
-    ip: &mut Ipv4Hdr,
+    ip: &mut I,
     l4: &L4,
     entry: &ReplyEntry,
     flow: *mut FlowEntry,
@@ -290,32 +365,30 @@ fn to_client(
     if settings.cluster.enabled != 0 && !cluster::carries_reply(entry, l4.is_tcp(), now) {
         return Outcome::Drop(DropReason::NotMyBucket);
     }
-    if ip.ttl <= 1 {
+    if ip.ttl() <= 1 {
         return Outcome::Pass(PassReason::TtlExceeded);
     }
     let client = &entry.client;
     nat::rewrite(
         ip,
         l4,
-        client.dst[0],
+        &client.dst,
         client.dst_port,
-        client.src[0],
+        &client.src,
         client.src_port,
     );
     stats::to_client(entry.backend_id, frame_len(ctx));
     let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
-    if fragments::is_first(ip) {
-        // SAFETY: as above; its reply tuple is this packet's as the backend sent it.
-        fragments::record(unsafe { &(*flow).reply }, ip, hop, entry.backend_id, true);
-    }
+    // SAFETY: as above; its reply tuple is this packet's as the backend sent it.
+    ip.keep_first_fragment(unsafe { &(*flow).reply }, hop, entry.backend_id, true);
     let ask_fib = settings.asks_fib_for_client_hops();
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, ask_fib) {
         // SAFETY: a pointer to a live LRU element (valid for this run under RCU); its reply
         // tuple is this packet's as the backend sent it (`conntrack::reply_owner`).
-        Outcome::TooBig(mtu) => icmp::too_big(ctx, ip, unsafe { &(*flow).reply }, mtu, settings),
+        Outcome::TooBig(mtu) => ip.too_big(ctx, unsafe { &(*flow).reply }, mtu, settings),
         sent => sent,
     };
     cluster::to_kernel_as_own(ctx, settings, sent)

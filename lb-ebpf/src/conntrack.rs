@@ -18,6 +18,7 @@ use aya_ebpf::{
     maps::LruHashMap,
 };
 use lb_common::{
+    addr::FAMILY_V6,
     backend::{BackendInfo, BackendState},
     cluster::{BUCKET_HANDOVER, BUCKET_MINE},
     flow::{FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, ServedBy},
@@ -725,15 +726,20 @@ fn claim_snat_port(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<(), DropReason> {
-    let count = s.snat_count;
-    if count == 0 || count as usize > MAX_SNAT_ADDRS || s.snat_port_max < s.snat_port_min {
+    // The addresses of the flow's family: IPv4 ones first, then IPv6 ones.
+    let (base, count) = if key.family == FAMILY_V6 {
+        (s.snat_count, s.snat_count_v6 as u32)
+    } else {
+        (0, s.snat_count)
+    };
+    if count == 0 || (base + count) as usize > MAX_SNAT_ADDRS || s.snat_port_max < s.snat_port_min {
         return Err(DropReason::SnatExhausted);
     }
     let hash = hash_addr_port(&key.src, key.src_port, key.dst[0]);
     let span = (s.snat_port_max - s.snat_port_min) as u32 + 1;
     // The verifier needs the index bounded by a mask; LLVM would drop a plain mask (it knows
     // `count <= MAX_SNAT_ADDRS`), so the index is read back opaquely first.
-    let idx = (hash % count) as usize;
+    let idx = (base + hash % count) as usize;
     // SAFETY: reads a local variable.
     let idx = unsafe { core::ptr::read_volatile(&idx) } & (MAX_SNAT_ADDRS - 1);
     let addr = s.snat_addrs[idx];
@@ -882,14 +888,15 @@ pub fn flow_of_reply(
     reply: &FlowKey,
     s: &DatapathSettings,
     now: u64,
-) -> Option<(FlowKey, *mut FlowEntry)> {
+) -> Option<(&'static FlowKey, *mut FlowEntry)> {
     if s.mode == Mode::TwoArm as u8
         && let Some(served) = derived::served_by(reply)
     {
-        let mut client = FlowKey::default();
-        derived::client_of(&mut client, served, reply);
-        if let Some(flow) = alive(Stage::Established, &client, Some(reply), s, now)
-            .or_else(|| alive(Stage::HalfOpen, &client, Some(reply), s, now))
+        // (Derived into scratch: a zeroed key on the stack would be a `memset` call.)
+        let client = &mut scratch::get()?.derived;
+        derived::client_of(client, served, reply);
+        if let Some(flow) = alive(Stage::Established, client, Some(reply), s, now)
+            .or_else(|| alive(Stage::HalfOpen, client, Some(reply), s, now))
         {
             return Some((client, flow));
         }
@@ -899,12 +906,12 @@ pub fn flow_of_reply(
     if let Some(entry) = unsafe { REPLIES.get(reply) }
         && let Some(flow) = alive(Stage::Established, &entry.client, Some(reply), s, now)
     {
-        return Some((entry.client, flow));
+        return Some((&entry.client, flow));
     }
     // SAFETY: as above.
     let entry = unsafe { HALF_OPEN_REPLIES.get(reply) }?;
     let flow = alive(Stage::HalfOpen, &entry.client, Some(reply), s, now)?;
-    Some((entry.client, flow))
+    Some((&entry.client, flow))
 }
 
 /// `client`'s flow in `stage`, if it is alive (and, given `reply`, has that reply tuple).

@@ -20,7 +20,6 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    addr::FAMILY_V4,
     next_hop::{HELD_EPOCH, NextHop, current_epoch},
     settings::DatapathSettings,
     stats::PassReason,
@@ -28,13 +27,14 @@ use lb_common::{
 
 use crate::{
     Outcome,
+    ip::IpHeader,
     maps::NEXT_HOP_EPOCH,
-    mem, nat,
-    packet::{EthHdr, Ipv4Hdr, Ports},
+    mem,
+    packet::{EthHdr, Ports},
     scratch,
 };
 
-/// The smallest MTU an IPv4 route can have (the kernel's `min_pmtu`).
+/// The smallest MTU an IPv4 route can have (the kernel's `min_pmtu`; IPv6's is larger).
 const MIN_ROUTE_MTU: u16 = 552;
 
 /// The epoch kept next hops must carry at `now`. Read before anything that decides which hop
@@ -67,10 +67,10 @@ pub fn return_to_sender(ctx: &XdpContext, eth: &EthHdr, smac: &[u8; 6], hop: &mu
 /// is then held for the flow). `ports` are the packet's (or zero), for the FIB's multipath
 /// hash.
 #[inline(always)]
-pub fn send(
+pub fn send<I: IpHeader>(
     ctx: &XdpContext,
     eth: &mut EthHdr,
-    ip: &mut Ipv4Hdr,
+    ip: &mut I,
     ports: &Ports,
     hop: *mut NextHop,
     epoch: u32,
@@ -88,10 +88,10 @@ pub fn send(
             return outcome;
         }
     }
-    if u16::from_be(ip.tot_len) > hop.mtu {
+    if ip.packet_len() > hop.mtu {
         return Outcome::TooBig(hop.mtu as u32);
     }
-    nat::decrement_ttl(ip);
+    ip.decrement_ttl();
     mem::copy_mac(&mut eth.dst, &hop.dmac);
     mem::copy_mac(&mut eth.src, &hop.smac);
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
@@ -107,9 +107,9 @@ pub fn send(
 /// kernel, and the next one asks again. Nor is "fragmentation needed", which only says the
 /// route's MTU (`Outcome::TooBig`).
 #[inline(always)]
-fn look_up(
+fn look_up<I: IpHeader>(
     ctx: &XdpContext,
-    ip: &Ipv4Hdr,
+    ip: &I,
     ports: &Ports,
     hop: &mut NextHop,
     epoch: u32,
@@ -120,14 +120,9 @@ fn look_up(
     let fib = &mut scratch.fib;
     // SAFETY: `bpf_fib_lookup`'s parameters are plain integers: all zero is a valid value.
     unsafe { mem::zero(fib) };
-    fib.family = FAMILY_V4;
-    fib.l4_protocol = ip.proto;
+    ip.fib_params(fib);
     fib.sport = ports.src;
     fib.dport = ports.dst;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(ip.tot_len);
-    fib.__bindgen_anon_2.tos = ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = ip.src;
-    fib.__bindgen_anon_4.ipv4_dst = ip.dst;
     fib.ifindex = ctx.ingress_ifindex() as u32;
 
     // SAFETY: `fib` is a live, initialised struct of exactly the size passed, and `ctx.ctx` is this

@@ -65,7 +65,8 @@ pub fn record(
     mem::copy(&mut e.hop, unsafe { &*hop });
     e.backend_id = backend_id;
     e.to_client = to_client as u8;
-    e._pad = [0; 3];
+    e._pad0 = 0;
+    e._pad1 = 0;
     // A datagram whose ID its sender used again meanwhile replaces the old one's entry.
     if FRAGMENTS.insert(&*key, &*e, 0).is_ok() {
         stats::flow_event(FlowEvent::FragmentTracked);

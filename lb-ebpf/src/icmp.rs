@@ -220,7 +220,7 @@ fn translate_error(
     if ip.ttl <= 1 {
         return Some(Outcome::Pass(PassReason::TtlExceeded));
     }
-    rewrite(ip, icmp, &q, outer_src, client.src[0], &client);
+    rewrite(ip, icmp, &q, outer_src, client.src[0], client);
     stats::flow_event(FlowEvent::IcmpErrorToClient);
     let epoch = forward::epoch(now, s);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
@@ -399,9 +399,9 @@ fn build_too_big(
     nat::rewrite(
         old_ip,
         &l4,
-        original.src[0],
+        &original.src,
         original.src_port,
-        original.dst[0],
+        &original.dst,
         original.dst_port,
     );
     let (sender, receiver) = (old_ip.src, old_ip.dst);

@@ -16,6 +16,7 @@ mod derived;
 mod forward;
 mod fragments;
 mod icmp;
+mod ip;
 mod maps;
 mod mem;
 mod nat;
@@ -28,14 +29,17 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
-    addr::PROTO_ICMP,
-    programs::{FROM_BACKEND, ICMP, TO_VIP},
+    addr::{FAMILY_V6, PROTO_ICMP},
+    programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, TO_VIP, TO_VIP6},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
 
 use maps::{BACKEND_ADDRS, SETTINGS, VIPS};
-use packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Check, Ipv4Hdr, check_ipv4, ptr_at};
+use packet::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Check, Ipv4Hdr, Ipv6Hdr, check_ipv4, ipv6_valid,
+    ptr_at,
+};
 
 /// What happened to a packet.
 pub enum Outcome {
@@ -66,7 +70,7 @@ pub fn xnlb_to_vip(ctx: XdpContext) -> u32 {
         // SAFETY: `stage_input` checked that the headers lie inside the packet, which outlives
         // this call.
         Some((eth, ip, settings)) => unsafe {
-            balance::to_vip(&ctx, &mut *eth, &mut *ip, settings)
+            balance::to_vip_v4(&ctx, &mut *eth, &mut *ip, settings)
         },
         None => Outcome::Drop(DropReason::MalformedIp),
     })
@@ -79,7 +83,31 @@ pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
     finish(match stage_input(&ctx) {
         // SAFETY: as in `xnlb_to_vip`.
         Some((eth, ip, settings)) => unsafe {
-            balance::from_backend(&ctx, &mut *eth, &mut *ip, settings)
+            balance::from_backend_v4(&ctx, &mut *eth, &mut *ip, settings)
+        },
+        None => Outcome::Pass(PassReason::Malformed),
+    })
+}
+
+/// `xnlb_to_vip` for IPv6.
+#[xdp]
+pub fn xnlb_to_vip6(ctx: XdpContext) -> u32 {
+    finish(match stage_input6(&ctx) {
+        // SAFETY: as in `xnlb_to_vip`.
+        Some((eth, ip, settings)) => unsafe {
+            balance::to_vip_v6(&ctx, &mut *eth, &mut *ip, settings)
+        },
+        None => Outcome::Drop(DropReason::MalformedIp),
+    })
+}
+
+/// `xnlb_from_backend` for IPv6.
+#[xdp]
+pub fn xnlb_from_backend6(ctx: XdpContext) -> u32 {
+    finish(match stage_input6(&ctx) {
+        // SAFETY: as in `xnlb_to_vip`.
+        Some((eth, ip, settings)) => unsafe {
+            balance::from_backend_v6(&ctx, &mut *eth, &mut *ip, settings)
         },
         None => Outcome::Pass(PassReason::Malformed),
     })
@@ -127,6 +155,16 @@ fn stage_input(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr, &'static 
     Some((eth, ip, SETTINGS.get(0)?))
 }
 
+/// `stage_input` for IPv6.
+#[inline(always)]
+fn stage_input6(
+    ctx: &XdpContext,
+) -> Option<(*mut EthHdr, *mut Ipv6Hdr, &'static DatapathSettings)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    Some((eth, ip, SETTINGS.get(0)?))
+}
+
 /// The floor: parse Ethernet, pass. Not part of balancing. Benchmarks measure the balancer
 /// against it, and the one-arm test bed attaches it to the veth facing the balancer, standing in
 /// for a real NIC's receive path so that `XDP_TX` on veth is delivered (`docs/testing.md`).
@@ -145,7 +183,8 @@ pub fn xnlb_floor(ctx: XdpContext) -> u32 {
 }
 
 // The literal slots of `tail_call!`'s uses.
-const _: () = assert!(TO_VIP == 0 && FROM_BACKEND == 1 && ICMP == 2);
+const _: () =
+    assert!(TO_VIP == 0 && FROM_BACKEND == 1 && ICMP == 2 && TO_VIP6 == 3 && FROM_BACKEND6 == 4);
 
 /// Hands the packet to the stage in `STAGES` slot `$slot` (a literal); goes on only if that
 /// slot is empty. A tail call with a constant slot becomes a direct jump; LLVM would merge two
@@ -185,7 +224,7 @@ fn process(ctx: &XdpContext) -> Outcome {
     let eth = unsafe { &mut *eth };
     match u16::from_be(eth.proto) {
         ETH_P_IP => {}
-        ETH_P_IPV6 => return Outcome::Pass(PassReason::Ipv6),
+        ETH_P_IPV6 => return process_v6(ctx, eth),
         _ => {
             if cluster::is_arp(eth)
                 && let Some(settings) = SETTINGS.get(0)
@@ -246,6 +285,60 @@ fn process(ctx: &XdpContext) -> Outcome {
         return Outcome::Drop(DropReason::NoStage);
     }
     Outcome::Pass(PassReason::NotOurs)
+}
+
+/// `process` for IPv6: to a VIP, or from a backend's address, to the stage; everything else
+/// (neighbour discovery and router advertisements among it) to the kernel untouched.
+#[inline(always)]
+fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return Outcome::Pass(PassReason::Truncated);
+    };
+    // SAFETY: `ptr_at` checked that the header lies inside the packet, which outlives this call.
+    let ip = unsafe { &*ip };
+    let valid = ipv6_valid(ip, ctx.data_end() - ctx.data() - ETH_HLEN);
+    // SAFETY: the element stays valid for this program run (RCU).
+    if unsafe { VIPS.get(&v6_key(&ip.dst)) }.is_some() {
+        if sent_to_us(ctx, eth).is_none() {
+            return Outcome::Pass(PassReason::NotForUs);
+        }
+        if !valid {
+            return Outcome::Drop(DropReason::MalformedIp);
+        }
+        leave_ipv6_transport(ctx, ip);
+        tail_call!(ctx, 3);
+        return Outcome::Drop(DropReason::NoStage);
+    }
+    if !valid {
+        return Outcome::Pass(PassReason::Malformed);
+    }
+    // SAFETY: as above.
+    if unsafe { BACKEND_ADDRS.get(&v6_key(&ip.src)) }.is_some() {
+        if sent_to_us(ctx, eth).is_none() {
+            return Outcome::Pass(PassReason::NotForUs);
+        }
+        leave_ipv6_transport(ctx, ip);
+        tail_call!(ctx, 4);
+        return Outcome::Drop(DropReason::NoStage);
+    }
+    Outcome::Pass(PassReason::NotOurs)
+}
+
+/// The address-set key of an IPv6 address in the packet (copied by words: a plain copy of 16
+/// bytes would be a `memmove` call).
+#[inline(always)]
+fn v6_key(addr: &[u32; 4]) -> AddrKey {
+    let mut key = AddrKey::new([0; 4], FAMILY_V6);
+    mem::copy(&mut key.addr, addr);
+    key
+}
+
+/// Walks the IPv6 packet's extension headers for the stage it goes to (`packet::walk_ipv6`).
+#[inline(always)]
+fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) {
+    if let Some(s) = scratch::get() {
+        s.ipv6_transport = packet::walk_ipv6(ctx, ip);
+    }
 }
 
 /// The datapath's settings, if the frame was sent to the receiving interface's own MAC;

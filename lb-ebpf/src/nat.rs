@@ -1,18 +1,23 @@
 //! Address and port rewriting with incremental checksum updates (RFC 1624), and full checksums
 //! for the headers the datapath writes itself.
 
-use lb_common::{addr::PROTO_UDP, checksum::Delta};
+use lb_common::addr::{Addr, PROTO_UDP};
 
-use crate::packet::{Ipv4Hdr, L4};
+use crate::{ip::IpHeader, packet::L4};
 
 /// Rewrites the packet to `src:src_port → dst:dst_port` (all in network order) and fixes the
-/// IPv4 header checksum and the TCP/UDP checksum (a zero UDP checksum stays zero).
+/// IPv4 header checksum and the TCP/UDP checksum, whose pseudo-header holds the addresses (a
+/// zero UDP checksum stays zero).
 #[inline(always)]
-pub fn rewrite(ip: &mut Ipv4Hdr, l4: &L4, src: u32, src_port: u16, dst: u32, dst_port: u16) {
-    let addrs = Delta::new().word32(ip.src, src).word32(ip.dst, dst);
-    ip.check = addrs.apply(ip.check);
-    ip.src = src;
-    ip.dst = dst;
+pub fn rewrite<I: IpHeader>(
+    ip: &mut I,
+    l4: &L4,
+    src: &Addr,
+    src_port: u16,
+    dst: &Addr,
+    dst_port: u16,
+) {
+    let addrs = ip.readdress(src, dst);
 
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let ports = unsafe { &mut *l4.ports };
@@ -26,16 +31,6 @@ pub fn rewrite(ip: &mut Ipv4Hdr, l4: &L4, src: u32, src_port: u16, dst: u32, dst
     } else {
         l4_delta.apply(*check)
     };
-}
-
-/// Decrements the TTL of a packet this program forwards itself (the kernel does it otherwise).
-#[inline(always)]
-pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
-    // TTL and protocol share one checksum word.
-    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    ip.ttl -= 1;
-    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-    ip.check = Delta::new().word(old, new).apply(ip.check);
 }
 
 /// The one's-complement sum of `n` 16-bit words at `p` (network order kept: the sum is the same

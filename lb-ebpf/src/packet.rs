@@ -37,6 +37,112 @@ pub struct Ipv4Hdr {
     pub dst: u32,
 }
 
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8) and flow label (20), network order.
+    pub vtc_flow: u32,
+    /// Bytes after this 40-byte header, extension headers included.
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+pub const IPV6_HLEN: usize = 40;
+
+/// Whether the IPv6 header is version 6 and its payload fits the frame (`l3_len` = bytes after
+/// Ethernet).
+#[inline(always)]
+pub fn ipv6_valid(ip: &Ipv6Hdr, l3_len: usize) -> bool {
+    u32::from_be(ip.vtc_flow) >> 28 == 6
+        && IPV6_HLEN + u16::from_be(ip.payload_len) as usize <= l3_len
+}
+
+/// Extension headers walked before the transport header; a packet with more is not walked.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+const EXT_HOP_BY_HOP: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_AUTH: u8 = 51;
+const EXT_DEST_OPTS: u8 = 60;
+
+/// Where an IPv6 packet's transport header is.
+pub struct Ipv6Transport {
+    /// Its offset in the frame, and the protocol.
+    pub offset: usize,
+    pub proto: u8,
+    /// Bytes from it to the end of the IP packet.
+    pub len: usize,
+    /// The packet is a fragment (it has a fragment header).
+    pub fragment: bool,
+}
+
+/// The farthest a transport header may start (a mask): four extension headers of up to 88
+/// bytes each. A packet whose headers run longer is not walked.
+const MAX_TRANSPORT_OFFSET: usize = 0x1ff;
+
+/// Where the IPv6 packet `ip`'s transport header is, from the entry's walk (`walk_ipv6`).
+#[inline(always)]
+pub fn ipv6_transport(ip: &Ipv6Hdr, packed: u32) -> Option<Ipv6Transport> {
+    if packed == 0 {
+        return None;
+    }
+    // Masked, so that the verifier knows the bound the walk checked.
+    let offset = packed as usize & MAX_TRANSPORT_OFFSET;
+    let end = ETH_HLEN + IPV6_HLEN + u16::from_be(ip.payload_len) as usize;
+    if offset > end {
+        return None;
+    }
+    Some(Ipv6Transport {
+        offset,
+        proto: (packed >> 16) as u8,
+        len: end - offset,
+        fragment: packed >> 24 != 0,
+    })
+}
+
+/// Walks the IPv6 packet's extension headers (hop-by-hop, routing, destination options,
+/// authentication, fragment; at most `MAX_IPV6_EXTENSIONS`) to its transport header: packed as
+/// `offset | proto << 16 | fragment << 24`, or 0 when there are more, one is truncated, or they
+/// end past `MAX_TRANSPORT_OFFSET`. The entry walks, and leaves the answer in scratch for the
+/// stage it calls (`ipv6_transport`): walked in the stage, the headers' paths would multiply
+/// with every path through the rest of it, beyond the verifier's budget.
+#[inline(always)]
+pub fn walk_ipv6(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
+    let mut next = ip.next_hdr;
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    let mut fragment = false;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        let len = match next {
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS | EXT_AUTH | EXT_FRAGMENT => {
+                let Some(h) = ptr_at::<[u8; 2]>(ctx, offset) else {
+                    return 0;
+                };
+                // SAFETY: `ptr_at` checked that these bytes lie inside the packet.
+                let h = unsafe { &*h };
+                let len = match next {
+                    EXT_FRAGMENT => 8,
+                    EXT_AUTH => (h[1] as usize + 2) * 4,
+                    _ => (h[1] as usize + 1) * 8,
+                };
+                fragment |= next == EXT_FRAGMENT;
+                next = h[0];
+                len
+            }
+            _ => break,
+        };
+        offset += len;
+    }
+    if matches!(
+        next,
+        EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS | EXT_AUTH | EXT_FRAGMENT
+    ) || offset > MAX_TRANSPORT_OFFSET
+    {
+        return 0;
+    }
+    offset as u32 | (next as u32) << 16 | (fragment as u32) << 24
+}
+
 /// The part of TCP and UDP headers that NAT touches: ports are at the same offsets in both.
 #[repr(C)]
 pub struct Ports {

@@ -29,6 +29,9 @@ pub struct Scratch {
     /// A fragmented datagram's key and entry (`fragments`).
     pub fragment_key: FragmentKey,
     pub fragment: FragmentEntry,
+    /// Where an IPv6 packet's transport header is, walked by the entry for its stage
+    /// (`packet::walk_ipv6`).
+    pub ipv6_transport: u32,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

@@ -88,10 +88,10 @@ fn stateless_golden_packets() {
             reason: Reason::Pass(PassReason::NotIp),
         },
         Row {
-            name: "IPv6 ethertype",
+            name: "IPv4 bytes under the IPv6 EtherType (version 4)",
             frame: ipv6,
             action: XDP_PASS,
-            reason: Reason::Pass(PassReason::Ipv6),
+            reason: Reason::Pass(PassReason::Malformed),
         },
         Row {
             name: "VIP port without a rule",
