@@ -377,7 +377,7 @@ pub fn digest_text(config: &crate::config::Config) -> String {
             s.protocol,
             s.filtering.label(),
             s.affinity.label(),
-            s.network_prefix
+            s.network_prefix()
         );
         for b in &s.backends {
             let _ = write!(

@@ -5,21 +5,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use lb_common::backend::BackendInfo;
 
 use crate::{
     config::{Config, Service},
-    port_rules::{RuleKey, addr_v4},
+    port_rules::{RuleKey, addr_of},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendKey {
     pub service: String,
     pub name: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// 0 keeps the client's destination port.
     pub port: u16,
 }
@@ -33,7 +33,7 @@ impl BackendKey {
                 s.backends.iter().map(move |b| BackendKey {
                     service: s.name.clone(),
                     name: b.name.clone(),
-                    addr: b.address_v4(),
+                    addr: b.address,
                     port: b.port.unwrap_or(0),
                 })
             })
@@ -171,7 +171,7 @@ impl IdBook {
         for service in &config.services {
             let sid = service.ports.iter().find_map(|range| {
                 let proto = service.protocol.numbers()[0];
-                RuleKey::covering(service.vip_v4(), proto, range.lo, range.hi)
+                RuleKey::covering(service.vip, proto, range.lo, range.hi)
                     .into_iter()
                     .find_map(|k| rules.get(&k).copied())
             });
@@ -187,7 +187,7 @@ impl IdBook {
             };
             let found = backends.iter().find(|(id, b)| {
                 b.service_id == sid
-                    && b.addr == addr_v4(key.addr)
+                    && b.addr == addr_of(key.addr).0
                     && u16::from_be(b.port) == key.port
                     && !taken.contains(*id)
             });

@@ -2,10 +2,9 @@
 //! touching the kernel. `reconcile` then moves the real maps to this image.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use lb_common::{
-    addr::FAMILY_V4,
     backend::BackendInfo,
     cluster::cluster_mac,
     flow::{
@@ -21,7 +20,7 @@ use crate::{
     ids::IdBook,
     lifecycle::BackendState,
     maglev::{self, Member},
-    port_rules::{RuleKey, addr_v4},
+    port_rules::{RuleKey, addr_of, addr_v4, ip_of},
 };
 
 /// One service as the datapath holds it: its `SERVICES` value (without the ring base, which
@@ -42,8 +41,8 @@ impl ServicePlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub settings: DatapathSettings,
-    pub vips: BTreeSet<Ipv4Addr>,
-    pub backend_addrs: BTreeSet<Ipv4Addr>,
+    pub vips: BTreeSet<IpAddr>,
+    pub backend_addrs: BTreeSet<IpAddr>,
     pub rules: BTreeMap<RuleKey, u32>,
     pub services: BTreeMap<u32, ServicePlan>,
     pub backends: BTreeMap<u32, BackendInfo>,
@@ -62,7 +61,7 @@ pub struct HostFacts {
     pub own_macs: Vec<OwnMac>,
     /// `Some` for held routing (one-arm on a host that does not forward): the next hop towards
     /// each backend address that has one now. `None`: the datapath asks the FIB.
-    pub held_hops: Option<BTreeMap<Ipv4Addr, NextHop>>,
+    pub held_hops: Option<BTreeMap<IpAddr, NextHop>>,
     /// What `SERVED_BY` holds now: flows that derived their replies from an entry keep
     /// finding them after a reload makes its backend port serve more.
     pub served_by: BTreeMap<BackendPort, ServedBy>,
@@ -133,10 +132,10 @@ pub fn image(
     cluster_settings(config, host, &mut img.settings);
     for service in &config.services {
         let sid = ids.services[&service.name];
-        img.vips.insert(service.vip_v4());
+        img.vips.insert(service.vip);
         for range in &service.ports {
             for &proto in service.protocol.numbers() {
-                for key in RuleKey::covering(service.vip_v4(), proto, range.lo, range.hi) {
+                for key in RuleKey::covering(service.vip, proto, range.lo, range.hi) {
                     img.rules.insert(key, sid);
                 }
             }
@@ -147,17 +146,18 @@ pub fn image(
                 .backend_id(&service.name, &b.name)
                 .expect("ids assigned");
             let st = state(&service.name, &b.name);
-            img.backend_addrs.insert(b.address_v4());
+            img.backend_addrs.insert(b.address);
             if let Some(held) = &host.held_hops {
-                let hop = held.get(&b.address_v4()).copied().unwrap_or(NextHop::NONE);
+                let hop = held.get(&b.address).copied().unwrap_or(NextHop::NONE);
                 img.held_hops.insert(bid, hop);
             }
+            let (addr, family) = addr_of(b.address);
             img.backends.insert(
                 bid,
                 BackendInfo {
-                    addr: addr_v4(b.address_v4()),
+                    addr,
                     port: b.port.unwrap_or(0).to_be(),
-                    family: FAMILY_V4,
+                    family,
                     state: st as u8,
                     service_id: sid,
                 },
@@ -199,13 +199,17 @@ fn served_by(
     // Wide ranges whose backend keeps the client's port: (address, protocol, ports).
     let mut wide = Vec::new();
     for service in &config.services {
+        // IPv4 only: `ServedBy` holds an IPv4 VIP (IPv6 flows claim reply entries).
+        let IpAddr::V4(vip) = service.vip else {
+            continue;
+        };
         let sid = ids.services[&service.name];
-        let vip = addr_v4(service.vip_v4())[0];
+        let vip = addr_v4(vip)[0];
         for b in &service.backends {
             let bid = ids
                 .backend_id(&service.name, &b.name)
                 .expect("ids assigned");
-            let addr = addr_v4(b.address_v4());
+            let (addr, _) = addr_of(b.address);
             for &proto in service.protocol.numbers() {
                 let key = |port: u16| BackendPort {
                     addr,
@@ -304,7 +308,7 @@ fn service_plan(
         hash_seed: hash_seed(&service.name),
         filtering: service.filtering as u8,
         affinity: service.affinity as u8,
-        network_prefix: service.network_prefix,
+        network_prefix: service.network_prefix(),
         _pad: 0,
     };
     let mut table = Vec::new();
@@ -348,10 +352,14 @@ pub fn settings(config: &Config) -> DatapathSettings {
     s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     s.half_open_timeout_ns = config.conntrack.half_open_timeout.as_nanos() as u64;
     if let Some(snat) = &config.snat {
-        for (slot, addr) in s.snat_addrs.iter_mut().zip(config.snat_v4()) {
-            *slot = addr_v4(addr);
+        // IPv4 addresses first, then IPv6 ones (`DatapathSettings::snat_count_v6`).
+        let (v4s, v6s): (Vec<IpAddr>, Vec<IpAddr>) =
+            snat.addresses.iter().partition(|a| a.is_ipv4());
+        for (slot, &addr) in s.snat_addrs.iter_mut().zip(v4s.iter().chain(&v6s)) {
+            *slot = addr_of(addr).0;
         }
-        s.snat_count = snat.addresses.len() as u32;
+        s.snat_count = v4s.len() as u32;
+        s.snat_count_v6 = v6s.len() as u8;
         s.snat_port_min = snat.ports.lo;
         s.snat_port_max = snat.ports.hi;
     }
@@ -376,7 +384,7 @@ pub enum FlowFate {
 
 /// The fate of each of `flows` under `image`.
 pub fn flow_fates(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<FlowFate> {
-    let mut service_of: HashMap<(u32, u8, u16), Option<u32>> = HashMap::new();
+    let mut service_of: HashMap<(IpAddr, u8, u16), Option<u32>> = HashMap::new();
     // Each service's backends, to find the one at a flow's address and port.
     let mut members: HashMap<u32, Vec<(u32, &BackendInfo)>> = HashMap::new();
     for (&id, b) in &image.backends {
@@ -385,17 +393,15 @@ pub fn flow_fates(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<FlowFate
     flows
         .iter()
         .map(|(key, entry)| {
-            let vip = Ipv4Addr::from(key.dst[0].to_ne_bytes());
+            let vip = ip_of(&key.dst, key.family);
             let port = u16::from_be(key.dst_port);
-            let service = *service_of
-                .entry((key.dst[0], key.proto, port))
-                .or_insert_with(|| {
-                    image
-                        .rules
-                        .iter()
-                        .find(|(rule, _)| rule.covers(vip, key.proto, port))
-                        .map(|(_, &sid)| sid)
-                });
+            let service = *service_of.entry((vip, key.proto, port)).or_insert_with(|| {
+                image
+                    .rules
+                    .iter()
+                    .find(|(rule, _)| rule.covers(vip, key.proto, port))
+                    .map(|(_, &sid)| sid)
+            });
             let Some(sid) = service else {
                 return FlowFate::Foreign;
             };
@@ -414,6 +420,10 @@ pub fn flow_fates(image: &Image, flows: &[(FlowKey, FlowEntry)]) -> Vec<FlowFate
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_common::addr::FAMILY_V4;
+
     use super::*;
     use crate::config;
 

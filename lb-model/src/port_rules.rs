@@ -2,17 +2,17 @@
 //! aligned power-of-two blocks, so the datapath finds the rule in one LPM lookup however wide
 //! the range is.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    addr::v4,
+    addr::{Addr, FAMILY_V4, FAMILY_V6, octets, v4, v6},
     service::{RULE_FIXED_BITS, ServiceRuleKey},
 };
 
 /// One port-rule prefix of a VIP: the key of `SERVICE_RULES` in the controller's terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleKey {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub proto: u8,
     /// First port of the prefix (host order).
     pub port: u16,
@@ -22,7 +22,7 @@ pub struct RuleKey {
 
 impl RuleKey {
     /// The prefixes that together cover `vip`:`lo..=hi`/`proto`.
-    pub fn covering(vip: Ipv4Addr, proto: u8, lo: u16, hi: u16) -> Vec<RuleKey> {
+    pub fn covering(vip: IpAddr, proto: u8, lo: u16, hi: u16) -> Vec<RuleKey> {
         prefixes(lo, hi)
             .into_iter()
             .map(|p| RuleKey {
@@ -36,12 +36,13 @@ impl RuleKey {
 
     /// The LPM key as the datapath holds it: (prefix length in bits, key data).
     pub fn to_kernel(self) -> (u32, ServiceRuleKey) {
-        let data = ServiceRuleKey::v4(self.proto, addr_v4(self.vip)[0], self.port.to_be());
+        let (vip, family) = addr_of(self.vip);
+        let data = ServiceRuleKey::new(family, self.proto, vip, self.port.to_be());
         (RULE_FIXED_BITS + self.port_bits as u32, data)
     }
 
     /// Whether this prefix covers `proto` traffic to `vip`:`port`.
-    pub fn covers(&self, vip: Ipv4Addr, proto: u8, port: u16) -> bool {
+    pub fn covers(&self, vip: IpAddr, proto: u8, port: u16) -> bool {
         let shift = 16 - u32::from(self.port_bits);
         let high = |p: u16| u32::from(p).checked_shr(shift).unwrap_or(0);
         self.vip == vip && self.proto == proto && high(self.port) == high(port)
@@ -50,7 +51,7 @@ impl RuleKey {
     /// The rule an LPM key read back from the datapath stands for.
     pub fn from_kernel(prefix_len: u32, data: &ServiceRuleKey) -> RuleKey {
         RuleKey {
-            vip: Ipv4Addr::from(data.vip[0].to_ne_bytes()),
+            vip: ip_of(&data.vip, data.family),
             proto: data.proto,
             port: u16::from_be(data.port),
             port_bits: (prefix_len - RULE_FIXED_BITS) as u8,
@@ -59,8 +60,25 @@ impl RuleKey {
 }
 
 /// The IPv4 address as the datapath stores it.
-pub fn addr_v4(addr: Ipv4Addr) -> lb_common::addr::Addr {
+pub fn addr_v4(addr: Ipv4Addr) -> Addr {
     v4(addr.octets())
+}
+
+/// An address as the datapath stores it, with its family.
+pub fn addr_of(addr: IpAddr) -> (Addr, u8) {
+    match addr {
+        IpAddr::V4(a) => (v4(a.octets()), FAMILY_V4),
+        IpAddr::V6(a) => (v6(a.octets()), FAMILY_V6),
+    }
+}
+
+/// The address the datapath stores as `addr` of `family`.
+pub fn ip_of(addr: &Addr, family: u8) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(octets(addr)))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(addr[0].to_ne_bytes()))
+    }
 }
 
 /// One aligned block: the `bits` high bits of `port` (0..=16).

@@ -10,8 +10,12 @@
 //!                                 └─ one-arm: VIP 198.18.0.100, SNAT 198.18.0.2 (and .151-.165),
 //!                                    backends 198.18.0.(200+n)
 //! ```
+//!
+//! IPv6 mirrors it in fd00::/8: the client side fd00::/64 (balancer ::1, router ::10, one-arm
+//! SNAT ::2, one-arm backends ::(200+n)), the VIP fd00:1::100, the server side fd00:2::/64
+//! (balancer ::1, backends ::(10+n)), remote clients fd00:19::/64.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The two-arm VIP, reached through the client's default route; the datapath bed uses it in
 /// both modes (there it is only a map key).
@@ -76,6 +80,17 @@ pub const fn neighbour_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0, 0, 0, o[2], o[3]]
 }
 
+/// `neighbour_mac` for an address of either version (IPv6: its last two bytes).
+pub fn neighbour_mac_of(ip: std::net::IpAddr) -> [u8; 6] {
+    match ip {
+        std::net::IpAddr::V4(a) => neighbour_mac(a),
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            [0x02, 0, 0, 0x06, o[14], o[15]]
+        }
+    }
+}
+
 /// Another host on the balancer's segment: frames sent to it reach the balancer only when a
 /// switch floods them or an interface is promiscuous, and must pass untouched.
 pub const OTHER_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xee, 0xee];
@@ -88,4 +103,36 @@ pub fn snat_ip(n: usize) -> Ipv4Addr {
     } else {
         Ipv4Addr::new(198, 18, 0, 150 + n as u8)
     }
+}
+
+/// The IPv6 VIP.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x100);
+/// The balancer's client-side and server-side IPv6 addresses.
+pub const LB_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const LB_SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
+/// The client namespace (the router in front of the remote clients), IPv6.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+/// The one-arm IPv6 SNAT address.
+pub const SNAT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The remote clients' IPv6 prefix, as a route.
+pub const REMOTE_CLIENTS6: &str = "fd00:19::/64";
+
+/// Two-arm IPv6 backend `n` (1-based).
+pub fn backend_ip6(n: usize) -> Ipv6Addr {
+    assert!((1..=40).contains(&n), "backend {n} outside the plan");
+    Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x10 + n as u16)
+}
+
+/// One-arm IPv6 backend `n` (1-based), on the client-side subnet.
+pub fn one_arm_backend_ip6(n: usize) -> Ipv6Addr {
+    assert!(
+        (1..=50).contains(&n),
+        "one-arm backend {n} outside the plan"
+    );
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x200 + n as u16)
+}
+
+/// Remote IPv6 client `host` of network `net`, behind the client router.
+pub fn remote_client6(net: u16, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, net, host)
 }

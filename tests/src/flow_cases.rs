@@ -122,6 +122,7 @@ impl Replies {
 /// room for millions of flows, so the bench's new flows never run out of ports.
 pub fn one_arm(bed: &mut Bed) {
     let snat: Vec<Ipv4Addr> = (0..MAX_SNAT_ADDRS).map(snat_ip).collect();
+    let snat: Vec<std::net::IpAddr> = snat.into_iter().map(Into::into).collect();
     bed.program.one_arm(&snat, (1024, 65535));
     let backends: Vec<Ipv4Addr> = (1..=MAX_BED_BACKENDS).map(one_arm_backend_ip).collect();
     bed.install(service("web", 443, &backends));
@@ -580,7 +581,7 @@ pub fn reply_for_another_host() -> FlowCase {
         setup: three_backends_and_a_flow,
         input: |bed| {
             let (ingress, reply) = reply_from_the_flows_backend(bed);
-            let backend_mac = neighbour_mac(reply.src);
+            let backend_mac = neighbour_mac_of(reply.src);
             (ingress, reply.macs(backend_mac, OTHER_HOST_MAC))
         },
         action: XDP_PASS,

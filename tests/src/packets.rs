@@ -1,7 +1,8 @@
 //! Packets for the tests, built with etherparse (so every checksum in an expected packet is
-//! computed from scratch, independently of the datapath's incremental updates).
+//! computed from scratch, independently of the datapath's incremental updates). IPv4 or IPv6,
+//! by the addresses given.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 
@@ -60,27 +61,32 @@ pub const RST: TcpFlags = TcpFlags {
     rst: true,
 };
 
-/// An Ethernet + IPv4 + TCP/UDP packet, described by its fields.
+/// An Ethernet + IPv4 or IPv6 + TCP/UDP packet, described by its fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pkt {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TTL, or hop limit.
     pub ttl: u8,
-    /// Don't Fragment (set, as TCP stacks send).
+    /// Don't Fragment (set, as TCP stacks send; IPv4 only).
     pub df: bool,
     pub l4: Transport,
     pub payload: Vec<u8>,
 }
 
 impl Pkt {
-    pub fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: TcpFlags) -> Self {
+    pub fn tcp(
+        src: (impl Into<IpAddr>, u16),
+        dst: (impl Into<IpAddr>, u16),
+        flags: TcpFlags,
+    ) -> Self {
         Self {
             src_mac: [0x02, 0, 0, 0, 0, 0xaa],
             dst_mac: [0x02, 0, 0, 0, 0, 0xbb],
-            src: src.0,
-            dst: dst.0,
+            src: src.0.into(),
+            dst: dst.0.into(),
             ttl: 64,
             df: true,
             l4: Transport::Tcp {
@@ -93,7 +99,7 @@ impl Pkt {
         }
     }
 
-    pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
+    pub fn udp(src: (impl Into<IpAddr> + Copy, u16), dst: (impl Into<IpAddr> + Copy, u16)) -> Self {
         Self {
             l4: Transport::Udp {
                 sport: src.1,
@@ -112,9 +118,13 @@ impl Pkt {
     }
 
     /// The same packet with other addresses and ports (what NAT should produce).
-    pub fn addressed(mut self, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
-        self.src = src.0;
-        self.dst = dst.0;
+    pub fn addressed(
+        mut self,
+        src: (impl Into<IpAddr>, u16),
+        dst: (impl Into<IpAddr>, u16),
+    ) -> Self {
+        self.src = src.0.into();
+        self.dst = dst.0.into();
         match &mut self.l4 {
             Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
                 *sport = src.1;
@@ -156,7 +166,11 @@ impl Pkt {
 
     pub fn bytes(&self) -> Vec<u8> {
         let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
-        let ip = eth.ipv4(self.src.octets(), self.dst.octets(), self.ttl);
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), self.ttl),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), self.ttl),
+            (s, d) => panic!("a packet from {s} to {d} mixes IP versions"),
+        };
         let mut out = Vec::new();
         match self.l4 {
             Transport::Tcp {
@@ -189,13 +203,13 @@ impl Pkt {
                     .write(&mut out, &self.payload)
                     .expect("build UDP packet");
                 if zero_checksum {
-                    let l4 = 14 + 20;
+                    let l4 = 14 + if self.src.is_ipv4() { 20 } else { 40 };
                     out[l4 + 6] = 0;
                     out[l4 + 7] = 0;
                 }
             }
         }
-        if !self.df {
+        if !self.df && self.src.is_ipv4() {
             clear_df(&mut out);
         }
         out
@@ -265,19 +279,24 @@ pub fn frag_needed(mtu: u16) -> Icmpv4Type {
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let sliced =
         SlicedPacket::from_ethernet(frame).map_err(|e| format!("unparseable output: {e}"))?;
-    let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
-        return Err("output is not IPv4".into());
+    let header = match sliced.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            let header = ip.header().to_header();
+            if header.calc_header_checksum() != header.header_checksum {
+                return Err(format!("bad IPv4 checksum {:#06x}", header.header_checksum));
+            }
+            Header::V4(header)
+        }
+        Some(etherparse::NetSlice::Ipv6(ip)) => Header::V6(ip.header().to_header()),
+        _ => return Err("output is not IP".into()),
     };
-    let header = ip.header().to_header();
-    if header.calc_header_checksum() != header.header_checksum {
-        return Err(format!("bad IPv4 checksum {:#06x}", header.header_checksum));
-    }
     match sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
-            let want = tcp
-                .to_header()
-                .calc_checksum_ipv4(&header, tcp.payload())
-                .map_err(|e| e.to_string())?;
+            let want = match &header {
+                Header::V4(h) => tcp.to_header().calc_checksum_ipv4(h, tcp.payload()),
+                Header::V6(h) => tcp.to_header().calc_checksum_ipv6(h, tcp.payload()),
+            }
+            .map_err(|e| e.to_string())?;
             if want != tcp.checksum() {
                 return Err(format!(
                     "bad TCP checksum {:#06x}, want {want:#06x}",
@@ -287,10 +306,11 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         }
         Some(TransportSlice::Udp(udp)) => {
             let got = udp.checksum();
-            let want = udp
-                .to_header()
-                .calc_checksum_ipv4(&header, udp.payload())
-                .map_err(|e| e.to_string())?;
+            let want = match &header {
+                Header::V4(h) => udp.to_header().calc_checksum_ipv4(h, udp.payload()),
+                Header::V6(h) => udp.to_header().calc_checksum_ipv6(h, udp.payload()),
+            }
+            .map_err(|e| e.to_string())?;
             if got != 0 && got != want {
                 return Err(format!("bad UDP checksum {got:#06x}, want {want:#06x}"));
             }
@@ -298,6 +318,11 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+enum Header {
+    V4(etherparse::Ipv4Header),
+    V6(etherparse::Ipv6Header),
 }
 
 /// Recomputes the IPv4 header checksum of an Ethernet frame after a test edited the header, so

@@ -195,8 +195,10 @@ pub struct Service {
     pub filtering: Filtering,
     #[serde(default)]
     pub affinity: Affinity,
-    #[serde(default = "default_network_prefix")]
-    pub network_prefix: u8,
+    /// Prefix length for `affinity: network`; by default /24 for an IPv4 VIP, /64 for IPv6
+    /// (`Service::network_prefix`).
+    #[serde(default)]
+    pub network_prefix: Option<u8>,
     #[serde(default, with = "duration")]
     pub sticky_timeout: Duration,
     pub backends: Vec<Backend>,
@@ -313,9 +315,6 @@ pub(crate) fn default_snat_ports() -> PortRange {
         hi: settings::DEFAULT_SNAT_PORT_MAX,
     }
 }
-fn default_network_prefix() -> u8 {
-    24
-}
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 1000;
 fn default_weight() -> u32 {
@@ -338,9 +337,16 @@ fn default_expect_status() -> Vec<u16> {
 }
 
 impl Service {
-    /// The VIP as IPv4 (validation rejects anything else).
+    /// The VIP as IPv4, in cluster mode (whose validation rejects anything else).
     pub fn vip_v4(&self) -> Ipv4Addr {
         v4_of(self.vip)
+    }
+
+    /// The prefix length `affinity: network` groups clients by: the configured one, or /24 for
+    /// an IPv4 VIP and /64 for an IPv6 one.
+    pub fn network_prefix(&self) -> u8 {
+        self.network_prefix
+            .unwrap_or(if self.vip.is_ipv6() { 64 } else { 24 })
     }
 
     /// Backends with their effective priority (explicit, or 1-based position).
@@ -368,12 +374,6 @@ impl Service {
     }
 }
 
-impl Backend {
-    pub fn address_v4(&self) -> Ipv4Addr {
-        v4_of(self.address)
-    }
-}
-
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
@@ -395,11 +395,15 @@ impl Config {
         out
     }
 
-    /// What `xnlb check` prints for a good file: what would run.
+    /// The IPv4 SNAT addresses.
     pub fn snat_v4(&self) -> Vec<Ipv4Addr> {
         self.snat
             .iter()
-            .flat_map(|s| s.addresses.iter().map(|&a| v4_of(a)))
+            .flat_map(|s| &s.addresses)
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
             .collect()
     }
 }

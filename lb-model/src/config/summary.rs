@@ -16,8 +16,9 @@ impl Config {
             Mode::OneArm => format!(
                 "one-arm on {}, SNAT from {}",
                 self.interfaces.client,
-                self.snat_v4()
+                self.snat
                     .iter()
+                    .flat_map(|s| &s.addresses)
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -404,7 +404,7 @@ impl Agent {
                 let Some(s) = service_of(vip, u16::from_be(key.dst_port)) else {
                     continue;
                 };
-                let b = bucket_of(s.affinity as u8, s.network_prefix, &key.src, key.src_port);
+                let b = bucket_of(s.affinity as u8, s.network_prefix(), &key.src, key.src_port);
                 if self.finishing.contains_key(&b) {
                     holding.insert(b);
                 }

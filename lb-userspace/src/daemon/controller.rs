@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -146,7 +146,7 @@ impl Controller {
 
     /// The addresses the client interface must answer ARP for: the VIPs and, in one-arm, the
     /// SNAT addresses (backends send their replies there).
-    pub(super) fn announced(&self) -> BTreeSet<Ipv4Addr> {
+    pub(super) fn announced(&self) -> BTreeSet<IpAddr> {
         // Cluster mode: the datapath answers ARP for the VIPs with the cluster MAC; the kernel
         // must never answer for them with this node's own.
         let mut addrs = if self.config.cluster.is_some() {
@@ -155,7 +155,12 @@ impl Controller {
             self.programmed.image.vips.clone()
         };
         if self.config.mode == Mode::OneArm {
-            addrs.extend(self.config.snat_v4());
+            addrs.extend(
+                self.config
+                    .snat
+                    .iter()
+                    .flat_map(|s| s.addresses.iter().copied()),
+            );
         }
         addrs
     }

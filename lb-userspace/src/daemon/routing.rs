@@ -9,7 +9,7 @@
 //! setting: after turning forwarding on or off, reload.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -93,7 +93,12 @@ impl Controller {
             .config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address_v4()))
+            .flat_map(|s| s.backends.iter())
+            // (Next hops are held for IPv4 backends only.)
+            .filter_map(|b| match b.address {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
             .collect();
         // One-arm sends from its SNAT address; two-arm (a cluster) forwards the client's.
         let from = self.config.snat_v4().first().copied();
@@ -143,7 +148,7 @@ impl Controller {
     pub(super) fn host_facts(&self, own_macs: Vec<lb_common::settings::OwnMac>) -> HostFacts {
         HostFacts {
             own_macs,
-            held_hops: self.held.as_ref().map(|h| h.last.hops.clone()),
+            held_hops: self.held.as_ref().map(|h| h.last.held_hops()),
             ..HostFacts::default()
         }
     }

@@ -1,7 +1,7 @@
 //! What the controller owns in the datapath: settings, VIPs, backend addresses, backends, rings,
 //! services and port rules; written by `reconcile`, read back on adoption.
 
-use std::{net::Ipv4Addr, os::fd::AsFd};
+use std::{net::IpAddr, os::fd::AsFd};
 
 use aya::{
     Pod,
@@ -11,7 +11,7 @@ use aya::{
     },
 };
 use lb_common::{
-    addr::{Addr, AddrKey, FAMILY_V4},
+    addr::{Addr, AddrKey},
     backend::{BackendInfo, BackendState},
     flow::{BackendPort, FlowEntry, FlowKey, REPLY_DERIVED, ReplyEntry, ServedBy},
     limits::MAX_BACKENDS,
@@ -21,7 +21,7 @@ use lb_common::{
     settings::DatapathSettings,
     stats::{BackendStats, FlowEvent},
 };
-use lb_model::port_rules::RuleKey;
+use lb_model::port_rules::{RuleKey, addr_of, ip_of};
 
 use super::{Datapath, DatapathError, Result, batch, io_err, map_err, reader::stage_maps};
 
@@ -60,13 +60,12 @@ impl Datapath {
         }
     }
 
-    fn addr_keys(&self, name: &'static str) -> Result<Vec<Ipv4Addr>> {
+    fn addr_keys(&self, name: &'static str) -> Result<Vec<IpAddr>> {
         Ok(self
             .reader
             .hash_entries::<AddrKey, u32>(name)?
             .into_iter()
-            .filter(|(k, _)| k.family == FAMILY_V4)
-            .map(|(k, _)| Ipv4Addr::from(k.addr[0].to_ne_bytes()))
+            .map(|(k, _)| ip_of(&k.addr, k.family))
             .collect())
     }
 
@@ -79,28 +78,28 @@ impl Datapath {
     }
 
     /// Makes `addr` a VIP: traffic to it is balanced or dropped from now on.
-    pub fn add_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.hash_insert(names::VIPS, &AddrKey::v4(addr.octets()), &0u32)
+    pub fn add_vip(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash_insert(names::VIPS, &addr_key(addr), &0u32)
     }
 
-    pub fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.hash_remove::<AddrKey, u32>(names::VIPS, &AddrKey::v4(addr.octets()))
+    pub fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>(names::VIPS, &addr_key(addr))
     }
 
-    pub fn vips(&self) -> Result<Vec<Ipv4Addr>> {
+    pub fn vips(&self) -> Result<Vec<IpAddr>> {
         self.addr_keys(names::VIPS)
     }
 
     /// Marks `addr` as a backend address whose packets may be replies of balanced flows.
-    pub fn add_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.hash_insert(names::BACKEND_ADDRS, &AddrKey::v4(addr.octets()), &0u32)
+    pub fn add_backend_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash_insert(names::BACKEND_ADDRS, &addr_key(addr), &0u32)
     }
 
-    pub fn remove_backend_addr(&mut self, addr: Ipv4Addr) -> Result<()> {
-        self.hash_remove::<AddrKey, u32>(names::BACKEND_ADDRS, &AddrKey::v4(addr.octets()))
+    pub fn remove_backend_addr(&mut self, addr: IpAddr) -> Result<()> {
+        self.hash_remove::<AddrKey, u32>(names::BACKEND_ADDRS, &addr_key(addr))
     }
 
-    pub fn backend_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+    pub fn backend_addrs(&self) -> Result<Vec<IpAddr>> {
         self.addr_keys(names::BACKEND_ADDRS)
     }
 
@@ -392,4 +391,10 @@ impl Datapath {
         let fd = self.map_data(names::REPLIES)?.fd().as_fd();
         batch::update(fd, &replies, &owners).map_err(io_err("writing REPLIES"))
     }
+}
+
+/// The address-set key of `addr`.
+fn addr_key(addr: IpAddr) -> AddrKey {
+    let (addr, family) = addr_of(addr);
+    AddrKey::new(addr, family)
 }

@@ -44,7 +44,7 @@ pub fn targets(config: &Config) -> Targets {
     for s in &config.services {
         let Some(h) = &s.health else { continue };
         for b in &s.backends {
-            let addr = SocketAddr::from((b.address_v4(), h.http.port));
+            let addr = SocketAddr::from((b.address, h.http.port));
             out.insert(
                 (s.name.clone(), b.name.clone()),
                 Target {

@@ -1,8 +1,9 @@
-//! Makes the kernel answer ARP for the VIPs (and, in one-arm, the SNAT addresses): each becomes
-//! a /32 address on the client interface. Only addresses the daemon added (or, after a restart,
-//! adopted) are removed again.
+//! Makes the kernel answer ARP and neighbour discovery for the VIPs (and, in one-arm, the SNAT
+//! addresses): each becomes a /32 or /128 address on the client interface (IPv6 ones without
+//! duplicate address detection, which would hold them tentative, unusable, for a second). Only
+//! addresses the daemon added (or, after a restart, adopted) are removed again.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::Result;
 
@@ -11,7 +12,7 @@ use super::ip;
 #[derive(Debug)]
 pub struct VipOwner {
     iface: String,
-    owned: BTreeSet<Ipv4Addr>,
+    owned: BTreeSet<IpAddr>,
 }
 
 impl VipOwner {
@@ -24,7 +25,7 @@ impl VipOwner {
 
     /// Adds the VIPs in `want` that are missing and removes owned ones no longer wanted. With
     /// `adopt`, VIPs already present count as ours (a previous daemon added them).
-    pub fn sync(&mut self, want: &BTreeSet<Ipv4Addr>, adopt: bool) -> Result<()> {
+    pub fn sync(&mut self, want: &BTreeSet<IpAddr>, adopt: bool) -> Result<()> {
         let present = self.present()?;
         for vip in want {
             if present.contains(vip) {
@@ -38,11 +39,17 @@ impl VipOwner {
                 }
                 continue;
             }
-            ip(&["addr", "add", &format!("{vip}/32"), "dev", &self.iface])?;
+            let mut add = vec!["addr", "add"];
+            let prefix = host_prefix(*vip);
+            add.extend([prefix.as_str(), "dev", &self.iface]);
+            if vip.is_ipv6() {
+                add.push("nodad");
+            }
+            ip(&add)?;
             self.owned.insert(*vip);
         }
         for vip in self.owned.clone().difference(want) {
-            ip(&["addr", "del", &format!("{vip}/32"), "dev", &self.iface])?;
+            ip(&["addr", "del", &host_prefix(*vip), "dev", &self.iface])?;
             self.owned.remove(vip);
         }
         Ok(())
@@ -52,8 +59,8 @@ impl VipOwner {
         self.sync(&BTreeSet::new(), false)
     }
 
-    fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let out = ip(&["-j", "-4", "addr", "show", "dev", &self.iface])?;
+    fn present(&self) -> Result<BTreeSet<IpAddr>> {
+        let out = ip(&["-j", "addr", "show", "dev", &self.iface])?;
         let links: serde_json::Value = serde_json::from_str(&out)?;
         Ok(links
             .as_array()
@@ -63,4 +70,10 @@ impl VipOwner {
             .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
             .collect())
     }
+}
+
+/// `addr` as a host prefix: `/32` or `/128`.
+fn host_prefix(addr: IpAddr) -> String {
+    let len = if addr.is_ipv4() { 32 } else { 128 };
+    format!("{addr}/{len}")
 }

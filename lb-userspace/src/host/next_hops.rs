@@ -10,7 +10,7 @@
 //! Entries an administrator made static are left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
 use lb_common::next_hop::{HELD_EPOCH, NextHop};
@@ -24,6 +24,16 @@ use super::{ip, run_ip};
 pub struct Resolved {
     pub hops: BTreeMap<Ipv4Addr, NextHop>,
     pub unresolved: BTreeMap<Ipv4Addr, String>,
+}
+
+impl Resolved {
+    /// The next hops as the plan takes them (`HostFacts::held_hops`).
+    pub fn held_hops(&self) -> BTreeMap<IpAddr, NextHop> {
+        self.hops
+            .iter()
+            .map(|(&addr, &hop)| (IpAddr::V4(addr), hop))
+            .collect()
+    }
 }
 
 /// Resolves backends' next hops and keeps the managed neighbour entries it made.

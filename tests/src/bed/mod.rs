@@ -12,7 +12,7 @@
 
 mod program;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -107,6 +107,20 @@ impl Bed {
             ns.exec(&["ethtool", "-K", dev, "gro", "on"]);
         }
         set_forwarding(&ns, true);
+        for (dev, ip) in [("cli0", LB_CLIENT_IP6), ("srv0", LB_SERVER_IP6)] {
+            ns.ip(&["addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"]);
+        }
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &CLIENT_IP6.to_string(),
+            "dev",
+            "cli0",
+        ]);
         // Like a real router: everything not local goes towards the clients' side; one prefix
         // is unreachable so the no-route path can be tested.
         ns.ip(&[
@@ -119,11 +133,16 @@ impl Bed {
             "cli0",
         ]);
         ns.ip(&["route", "add", "unreachable", "198.18.3.0/24"]);
-        let mut neighbours = vec![(ROUTER, "cli0")];
-        neighbours.extend((1..=MAX_BED_BACKENDS).map(|n| (backend_ip(n), "srv0")));
-        neighbours.extend((1..=MAX_BED_BACKENDS).map(|n| (one_arm_backend_ip(n), "cli0")));
+        let mut neighbours: Vec<(IpAddr, &str)> =
+            vec![(ROUTER.into(), "cli0"), (CLIENT_IP6.into(), "cli0")];
+        for n in 1..=MAX_BED_BACKENDS {
+            neighbours.push((backend_ip(n).into(), "srv0"));
+            neighbours.push((one_arm_backend_ip(n).into(), "cli0"));
+            neighbours.push((backend_ip6(n).into(), "srv0"));
+            neighbours.push((one_arm_backend_ip6(n).into(), "cli0"));
+        }
         for (ip, dev) in neighbours {
-            let mac = neighbour_mac(ip).map(|b| format!("{b:02x}")).join(":");
+            let mac = neighbour_mac_of(ip).map(|b| format!("{b:02x}")).join(":");
             ns.ip(&[
                 "neigh",
                 "replace",
@@ -159,7 +178,8 @@ impl Bed {
 
     /// Switches to one-arm mode with the plan's SNAT address and source ports `ports`.
     pub fn one_arm(&mut self, ports: (u16, u16)) {
-        self.program.one_arm(&[SNAT_IP], ports);
+        self.program
+            .one_arm(&[SNAT_IP.into(), SNAT_IP6.into()], ports);
         self.program.apply(&mut self.dp);
     }
 
@@ -167,7 +187,8 @@ impl Bed {
     /// are held (the daemon's choice there).
     pub fn one_arm_held(&mut self, ports: (u16, u16)) {
         self.forwarding(false);
-        self.program.one_arm(&[SNAT_IP], ports);
+        self.program
+            .one_arm(&[SNAT_IP.into(), SNAT_IP6.into()], ports);
         self.program.hold_next_hops(true);
         self.program.apply(&mut self.dp);
     }
@@ -220,6 +241,12 @@ impl Bed {
     pub fn predict(&self, service: &str, client: Ipv4Addr, port: u16) -> Ipv4Addr {
         self.program
             .address_of(self.program.predict(service, client, port))
+    }
+
+    /// `predict` for a client of either IP version.
+    pub fn predict_ip(&self, service: &str, client: IpAddr, port: u16) -> IpAddr {
+        self.program
+            .ip_address_of(self.program.predict(service, client, port))
     }
 
     /// Programs the maps from `program` after a test changed it directly.
@@ -352,7 +379,7 @@ impl Bed {
     /// A backend's packet as it reaches the balancer (on srv0 for two-arm backends, cli0 for
     /// one-arm).
     pub fn from_backend(&self, pkt: Pkt, via: Iface) -> Pkt {
-        let mac = neighbour_mac(pkt.src);
+        let mac = neighbour_mac_of(pkt.src);
         pkt.macs(mac, via.mac)
     }
 }

@@ -106,10 +106,10 @@ impl Programmer {
     }
 
     /// One-arm, SNAT from `addresses` with source ports `ports`.
-    pub fn one_arm(&mut self, addresses: &[Ipv4Addr], ports: (u16, u16)) {
+    pub fn one_arm(&mut self, addresses: &[std::net::IpAddr], ports: (u16, u16)) {
         self.config.mode = xnlb::config::Mode::OneArm;
         self.config.snat = Some(Snat {
-            addresses: addresses.iter().map(|&a| a.into()).collect(),
+            addresses: addresses.to_vec(),
             ports: PortRange {
                 lo: ports.0,
                 hi: ports.1,
@@ -137,14 +137,18 @@ impl Programmer {
             .config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.address_v4()))
+            .flat_map(|s| s.backends.iter())
+            .filter_map(|b| match b.address {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            })
             .collect();
         let snat = self.config.snat_v4().first().copied();
         let held_hops = self.held.as_mut().map(|resolver| {
             resolver
                 .resolve(&backends, snat, None)
                 .expect("resolve the backends' next hops")
-                .hops
+                .held_hops()
         });
         let host = HostFacts {
             own_macs,
@@ -199,9 +203,15 @@ impl Programmer {
         Ipv4Addr::from(lb_common::addr::v4_octets(&info.addr))
     }
 
+    /// The address of backend `id`, of either version.
+    pub fn ip_address_of(&self, id: u32) -> std::net::IpAddr {
+        let info = self.image().backends[&id];
+        xnlb::model::port_rules::ip_of(&info.addr, info.family)
+    }
+
     /// The backend (id) the programmed table gives a new flow of `service` from
     /// `client:port`: the datapath's hash over the live table.
-    pub fn predict(&self, service: &str, client: Ipv4Addr, port: u16) -> u32 {
+    pub fn predict(&self, service: &str, client: impl Into<std::net::IpAddr>, port: u16) -> u32 {
         let plan = &self.image().services[&self.service_id(service)];
         let info = plan.info;
         if plan.table.is_empty() {
@@ -211,7 +221,7 @@ impl Programmer {
         let h = affinity_hash(
             info.affinity,
             info.network_prefix,
-            &addr_v4(client),
+            &xnlb::model::port_rules::addr_of(client.into()).0,
             port.to_be(),
             info.hash_seed,
         );

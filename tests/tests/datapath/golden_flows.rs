@@ -171,7 +171,10 @@ fn assert_refuses(out: &[u8], syn: &Pkt) {
         panic!("IPv4")
     };
     let h = ip.header();
-    assert_eq!((h.source_addr(), h.destination_addr()), (VIP, syn.src));
+    assert_eq!(
+        (h.source_addr(), h.destination_addr().into()),
+        (VIP, syn.src)
+    );
     assert_eq!((h.ttl(), h.total_len(), h.ihl()), (64, 40, 5));
     let Some(etherparse::TransportSlice::Tcp(tcp)) = sliced.transport else {
         panic!("TCP")

@@ -9,6 +9,7 @@ mod golden_stateless;
 mod half_open;
 mod held_routing;
 mod icmp;
+mod ipv6;
 mod next_hops;
 mod random_invariants;
 mod selection;

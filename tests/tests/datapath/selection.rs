@@ -71,7 +71,7 @@ fn affinity_network_keeps_a_slash_24_together() {
     let mut bed = Bed::new();
     let mut web = service("web", 443, &[1, 2, 3].map(backend_ip));
     web.affinity = Affinity::Network;
-    web.network_prefix = 24;
+    web.network_prefix = Some(24);
     bed.install(web);
     let mut per_net = std::collections::HashSet::new();
     for net in 0..12u8 {

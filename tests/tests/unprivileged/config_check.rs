@@ -205,12 +205,37 @@ fn bad_files_list_every_problem_with_its_location() {
             vec!["2:1: interfaces: two-arm mode needs interfaces.server"],
         ),
         (
-            "IPv6 VIP",
+            "IPv6 VIP over IPv4 backends, an IPv6 prefix too long",
             edit(
                 "vip: 198.18.0.100\n    ports: [\"443\"]",
-                "vip: fd00::100\n    ports: [\"443\"]",
+                "vip: fd00::100\n    network_prefix: 129\n    ports: [\"443\"]",
             ),
-            vec!["13:5: services[0].vip: fd00::100: IPv6 is not supported by the datapath yet"],
+            vec![
+                "14:5: services[0].network_prefix: /129 is not an IPv6 prefix length (1-128)",
+                "20:23: services[0].backends[0].address: 198.18.2.11 is IPv4, the VIP fd00::100 is IPv6: a service balances one IP version",
+                "21:23: services[0].backends[1].address: 198.18.2.12 is IPv4, the VIP fd00::100 is IPv6: a service balances one IP version",
+            ],
+        ),
+        (
+            "one-arm with an IPv6 service and only an IPv4 SNAT address",
+            edit("mode: two-arm", "mode: one-arm")
+                .replace("  server: eth1\n", "")
+                .replace(
+                    "xdp_mode: auto\n",
+                    "xdp_mode: auto\nsnat: { addresses: [198.18.0.2] }\n",
+                )
+                .replace(
+                    "vip: 198.18.0.100\n    ports: [\"443\"]",
+                    "vip: fd00::100\n    ports: [\"443\"]",
+                )
+                .replace(
+                    "address: 198.18.2.11, weight",
+                    "address: fd00::2:11, weight",
+                )
+                .replace("address: 198.18.2.12, port", "address: fd00::2:12, port"),
+            vec![
+                "13:5: services[0].vip: one-arm mode needs an IPv6 SNAT address for this IPv6 VIP",
+            ],
         ),
         (
             "health timeout longer than interval, zero fall, relative path",

@@ -46,6 +46,18 @@ pub fn warnings(config: &Config) -> Vec<String> {
 
 /// The `cluster` block's own checks.
 fn cluster_problems(config: &Config, cluster: &Cluster, out: &mut Vec<Problem>) {
+    // The cluster MAC is answered by ARP and derived from an IPv4 VIP.
+    for (i, s) in config.services.iter().enumerate() {
+        if s.vip.is_ipv6() {
+            out.push(
+                Problem::new(
+                    format!("services[{i}].vip"),
+                    "cluster mode shares IPv4 VIPs only (the nodes answer ARP for them)",
+                )
+                .hint("balance an IPv6 VIP on a node outside the cluster"),
+            );
+        }
+    }
     if !(1..=254).contains(&cluster.node_id) {
         out.push(
             Problem::new(
@@ -162,7 +174,21 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
                 );
             }
             match &config.snat {
-                Some(snat) if !snat.addresses.is_empty() => {}
+                Some(snat) if !snat.addresses.is_empty() => {
+                    // Each IP version's services need a source address of that version.
+                    for (i, s) in config.services.iter().enumerate() {
+                        if !snat.addresses.iter().any(|a| a.is_ipv6() == s.vip.is_ipv6()) {
+                            let family = family_name(s.vip);
+                            out.push(
+                                Problem::new(
+                                    format!("services[{i}].vip"),
+                                    format!("one-arm mode needs an {family} SNAT address for this {family} VIP"),
+                                )
+                                .hint(format!("add an {family} address of the balancer to snat.addresses")),
+                            );
+                        }
+                    }
+                }
                 _ => out.push(
                     Problem::new(
                         "snat",
@@ -184,7 +210,7 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
             ));
         }
         for (i, a) in snat.addresses.iter().enumerate() {
-            if let Some(p) = unicast_v4_problem(*a, &format!("snat.addresses[{i}]")) {
+            if let Some(p) = unicast_problem(*a, &format!("snat.addresses[{i}]")) {
                 out.push(p);
             }
         }
@@ -270,25 +296,22 @@ fn name_problem(name: &str, path: &str) -> Option<Problem> {
     })
 }
 
-fn unicast_v4_problem(addr: IpAddr, path: &str) -> Option<Problem> {
-    match addr {
-        IpAddr::V6(_) => Some(
-            Problem::new(
-                path,
-                format!("{addr}: IPv6 is not supported by the datapath yet"),
-            )
-            .hint("use an IPv4 address"),
-        ),
-        IpAddr::V4(a)
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() =>
-        {
-            Some(Problem::new(
-                path,
-                format!("{addr} is not a unicast address"),
-            ))
+fn unicast_problem(addr: IpAddr, path: &str) -> Option<Problem> {
+    let not_unicast = match addr {
+        IpAddr::V4(a) => {
+            a.is_broadcast() || a.is_unspecified() || a.is_multicast() || a.is_loopback()
         }
-        IpAddr::V4(_) => None,
-    }
+        // (Link-local addresses are not routed: a VIP or backend must be reachable beyond.)
+        IpAddr::V6(a) => {
+            a.is_unspecified() || a.is_multicast() || a.is_loopback() || a.is_unicast_link_local()
+        }
+    };
+    not_unicast.then(|| Problem::new(path, format!("{addr} is not a unicast address")))
+}
+
+/// "IPv4" or "IPv6".
+fn family_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 fn across_services(config: &Config, out: &mut Vec<Problem>) {

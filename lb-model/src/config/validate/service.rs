@@ -6,7 +6,7 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
     let mut out = Vec::new();
     let at = |field: &str| format!("{path}.{field}");
     out.extend(name_problem(&s.name, &at("name")));
-    out.extend(unicast_v4_problem(s.vip, &at("vip")));
+    out.extend(unicast_problem(s.vip, &at("vip")));
     if s.ports.is_empty() {
         out.push(Problem::new(at("ports"), "no ports").hint("e.g. ports: [\"443\"]"));
     }
@@ -20,10 +20,17 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
             }
         }
     }
-    if s.network_prefix == 0 || s.network_prefix > 32 {
+    let (family, longest) = if s.vip.is_ipv6() {
+        ("IPv6", 128)
+    } else {
+        ("IPv4", 32)
+    };
+    if let Some(prefix) = s.network_prefix
+        && (prefix == 0 || prefix > longest)
+    {
         out.push(Problem::new(
             at("network_prefix"),
-            format!("/{} is not an IPv4 prefix length (1-32)", s.network_prefix),
+            format!("/{prefix} is not an {family} prefix length (1-{longest})"),
         ));
     }
     if s.backends.is_empty() && s.filtering != Filtering::Disabled {
@@ -47,8 +54,22 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
                 ),
             ));
         }
-        if let Some(p) = unicast_v4_problem(b.address, &format!("{bpath}.address")) {
+        if let Some(p) = unicast_problem(b.address, &format!("{bpath}.address")) {
             out.push(p);
+        } else if b.address.is_ipv6() != s.vip.is_ipv6() {
+            out.push(
+                Problem::new(
+                    format!("{bpath}.address"),
+                    format!(
+                        "{} is {}, the VIP {} is {}: a service balances one IP version",
+                        b.address,
+                        family_name(b.address),
+                        s.vip,
+                        family_name(s.vip)
+                    ),
+                )
+                .hint("give an IPv6 service its own VIP and IPv6 backends (a dual-stack pair is two services)"),
+            );
         } else if b.address == s.vip {
             out.push(Problem::new(
                 format!("{bpath}.address"),

@@ -195,7 +195,7 @@ fn check_maps(d: &Daemon, vip: Ipv4Addr, web: &[Ipv4Addr]) -> (String, Vec<Strin
         .iter()
         .map(|r| r.expect("rule"))
         .find(|(key, _)| {
-            RuleKey::from_kernel(key.prefix_len(), &key.data()).covers(vip, PROTO_TCP, HTTP)
+            RuleKey::from_kernel(key.prefix_len(), &key.data()).covers(vip.into(), PROTO_TCP, HTTP)
         })
         .map(|(_, rule)| rule.service_id)
         .expect("web's rule");

@@ -1,0 +1,308 @@
+//! IPv6 through the datapath: the IPv4 golden rows that apply, in IPv6 (two-arm new flow,
+//! established flow and reply, UDP; one-arm both ways), extension headers walked, IPv6 that is
+//! not the balancer's (neighbour discovery, router advertisements) untouched, and a service pair
+//! of both versions on one configuration. Expected packets are built by etherparse from
+//! scratch, so each checksum (the pseudo-header holds the 128-bit addresses) is checked.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use etherparse::{IcmpEchoHeader, Icmpv6Type, PacketBuilder};
+use lb_common::stats::{DropReason, PassReason};
+use xnlb::config::Protocol;
+use xnlb_tests::{
+    bed::*,
+    flow_cases::CLIENT,
+    packets::{ACK, Pkt, SYN, SYN_ACK, verify_checksums},
+};
+
+fn client6() -> (IpAddr, u16) {
+    (remote_client6(1, 0x42).into(), 51_000)
+}
+
+fn vip6(port: u16) -> (IpAddr, u16) {
+    (VIP6.into(), port)
+}
+
+/// `web` on VIP6:443 over three IPv6 backends.
+fn web6(bed: &mut Bed) {
+    let mut web = service("web6", 443, &[]);
+    web.vip = VIP6.into();
+    web.backends = (1..=3)
+        .map(|n| backend(&format!("b{n}"), std::net::Ipv4Addr::UNSPECIFIED))
+        .zip(1..=3)
+        .map(|(mut b, n)| {
+            b.address = backend_ip6(n).into();
+            b
+        })
+        .collect();
+    bed.install(web);
+}
+
+/// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
+fn to_backend6(bed: &Bed, pkt: &Pkt, backend: (IpAddr, u16)) -> Vec<u8> {
+    pkt.clone()
+        .addressed((pkt.src, pkt.src_port()), backend)
+        .ttl(pkt.ttl - 1)
+        .macs(bed.server_if.mac, neighbour_mac_of(backend.0))
+        .bytes()
+}
+
+#[test]
+fn a_two_arm_ipv6_flow_is_balanced_both_ways() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    let backend = bed.predict_ip("web6", client6().0, client6().1);
+    let syn = bed.from_client(Pkt::tcp(client6(), vip6(443), SYN));
+    let (action, out) = bed.run(bed.client_if, &syn.bytes());
+    assert_eq!(
+        (action, out.clone()),
+        (XDP_REDIRECT, to_backend6(&bed, &syn, (backend, 443))),
+        "the SYN, to the predicted backend"
+    );
+    verify_checksums(&out).expect("checksums");
+    let ack = bed.from_client(Pkt::tcp(client6(), vip6(443), ACK));
+    assert_eq!(
+        bed.run(bed.client_if, &ack.bytes()),
+        (XDP_REDIRECT, to_backend6(&bed, &ack, (backend, 443))),
+        "the established flow"
+    );
+    for flags in [SYN_ACK, ACK] {
+        let reply = bed.from_backend(Pkt::tcp((backend, 443), client6(), flags), bed.server_if);
+        let want = reply
+            .clone()
+            .addressed(vip6(443), client6())
+            .ttl(reply.ttl - 1)
+            .macs(bed.client_if.mac, neighbour_mac_of(CLIENT_IP6.into()))
+            .bytes();
+        assert_eq!(
+            bed.run(bed.server_if, &reply.bytes()),
+            (XDP_REDIRECT, want),
+            "the reply, from the VIP ({flags:?})"
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_udp_flow_and_its_reply() {
+    let mut bed = Bed::new();
+    let mut dns = service("dns6", 88, &[]);
+    dns.vip = VIP6.into();
+    dns.protocol = Protocol::Udp;
+    dns.backends = vec![{
+        let mut b = backend("b1", std::net::Ipv4Addr::UNSPECIFIED);
+        b.address = backend_ip6(1).into();
+        b
+    }];
+    bed.install(dns);
+    let ask = bed.from_client(Pkt::udp(client6(), vip6(88)));
+    let b1: IpAddr = backend_ip6(1).into();
+    assert_eq!(
+        bed.run(bed.client_if, &ask.bytes()),
+        (XDP_REDIRECT, to_backend6(&bed, &ask, (b1, 88)))
+    );
+    let answer = bed.from_backend(Pkt::udp((b1, 88), client6()), bed.server_if);
+    let want = answer
+        .clone()
+        .addressed(vip6(88), client6())
+        .ttl(answer.ttl - 1)
+        .macs(bed.client_if.mac, neighbour_mac_of(CLIENT_IP6.into()))
+        .bytes();
+    assert_eq!(
+        bed.run(bed.server_if, &answer.bytes()),
+        (XDP_REDIRECT, want)
+    );
+}
+
+#[test]
+fn one_arm_ipv6_is_translated_both_ways() {
+    let mut bed = Bed::new();
+    bed.one_arm((1024, 65535));
+    let mut web = service("web6", 443, &[]);
+    web.vip = VIP6.into();
+    web.backends = vec![{
+        let mut b = backend("b1", std::net::Ipv4Addr::UNSPECIFIED);
+        b.address = one_arm_backend_ip6(1).into();
+        b
+    }];
+    bed.install(web);
+    let syn = bed.from_client(Pkt::tcp(client6(), vip6(443), SYN));
+    let (action, out) = bed.run(bed.client_if, &syn.bytes());
+    assert_eq!(action, XDP_TX);
+    let flows = bed.dp.reader().half_open_flows().expect("flows");
+    assert_eq!(flows.len(), 1);
+    let reply = flows[0].1.reply;
+    let snat_port = u16::from_be(reply.dst_port);
+    let snat: IpAddr = SNAT_IP6.into();
+    let b1: IpAddr = one_arm_backend_ip6(1).into();
+    assert_eq!(
+        out,
+        syn.clone()
+            .addressed((snat, snat_port), (b1, 443))
+            .ttl(syn.ttl - 1)
+            .macs(bed.client_if.mac, neighbour_mac_of(b1))
+            .bytes(),
+        "from the IPv6 SNAT address"
+    );
+    let back = bed.from_backend(
+        Pkt::tcp((b1, 443), (snat, snat_port), SYN_ACK),
+        bed.client_if,
+    );
+    let want = back
+        .clone()
+        .addressed(vip6(443), client6())
+        .ttl(back.ttl - 1)
+        .macs(bed.client_if.mac, neighbour_mac_of(CLIENT_IP6.into()))
+        .bytes();
+    assert_eq!(bed.run(bed.client_if, &back.bytes()), (XDP_TX, want));
+}
+
+/// `pkt`'s bytes with IPv6 extension headers (each 8 bytes, next header chained) of the kinds
+/// `kinds` inserted between the IPv6 and the transport header.
+fn with_extensions(pkt: &Pkt, kinds: &[u8]) -> Vec<u8> {
+    let mut frame = pkt.bytes();
+    let transport_proto = frame[14 + 6];
+    let mut headers = Vec::new();
+    for (i, _) in kinds.iter().enumerate() {
+        let next = kinds.get(i + 1).copied().unwrap_or(transport_proto);
+        // Next header, length 0 (8 bytes), then PadN filling the rest.
+        headers.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    frame[14 + 6] = kinds[0];
+    let payload_len = u16::from_be_bytes([frame[14 + 4], frame[14 + 5]]) + headers.len() as u16;
+    frame[14 + 4..14 + 6].copy_from_slice(&payload_len.to_be_bytes());
+    frame.splice(14 + 40..14 + 40, headers);
+    frame
+}
+
+#[test]
+fn extension_headers_are_walked_to_the_transport_header() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    let backend = bed.predict_ip("web6", client6().0, client6().1);
+    let syn = bed.from_client(Pkt::tcp(client6(), vip6(443), SYN));
+    // Hop-by-hop and destination options: balanced, the headers carried along.
+    let (hop_by_hop, dest_opts) = (0u8, 60u8);
+    let input = with_extensions(&syn, &[hop_by_hop, dest_opts]);
+    let want = with_extensions(
+        &syn.clone()
+            .addressed((syn.src, syn.src_port()), (backend, 443))
+            .ttl(syn.ttl - 1)
+            .macs(bed.server_if.mac, neighbour_mac_of(backend)),
+        &[hop_by_hop, dest_opts],
+    );
+    assert_eq!(bed.run(bed.client_if, &input), (XDP_REDIRECT, want));
+    // Five: more than the datapath walks, dropped with a reason rather than guessed at.
+    let input = with_extensions(&syn, &[dest_opts; 5]);
+    assert_eq!(bed.run(bed.client_if, &input).0, XDP_DROP);
+    assert_eq!(bed.drops(DropReason::Ipv6Headers), 1);
+    // A fragment header: not followed for IPv6 yet.
+    let input = with_extensions(&syn, &[44]);
+    assert_eq!(bed.run(bed.client_if, &input).0, XDP_DROP);
+    assert_eq!(bed.drops(DropReason::Fragment), 1);
+}
+
+#[test]
+fn ipv6_that_is_not_the_balancers_passes_untouched() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    let router: Ipv6Addr = CLIENT_IP6;
+    let frames: Vec<(&str, Vec<u8>, PassReason)> = vec![
+        (
+            "neighbour solicitation for the balancer",
+            icmpv6(
+                &bed,
+                router,
+                "ff02::1:ff00:1".parse().unwrap(),
+                Icmpv6Type::Unknown {
+                    type_u8: 135,
+                    code_u8: 0,
+                    bytes5to8: [0; 4],
+                },
+                &LB_CLIENT_IP6.octets(),
+            ),
+            PassReason::NotOurs,
+        ),
+        (
+            "router advertisement",
+            icmpv6(
+                &bed,
+                "fe80::1".parse().unwrap(),
+                "ff02::1".parse().unwrap(),
+                Icmpv6Type::Unknown {
+                    type_u8: 134,
+                    code_u8: 0,
+                    bytes5to8: [64, 0, 0, 0],
+                },
+                &[0; 8],
+            ),
+            PassReason::NotOurs,
+        ),
+        (
+            "echo request to the VIP",
+            icmpv6(
+                &bed,
+                router,
+                VIP6,
+                Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 1, seq: 1 }),
+                b"ping",
+            ),
+            PassReason::IcmpToVip,
+        ),
+        (
+            "TCP to another address",
+            bed.from_client(Pkt::tcp(
+                client6(),
+                (Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 9), 443),
+                SYN,
+            ))
+            .bytes(),
+            PassReason::NotOurs,
+        ),
+    ];
+    for (name, frame, reason) in frames {
+        let before = bed.passes(reason);
+        assert_eq!(
+            bed.run(bed.client_if, &frame),
+            (XDP_PASS, frame.clone()),
+            "{name}: untouched"
+        );
+        assert_eq!(
+            bed.passes(reason),
+            before + 1,
+            "{name}: counted as {reason:?}"
+        );
+    }
+}
+
+/// An ICMPv6 message from `src` to `dst`, as the router hands it to cli0.
+fn icmpv6(bed: &Bed, src: Ipv6Addr, dst: Ipv6Addr, kind: Icmpv6Type, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, bed.client_if.mac)
+        .ipv6(src.octets(), dst.octets(), 255)
+        .icmpv6(kind)
+        .write(&mut out, payload)
+        .expect("build ICMPv6");
+    out
+}
+
+#[test]
+fn a_dual_stack_service_pair_balances_both_versions() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    bed.install(service("web", 443, &[1, 2, 3].map(backend_ip)));
+    let backend4 = bed.predict("web", CLIENT.0, CLIENT.1);
+    let syn4 = bed.from_client(Pkt::tcp(CLIENT, (VIP, 443), SYN));
+    let want4 = syn4
+        .clone()
+        .addressed(CLIENT, (backend4, 443))
+        .ttl(syn4.ttl - 1)
+        .macs(bed.server_if.mac, neighbour_mac(backend4))
+        .bytes();
+    assert_eq!(bed.run(bed.client_if, &syn4.bytes()), (XDP_REDIRECT, want4));
+    let backend6 = bed.predict_ip("web6", client6().0, client6().1);
+    let syn6 = bed.from_client(Pkt::tcp(client6(), vip6(443), SYN));
+    assert_eq!(
+        bed.run(bed.client_if, &syn6.bytes()),
+        (XDP_REDIRECT, to_backend6(&bed, &syn6, (backend6, 443)))
+    );
+}
