@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -134,8 +134,12 @@ pub fn spread(ns: &NetNs, addr: Ipv4Addr, port: u16, n: usize) -> Vec<String> {
 }
 
 /// A TCP connection from `src` (bound before connecting) to `dst`, made inside `ns`.
-pub fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    connect_from_port(ns, (src, 0).into(), dst)
+pub fn connect_from(
+    ns: &NetNs,
+    src: impl Into<IpAddr>,
+    dst: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    connect_from_port(ns, (src.into(), 0).into(), dst)
 }
 
 /// A connection from `src` (a given port, or 0 for any) inside `ns`. A given port is bound with
@@ -143,7 +147,12 @@ pub fn connect_from(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Resu
 /// destination.
 fn connect_from_port(ns: &NetNs, src: SocketAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
-    let socket = ns.run_in(|| Socket::new(Domain::IPV4, Type::STREAM, None))?;
+    let domain = if src.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = ns.run_in(|| Socket::new(domain, Type::STREAM, None))?;
     socket.set_reuse_address(src.port() != 0)?;
     socket.bind(&src.into())?;
     socket.connect_timeout(&dst.into(), IO_TIMEOUT)?;
@@ -154,11 +163,11 @@ fn connect_from_port(ns: &NetNs, src: SocketAddr, dst: SocketAddr) -> std::io::R
 /// returns the status and the body. Bounded by `IO_TIMEOUT`.
 pub fn http_get_from(
     ns: &NetNs,
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     dst: SocketAddr,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    http_get_from_port(ns, (src, 0).into(), dst, path)
+    http_get_from_port(ns, (src.into(), 0).into(), dst, path)
 }
 
 /// `http_get_from` with the source port chosen too (`src`).

@@ -289,6 +289,40 @@ impl Net {
         (lb, nic)
     }
 
+    /// Two-arm: IPv6 beside IPv4 (`addresses`: the client fd00::10, the balancer fd00::1 and
+    /// fd00:2::1 forwarding, the backends fd00:2::(10+n) routing through it; the VIP fd00:1::100
+    /// reached through the client's default route). Addresses skip duplicate address detection,
+    /// which would hold them unusable for a second.
+    pub fn add_ipv6(&self) {
+        assert_eq!(self.mode, Mode::TwoArm, "IPv6 test beds are two-arm");
+        let add = |ns: &NetNs, addr: std::net::Ipv6Addr, dev: &str| {
+            ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
+        };
+        add(&self.client, CLIENT_IP6, "eth0");
+        self.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &LB_CLIENT_IP6.to_string(),
+        ]);
+        add(&self.lb, LB_CLIENT_IP6, "cli0");
+        add(&self.lb, LB_SERVER_IP6, "srv0");
+        self.lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (i, be) in self.backends.iter().enumerate() {
+            add(be, backend_ip6(i + 1), "eth0");
+            be.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &LB_SERVER_IP6.to_string(),
+            ]);
+        }
+    }
+
     /// Makes the switch flood every unicast frame to every port, as a switch does for a MAC it
     /// has not learned (aged out, table full): every port stops learning and the learned
     /// entries are flushed.

@@ -204,6 +204,7 @@ mod failures;
 mod flooding;
 mod fragments;
 mod held_routing;
+mod ipv6;
 mod lifecycle;
 mod next_hops;
 mod ownership;
@@ -228,6 +229,12 @@ in_both_modes! {
 #[test]
 fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
     ownership::direct_connections_from_reused_ports();
+}
+
+/// Two-arm only until IPv6 next hops are held (one-arm needs them).
+#[test]
+fn dual_stack_two_arm() {
+    ipv6::dual_stack_two_arm();
 }
 
 /// Two-arm only: there both directions of a flow route through the balancer.

@@ -1,0 +1,108 @@
+//! IPv6 end to end (two-arm): the real daemon with an IPv6 service beside an IPv4 one on one
+//! config (a dual-stack pair over the same three backends), real HTTP over both versions:
+//! balancing over every backend with the client's own address seen, the IPv6 health probes
+//! taking a failing backend out of rotation and back, and a restart that adopts the datapath
+//! (fail-static) with IPv6 connections answered throughout. (One-arm IPv6 waits for IPv6 held
+//! next hops: a one-arm host does not forward, so the FIB answers nothing.)
+
+use std::net::{IpAddr, SocketAddr};
+
+use xnlb_tests::addresses::{CLIENT_IP, CLIENT_IP6, VIP6, backend_ip6};
+
+use super::*;
+
+const REQUESTS: usize = 60;
+const FAST_HEALTH: &str = "    health:\n      http: { path: /owa/healthcheck.htm, port: 80 }\n      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
+/// fall × interval + timeout + 1 s of slack for a loaded machine: how soon the failed backend
+/// must be out of rotation.
+const DETECTION_BOUND: Duration = Duration::from_millis(2 * 300 + 200 + 1000);
+
+/// One GET from the client's IPv6 address to [VIP6]:80: the backend that answered, checking
+/// the address it saw (the client's own: two-arm).
+fn get6(net: &Net) -> std::io::Result<String> {
+    let (status, body) =
+        http_get_from(&net.client, CLIENT_IP6, SocketAddr::from((VIP6, HTTP)), "/")?;
+    assert_eq!(status, 200, "{body}");
+    let (backend, seen) = body.trim().split_once(' ').expect("<backend> <client>");
+    assert_eq!(
+        seen.parse::<IpAddr>().ok(),
+        Some(CLIENT_IP6.into()),
+        "the address {backend} saw"
+    );
+    Ok(backend.to_string())
+}
+
+pub fn dual_stack_two_arm() {
+    let farm = Farm::new(Mode::TwoArm, 3);
+    let net = &farm.net;
+    net.add_ipv6();
+    let web6: Vec<HttpBackend> = (1..=3)
+        .map(|n| {
+            let addr = SocketAddr::from((backend_ip6(n), HTTP));
+            HttpBackend::start(Some(&net.backends[n - 1]), addr, &format!("b{n}"), None)
+        })
+        .collect();
+    let backends6: String = (1..=3)
+        .map(|n| {
+            format!(
+                "      - {{ name: b{n}, address: \"{}\" }}\n",
+                backend_ip6(n)
+            )
+        })
+        .collect();
+    let service6 = format!(
+        "  - name: web6\n    vip: \"{VIP6}\"\n    ports: [{HTTP}]\n    affinity: none\n    backends:\n{backends6}{FAST_HEALTH}"
+    );
+    let service4 = farm.service(
+        "web",
+        HTTP,
+        "    affinity: none\n",
+        &farm.backends(&[1, 2, 3], |_| "".into()),
+    );
+    let config = farm.config(&[service4, service6]);
+    let mut d = Daemon::start(&net.lb, &config);
+    // The IPv6 backends start down, until their probes (over IPv6) rise.
+    let backends6 = [("web6", "b1"), ("web6", "b2"), ("web6", "b3")];
+    let took = d.wait_state(&backends6, "up", LIMIT);
+    println!("two-arm IPv6: the backends rose in {took:?}");
+    // Both versions answer, from every backend.
+    let mut seen6 = Vec::new();
+    let mut seen4 = Vec::new();
+    for _ in 0..REQUESTS {
+        seen6.push(get6(net).expect("an IPv6 request"));
+        seen4.push(farm.get(CLIENT_IP, HTTP));
+    }
+    let counts6 = tally(&seen6);
+    println!("two-arm IPv6: {REQUESTS} requests: {}", shares(&counts6));
+    assert_eq!(counts6.len(), 3, "{counts6:?}");
+    assert_eq!(tally(&seen4).len(), 3);
+
+    // b2's health page fails: out of rotation within the bound, over IPv6 probes.
+    web6[1].set(HEALTH, Answer::Status(503));
+    let failed = Instant::now();
+    let mut last_b2 = failed;
+    while failed.elapsed() < DETECTION_BOUND + Duration::from_secs(1) {
+        if get6(net).expect("a request while b2 fails") == "b2" {
+            last_b2 = Instant::now();
+        }
+    }
+    let kept = last_b2.duration_since(failed);
+    println!("two-arm IPv6: b2 got new connections for {kept:?} after its page failed");
+    assert!(kept < DETECTION_BOUND, "b2 stayed in rotation for {kept:?}");
+    web6[1].set(HEALTH, Answer::Status(200));
+
+    // Fail-static: the daemon dies; IPv6 keeps being balanced; a new daemon adopts.
+    d.kill9();
+    for _ in 0..10 {
+        get6(net).expect("a request while no daemon runs");
+    }
+    d.spawn(&net.lb);
+    assert!(
+        d.log().contains("adopted the running datapath"),
+        "{}",
+        d.log()
+    );
+    for _ in 0..10 {
+        get6(net).expect("a request after the restart");
+    }
+}
