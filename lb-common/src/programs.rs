@@ -23,11 +23,15 @@ pub const ICMP: u32 = 2;
 pub const TO_VIP6: u32 = 3;
 pub const FROM_BACKEND6: u32 = 4;
 
+/// `STAGES` slot of the ICMPv6 stage.
+pub const ICMP6: u32 = 5;
+
 /// Every stage: its `STAGES` slot and its program's name.
-pub const STAGES: [(u32, &str); 5] = [
+pub const STAGES: [(u32, &str); 6] = [
     (TO_VIP, "xnlb_to_vip"),
     (FROM_BACKEND, "xnlb_from_backend"),
     (ICMP, "xnlb_icmp"),
     (TO_VIP6, "xnlb_to_vip6"),
     (FROM_BACKEND6, "xnlb_from_backend6"),
+    (ICMP6, "xnlb_icmp6"),
 ];

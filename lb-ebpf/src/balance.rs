@@ -101,6 +101,7 @@ pub fn to_vip_v6(
     }
     match t.proto {
         PROTO_TCP | PROTO_UDP => {}
+        // (The entry sends ICMPv6 to its own stage; this one gets it only if that is missing.)
         PROTO_ICMPV6 => return Outcome::Pass(PassReason::IcmpToVip),
         _ => return Outcome::Drop(DropReason::NoService),
     }

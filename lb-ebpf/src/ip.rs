@@ -10,11 +10,10 @@ use lb_common::{
     flow::FlowKey,
     next_hop::NextHop,
     settings::DatapathSettings,
-    stats::PassReason,
 };
 
 use crate::{
-    Outcome, fragments, icmp, mem,
+    Outcome, fragments, icmp, icmp6, mem,
     packet::{Ipv4Hdr, Ipv6Hdr},
 };
 
@@ -199,8 +198,13 @@ impl IpHeader for Ipv6Hdr {
     }
 
     #[inline(always)]
-    fn too_big(&self, _: &XdpContext, _: &FlowKey, _: u32, _: &DatapathSettings) -> Outcome {
-        // (No "packet too big" answer for IPv6 yet: the kernel's.)
-        Outcome::Pass(PassReason::FragNeeded)
+    fn too_big(
+        &self,
+        ctx: &XdpContext,
+        sent_as: &FlowKey,
+        mtu: u32,
+        s: &DatapathSettings,
+    ) -> Outcome {
+        icmp6::too_big(ctx, self, sent_as, mtu, s)
     }
 }

@@ -16,6 +16,7 @@ mod derived;
 mod forward;
 mod fragments;
 mod icmp;
+mod icmp6;
 mod ip;
 mod maps;
 mod mem;
@@ -29,8 +30,8 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
-    addr::{FAMILY_V6, PROTO_ICMP},
-    programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, TO_VIP, TO_VIP6},
+    addr::{FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6},
+    programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, ICMP6, TO_VIP, TO_VIP6},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
 };
@@ -89,28 +90,46 @@ pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
     })
 }
 
-/// `xnlb_to_vip` for IPv6.
+/// `xnlb_to_vip` for IPv6. A packet too big for its next hop is answered here, after the
+/// stage's body has returned (`icmp6::answer`): the two frames together would pass the
+/// verifier's bound on the stack.
 #[xdp]
 pub fn xnlb_to_vip6(ctx: XdpContext) -> u32 {
-    finish(match stage_input6(&ctx) {
+    let outcome = to_vip6(ctx.ctx);
+    finish(icmp6::answer(&ctx, outcome))
+}
+
+/// The body of `xnlb_to_vip6`, in a frame of its own.
+#[inline(never)]
+fn to_vip6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
+    let ctx = packet::own_context(raw);
+    match stage_input6(&ctx) {
         // SAFETY: as in `xnlb_to_vip`.
         Some((eth, ip, settings)) => unsafe {
             balance::to_vip_v6(&ctx, &mut *eth, &mut *ip, settings)
         },
         None => Outcome::Drop(DropReason::MalformedIp),
-    })
+    }
 }
 
-/// `xnlb_from_backend` for IPv6.
+/// `xnlb_from_backend` for IPv6 (too big: as in `xnlb_to_vip6`).
 #[xdp]
 pub fn xnlb_from_backend6(ctx: XdpContext) -> u32 {
-    finish(match stage_input6(&ctx) {
+    let outcome = from_backend6(ctx.ctx);
+    finish(icmp6::answer(&ctx, outcome))
+}
+
+/// The body of `xnlb_from_backend6`, in a frame of its own.
+#[inline(never)]
+fn from_backend6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
+    let ctx = packet::own_context(raw);
+    match stage_input6(&ctx) {
         // SAFETY: as in `xnlb_to_vip`.
         Some((eth, ip, settings)) => unsafe {
             balance::from_backend_v6(&ctx, &mut *eth, &mut *ip, settings)
         },
         None => Outcome::Pass(PassReason::Malformed),
-    })
+    }
 }
 
 /// The stage for ICMP sent to this host (checked by `xnlb`): errors about balanced flows,
@@ -120,6 +139,16 @@ pub fn xnlb_icmp(ctx: XdpContext) -> u32 {
     finish(match stage_input(&ctx) {
         // SAFETY: as in `xnlb_to_vip`.
         Some((eth, ip, settings)) => unsafe { icmp::stage(&ctx, &mut *eth, &mut *ip, settings) },
+        None => Outcome::Pass(PassReason::Malformed),
+    })
+}
+
+/// The stage for ICMPv6 sent to this host (checked by `xnlb`).
+#[xdp]
+pub fn xnlb_icmp6(ctx: XdpContext) -> u32 {
+    finish(match stage_input6(&ctx) {
+        // SAFETY: as in `xnlb_to_vip`.
+        Some((eth, ip, settings)) => unsafe { icmp6::stage(&ctx, &mut *eth, &mut *ip, settings) },
         None => Outcome::Pass(PassReason::Malformed),
     })
 }
@@ -183,8 +212,14 @@ pub fn xnlb_floor(ctx: XdpContext) -> u32 {
 }
 
 // The literal slots of `tail_call!`'s uses.
-const _: () =
-    assert!(TO_VIP == 0 && FROM_BACKEND == 1 && ICMP == 2 && TO_VIP6 == 3 && FROM_BACKEND6 == 4);
+const _: () = assert!(
+    TO_VIP == 0
+        && FROM_BACKEND == 1
+        && ICMP == 2
+        && TO_VIP6 == 3
+        && FROM_BACKEND6 == 4
+        && ICMP6 == 5
+);
 
 /// Hands the packet to the stage in `STAGES` slot `$slot` (a literal); goes on only if that
 /// slot is empty. A tail call with a constant slot becomes a direct jump; LLVM would merge two
@@ -305,12 +340,26 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
         if !valid {
             return Outcome::Drop(DropReason::MalformedIp);
         }
-        leave_ipv6_transport(ctx, ip);
-        tail_call!(ctx, 3);
+        let transport = leave_ipv6_transport(ctx, ip);
+        if (transport >> 16) as u8 == PROTO_ICMPV6 {
+            tail_call!(ctx, 5);
+        } else {
+            tail_call!(ctx, 3);
+        }
         return Outcome::Drop(DropReason::NoStage);
     }
     if !valid {
         return Outcome::Pass(PassReason::Malformed);
+    }
+    // An ICMPv6 error about a flow may come from any address (a router on either side);
+    // neighbour discovery sent to this host passes through the stage untouched.
+    if ip.next_hdr == PROTO_ICMPV6 {
+        if sent_to_us(ctx, eth).is_none() {
+            return Outcome::Pass(PassReason::NotOurs);
+        }
+        leave_ipv6_transport(ctx, ip);
+        tail_call!(ctx, 5);
+        return Outcome::Pass(PassReason::NotOurs);
     }
     // SAFETY: as above.
     if unsafe { BACKEND_ADDRS.get(&v6_key(&ip.src)) }.is_some() {
@@ -333,12 +382,15 @@ fn v6_key(addr: &[u32; 4]) -> AddrKey {
     key
 }
 
-/// Walks the IPv6 packet's extension headers for the stage it goes to (`packet::walk_ipv6`).
+/// Walks the IPv6 packet's extension headers for the stage it goes to (`packet::walk_ipv6`);
+/// returns the walk.
 #[inline(always)]
-fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) {
+fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
+    let walked = packet::walk_ipv6(ctx, ip);
     if let Some(s) = scratch::get() {
-        s.ipv6_transport = packet::walk_ipv6(ctx, ip);
+        s.ipv6_transport = walked;
     }
+    walked
 }
 
 /// The datapath's settings, if the frame was sent to the receiving interface's own MAC;

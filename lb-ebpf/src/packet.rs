@@ -165,6 +165,16 @@ pub struct TcpHdr {
     pub urgent: u16,
 }
 
+/// This program's context `raw`, in a function of its own (`#[inline(never)]`) that takes the
+/// raw pointer. Its first read is volatile: LLVM would otherwise hand the function the
+/// packet's bounds as read by its caller, and the verifier refuses arithmetic on them there.
+#[inline(always)]
+pub fn own_context(raw: *mut aya_ebpf::bindings::xdp_md) -> XdpContext {
+    // SAFETY: `raw` is this program's context, valid for the run.
+    let _ = unsafe { core::ptr::read_volatile(&(*raw).data) };
+    XdpContext::new(raw)
+}
+
 /// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

@@ -32,6 +32,8 @@ pub struct Scratch {
     /// Where an IPv6 packet's transport header is, walked by the entry for its stage
     /// (`packet::walk_ipv6`).
     pub ipv6_transport: u32,
+    /// An IPv6 packet too big for its next hop, as its sender sent it (`icmp6::too_big`).
+    pub sent_as: FlowKey,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

@@ -238,13 +238,17 @@ fn ipv6_that_is_not_the_balancers_passes_untouched() {
             PassReason::NotOurs,
         ),
         (
-            "echo request to the VIP",
+            "neighbour solicitation for the VIP (unicast, as to check it is still there)",
             icmpv6(
                 &bed,
                 router,
                 VIP6,
-                Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 1, seq: 1 }),
-                b"ping",
+                Icmpv6Type::Unknown {
+                    type_u8: 135,
+                    code_u8: 0,
+                    bytes5to8: [0; 4],
+                },
+                &VIP6.octets(),
             ),
             PassReason::IcmpToVip,
         ),
@@ -305,4 +309,178 @@ fn a_dual_stack_service_pair_balances_both_versions() {
         bed.run(bed.client_if, &syn6.bytes()),
         (XDP_REDIRECT, to_backend6(&bed, &syn6, (backend6, 443)))
     );
+}
+
+#[test]
+fn an_echo_request_to_an_ipv6_vip_is_answered() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    let client = remote_client6(1, 0x42);
+    let echo = IcmpEchoHeader { id: 7, seq: 3 };
+    let request = icmpv6(
+        &bed,
+        client,
+        VIP6,
+        Icmpv6Type::EchoRequest(echo),
+        b"ping payload",
+    );
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(bed.client_if.mac, ROUTER_MAC)
+        .ipv6(VIP6.octets(), client.octets(), 64)
+        .icmpv6(Icmpv6Type::EchoReply(echo))
+        .write(&mut reply, b"ping payload")
+        .expect("build ICMPv6");
+    assert_eq!(bed.run(bed.client_if, &request), (XDP_TX, reply));
+}
+
+/// The first `len` bytes of `pkt`'s IP packet (what an ICMPv6 error quotes).
+fn quote(pkt: &Pkt, len: usize) -> Vec<u8> {
+    pkt.bytes()[14..14 + len].to_vec()
+}
+
+/// An ICMPv6 message in a frame from `macs.0` to `macs.1`, checksums from scratch.
+fn icmpv6_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: IpAddr,
+    dst: IpAddr,
+    hop_limit: u8,
+    kind: Icmpv6Type,
+    payload: &[u8],
+) -> Vec<u8> {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
+        panic!("IPv6 addresses")
+    };
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.octets(), dst.octets(), hop_limit)
+        .icmpv6(kind)
+        .write(&mut out, payload)
+        .expect("build ICMPv6");
+    out
+}
+
+#[test]
+fn icmpv6_errors_about_a_flow_reach_its_sender_translated() {
+    let mut bed = Bed::new();
+    web6(&mut bed);
+    let backend = bed.predict_ip("web6", client6().0, client6().1);
+    for flags in [SYN, ACK] {
+        let pkt = bed.from_client(Pkt::tcp(client6(), vip6(443), flags));
+        assert_eq!(bed.run(bed.client_if, &pkt.bytes()).0, XDP_REDIRECT);
+    }
+    let big = |p: Pkt| Pkt {
+        payload: vec![b'x'; 1400],
+        ..p
+    };
+    // A client-side router's "packet too big" about a reply (as it left: from the VIP): to the
+    // backend, about the reply as the backend sent it. Quoted with the TCP checksum.
+    let router: IpAddr = CLIENT_IP6.into();
+    let sent = big(Pkt::tcp((backend, 443), client6(), ACK)).ttl(62);
+    let left = sent.clone().addressed(vip6(443), client6());
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let error = icmpv6_frame(
+        (ROUTER_MAC, bed.client_if.mac),
+        router,
+        VIP6.into(),
+        64,
+        too_big,
+        &quote(&left, 100),
+    );
+    let want = icmpv6_frame(
+        (bed.server_if.mac, neighbour_mac_of(backend)),
+        router,
+        backend,
+        63,
+        too_big,
+        &quote(&sent, 100),
+    );
+    assert_eq!(bed.run(bed.client_if, &error), (XDP_REDIRECT, want));
+
+    // A backend-side router's "unreachable" about the client's packet (as sent on: to the
+    // backend): to the client, about its packet as it sent it.
+    let server_router: IpAddr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0xfe).into();
+    let sent = big(Pkt::tcp(client6(), vip6(443), ACK)).ttl(62);
+    let left = sent.clone().addressed(client6(), (backend, 443));
+    let unreachable =
+        Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Address);
+    let error = icmpv6_frame(
+        (neighbour_mac_of(server_router), bed.server_if.mac),
+        server_router,
+        client6().0,
+        64,
+        unreachable,
+        &quote(&left, 100),
+    );
+    let want = icmpv6_frame(
+        (bed.client_if.mac, neighbour_mac_of(CLIENT_IP6.into())),
+        server_router,
+        client6().0,
+        63,
+        unreachable,
+        &quote(&sent, 100),
+    );
+    assert_eq!(bed.run(bed.server_if, &error), (XDP_REDIRECT, want));
+    assert_eq!(
+        bed.events(lb_common::stats::FlowEvent::IcmpErrorToBackend),
+        1
+    );
+    assert_eq!(
+        bed.events(lb_common::stats::FlowEvent::IcmpErrorToClient),
+        1
+    );
+}
+
+#[test]
+fn an_ipv6_packet_too_big_for_its_route_is_answered_to_its_sender() {
+    let mut bed = Bed::new();
+    // Locked MTUs (a forwarding lookup honours a route's MTU only then), before the flow: its
+    // next hops, kept from its first packets, carry the MTU. Host routes: more specific than
+    // the connected /64, which would win over a route of the same prefix.
+    let mut routes: Vec<(String, Option<String>)> = (1..=3)
+        .map(|n| (format!("{}/128", backend_ip6(n)), None))
+        .collect();
+    routes.push((format!("{}/128", client6().0), Some(CLIENT_IP6.to_string())));
+    for (net, via) in routes {
+        let mut args = vec!["-6", "route", "add", net.as_str()];
+        if let Some(via) = &via {
+            args.extend(["via", via.as_str()]);
+        }
+        let dev = if via.is_some() { "cli0" } else { "srv0" };
+        args.extend(["dev", dev, "mtu", "lock", "1280"]);
+        bed.ns.ip(&args);
+    }
+    web6(&mut bed);
+    let backend = bed.predict_ip("web6", client6().0, client6().1);
+    for flags in [SYN, ACK] {
+        let pkt = bed.from_client(Pkt::tcp(client6(), vip6(443), flags));
+        assert_eq!(bed.run(bed.client_if, &pkt.bytes()).0, XDP_REDIRECT);
+    }
+    let big = |p: Pkt| Pkt {
+        payload: vec![b'x'; 1400],
+        ..p
+    };
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    // The client's large packet: answered from the VIP, about the packet as the client sent it.
+    let upload = bed.from_client(big(Pkt::tcp(client6(), vip6(443), ACK)));
+    let want = icmpv6_frame(
+        (bed.client_if.mac, ROUTER_MAC),
+        VIP6.into(),
+        client6().0,
+        64,
+        too_big,
+        &quote(&upload, 48),
+    );
+    assert_eq!(bed.run(bed.client_if, &upload.bytes()), (XDP_TX, want));
+    // The backend's large reply: answered to the backend, about the reply as it sent it.
+    let download = bed.from_backend(big(Pkt::tcp((backend, 443), client6(), ACK)), bed.server_if);
+    let want = icmpv6_frame(
+        (bed.server_if.mac, neighbour_mac_of(backend)),
+        client6().0,
+        backend,
+        64,
+        too_big,
+        &quote(&download, 48),
+    );
+    assert_eq!(bed.run(bed.server_if, &download.bytes()), (XDP_TX, want));
+    assert_eq!(bed.events(lb_common::stats::FlowEvent::TooBigAnswered), 2);
 }
