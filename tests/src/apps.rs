@@ -27,7 +27,8 @@ pub struct LineServer {
 impl LineServer {
     pub fn start(ns: &NetNs, port: u16, name: &str) -> Self {
         let listener =
-            ns.run_in(|| TcpListener::bind(("0.0.0.0", port)).expect("bind line server"));
+            // Both versions (`[::]` takes IPv4 too, as mapped addresses).
+            ns.run_in(|| TcpListener::bind(("::", port)).expect("bind line server"));
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, name) = (stop.clone(), name.to_string());
@@ -69,7 +70,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, name: &str) {
         Err(_) => return,
     };
     for line in BufReader::new(stream).lines() {
-        if line.is_err() || writeln!(writer, "{name} {}", peer.ip()).is_err() {
+        if line.is_err() || writeln!(writer, "{name} {}", peer.ip().to_canonical()).is_err() {
             return;
         }
     }

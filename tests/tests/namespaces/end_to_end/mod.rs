@@ -237,6 +237,11 @@ fn dual_stack_two_arm() {
     ipv6::dual_stack_two_arm();
 }
 
+#[test]
+fn path_mtu_through_the_nat_ipv6_two_arm() {
+    pmtu::path_mtu_through_the_nat_ipv6();
+}
+
 /// Two-arm only: there both directions of a flow route through the balancer.
 #[test]
 fn kept_next_hops_follow_routing_changes() {

@@ -16,10 +16,13 @@
 //! of the path to the VIP, so that no path MTU one case taught a host helps another. The time
 //! bound is `TRANSFER_LIMIT`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, Ipv6Addr},
+};
 
 use xnlb_tests::{
-    addresses::CLIENT_IP,
+    addresses::{CLIENT_IP, CLIENT_IP6, VIP6, backend_ip6},
     apps::{IO_TIMEOUT, connect_from, line_servers},
     nic::NicStandIn,
 };
@@ -71,11 +74,11 @@ fn far_client(net: &Net) -> NetNs {
     far
 }
 
-/// Downloads `BYTES` (`/bulk/`) from `src` through VIP:80, checking every byte arrived; how long
-/// it took.
-fn download(farm: &Farm, far: &NetNs, src: Ipv4Addr) -> Duration {
+/// Downloads `BYTES` (`/bulk/`) from `src` through `vip`:80, checking every byte arrived; how
+/// long it took.
+fn download(farm: &Farm, far: &NetNs, src: IpAddr, vip: IpAddr) -> Duration {
     let started = Instant::now();
-    let (status, body) = http_get_from(far, src, farm.vip(HTTP), &format!("/bulk/{BYTES}"))
+    let (status, body) = http_get_from(far, src, (vip, HTTP).into(), &format!("/bulk/{BYTES}"))
         .unwrap_or_else(|e| panic!("{}: download to {src}: {e}", farm.mode()));
     assert_eq!(status, 200);
     let (greeting, data) = body.split_once('\n').expect("<backend> <client>\n<data>");
@@ -89,12 +92,12 @@ fn download(farm: &Farm, far: &NetNs, src: Ipv4Addr) -> Duration {
     started.elapsed()
 }
 
-/// Uploads `BYTES` (one line) from `src` through VIP:`LINES`, which answers once it has the
+/// Uploads `BYTES` (one line) from `src` through `vip`:`LINES`, which answers once it has the
 /// line; how long it took.
-fn upload(farm: &Farm, far: &NetNs, src: Ipv4Addr) -> Duration {
+fn upload(farm: &Farm, far: &NetNs, src: IpAddr, vip: IpAddr) -> Duration {
     let started = Instant::now();
     let fail = |e: std::io::Error| -> ! { panic!("{}: upload from {src}: {e}", farm.mode()) };
-    let mut stream = connect_from(far, src, farm.vip(LINES)).unwrap_or_else(|e| fail(e));
+    let mut stream = connect_from(far, src, (vip, LINES).into()).unwrap_or_else(|e| fail(e));
     stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let mut line = vec![b'x'; BYTES];
@@ -184,7 +187,7 @@ pub fn path_mtu_through_the_nat(mode: Mode) {
     within_limit(
         &farm,
         "download past a small router hop",
-        download(&farm, &far, FAR_CLIENTS[0]),
+        download(&farm, &far, FAR_CLIENTS[0].into(), net.vip().into()),
     );
     assert!(
         event(&farm, "icmp_error_to_backend") >= 1.0,
@@ -194,7 +197,7 @@ pub fn path_mtu_through_the_nat(mode: Mode) {
     within_limit(
         &farm,
         "upload past a small router hop",
-        upload(&farm, &far, FAR_CLIENTS[0]),
+        upload(&farm, &far, FAR_CLIENTS[0].into(), net.vip().into()),
     );
     if mode == Mode::OneArm {
         return;
@@ -220,7 +223,7 @@ pub fn path_mtu_through_the_nat(mode: Mode) {
     within_limit(
         &farm,
         "download past the balancer's small hop",
-        download(&farm, &far, FAR_CLIENTS[1]),
+        download(&farm, &far, FAR_CLIENTS[1].into(), net.vip().into()),
     );
     assert!(
         event(&farm, "too_big_answered") > answered,
@@ -242,10 +245,167 @@ pub fn path_mtu_through_the_nat(mode: Mode) {
     within_limit(
         &farm,
         "upload past the balancer's small hop",
-        upload(&farm, &far, FAR_CLIENTS[2]),
+        upload(&farm, &far, FAR_CLIENTS[2].into(), net.vip().into()),
     );
     assert!(
         event(&farm, "too_big_answered") > answered,
         "the balancer answered the client's large packet"
+    );
+}
+
+/// The far client's IPv6 network, behind the client namespace.
+const FAR_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 1);
+const FAR_CLIENTS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x10),
+    Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x11),
+    Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x12),
+];
+
+/// `far_client`'s IPv6 side: the far client's IPv6 addresses, routed by the client namespace,
+/// and the balancer's route to them.
+fn far_client6(net: &Net, far: &NetNs) {
+    net.client.ip(&[
+        "addr",
+        "add",
+        &format!("{FAR_GATEWAY6}/64"),
+        "dev",
+        "far0",
+        "nodad",
+    ]);
+    net.client.sysctl("net.ipv6.conf.all.forwarding", "1");
+    for addr in FAR_CLIENTS6 {
+        far.ip(&["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"]);
+    }
+    far.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &FAR_GATEWAY6.to_string(),
+    ]);
+    net.lb.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:20::/64",
+        "via",
+        &CLIENT_IP6.to_string(),
+    ]);
+}
+
+/// The IPv6 counterpart of `path_mtu_through_the_nat` (two-arm): IPv6 routers never fragment,
+/// so "packet too big" is the only way a sender learns, and the balancer must translate it, or
+/// answer it for its own hops.
+pub fn path_mtu_through_the_nat_ipv6() {
+    let farm = Farm::new(Mode::TwoArm, 1);
+    let net = &farm.net;
+    net.add_ipv6();
+    let far = far_client(net);
+    far_client6(net, &far);
+    let _nics = (
+        NicStandIn::attach(&net.switch, &["lb"]),
+        NicStandIn::attach(&net.client, &["eth0"]),
+    );
+    let _lines = line_servers(&net.backends, LINES);
+    let b1 = backend_ip6(1);
+    let _web6 = HttpBackend::start(
+        Some(&net.backends[0]),
+        SocketAddr::from((b1, HTTP)),
+        "b1",
+        None,
+    );
+    let service = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    vip: \"{VIP6}\"\n    ports: [{port}]\n    backends:\n      - {{ name: b1, address: \"{b1}\" }}\n"
+        )
+    };
+    let _d = Daemon::start(
+        &net.lb,
+        &farm.config(&[service("web6", HTTP), service("lines6", LINES)]),
+    );
+    let vip: IpAddr = VIP6.into();
+
+    // 1. The router's hops to the far client, and to the VIP, are small.
+    let client = FAR_CLIENTS6[0].to_string();
+    net.client.ip(&[
+        "-6", "route", "add", &client, "dev", "far0", "mtu", "lock", SMALL_MTU,
+    ]);
+    net.client.ip(&[
+        "-6",
+        "route",
+        "add",
+        &VIP6.to_string(),
+        "via",
+        "fd00::1",
+        "mtu",
+        "lock",
+        SMALL_MTU,
+    ]);
+    let src: IpAddr = FAR_CLIENTS6[0].into();
+    within_limit(
+        &farm,
+        "IPv6 download past a small router hop",
+        download(&farm, &far, src, vip),
+    );
+    assert!(
+        event(&farm, "icmp_error_to_backend") >= 1.0,
+        "the router's packet too big reached the backend through the balancer"
+    );
+    within_limit(
+        &farm,
+        "IPv6 upload past a small router hop",
+        upload(&farm, &far, src, vip),
+    );
+    net.client.ip(&["-6", "route", "del", &VIP6.to_string()]);
+    far.ip(&["-6", "route", "flush", "cache"]);
+
+    // 2. The balancer's own route to the far client is small.
+    let client = FAR_CLIENTS6[1].to_string();
+    net.lb.ip(&[
+        "-6",
+        "route",
+        "add",
+        &client,
+        "via",
+        &CLIENT_IP6.to_string(),
+        "mtu",
+        "lock",
+        SMALL_MTU,
+    ]);
+    let answered = event(&farm, "too_big_answered");
+    let src: IpAddr = FAR_CLIENTS6[1].into();
+    within_limit(
+        &farm,
+        "IPv6 download past the balancer's small hop",
+        download(&farm, &far, src, vip),
+    );
+    assert!(
+        event(&farm, "too_big_answered") > answered,
+        "the balancer answered the backend"
+    );
+
+    // 3. The balancer's own route to the backend is small.
+    net.lb.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("{b1}/128"),
+        "dev",
+        "srv0",
+        "mtu",
+        "lock",
+        SMALL_MTU,
+    ]);
+    let answered = event(&farm, "too_big_answered");
+    let src: IpAddr = FAR_CLIENTS6[2].into();
+    within_limit(
+        &farm,
+        "IPv6 upload past the balancer's small hop",
+        upload(&farm, &far, src, vip),
+    );
+    assert!(
+        event(&farm, "too_big_answered") > answered,
+        "the balancer answered the client"
     );
 }
