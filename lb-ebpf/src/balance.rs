@@ -65,7 +65,7 @@ pub fn to_vip_v4(
 ) -> Outcome {
     // A first fragment carries the ports: it is balanced below, like any packet.
     if fragments::is_later(ip) {
-        return fragments::follow(ctx, eth, ip, settings).unwrap_or(
+        return fragments::follow(ctx, eth, ip, ip.proto, settings).unwrap_or(
             if settings.cluster.enabled != 0 {
                 // Every node sees every fragment; the one that balanced the first follows it.
                 Outcome::Drop(DropReason::NotMyBucket)
@@ -95,9 +95,10 @@ pub fn to_vip_v6(
     let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
         return Outcome::Drop(DropReason::Ipv6Headers);
     };
-    // (IPv6 fragments are not followed yet.)
-    if t.fragment {
-        return Outcome::Drop(DropReason::Fragment);
+    // A first fragment carries the ports: it is balanced below, like any packet.
+    if t.later {
+        return fragments::follow(ctx, eth, ip, t.proto, settings)
+            .unwrap_or(Outcome::Drop(DropReason::Fragment));
     }
     match t.proto {
         PROTO_TCP | PROTO_UDP => {}
@@ -272,7 +273,7 @@ pub fn from_backend_v4(
     settings: &DatapathSettings,
 ) -> Outcome {
     if fragments::is_later(ip) {
-        return fragments::follow(ctx, eth, ip, settings)
+        return fragments::follow(ctx, eth, ip, ip.proto, settings)
             .unwrap_or(Outcome::Pass(PassReason::Fragment));
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
@@ -295,8 +296,9 @@ pub fn from_backend_v6(
     let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
         return Outcome::Pass(PassReason::Malformed);
     };
-    if t.fragment {
-        return Outcome::Pass(PassReason::Fragment);
+    if t.later {
+        return fragments::follow(ctx, eth, ip, t.proto, settings)
+            .unwrap_or(Outcome::Pass(PassReason::Fragment));
     }
     if t.proto != PROTO_TCP && t.proto != PROTO_UDP {
         return Outcome::Pass(PassReason::NotOurs);

@@ -6,8 +6,6 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use lb_common::{
-    addr::FAMILY_V4,
-    checksum::Delta,
     flow::FlowKey,
     fragment::FRAGMENT_TIMEOUT_NS,
     next_hop::NextHop,
@@ -17,6 +15,7 @@ use lb_common::{
 
 use crate::{
     Outcome, cluster, forward,
+    ip::IpHeader,
     maps::FRAGMENTS,
     mem,
     packet::{EthHdr, IP_MF, IP_OFFSET, Ipv4Hdr, Ports},
@@ -40,9 +39,9 @@ pub fn is_first(ip: &Ipv4Hdr) -> bool {
 /// its backend `backend_id`, and whether it goes `to_client`. A frame of its own, off the
 /// stages' stacks; the entry is built in scratch.
 #[inline(never)]
-pub fn record(
+pub fn record<I: IpHeader>(
     sent_as: &FlowKey,
-    ip: &Ipv4Hdr,
+    ip: &I,
     hop: *const NextHop,
     backend_id: u32,
     to_client: bool,
@@ -53,14 +52,14 @@ pub fn record(
     let (key, e) = (&mut scratch.fragment_key, &mut scratch.fragment);
     mem::copy(&mut key.src, &sent_as.src);
     mem::copy(&mut key.dst, &sent_as.dst);
-    key.id = ip.id as u32;
-    key.proto = ip.proto;
-    key.family = FAMILY_V4;
+    key.id = ip.fragment_id();
+    key.proto = sent_as.proto;
+    key.family = I::FAMILY;
     key._pad = 0;
     // SAFETY: a helper that takes no arguments.
     e.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
-    e.src = [ip.src, 0, 0, 0];
-    e.dst = [ip.dst, 0, 0, 0];
+    e.src = ip.src();
+    e.dst = ip.dst();
     // SAFETY: a pointer to a live map element or scratch (valid for this run).
     mem::copy(&mut e.hop, unsafe { &*hop });
     e.backend_id = backend_id;
@@ -73,22 +72,24 @@ pub fn record(
     }
 }
 
-/// The later fragment `ip`, given its datagram's translation and sent by its next hop; None
-/// when its first fragment was not seen (came later, never, or too long ago).
+/// The later fragment `ip` (of a datagram of protocol `proto`), given its datagram's
+/// translation and sent by its next hop; None when its first fragment was not seen (came later,
+/// never, or too long ago).
 #[inline(always)]
-pub fn follow(
+pub fn follow<I: IpHeader>(
     ctx: &XdpContext,
     eth: &mut EthHdr,
-    ip: &mut Ipv4Hdr,
+    ip: &mut I,
+    proto: u8,
     s: &DatapathSettings,
 ) -> Option<Outcome> {
     let scratch = scratch::get()?;
     let key = &mut scratch.fragment_key;
-    key.src = [ip.src, 0, 0, 0];
-    key.dst = [ip.dst, 0, 0, 0];
-    key.id = ip.id as u32;
-    key.proto = ip.proto;
-    key.family = FAMILY_V4;
+    key.src = ip.src();
+    key.dst = ip.dst();
+    key.id = ip.fragment_id();
+    key.proto = proto;
+    key.family = I::FAMILY;
     key._pad = 0;
     let e = FRAGMENTS.get_ptr_mut(&*key)?;
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU); fields get plain
@@ -100,15 +101,11 @@ pub fn follow(
         return None;
     }
     e.last_seen_ns = now;
-    if ip.ttl <= 1 {
+    if ip.ttl() <= 1 {
         return Some(Outcome::Pass(PassReason::TtlExceeded));
     }
-    let addrs = Delta::new()
-        .word32(ip.src, e.src[0])
-        .word32(ip.dst, e.dst[0]);
-    ip.check = addrs.apply(ip.check);
-    ip.src = e.src[0];
-    ip.dst = e.dst[0];
+    // (Later fragments carry no transport header: the pseudo-header's change is not needed.)
+    let _ = ip.readdress(&e.src, &e.dst);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let to_client = e.to_client != 0;
     if to_client {

@@ -14,7 +14,8 @@ use lb_common::{
 
 use crate::{
     Outcome, fragments, icmp, icmp6, mem,
-    packet::{Ipv4Hdr, Ipv6Hdr},
+    packet::{IPV6_FIRST_FRAGMENT, Ipv4Hdr, Ipv6Hdr},
+    scratch,
 };
 
 pub trait IpHeader {
@@ -33,6 +34,8 @@ pub trait IpHeader {
     fn readdress(&mut self, src: &Addr, dst: &Addr) -> Delta;
     /// Family, addresses, TOS or flow label, and length, for a FIB lookup.
     fn fib_params(&self, fib: &mut FibParams);
+    /// The identification its fragments share (IPv4's 16 bits, IPv6's 32, network order).
+    fn fragment_id(&self) -> u32;
     /// The first fragment of a datagram keeps its translation (already applied; `sent_as` is
     /// the tuple it came with) for the datagram's later fragments.
     fn keep_first_fragment(
@@ -103,6 +106,11 @@ impl IpHeader for Ipv4Hdr {
         fib.__bindgen_anon_2.tos = self.tos;
         fib.__bindgen_anon_3.ipv4_src = self.src;
         fib.__bindgen_anon_4.ipv4_dst = self.dst;
+    }
+
+    #[inline(always)]
+    fn fragment_id(&self) -> u32 {
+        self.id as u32
     }
 
     #[inline(always)]
@@ -193,8 +201,22 @@ impl IpHeader for Ipv6Hdr {
     }
 
     #[inline(always)]
-    fn keep_first_fragment(&self, _: &FlowKey, _: *const NextHop, _: u32, _: bool) {
-        // (IPv6 fragments are not followed yet: the stage drops or passes them.)
+    fn fragment_id(&self) -> u32 {
+        // From the fragment header, which the entry's walk found (`packet::walk_ipv6`).
+        scratch::get().map_or(0, |s| s.ipv6_fragment_id)
+    }
+
+    #[inline(always)]
+    fn keep_first_fragment(
+        &self,
+        sent_as: &FlowKey,
+        hop: *const NextHop,
+        backend_id: u32,
+        to_client: bool,
+    ) {
+        if scratch::get().is_some_and(|s| s.ipv6_transport & IPV6_FIRST_FRAGMENT != 0) {
+            fragments::record(sent_as, self, hop, backend_id, to_client);
+        }
     }
 
     #[inline(always)]

@@ -386,11 +386,11 @@ fn v6_key(addr: &[u32; 4]) -> AddrKey {
 /// returns the walk.
 #[inline(always)]
 fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
-    let walked = packet::walk_ipv6(ctx, ip);
-    if let Some(s) = scratch::get() {
-        s.ipv6_transport = walked;
-    }
-    walked
+    let Some(s) = scratch::get() else {
+        return 0;
+    };
+    s.ipv6_transport = packet::walk_ipv6(ctx, ip, &mut s.ipv6_fragment_id);
+    s.ipv6_transport
 }
 
 /// The datapath's settings, if the frame was sent to the receiving interface's own MAC;

@@ -73,9 +73,16 @@ pub struct Ipv6Transport {
     pub proto: u8,
     /// Bytes from it to the end of the IP packet.
     pub len: usize,
-    /// The packet is a fragment (it has a fragment header).
+    /// The packet is a fragment (it has a fragment header): the first of its datagram, or a
+    /// later one (which carries no transport header).
     pub fragment: bool,
+    pub later: bool,
 }
+
+/// Bits of the walk's answer (`walk_ipv6`) beside the offset and protocol.
+pub const IPV6_FRAGMENT: u32 = 1 << 24;
+pub const IPV6_LATER_FRAGMENT: u32 = 1 << 25;
+pub const IPV6_FIRST_FRAGMENT: u32 = 1 << 26;
 
 /// The farthest a transport header may start (a mask): four extension headers of up to 88
 /// bytes each. A packet whose headers run longer is not walked.
@@ -97,21 +104,23 @@ pub fn ipv6_transport(ip: &Ipv6Hdr, packed: u32) -> Option<Ipv6Transport> {
         offset,
         proto: (packed >> 16) as u8,
         len: end - offset,
-        fragment: packed >> 24 != 0,
+        fragment: packed & IPV6_FRAGMENT != 0,
+        later: packed & IPV6_LATER_FRAGMENT != 0,
     })
 }
 
 /// Walks the IPv6 packet's extension headers (hop-by-hop, routing, destination options,
 /// authentication, fragment; at most `MAX_IPV6_EXTENSIONS`) to its transport header: packed as
-/// `offset | proto << 16 | fragment << 24`, or 0 when there are more, one is truncated, or they
+/// `offset | proto << 16 | IPV6_*FRAGMENT`, with a fragment header's identification in
+/// `fragment_id` (network order, as read), or 0 when there are more, one is truncated, or they
 /// end past `MAX_TRANSPORT_OFFSET`. The entry walks, and leaves the answer in scratch for the
 /// stage it calls (`ipv6_transport`): walked in the stage, the headers' paths would multiply
 /// with every path through the rest of it, beyond the verifier's budget.
 #[inline(always)]
-pub fn walk_ipv6(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
+pub fn walk_ipv6(ctx: &XdpContext, ip: &Ipv6Hdr, fragment_id: &mut u32) -> u32 {
     let mut next = ip.next_hdr;
     let mut offset = ETH_HLEN + IPV6_HLEN;
-    let mut fragment = false;
+    let mut fragment = 0;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         let len = match next {
             EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS | EXT_AUTH | EXT_FRAGMENT => {
@@ -121,11 +130,28 @@ pub fn walk_ipv6(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
                 // SAFETY: `ptr_at` checked that these bytes lie inside the packet.
                 let h = unsafe { &*h };
                 let len = match next {
-                    EXT_FRAGMENT => 8,
+                    EXT_FRAGMENT => {
+                        let Some(f) = ptr_at::<[u16; 4]>(ctx, offset) else {
+                            return 0;
+                        };
+                        // SAFETY: `ptr_at` checked that these bytes lie inside the packet.
+                        let f = unsafe { &*f };
+                        // Offset (13 bits) and M, in the second word; the identification after.
+                        let offset_m = u16::from_be(f[1]);
+                        fragment = IPV6_FRAGMENT
+                            | if offset_m & 0xfff8 != 0 {
+                                IPV6_LATER_FRAGMENT
+                            } else if offset_m & 1 != 0 {
+                                IPV6_FIRST_FRAGMENT
+                            } else {
+                                0
+                            };
+                        *fragment_id = (f[2] as u32) | (f[3] as u32) << 16;
+                        8
+                    }
                     EXT_AUTH => (h[1] as usize + 2) * 4,
                     _ => (h[1] as usize + 1) * 8,
                 };
-                fragment |= next == EXT_FRAGMENT;
                 next = h[0];
                 len
             }
@@ -140,7 +166,7 @@ pub fn walk_ipv6(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
     {
         return 0;
     }
-    offset as u32 | (next as u32) << 16 | (fragment as u32) << 24
+    offset as u32 | (next as u32) << 16 | fragment
 }
 
 /// The part of TCP and UDP headers that NAT touches: ports are at the same offsets in both.

@@ -32,6 +32,8 @@ pub struct Scratch {
     /// Where an IPv6 packet's transport header is, walked by the entry for its stage
     /// (`packet::walk_ipv6`).
     pub ipv6_transport: u32,
+    /// Its fragment header's identification, when it has one.
+    pub ipv6_fragment_id: u32,
     /// An IPv6 packet too big for its next hop, as its sender sent it (`icmp6::too_big`).
     pub sent_as: FlowKey,
 }

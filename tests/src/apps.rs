@@ -295,7 +295,8 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start(ns: &NetNs, port: u16, name: &str) -> Self {
-        let socket = ns.run_in(|| UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP echo"));
+        // Both versions (`[::]` takes IPv4 too, as mapped addresses).
+        let socket = ns.run_in(|| UdpSocket::bind(("::", port)).expect("bind UDP echo"));
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
@@ -305,7 +306,7 @@ impl UdpEcho {
             let mut buf = vec![0u8; 65536];
             while !flag.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = socket.recv_from(&mut buf) {
-                    let mut answer = format!("{name} {}", peer.ip()).into_bytes();
+                    let mut answer = format!("{name} {}", peer.ip().to_canonical()).into_bytes();
                     if n > answer.len() {
                         answer.resize(n, b' ');
                     }
@@ -334,10 +335,11 @@ pub fn udp_ask(ns: &NetNs, src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<(S
 /// answers a large datagram with one as large).
 pub fn udp_ask_sized(
     ns: &NetNs,
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     dst: SocketAddr,
     size: usize,
 ) -> std::io::Result<(String, String, usize)> {
+    let src = src.into();
     let socket = ns.run_in(|| UdpSocket::bind((src, 0)))?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.connect(dst)?;

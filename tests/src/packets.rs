@@ -240,6 +240,31 @@ pub fn fragment(frame: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `fragment` for an Ethernet + IPv6 frame (no extension headers): each fragment is the IPv6
+/// header, a fragment header (identification `id`) and up to `size` bytes of the payload.
+pub fn fragment6(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(size % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let (head, payload) = frame.split_at(14 + 40);
+    let next = head[14 + 6];
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = head.to_vec();
+            f[14 + 6] = 44;
+            f[14 + 4..14 + 6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            let more = u16::from(i + 1 < chunks.len());
+            let offset_m = ((i * size / 8) as u16) << 3 | more;
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&offset_m.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(chunk);
+            f
+        })
+        .collect()
+}
+
 /// Clears an Ethernet + IPv4 frame's Don't Fragment bit, and reseals its header.
 fn clear_df(frame: &mut [u8]) {
     frame[14 + 6] &= !0x40;

@@ -12,7 +12,7 @@ use xnlb::config::Protocol;
 use xnlb_tests::{
     bed::*,
     flow_cases::CLIENT,
-    packets::{ACK, Pkt, SYN, SYN_ACK, verify_checksums},
+    packets::{ACK, Pkt, SYN, SYN_ACK, fragment6, verify_checksums},
 };
 
 fn client6() -> (IpAddr, u16) {
@@ -195,7 +195,8 @@ fn extension_headers_are_walked_to_the_transport_header() {
     let input = with_extensions(&syn, &[dest_opts; 5]);
     assert_eq!(bed.run(bed.client_if, &input).0, XDP_DROP);
     assert_eq!(bed.drops(DropReason::Ipv6Headers), 1);
-    // A fragment header: not followed for IPv6 yet.
+    // A fragment header (its bytes read as offset 32): a later fragment whose first was never
+    // seen, dropped.
     let input = with_extensions(&syn, &[44]);
     assert_eq!(bed.run(bed.client_if, &input).0, XDP_DROP);
     assert_eq!(bed.drops(DropReason::Fragment), 1);
@@ -483,4 +484,66 @@ fn an_ipv6_packet_too_big_for_its_route_is_answered_to_its_sender() {
     );
     assert_eq!(bed.run(bed.server_if, &download.bytes()), (XDP_TX, want));
     assert_eq!(bed.events(lb_common::stats::FlowEvent::TooBigAnswered), 2);
+}
+
+#[test]
+fn an_ipv6_datagrams_fragments_follow_its_first_both_ways() {
+    let mut bed = Bed::new();
+    let mut dns = service("dns6", 88, &[]);
+    dns.vip = VIP6.into();
+    dns.protocol = Protocol::Udp;
+    dns.backends = (1..=3)
+        .map(|n| {
+            let mut b = backend(&format!("b{n}"), std::net::Ipv4Addr::UNSPECIFIED);
+            b.address = backend_ip6(n).into();
+            b
+        })
+        .collect();
+    bed.install(dns);
+    let datagram = |src: (IpAddr, u16), dst: (IpAddr, u16)| Pkt {
+        payload: (0..3000).map(|i| (i % 251) as u8).collect(),
+        ..Pkt::udp(src, dst)
+    };
+    let backend = bed.predict_ip("dns6", client6().0, client6().1);
+    let sent = bed.from_client(datagram(client6(), vip6(88)));
+    let want = sent
+        .clone()
+        .addressed(client6(), (backend, 88))
+        .ttl(sent.ttl - 1)
+        .macs(bed.server_if.mac, neighbour_mac_of(backend));
+    let (ins, outs) = (
+        fragment6(&sent.bytes(), 1232, 0x1234_5678),
+        fragment6(&want.bytes(), 1232, 0x1234_5678),
+    );
+    assert_eq!(ins.len(), 3, "first, middle, last");
+    // The last before its first: dropped, never guessed; then all follow the first.
+    assert_eq!(bed.run(bed.client_if, &ins[2]).0, XDP_DROP);
+    assert_eq!(bed.drops(DropReason::Fragment), 1);
+    for (i, (frame, out)) in ins.iter().zip(outs).enumerate() {
+        assert_eq!(
+            bed.run(bed.client_if, frame),
+            (XDP_REDIRECT, out),
+            "fragment {i} to {backend}"
+        );
+    }
+    // The backend's fragmented answer reaches the client from the VIP.
+    let answer = bed.from_backend(datagram((backend, 88), client6()), bed.server_if);
+    let want = answer
+        .clone()
+        .addressed(vip6(88), client6())
+        .ttl(answer.ttl - 1)
+        .macs(bed.client_if.mac, neighbour_mac_of(CLIENT_IP6.into()));
+    let (ins, outs) = (
+        fragment6(&answer.bytes(), 1232, 0x9abc_def0),
+        fragment6(&want.bytes(), 1232, 0x9abc_def0),
+    );
+    for (i, (frame, out)) in ins.iter().zip(outs).enumerate() {
+        assert_eq!(
+            bed.run(bed.server_if, frame),
+            (XDP_REDIRECT, out),
+            "answer fragment {i}"
+        );
+    }
+    assert_eq!(bed.events(lb_common::stats::FlowEvent::FragmentTracked), 2);
+    assert_eq!(bed.events(lb_common::stats::FlowEvent::FragmentFollowed), 4);
 }

@@ -7,7 +7,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use xnlb_tests::addresses::{CLIENT_IP, CLIENT_IP6, VIP6, backend_ip6};
+use xnlb_tests::{
+    addresses::{CLIENT_IP, CLIENT_IP6, VIP6, backend_ip6},
+    apps::udp_ask_sized,
+};
 
 use super::*;
 
@@ -59,7 +62,11 @@ pub fn dual_stack_two_arm() {
         "    affinity: none\n",
         &farm.backends(&[1, 2, 3], |_| "".into()),
     );
-    let config = farm.config(&[service4, service6]);
+    let echo6 = format!(
+        "  - name: echo6\n    vip: \"{VIP6}\"\n    ports: [{ECHO}]\n    protocol: udp\n    affinity: none\n    backends:\n{}",
+        backends6.replace("\" }\n", &format!("\", port: {ECHO} }}\n"))
+    );
+    let config = farm.config(&[service4, service6, echo6]);
     let mut d = Daemon::start(&net.lb, &config);
     // The IPv6 backends start down, until their probes (over IPv6) rise.
     let backends6 = [("web6", "b1"), ("web6", "b2"), ("web6", "b3")];
@@ -90,6 +97,27 @@ pub fn dual_stack_two_arm() {
     println!("two-arm IPv6: b2 got new connections for {kept:?} after its page failed");
     assert!(kept < DETECTION_BOUND, "b2 stayed in rotation for {kept:?}");
     web6[1].set(HEALTH, Answer::Status(200));
+
+    // Fragmented UDP over IPv6: datagrams of 4000 and 9000 bytes, and answers as large, whole.
+    let mut echoed = Vec::new();
+    for size in [4000, 9000] {
+        for _ in 0..10 {
+            let (backend, seen, len) = udp_ask_sized(
+                &net.client,
+                CLIENT_IP6,
+                SocketAddr::from((VIP6, ECHO)),
+                size,
+            )
+            .unwrap_or_else(|e| panic!("a {size}-byte IPv6 datagram: {e}"));
+            assert_eq!(seen.parse::<IpAddr>().ok(), Some(CLIENT_IP6.into()));
+            assert_eq!(len, size, "the answer came back whole");
+            echoed.push(backend);
+        }
+    }
+    println!(
+        "two-arm IPv6: 20 fragmented datagrams answered: {}",
+        shares(&tally(&echoed))
+    );
 
     // Fail-static: the daemon dies; IPv6 keeps being balanced; a new daemon adopts.
     d.kill9();
