@@ -105,8 +105,10 @@ pub fn snat_ip(n: usize) -> Ipv4Addr {
     }
 }
 
-/// The IPv6 VIP.
+/// The IPv6 VIP (two-arm; the datapath bed uses it in both modes).
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x100);
+/// The one-arm IPv6 VIP, on the shared subnet.
+pub const ONE_ARM_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 /// The balancer's client-side and server-side IPv6 addresses.
 pub const LB_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 pub const LB_SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);

@@ -289,15 +289,24 @@ impl Net {
         (lb, nic)
     }
 
-    /// Two-arm: IPv6 beside IPv4 (`addresses`: the client fd00::10, the balancer fd00::1 and
-    /// fd00:2::1 forwarding, the backends fd00:2::(10+n) routing through it; the VIP fd00:1::100
-    /// reached through the client's default route). Addresses skip duplicate address detection,
-    /// which would hold them unusable for a second.
+    /// IPv6 beside IPv4 (`addresses`). Two-arm: the client fd00::10, the balancer fd00::1 and
+    /// fd00:2::1 forwarding, the backends fd00:2::(10+n) routing through it; the VIP
+    /// fd00:1::100 reached through the client's default route. One-arm: one subnet, fd00::/64:
+    /// the client ::10, the balancer ::1 (not forwarding), the backends ::(200+n); the VIP ::100
+    /// and the SNAT address ::2 answered by the balancer. Addresses skip duplicate address
+    /// detection, which would hold them unusable for a second.
     pub fn add_ipv6(&self) {
-        assert_eq!(self.mode, Mode::TwoArm, "IPv6 test beds are two-arm");
         let add = |ns: &NetNs, addr: std::net::Ipv6Addr, dev: &str| {
             ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
         };
+        if self.mode == Mode::OneArm {
+            add(&self.client, CLIENT_IP6, "eth0");
+            add(&self.lb, LB_CLIENT_IP6, "lan0");
+            for (i, be) in self.backends.iter().enumerate() {
+                add(be, one_arm_backend_ip6(i + 1), "eth0");
+            }
+            return;
+        }
         add(&self.client, CLIENT_IP6, "eth0");
         self.client.ip(&[
             "-6",
@@ -320,6 +329,30 @@ impl Net {
                 "via",
                 &LB_SERVER_IP6.to_string(),
             ]);
+        }
+    }
+
+    /// The IPv6 VIP (`add_ipv6`).
+    pub fn vip6(&self) -> std::net::Ipv6Addr {
+        match self.mode {
+            Mode::TwoArm => VIP6,
+            Mode::OneArm => ONE_ARM_VIP6,
+        }
+    }
+
+    /// IPv6 backend `n` (1-based).
+    pub fn backend_ip6(&self, n: usize) -> std::net::Ipv6Addr {
+        match self.mode {
+            Mode::TwoArm => backend_ip6(n),
+            Mode::OneArm => one_arm_backend_ip6(n),
+        }
+    }
+
+    /// The address a backend sees for the IPv6 client `client`.
+    pub fn seen_by_backend6(&self, client: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
+        match self.mode {
+            Mode::TwoArm => client,
+            Mode::OneArm => SNAT_IP6,
         }
     }
 

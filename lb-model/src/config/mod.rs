@@ -394,18 +394,6 @@ impl Config {
         }
         out
     }
-
-    /// The IPv4 SNAT addresses.
-    pub fn snat_v4(&self) -> Vec<Ipv4Addr> {
-        self.snat
-            .iter()
-            .flat_map(|s| &s.addresses)
-            .filter_map(|a| match a {
-                IpAddr::V4(a) => Some(*a),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
-    }
 }
 
 /// The word a config uses for an enum value (`single`, `two-arm`, ...).

@@ -9,7 +9,7 @@
 //! setting: after turning forwarding on or off, reload.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -89,19 +89,19 @@ impl Controller {
         let Some(held) = &mut self.held else {
             return;
         };
-        let backends: BTreeSet<Ipv4Addr> = self
+        let backends: BTreeSet<IpAddr> = self
             .config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter())
-            // (Next hops are held for IPv4 backends only.)
-            .filter_map(|b| match b.address {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            })
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
-        // One-arm sends from its SNAT address; two-arm (a cluster) forwards the client's.
-        let from = self.config.snat_v4().first().copied();
+        // One-arm sends from its SNAT addresses; two-arm (a cluster) forwards the client's.
+        let from: Vec<IpAddr> = self
+            .config
+            .snat
+            .iter()
+            .flat_map(|s| s.addresses.clone())
+            .collect();
         // A two-arm cluster asks the FIB for the way to a client it did not learn from the
         // client (a connection adopted from its backend's packet): the routers towards the
         // clients are kept resolved too.
@@ -109,7 +109,7 @@ impl Controller {
             (self.config.mode == Mode::TwoArm).then(|| self.config.interfaces.client.clone());
         let now = match held
             .resolver
-            .resolve(&backends, from, client_side.as_deref())
+            .resolve(&backends, &from, client_side.as_deref())
         {
             Ok(now) => now,
             Err(e) => {
@@ -148,7 +148,7 @@ impl Controller {
     pub(super) fn host_facts(&self, own_macs: Vec<lb_common::settings::OwnMac>) -> HostFacts {
         HostFacts {
             own_macs,
-            held_hops: self.held.as_ref().map(|h| h.last.held_hops()),
+            held_hops: self.held.as_ref().map(|h| h.last.hops.clone()),
             ..HostFacts::default()
         }
     }

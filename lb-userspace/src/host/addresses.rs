@@ -1,7 +1,10 @@
 //! Makes the kernel answer ARP and neighbour discovery for the VIPs (and, in one-arm, the SNAT
-//! addresses): each becomes a /32 or /128 address on the client interface (IPv6 ones without
-//! duplicate address detection, which would hold them tentative, unusable, for a second). Only
-//! addresses the daemon added (or, after a restart, adopted) are removed again.
+//! addresses): each becomes a /32 or /128 address on the client interface. IPv6 ones skip
+//! duplicate address detection, which would hold them tentative, unusable, for a second, and
+//! are deprecated from the start (`preferred_lft 0`): they answer neighbour discovery and take
+//! traffic, but the host never picks them as the source of its own connections (a health
+//! probe from the VIP would have its answer balanced as VIP traffic). Only addresses the
+//! daemon added (or, after a restart, adopted) are removed again.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -43,7 +46,7 @@ impl VipOwner {
             let prefix = host_prefix(*vip);
             add.extend([prefix.as_str(), "dev", &self.iface]);
             if vip.is_ipv6() {
-                add.push("nodad");
+                add.extend(["nodad", "preferred_lft", "0"]);
             }
             ip(&add)?;
             self.owned.insert(*vip);

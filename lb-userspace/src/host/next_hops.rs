@@ -1,6 +1,7 @@
 //! Held routing: one-arm on a host that does not forward. The kernel refuses `bpf_fib_lookup`
-//! on an interface without forwarding, so the controller resolves each backend's next hop the
-//! way the host itself would send to it from its SNAT address: the route (`ip route get B from
+//! on an interface without forwarding, so the controller resolves each backend's next hop (of
+//! either IP version) the way the host itself would send to it from its SNAT address of that
+//! version: the route (`ip route get B from
 //! S`), the next hop's MAC from the neighbour table, and the egress interface's index, MAC and
 //! MTU. The datapath then uses what is held (`Routing::Held`).
 //!
@@ -10,7 +11,7 @@
 //! Entries an administrator made static are left alone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use lb_common::next_hop::{HELD_EPOCH, NextHop};
@@ -22,31 +23,21 @@ use super::{ip, run_ip};
 /// other has none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
-    pub hops: BTreeMap<Ipv4Addr, NextHop>,
-    pub unresolved: BTreeMap<Ipv4Addr, String>,
-}
-
-impl Resolved {
-    /// The next hops as the plan takes them (`HostFacts::held_hops`).
-    pub fn held_hops(&self) -> BTreeMap<IpAddr, NextHop> {
-        self.hops
-            .iter()
-            .map(|(&addr, &hop)| (IpAddr::V4(addr), hop))
-            .collect()
-    }
+    pub hops: BTreeMap<IpAddr, NextHop>,
+    pub unresolved: BTreeMap<IpAddr, String>,
 }
 
 /// Resolves backends' next hops and keeps the managed neighbour entries it made.
 #[derive(Debug, Default)]
 pub struct Resolver {
     /// (address, interface) of each managed entry this daemon made.
-    managed: BTreeSet<(Ipv4Addr, String)>,
+    managed: BTreeSet<(IpAddr, String)>,
 }
 
 #[derive(Deserialize)]
 struct Route {
-    dst: Ipv4Addr,
-    gateway: Option<Ipv4Addr>,
+    dst: IpAddr,
+    gateway: Option<IpAddr>,
     dev: String,
     #[serde(default)]
     metrics: Vec<RouteMetric>,
@@ -59,7 +50,7 @@ struct RouteMetric {
 
 #[derive(Deserialize)]
 struct Neighbour {
-    dst: Ipv4Addr,
+    dst: IpAddr,
     dev: String,
     lladdr: Option<String>,
     #[serde(default)]
@@ -79,15 +70,16 @@ struct Link {
 const USABLE: [&str; 6] = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"];
 
 impl Resolver {
-    /// The next hop of every address in `backends`, sending from `from` (when given). Managed
+    /// The next hop of every address in `backends`, sending from the address of its version in
+    /// `from` (when there is one). Managed
     /// neighbour entries are made for next hops that have no static one, and for the gateways
     /// of the routes out of `client_side` (when given), and dropped for those no longer needed;
     /// a next hop just made managed resolves later (its change reaches the routing watch), so
     /// it is unresolved now.
     pub fn resolve(
         &mut self,
-        backends: &BTreeSet<Ipv4Addr>,
-        from: Option<Ipv4Addr>,
+        backends: &BTreeSet<IpAddr>,
+        from: &[IpAddr],
         client_side: Option<&str>,
     ) -> Result<Resolved> {
         let mut found = Resolved::default();
@@ -98,8 +90,8 @@ impl Resolver {
                 .into_iter()
                 .map(|l| (l.ifname.clone(), l))
                 .collect();
-        let neighbours = neighbours(&ip(&["-j", "-4", "neigh", "show"])?)?;
-        let mut needed: BTreeSet<(Ipv4Addr, String)> = routes
+        let neighbours = neighbours(&ip(&["-j", "neigh", "show"])?)?;
+        let mut needed: BTreeSet<(IpAddr, String)> = routes
             .values()
             .map(|r| (r.gateway.unwrap_or(r.dst), r.dev.clone()))
             .collect();
@@ -171,9 +163,9 @@ impl Resolver {
     /// could not be made failed.
     fn manage(
         &mut self,
-        needed: &BTreeSet<(Ipv4Addr, String)>,
-        neighbours: &BTreeMap<(Ipv4Addr, String), NeighbourEntry>,
-    ) -> BTreeMap<(Ipv4Addr, String), String> {
+        needed: &BTreeSet<(IpAddr, String)>,
+        neighbours: &BTreeMap<(IpAddr, String), NeighbourEntry>,
+    ) -> BTreeMap<(IpAddr, String), String> {
         let mut failed = BTreeMap::new();
         for (addr, dev) in needed.difference(&self.managed.clone()) {
             if neighbours
@@ -200,27 +192,37 @@ impl Resolver {
     }
 }
 
-/// One `ip route get` per backend, in one batch, sending from `from`; a backend without a
-/// route has no answer. The kernel answers "from" lookups only for a local source: until
-/// the SNAT address is on an interface (the daemon adds it after its first resolution),
-/// the rest are asked without one.
-fn routes_to(
-    backends: &BTreeSet<Ipv4Addr>,
-    from: Option<Ipv4Addr>,
-) -> Result<BTreeMap<Ipv4Addr, Route>> {
-    let mut found = match from {
-        Some(from) => route_batch(backends.iter(), &format!(" from {from}"))?,
-        None => BTreeMap::new(),
-    };
-    let rest: Vec<&Ipv4Addr> = backends.iter().filter(|b| !found.contains_key(b)).collect();
-    if !rest.is_empty() {
-        found.extend(route_batch(rest.into_iter(), "")?);
+/// One `ip route get` per backend, in one batch per IP version, sending from the address of
+/// its version in `from`; a backend without a route has no answer. The kernel answers "from"
+/// lookups only for a local source: until the SNAT address is on an interface (the daemon adds
+/// it after its first resolution), the rest are asked without one.
+fn routes_to(backends: &BTreeSet<IpAddr>, from: &[IpAddr]) -> Result<BTreeMap<IpAddr, Route>> {
+    let mut found = BTreeMap::new();
+    for v6 in [false, true] {
+        let of_version: Vec<&IpAddr> = backends.iter().filter(|b| b.is_ipv6() == v6).collect();
+        if of_version.is_empty() {
+            continue;
+        }
+        if let Some(from) = from.iter().find(|a| a.is_ipv6() == v6) {
+            found.extend(route_batch(
+                of_version.iter().copied(),
+                v6,
+                &format!(" from {from}"),
+            )?);
+        }
+        let rest: Vec<&IpAddr> = of_version
+            .into_iter()
+            .filter(|b| !found.contains_key(*b))
+            .collect();
+        if !rest.is_empty() {
+            found.extend(route_batch(rest.into_iter(), v6, "")?);
+        }
     }
     Ok(found)
 }
 
 /// The gateways in `ip route show` output (`... via 198.18.0.10 ...`).
-fn gateways(table: &str) -> BTreeSet<Ipv4Addr> {
+fn gateways(table: &str) -> BTreeSet<IpAddr> {
     table
         .lines()
         .filter_map(|l| {
@@ -231,26 +233,28 @@ fn gateways(table: &str) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// `ip route get B<suffix>` for each of `backends`, in one `ip -batch`.
+/// `ip route get B<suffix>` for each of `backends` (all IPv6, or all IPv4), in one `ip -batch`.
 fn route_batch<'a>(
-    backends: impl Iterator<Item = &'a Ipv4Addr>,
+    backends: impl Iterator<Item = &'a IpAddr>,
+    v6: bool,
     suffix: &str,
-) -> Result<BTreeMap<Ipv4Addr, Route>> {
+) -> Result<BTreeMap<IpAddr, Route>> {
     let batch: String = backends
         .map(|b| format!("route get {b}{suffix}\n"))
         .collect();
+    let family = if v6 { "-6" } else { "-4" };
     // -force: a backend without a route must not stop the others' lookups.
-    let out = run_ip(&["-j", "-4", "-force", "-batch", "-"], Some(batch))?;
+    let out = run_ip(&["-j", family, "-force", "-batch", "-"], Some(batch))?;
     routes(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn forget(addr: Ipv4Addr, dev: &str) {
+fn forget(addr: IpAddr, dev: &str) {
     // Gone already (the interface went away) is fine: nothing is left to release.
     let _ = ip(&["neigh", "del", &addr.to_string(), "dev", dev]);
 }
 
 /// The routes in `ip -j route get` answers (one JSON array per answer), by destination.
-fn routes(text: &str) -> Result<BTreeMap<Ipv4Addr, Route>> {
+fn routes(text: &str) -> Result<BTreeMap<IpAddr, Route>> {
     let mut by_dst = BTreeMap::new();
     for answer in serde_json::Deserializer::from_str(text).into_iter::<Vec<Route>>() {
         for route in answer.context("reading ip -j route get")? {
@@ -270,7 +274,7 @@ struct NeighbourEntry {
 }
 
 /// The neighbour table (`ip -j neigh show`) by (address, interface).
-fn neighbours(text: &str) -> Result<BTreeMap<(Ipv4Addr, String), NeighbourEntry>> {
+fn neighbours(text: &str) -> Result<BTreeMap<(IpAddr, String), NeighbourEntry>> {
     let all: Vec<Neighbour> = serde_json::from_str(text).context("reading ip -j neigh show")?;
     Ok(all
         .into_iter()

@@ -137,18 +137,19 @@ impl Programmer {
             .config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter())
-            .filter_map(|b| match b.address {
-                std::net::IpAddr::V4(a) => Some(a),
-                std::net::IpAddr::V6(_) => None,
-            })
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
-        let snat = self.config.snat_v4().first().copied();
+        let snat: Vec<std::net::IpAddr> = self
+            .config
+            .snat
+            .iter()
+            .flat_map(|s| s.addresses.clone())
+            .collect();
         let held_hops = self.held.as_mut().map(|resolver| {
             resolver
-                .resolve(&backends, snat, None)
+                .resolve(&backends, &snat, None)
                 .expect("resolve the backends' next hops")
-                .held_hops()
+                .hops
         });
         let host = HostFacts {
             own_macs,

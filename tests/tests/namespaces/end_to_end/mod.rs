@@ -222,6 +222,7 @@ in_both_modes! {
     syn_flood::syn_flood: syn_flood_two_arm, syn_flood_one_arm;
     churn::churn: reload_churn_and_kill_two_arm, reload_churn_and_kill_one_arm;
     fragments::fragmented_datagrams: fragmented_datagrams_two_arm, fragmented_datagrams_one_arm;
+    ipv6::dual_stack: dual_stack_two_arm, dual_stack_one_arm;
     pmtu::path_mtu_through_the_nat: path_mtu_through_the_nat_two_arm, path_mtu_through_the_nat_one_arm;
 }
 
@@ -229,12 +230,6 @@ in_both_modes! {
 #[test]
 fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
     ownership::direct_connections_from_reused_ports();
-}
-
-/// Two-arm only until IPv6 next hops are held (one-arm needs them).
-#[test]
-fn dual_stack_two_arm() {
-    ipv6::dual_stack_two_arm();
 }
 
 #[test]
