@@ -33,6 +33,15 @@ impl Delta {
             .word((old >> 16) as u16, (new >> 16) as u16)
     }
 
+    /// Adds the change of one 16-byte address (`crate::addr::Addr`) as its eight words.
+    #[inline(always)]
+    pub const fn addr(self, old: &[u32; 4], new: &[u32; 4]) -> Self {
+        self.word32(old[0], new[0])
+            .word32(old[1], new[1])
+            .word32(old[2], new[2])
+            .word32(old[3], new[3])
+    }
+
     /// Combines two deltas.
     #[inline(always)]
     pub const fn add(self, other: Delta) -> Self {

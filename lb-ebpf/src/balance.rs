@@ -19,7 +19,7 @@ use crate::{
     Outcome, cluster,
     conntrack::{self, Stage},
     derived, forward, fragments,
-    ip::IpHeader,
+    ip::{IpHeader, same_addr},
     maps::{BACKEND_HOPS, HALF_OPEN_REPLIES, REPLIES, SERVICE_RULES, SERVICES},
     mem, nat,
     packet::{ETH_HLEN, EthHdr, Ipv4Hdr, Ipv6Hdr, L4, ipv4_header_len, ipv6_transport, parse_l4},
@@ -250,11 +250,7 @@ pub fn backend_hop(id: u32, addr: &[u32; 4]) -> Option<*mut NextHop> {
     // SAFETY: a pointer to a live array element; the datapath only stores the hop's fields
     // (see `forward::send`), the controller the whole element.
     let kept = unsafe { &mut *kept };
-    if kept.addr[0] == addr[0]
-        && kept.addr[1] == addr[1]
-        && kept.addr[2] == addr[2]
-        && kept.addr[3] == addr[3]
-    {
+    if same_addr(&kept.addr, addr) {
         return Some(&mut kept.hop);
     }
     let scratch = scratch::get()?;

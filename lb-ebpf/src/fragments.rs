@@ -116,18 +116,8 @@ pub fn follow<I: IpHeader>(
     stats::flow_event(FlowEvent::FragmentFollowed);
     let epoch = forward::epoch(now, s);
     let ask_fib = to_client && s.asks_fib_for_client_hops();
-    let sent = match forward::send(
-        ctx,
-        eth,
-        ip,
-        &Ports { src: 0, dst: 0 },
-        &mut e.hop,
-        epoch,
-        ask_fib,
-    ) {
-        // A fragment may be fragmented again (it has no DF): the kernel does it.
-        Outcome::TooBig(_) => Outcome::Pass(PassReason::FragNeeded),
-        sent => sent,
-    };
+    let no_ports = Ports { src: 0, dst: 0 };
+    // A fragment may be fragmented again (it has no DF): the kernel does it.
+    let sent = forward::send(ctx, eth, ip, &no_ports, &mut e.hop, epoch, ask_fib).unanswered();
     Some(cluster::to_kernel_as_own(ctx, s, sent))
 }

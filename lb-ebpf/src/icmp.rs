@@ -203,7 +203,7 @@ fn translate_error(
         let epoch = forward::epoch(now, s);
         let hop = balance::backend_hop(backend_id, &reply.src)?;
         let sent = forward::send(ctx, eth, ip, &Ports { src: 0, dst: 0 }, hop, epoch, false);
-        return Some(cluster::to_kernel_as_own(ctx, s, not_answered(sent)));
+        return Some(cluster::to_kernel_as_own(ctx, s, sent.unanswered()));
     }
     // SAFETY: as above.
     unsafe { BACKEND_ADDRS.get(&AddrKey::v4_word(q.tuple.dst[0])) }?;
@@ -227,17 +227,7 @@ fn translate_error(
     let hop = unsafe { &mut (*flow).client_hop };
     let ask_fib = s.asks_fib_for_client_hops();
     let sent = forward::send(ctx, eth, ip, &Ports { src: 0, dst: 0 }, hop, epoch, ask_fib);
-    Some(cluster::to_kernel_as_own(ctx, s, not_answered(sent)))
-}
-
-/// An ICMP error is never answered with another (RFC 1122): one too big for its next hop goes
-/// to the kernel.
-#[inline(always)]
-fn not_answered(sent: Outcome) -> Outcome {
-    match sent {
-        Outcome::TooBig(_) => Outcome::Pass(PassReason::FragNeeded),
-        sent => sent,
-    }
+    Some(cluster::to_kernel_as_own(ctx, s, sent.unanswered()))
 }
 
 /// Rewrites the error to `outer_src → outer_dst`, and the packet it quotes to `to` (source and
@@ -349,7 +339,16 @@ pub fn too_big(
     {
         return Outcome::Pass(PassReason::FragNeeded);
     }
-    match answer_too_big(ctx, original, mtu as u16, s) {
+    answered(answer_too_big(ctx, original, mtu as u16, s))
+}
+
+/// An `answer_too_big` (of either version) could not grow the frame: the packet is as it was.
+pub const UNTOUCHED: u32 = xdp_action::XDP_ABORTED;
+
+/// The outcome of an `answer_too_big` (of either version) that returned `action`.
+#[inline(always)]
+pub fn answered(action: u32) -> Outcome {
+    match action {
         xdp_action::XDP_TX => {
             stats::flow_event(FlowEvent::TooBigAnswered);
             Outcome::Sent(xdp_action::XDP_TX)
@@ -358,9 +357,6 @@ pub fn too_big(
         action => Outcome::Sent(action),
     }
 }
-
-/// `answer_too_big` could not grow the frame: the packet is as it was.
-const UNTOUCHED: u32 = xdp_action::XDP_ABORTED;
 
 /// Turns the translated packet into a "fragmentation needed" (MTU `mtu`) to its sender, about
 /// the packet as sent (`original`): an IPv4 and an ICMP header go in front of it, its

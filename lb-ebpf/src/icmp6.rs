@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    addr::{Addr, AddrKey, FAMILY_V6, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    addr::{Addr, FAMILY_V6, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     checksum::Delta,
     flow::FlowKey,
     settings::{DatapathSettings, Mode},
@@ -20,7 +20,8 @@ use lb_common::{
 
 use crate::{
     Outcome, balance, conntrack, forward,
-    icmp::IcmpHdr,
+    icmp::{self, IcmpHdr, UNTOUCHED},
+    ip::{same_addr, v6_key},
     maps::{BACKEND_ADDRS, VIPS},
     mem, nat,
     packet::{
@@ -38,28 +39,6 @@ const ICMP_LEN: usize = 8;
 /// The hop limit of the messages the datapath writes.
 const HOP_LIMIT: u8 = 64;
 
-/// The address-set key of an IPv6 address (copied by words: a plain copy is a `memmove` call).
-#[inline(always)]
-fn key_of(addr: &Addr) -> AddrKey {
-    let mut key = AddrKey::new([0; 4], FAMILY_V6);
-    mem::copy(&mut key.addr, addr);
-    key
-}
-
-#[inline(always)]
-fn same(a: &Addr, b: &Addr) -> bool {
-    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
-}
-
-/// The change of replacing the address `old` by `new`, as checksum words.
-#[inline(always)]
-fn addr_delta(d: Delta, old: &Addr, new: &Addr) -> Delta {
-    d.word32(old[0], new[0])
-        .word32(old[1], new[1])
-        .word32(old[2], new[2])
-        .word32(old[3], new[3])
-}
-
 /// The ICMPv6 stage: a packet sent to the balancer's MAC whose next header is ICMPv6 (as the
 /// entry walked it).
 #[inline(always)]
@@ -70,7 +49,7 @@ pub fn stage(
     s: &DatapathSettings,
 ) -> Outcome {
     // SAFETY: the element stays valid for this program run (RCU).
-    let to_vip = unsafe { VIPS.get(&key_of(&ip.dst)) }.is_some();
+    let to_vip = unsafe { VIPS.get(&v6_key(&ip.dst)) }.is_some();
     let untouched = if to_vip {
         Outcome::Pass(PassReason::IcmpToVip)
     } else {
@@ -166,7 +145,7 @@ fn translate_error(
 ) -> Option<Outcome> {
     let q = quoted(ctx, at, end)?;
     // The error goes where the quoted packet came from.
-    if !same(&ip.dst, &q.tuple.src) {
+    if !same_addr(&ip.dst, &q.tuple.src) {
         return None;
     }
     if ip.hop_limit <= 1 {
@@ -177,7 +156,7 @@ fn translate_error(
     let epoch = forward::epoch(now, s);
     let no_ports = Ports { src: 0, dst: 0 };
     // SAFETY: the elements stay valid for this program run (RCU).
-    let sent = if unsafe { VIPS.get(&key_of(&q.tuple.src)) }.is_some() {
+    let sent = if unsafe { VIPS.get(&v6_key(&q.tuple.src)) }.is_some() {
         // About a reply the balancer sent from the VIP: for the flow's backend (in one-arm
         // from the SNAT address it knows), about the reply as the backend sent it.
         let client = q.tuple.reversed();
@@ -195,12 +174,12 @@ fn translate_error(
         forward::send(ctx, eth, ip, &no_ports, hop, epoch, false)
     } else {
         // SAFETY: as above.
-        unsafe { BACKEND_ADDRS.get(&key_of(&q.tuple.dst)) }?;
+        unsafe { BACKEND_ADDRS.get(&v6_key(&q.tuple.dst)) }?;
         // About a client's packet the balancer sent to a backend: for the client, about its
         // packet as it sent it; the backend's own error comes from the VIP.
         let reply = q.tuple.reversed();
         let (client, flow) = conntrack::flow_of_reply(&reply, s, now)?;
-        let outer_src = if same(&ip.src, &reply.src) {
+        let outer_src = if same_addr(&ip.src, &reply.src) {
             client.dst
         } else {
             ip.src
@@ -211,11 +190,7 @@ fn translate_error(
         let hop = unsafe { &mut (*flow).client_hop };
         forward::send(ctx, eth, ip, &no_ports, hop, epoch, false)
     };
-    // An error is never answered with another: one too big for its next hop is the kernel's.
-    Some(match sent {
-        Outcome::TooBig(_) => Outcome::Pass(PassReason::FragNeeded),
-        sent => sent,
-    })
+    Some(sent.unanswered())
 }
 
 /// Rewrites the error to `outer_src → outer_dst` and its quote to `to`, with the quoted
@@ -232,11 +207,9 @@ fn rewrite(
 ) {
     // SAFETY: `quoted` checked that these lie inside the packet, which outlives this call.
     let (inner, ports) = unsafe { (&mut *q.ip, &mut *q.ports) };
-    let addrs = addr_delta(
-        addr_delta(Delta::new(), &inner.src, &to.src),
-        &inner.dst,
-        &to.dst,
-    );
+    let addrs = Delta::new()
+        .addr(&inner.src, &to.src)
+        .addr(&inner.dst, &to.dst);
     let l4 = addrs
         .word(ports.src, to.src_port)
         .word(ports.dst, to.dst_port);
@@ -252,11 +225,9 @@ fn rewrite(
         };
         message = message.word(old, *check);
     }
-    let pseudo = addr_delta(
-        addr_delta(Delta::new(), &ip.src, outer_src),
-        &ip.dst,
-        outer_dst,
-    );
+    let pseudo = Delta::new()
+        .addr(&ip.src, outer_src)
+        .addr(&ip.dst, outer_dst);
     icmp.check = message.add(pseudo).apply(icmp.check);
     mem::copy(&mut inner.src, &to.src);
     mem::copy(&mut inner.dst, &to.dst);
@@ -294,9 +265,6 @@ const PREPENDED: usize = IPV6_HLEN + ICMP_LEN;
 /// What a "packet too big" quotes of the packet: its header and the first 8 bytes after it
 /// (the ports, and TCP's sequence number), by which the sender finds its connection.
 const QUOTE_LEN: usize = IPV6_HLEN + 8;
-/// `answer_too_big` could not grow the frame: the packet is as it was.
-const UNTOUCHED: u32 = xdp_action::XDP_ABORTED;
-
 /// `icmp::too_big` for IPv6: a translated packet larger than its next hop's MTU `mtu` is to
 /// be answered with a "packet too big" to its sender about the packet as sent (`original`), so
 /// that the sender lowers its path MTU (IPv6 routers never fragment). The answer is written by
@@ -335,14 +303,7 @@ pub fn answer(ctx: &XdpContext, outcome: Outcome) -> Outcome {
     let Some(scratch) = scratch::get() else {
         return Outcome::Pass(PassReason::FragNeeded);
     };
-    match answer_too_big(ctx, &scratch.sent_as, mtu) {
-        xdp_action::XDP_TX => {
-            stats::flow_event(FlowEvent::TooBigAnswered);
-            Outcome::Sent(xdp_action::XDP_TX)
-        }
-        UNTOUCHED => Outcome::Pass(PassReason::FragNeeded),
-        action => Outcome::Sent(action),
-    }
+    icmp::answered(answer_too_big(ctx, &scratch.sent_as, mtu))
 }
 
 /// Turns the translated packet into a "packet too big" (MTU `mtu`) to its sender, about the
@@ -381,11 +342,9 @@ fn write_too_big(
     mem::copy_mac(&mut to_mac, &old_eth.src);
     mem::copy_mac(&mut from_mac, &old_eth.dst);
     // The quote as sent: addresses, ports and (UDP, whose checksum the quote holds) checksum.
-    let addrs = addr_delta(
-        addr_delta(Delta::new(), &old_ip.src, &original.src),
-        &old_ip.dst,
-        &original.dst,
-    );
+    let addrs = Delta::new()
+        .addr(&old_ip.src, &original.src)
+        .addr(&old_ip.dst, &original.dst);
     let l4 = addrs
         .word(old_l4[0], original.src_port)
         .word(old_l4[1], original.dst_port);

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
-    addr::{Addr, FAMILY_V4, FAMILY_V6},
+    addr::{Addr, AddrKey, FAMILY_V4, FAMILY_V6},
     checksum::Delta,
     flow::FlowKey,
     next_hop::NextHop,
@@ -17,6 +17,21 @@ use crate::{
     packet::{IPV6_FIRST_FRAGMENT, Ipv4Hdr, Ipv6Hdr},
     scratch,
 };
+
+/// The address-set key of an IPv6 address in the packet (copied by words: a plain copy of 16
+/// bytes would be a `memmove` call).
+#[inline(always)]
+pub fn v6_key(addr: &Addr) -> AddrKey {
+    let mut key = AddrKey::new([0; 4], FAMILY_V6);
+    mem::copy(&mut key.addr, addr);
+    key
+}
+
+/// Word-by-word equality (an array `==` may become a `memcmp` call, which BPF cannot make).
+#[inline(always)]
+pub fn same_addr(a: &Addr, b: &Addr) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3]
+}
 
 pub trait IpHeader {
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -175,12 +190,7 @@ impl IpHeader for Ipv6Hdr {
 
     #[inline(always)]
     fn readdress(&mut self, src: &Addr, dst: &Addr) -> Delta {
-        let mut addrs = Delta::new();
-        for i in 0..4 {
-            addrs = addrs
-                .word32(self.src[i], src[i])
-                .word32(self.dst[i], dst[i]);
-        }
+        let addrs = Delta::new().addr(&self.src, src).addr(&self.dst, dst);
         mem::copy(&mut self.src, src);
         mem::copy(&mut self.dst, dst);
         addrs

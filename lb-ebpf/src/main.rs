@@ -30,7 +30,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
-    addr::{FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6},
+    addr::{PROTO_ICMP, PROTO_ICMPV6},
     programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, ICMP6, TO_VIP, TO_VIP6},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
@@ -55,6 +55,19 @@ pub enum Outcome {
     /// variant's: with a narrower one LLVM leaves the rest of the register undefined, which the
     /// verifier refuses to read.)
     TooBig(u32),
+}
+
+impl Outcome {
+    /// This outcome, with a packet too big for its next hop left to the kernel: what is never
+    /// answered with "fragmentation needed" (an ICMP error, RFC 1122; a later fragment, which
+    /// the kernel may fragment again).
+    #[inline(always)]
+    fn unanswered(self) -> Outcome {
+        match self {
+            Outcome::TooBig(_) => Outcome::Pass(PassReason::FragNeeded),
+            outcome => outcome,
+        }
+    }
 }
 
 /// The entry program, attached to the interfaces: classifies the packet and tail-calls the
@@ -333,7 +346,7 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
     let ip = unsafe { &*ip };
     let valid = ipv6_valid(ip, ctx.data_end() - ctx.data() - ETH_HLEN);
     // SAFETY: the element stays valid for this program run (RCU).
-    if unsafe { VIPS.get(&v6_key(&ip.dst)) }.is_some() {
+    if unsafe { VIPS.get(&ip::v6_key(&ip.dst)) }.is_some() {
         if sent_to_us(ctx, eth).is_none() {
             return Outcome::Pass(PassReason::NotForUs);
         }
@@ -362,7 +375,7 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
         return Outcome::Pass(PassReason::NotOurs);
     }
     // SAFETY: as above.
-    if unsafe { BACKEND_ADDRS.get(&v6_key(&ip.src)) }.is_some() {
+    if unsafe { BACKEND_ADDRS.get(&ip::v6_key(&ip.src)) }.is_some() {
         if sent_to_us(ctx, eth).is_none() {
             return Outcome::Pass(PassReason::NotForUs);
         }
@@ -371,15 +384,6 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
         return Outcome::Drop(DropReason::NoStage);
     }
     Outcome::Pass(PassReason::NotOurs)
-}
-
-/// The address-set key of an IPv6 address in the packet (copied by words: a plain copy of 16
-/// bytes would be a `memmove` call).
-#[inline(always)]
-fn v6_key(addr: &[u32; 4]) -> AddrKey {
-    let mut key = AddrKey::new([0; 4], FAMILY_V6);
-    mem::copy(&mut key.addr, addr);
-    key
 }
 
 /// Walks the IPv6 packet's extension headers for the stage it goes to (`packet::walk_ipv6`);
