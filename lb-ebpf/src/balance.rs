@@ -77,9 +77,10 @@ pub fn to_vip_v4(
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Outcome::Drop(DropReason::NoService);
     }
-    let Some(l4) = transport(ctx, ip) else {
+    let Some(mut l4) = transport(ctx, ip) else {
         return Outcome::Drop(DropReason::MalformedL4);
     };
+    l4.first_fragment = fragments::is_first(ip);
     to_vip(ctx, eth, ip, l4, settings)
 }
 
@@ -106,9 +107,10 @@ pub fn to_vip_v6(
         PROTO_ICMPV6 => return Outcome::Pass(PassReason::IcmpToVip),
         _ => return Outcome::Drop(DropReason::NoService),
     }
-    let Some(l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
+    let Some(mut l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
         return Outcome::Drop(DropReason::MalformedL4);
     };
+    l4.first_fragment = t.first;
     to_vip(ctx, eth, ip, l4, settings)
 }
 
@@ -230,7 +232,9 @@ fn to_vip<I: IpHeader>(
     let Some(hop) = backend_hop(flow.backend_id, &r.src) else {
         return Outcome::Pass(PassReason::NoFastRoute);
     };
-    ip.keep_first_fragment(&key, hop, flow.backend_id, false);
+    if l4.first_fragment {
+        fragments::record(&key, ip, hop, flow.backend_id, false);
+    }
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, false) {
         Outcome::TooBig(mtu) => ip.too_big(ctx, &key, mtu, settings),
@@ -275,9 +279,10 @@ pub fn from_backend_v4(
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Outcome::Pass(PassReason::NotOurs);
     }
-    let Some(l4) = transport(ctx, ip) else {
+    let Some(mut l4) = transport(ctx, ip) else {
         return Outcome::Pass(PassReason::Malformed);
     };
+    l4.first_fragment = fragments::is_first(ip);
     from_backend(ctx, eth, ip, l4, settings)
 }
 
@@ -299,9 +304,10 @@ pub fn from_backend_v6(
     if t.proto != PROTO_TCP && t.proto != PROTO_UDP {
         return Outcome::Pass(PassReason::NotOurs);
     }
-    let Some(l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
+    let Some(mut l4) = parse_l4(ctx, t.offset, t.proto, t.len) else {
         return Outcome::Pass(PassReason::Malformed);
     };
+    l4.first_fragment = t.first;
     from_backend(ctx, eth, ip, l4, settings)
 }
 
@@ -380,8 +386,10 @@ fn to_client<I: IpHeader>(
     let epoch = forward::epoch(now, settings);
     // SAFETY: a pointer to a live LRU element (valid for this run under RCU).
     let hop = unsafe { &mut (*flow).client_hop };
-    // SAFETY: as above; its reply tuple is this packet's as the backend sent it.
-    ip.keep_first_fragment(unsafe { &(*flow).reply }, hop, entry.backend_id, true);
+    if l4.first_fragment {
+        // SAFETY: as above; its reply tuple is this packet's as the backend sent it.
+        fragments::record(unsafe { &(*flow).reply }, ip, hop, entry.backend_id, true);
+    }
     let ask_fib = settings.asks_fib_for_client_hops();
     // SAFETY: `parse_l4` checked that these bytes lie inside the packet, which outlives this call.
     let sent = match forward::send(ctx, eth, ip, unsafe { &*l4.ports }, hop, epoch, ask_fib) {

@@ -1,20 +1,19 @@
 //! The two IP versions behind one interface, so that each stage's logic is written once and
-//! compiled for each version (`xnlb_to_vip` and `xnlb_to_vip6`, ...). What only IPv4 does yet
-//! (following fragments, answering "fragmentation needed") are hooks whose IPv6 side hands the
-//! packet to the kernel.
+//! compiled for each version (`xnlb_to_vip` and `xnlb_to_vip6`, ...). What differs beyond the
+//! header's fields (where a fragment's identification is, how a packet too big is answered) is
+//! a method too.
 
 use aya_ebpf::{bindings::bpf_fib_lookup as FibParams, programs::XdpContext};
 use lb_common::{
     addr::{Addr, AddrKey, FAMILY_V4, FAMILY_V6},
     checksum::Delta,
     flow::FlowKey,
-    next_hop::NextHop,
     settings::DatapathSettings,
 };
 
 use crate::{
-    Outcome, fragments, icmp, icmp6, mem,
-    packet::{IPV6_FIRST_FRAGMENT, Ipv4Hdr, Ipv6Hdr},
+    Outcome, icmp, icmp6, mem,
+    packet::{Ipv4Hdr, Ipv6Hdr},
     scratch,
 };
 
@@ -51,15 +50,6 @@ pub trait IpHeader {
     fn fib_params(&self, fib: &mut FibParams);
     /// The identification its fragments share (IPv4's 16 bits, IPv6's 32, network order).
     fn fragment_id(&self) -> u32;
-    /// The first fragment of a datagram keeps its translation (already applied; `sent_as` is
-    /// the tuple it came with) for the datagram's later fragments.
-    fn keep_first_fragment(
-        &self,
-        sent_as: &FlowKey,
-        hop: *const NextHop,
-        backend_id: u32,
-        to_client: bool,
-    );
     /// A translated packet larger than its next hop's MTU `mtu`: answered, or the kernel's.
     fn too_big(
         &self,
@@ -126,19 +116,6 @@ impl IpHeader for Ipv4Hdr {
     #[inline(always)]
     fn fragment_id(&self) -> u32 {
         self.id as u32
-    }
-
-    #[inline(always)]
-    fn keep_first_fragment(
-        &self,
-        sent_as: &FlowKey,
-        hop: *const NextHop,
-        backend_id: u32,
-        to_client: bool,
-    ) {
-        if fragments::is_first(self) {
-            fragments::record(sent_as, self, hop, backend_id, to_client);
-        }
     }
 
     #[inline(always)]
@@ -214,19 +191,6 @@ impl IpHeader for Ipv6Hdr {
     fn fragment_id(&self) -> u32 {
         // From the fragment header, which the entry's walk found (`packet::walk_ipv6`).
         scratch::get().map_or(0, |s| s.ipv6_fragment_id)
-    }
-
-    #[inline(always)]
-    fn keep_first_fragment(
-        &self,
-        sent_as: &FlowKey,
-        hop: *const NextHop,
-        backend_id: u32,
-        to_client: bool,
-    ) {
-        if scratch::get().is_some_and(|s| s.ipv6_transport & IPV6_FIRST_FRAGMENT != 0) {
-            fragments::record(sent_as, self, hop, backend_id, to_client);
-        }
     }
 
     #[inline(always)]

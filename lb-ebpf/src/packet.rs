@@ -73,9 +73,10 @@ pub struct Ipv6Transport {
     pub proto: u8,
     /// Bytes from it to the end of the IP packet.
     pub len: usize,
-    /// The packet is a fragment (it has a fragment header): the first of its datagram, or a
-    /// later one (which carries no transport header).
+    /// The packet is a fragment (it has a fragment header): the first of its datagram (with more
+    /// to come), or a later one (which carries no transport header).
     pub fragment: bool,
+    pub first: bool,
     pub later: bool,
 }
 
@@ -105,6 +106,7 @@ pub fn ipv6_transport(ip: &Ipv6Hdr, packed: u32) -> Option<Ipv6Transport> {
         proto: (packed >> 16) as u8,
         len: end - offset,
         fragment: packed & IPV6_FRAGMENT != 0,
+        first: packed & IPV6_FIRST_FRAGMENT != 0,
         later: packed & IPV6_LATER_FRAGMENT != 0,
     })
 }
@@ -279,6 +281,9 @@ pub struct L4 {
     pub proto: u8,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// The packet is the first fragment of a datagram (set by the stage that knows its IP
+    /// version): its translation is kept for the later ones (`fragments`).
+    pub first_fragment: bool,
 }
 
 impl L4 {
@@ -331,6 +336,7 @@ pub fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Op
                 check: (ctx.data() + offset + 16) as *mut u16,
                 proto,
                 tcp_flags: hdr[13],
+                first_fragment: false,
             })
         }
         PROTO_UDP => {
@@ -343,6 +349,7 @@ pub fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8, l4_len: usize) -> Op
                 check: (ctx.data() + offset + 6) as *mut u16,
                 proto,
                 tcp_flags: 0,
+                first_fragment: false,
             })
         }
         _ => None,
