@@ -386,6 +386,11 @@ impl Config {
         self.services.first().map(Service::vip_v4)
     }
 
+    /// The SNAT addresses (none without a `snat` block).
+    pub fn snat_addresses(&self) -> &[IpAddr] {
+        self.snat.as_ref().map_or(&[], |s| &s.addresses)
+    }
+
     /// Interfaces the program attaches to: the client side, and in two-arm the server side.
     pub fn attach_interfaces(&self) -> Vec<&str> {
         let mut out = vec![self.interfaces.client.as_str()];

@@ -16,9 +16,8 @@ impl Config {
             Mode::OneArm => format!(
                 "one-arm on {}, SNAT from {}",
                 self.interfaces.client,
-                self.snat
+                self.snat_addresses()
                     .iter()
-                    .flat_map(|s| &s.addresses)
                     .map(|a| a.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")

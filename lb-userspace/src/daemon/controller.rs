@@ -155,12 +155,7 @@ impl Controller {
             self.programmed.image.vips.clone()
         };
         if self.config.mode == Mode::OneArm {
-            addrs.extend(
-                self.config
-                    .snat
-                    .iter()
-                    .flat_map(|s| s.addresses.iter().copied()),
-            );
+            addrs.extend(self.config.snat_addresses());
         }
         addrs
     }

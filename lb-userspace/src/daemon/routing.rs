@@ -96,12 +96,7 @@ impl Controller {
             .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
         // One-arm sends from its SNAT addresses; two-arm (a cluster) forwards the client's.
-        let from: Vec<IpAddr> = self
-            .config
-            .snat
-            .iter()
-            .flat_map(|s| s.addresses.clone())
-            .collect();
+        let from = self.config.snat_addresses();
         // A two-arm cluster asks the FIB for the way to a client it did not learn from the
         // client (a connection adopted from its backend's packet): the routers towards the
         // clients are kept resolved too.
@@ -109,7 +104,7 @@ impl Controller {
             (self.config.mode == Mode::TwoArm).then(|| self.config.interfaces.client.clone());
         let now = match held
             .resolver
-            .resolve(&backends, &from, client_side.as_deref())
+            .resolve(&backends, from, client_side.as_deref())
         {
             Ok(now) => now,
             Err(e) => {

@@ -139,15 +139,10 @@ impl Programmer {
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address))
             .collect();
-        let snat: Vec<std::net::IpAddr> = self
-            .config
-            .snat
-            .iter()
-            .flat_map(|s| s.addresses.clone())
-            .collect();
+        let snat = self.config.snat_addresses();
         let held_hops = self.held.as_mut().map(|resolver| {
             resolver
-                .resolve(&backends, &snat, None)
+                .resolve(&backends, snat, None)
                 .expect("resolve the backends' next hops")
                 .hops
         });
