@@ -224,17 +224,13 @@ in_both_modes! {
     fragments::fragmented_datagrams: fragmented_datagrams_two_arm, fragmented_datagrams_one_arm;
     ipv6::dual_stack: dual_stack_two_arm, dual_stack_one_arm;
     pmtu::path_mtu_through_the_nat: path_mtu_through_the_nat_two_arm, path_mtu_through_the_nat_one_arm;
+    pmtu::path_mtu_through_the_nat_ipv6: path_mtu_through_the_nat_ipv6_two_arm, path_mtu_through_the_nat_ipv6_one_arm;
 }
 
 /// Two-arm only: there the backends' own connections route through the balancer.
 #[test]
 fn direct_connections_to_backends_from_reused_client_ports_pass_untouched() {
     ownership::direct_connections_from_reused_ports();
-}
-
-#[test]
-fn path_mtu_through_the_nat_ipv6_two_arm() {
-    pmtu::path_mtu_through_the_nat_ipv6();
 }
 
 /// Two-arm only: there both directions of a flow route through the balancer.

@@ -22,7 +22,7 @@ use std::{
 };
 
 use xnlb_tests::{
-    addresses::{CLIENT_IP, CLIENT_IP6, VIP6, backend_ip6},
+    addresses::{CLIENT_IP, CLIENT_IP6, SNAT_IP, SNAT_IP6},
     apps::{IO_TIMEOUT, connect_from, line_servers},
     nic::NicStandIn,
 };
@@ -294,21 +294,24 @@ fn far_client6(net: &Net, far: &NetNs) {
     ]);
 }
 
-/// The IPv6 counterpart of `path_mtu_through_the_nat` (two-arm): IPv6 routers never fragment,
-/// so "packet too big" is the only way a sender learns, and the balancer must translate it, or
-/// answer it for its own hops.
-pub fn path_mtu_through_the_nat_ipv6() {
-    let farm = Farm::new(Mode::TwoArm, 1);
+/// The IPv6 counterpart of `path_mtu_through_the_nat`: IPv6 routers never fragment, so "packet
+/// too big" is the only way a sender learns, and the balancer must translate it, or answer it
+/// for its own hops (two-arm).
+pub fn path_mtu_through_the_nat_ipv6(mode: Mode) {
+    let farm = Farm::new(mode, 1);
     let net = &farm.net;
     net.add_ipv6();
     let far = far_client(net);
     far_client6(net, &far);
-    let _nics = (
-        NicStandIn::attach(&net.switch, &["lb"]),
-        NicStandIn::attach(&net.client, &["eth0"]),
-    );
+    let _nics = (mode == Mode::TwoArm).then(|| {
+        (
+            NicStandIn::attach(&net.switch, &["lb"]),
+            NicStandIn::attach(&net.client, &["eth0"]),
+        )
+    });
     let _lines = line_servers(&net.backends, LINES);
-    let b1 = backend_ip6(1);
+    let b1 = net.backend_ip6(1);
+    let vip6 = net.vip6();
     let _web6 = HttpBackend::start(
         Some(&net.backends[0]),
         SocketAddr::from((b1, HTTP)),
@@ -317,27 +320,35 @@ pub fn path_mtu_through_the_nat_ipv6() {
     );
     let service = |name: &str, port: u16| {
         format!(
-            "  - name: {name}\n    vip: \"{VIP6}\"\n    ports: [{port}]\n    backends:\n      - {{ name: b1, address: \"{b1}\" }}\n"
+            "  - name: {name}\n    vip: \"{vip6}\"\n    ports: [{port}]\n    backends:\n      - {{ name: b1, address: \"{b1}\" }}\n"
         )
     };
-    let _d = Daemon::start(
-        &net.lb,
-        &farm.config(&[service("web6", HTTP), service("lines6", LINES)]),
-    );
-    let vip: IpAddr = VIP6.into();
+    // One-arm: an IPv6 SNAT address beside the IPv4 one.
+    let config = farm
+        .config(&[service("web6", HTTP), service("lines6", LINES)])
+        .replace(
+            &format!("addresses: [{SNAT_IP}]"),
+            &format!("addresses: [{SNAT_IP}, \"{SNAT_IP6}\"]"),
+        );
+    let _d = Daemon::start(&net.lb, &config);
+    let vip: IpAddr = vip6.into();
 
     // 1. The router's hops to the far client, and to the VIP, are small.
     let client = FAR_CLIENTS6[0].to_string();
     net.client.ip(&[
         "-6", "route", "add", &client, "dev", "far0", "mtu", "lock", SMALL_MTU,
     ]);
+    let towards_vip = match mode {
+        Mode::TwoArm => ["via", "fd00::1"],
+        Mode::OneArm => ["dev", "eth0"],
+    };
     net.client.ip(&[
         "-6",
         "route",
         "add",
-        &VIP6.to_string(),
-        "via",
-        "fd00::1",
+        &format!("{vip6}/128"),
+        towards_vip[0],
+        towards_vip[1],
         "mtu",
         "lock",
         SMALL_MTU,
@@ -357,7 +368,11 @@ pub fn path_mtu_through_the_nat_ipv6() {
         "IPv6 upload past a small router hop",
         upload(&farm, &far, src, vip),
     );
-    net.client.ip(&["-6", "route", "del", &VIP6.to_string()]);
+    if mode == Mode::OneArm {
+        return;
+    }
+    net.client
+        .ip(&["-6", "route", "del", &format!("{vip6}/128")]);
     far.ip(&["-6", "route", "flush", "cache"]);
 
     // 2. The balancer's own route to the far client is small.
