@@ -25,7 +25,7 @@ use xnlb::{
 pub use crate::addresses::*;
 use crate::netns::{Entered, NetNs};
 use crate::packets::{ACK, Pkt, SYN};
-pub use program::{Programmer, backend, service};
+pub use program::{Programmer, backend, backend_at, service, service_at};
 
 /// The router in front of the clients: the plan's client namespace address.
 pub const ROUTER: Ipv4Addr = CLIENT_IP;

@@ -3,7 +3,7 @@
 //! `reconcile` (the same write order). The golden tests therefore test what the daemon writes.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{backend::BackendState, hash::affinity_hash, limits::MAX_BACKENDS};
 use xnlb::{
@@ -24,22 +24,30 @@ use xnlb::{
 /// with the config's defaults (affinity single, weight 100, the client's port kept). Tests
 /// change its fields as a config file would.
 pub fn service(name: &str, port: u16, backends: &[Ipv4Addr]) -> Service {
-    let text = format!(
-        "name: {name}\nvip: {}\nports: [{port}]\nbackends: []\n",
-        crate::addresses::VIP
-    );
+    let backends: Vec<IpAddr> = backends.iter().map(|&a| a.into()).collect();
+    service_at(name, crate::addresses::VIP.into(), port, &backends)
+}
+
+/// `service` on `vip` over `backends`, of either IP version.
+pub fn service_at(name: &str, vip: IpAddr, port: u16, backends: &[IpAddr]) -> Service {
+    let text = format!("name: {name}\nvip: \"{vip}\"\nports: [{port}]\nbackends: []\n");
     let mut s: Service = serde_yaml::from_str(&text).expect("a service");
     s.backends = backends
         .iter()
         .enumerate()
-        .map(|(i, addr)| backend(&format!("b{}", i + 1), *addr))
+        .map(|(i, addr)| backend_at(&format!("b{}", i + 1), *addr))
         .collect();
     s
 }
 
 /// A backend with the config's defaults.
 pub fn backend(name: &str, addr: Ipv4Addr) -> xnlb::config::Backend {
-    let text = format!("name: {name}\naddress: {addr}\n");
+    backend_at(name, addr.into())
+}
+
+/// `backend` at an address of either IP version.
+pub fn backend_at(name: &str, addr: IpAddr) -> xnlb::config::Backend {
+    let text = format!("name: {name}\naddress: \"{addr}\"\n");
     serde_yaml::from_str(&text).expect("a backend")
 }
 
@@ -106,7 +114,7 @@ impl Programmer {
     }
 
     /// One-arm, SNAT from `addresses` with source ports `ports`.
-    pub fn one_arm(&mut self, addresses: &[std::net::IpAddr], ports: (u16, u16)) {
+    pub fn one_arm(&mut self, addresses: &[IpAddr], ports: (u16, u16)) {
         self.config.mode = xnlb::config::Mode::OneArm;
         self.config.snat = Some(Snat {
             addresses: addresses.to_vec(),
@@ -200,14 +208,14 @@ impl Programmer {
     }
 
     /// The address of backend `id`, of either version.
-    pub fn ip_address_of(&self, id: u32) -> std::net::IpAddr {
+    pub fn ip_address_of(&self, id: u32) -> IpAddr {
         let info = self.image().backends[&id];
         xnlb::model::port_rules::ip_of(&info.addr, info.family)
     }
 
     /// The backend (id) the programmed table gives a new flow of `service` from
     /// `client:port`: the datapath's hash over the live table.
-    pub fn predict(&self, service: &str, client: impl Into<std::net::IpAddr>, port: u16) -> u32 {
+    pub fn predict(&self, service: &str, client: impl Into<IpAddr>, port: u16) -> u32 {
         let plan = &self.image().services[&self.service_id(service)];
         let info = plan.info;
         if plan.table.is_empty() {

@@ -25,17 +25,8 @@ fn vip6(port: u16) -> (IpAddr, u16) {
 
 /// `web` on VIP6:443 over three IPv6 backends.
 fn web6(bed: &mut Bed) {
-    let mut web = service("web6", 443, &[]);
-    web.vip = VIP6.into();
-    web.backends = (1..=3)
-        .map(|n| backend(&format!("b{n}"), std::net::Ipv4Addr::UNSPECIFIED))
-        .zip(1..=3)
-        .map(|(mut b, n)| {
-            b.address = backend_ip6(n).into();
-            b
-        })
-        .collect();
-    bed.install(web);
+    let backends: Vec<IpAddr> = (1..=3).map(|n| backend_ip6(n).into()).collect();
+    bed.install(service_at("web6", VIP6.into(), 443, &backends));
 }
 
 /// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
@@ -85,14 +76,8 @@ fn a_two_arm_ipv6_flow_is_balanced_both_ways() {
 #[test]
 fn an_ipv6_udp_flow_and_its_reply() {
     let mut bed = Bed::new();
-    let mut dns = service("dns6", 88, &[]);
-    dns.vip = VIP6.into();
+    let mut dns = service_at("dns6", VIP6.into(), 88, &[backend_ip6(1).into()]);
     dns.protocol = Protocol::Udp;
-    dns.backends = vec![{
-        let mut b = backend("b1", std::net::Ipv4Addr::UNSPECIFIED);
-        b.address = backend_ip6(1).into();
-        b
-    }];
     bed.install(dns);
     let ask = bed.from_client(Pkt::udp(client6(), vip6(88)));
     let b1: IpAddr = backend_ip6(1).into();
@@ -117,14 +102,12 @@ fn an_ipv6_udp_flow_and_its_reply() {
 fn one_arm_ipv6_is_translated_both_ways() {
     let mut bed = Bed::new();
     bed.one_arm((1024, 65535));
-    let mut web = service("web6", 443, &[]);
-    web.vip = VIP6.into();
-    web.backends = vec![{
-        let mut b = backend("b1", std::net::Ipv4Addr::UNSPECIFIED);
-        b.address = one_arm_backend_ip6(1).into();
-        b
-    }];
-    bed.install(web);
+    bed.install(service_at(
+        "web6",
+        VIP6.into(),
+        443,
+        &[one_arm_backend_ip6(1).into()],
+    ));
     let syn = bed.from_client(Pkt::tcp(client6(), vip6(443), SYN));
     let (action, out) = bed.run(bed.client_if, &syn.bytes());
     assert_eq!(action, XDP_TX);
@@ -489,16 +472,9 @@ fn an_ipv6_packet_too_big_for_its_route_is_answered_to_its_sender() {
 #[test]
 fn an_ipv6_datagrams_fragments_follow_its_first_both_ways() {
     let mut bed = Bed::new();
-    let mut dns = service("dns6", 88, &[]);
-    dns.vip = VIP6.into();
+    let backends: Vec<IpAddr> = (1..=3).map(|n| backend_ip6(n).into()).collect();
+    let mut dns = service_at("dns6", VIP6.into(), 88, &backends);
     dns.protocol = Protocol::Udp;
-    dns.backends = (1..=3)
-        .map(|n| {
-            let mut b = backend(&format!("b{n}"), std::net::Ipv4Addr::UNSPECIFIED);
-            b.address = backend_ip6(n).into();
-            b
-        })
-        .collect();
     bed.install(dns);
     let datagram = |src: (IpAddr, u16), dst: (IpAddr, u16)| Pkt {
         payload: (0..3000).map(|i| (i % 251) as u8).collect(),

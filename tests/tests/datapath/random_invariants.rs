@@ -1,8 +1,9 @@
-//! Thousands of generated packets (fixed seed): real flows in both directions, traffic that is
-//! not the balancer's, and garbage (truncations, flipped header bytes, random frames), with
-//! reloads that add, remove and re-address backends (ids are few, so they are reused at once)
-//! and bursts of spoofed SYNs against small tables in between. After every packet the datapath's
-//! invariants must hold:
+//! Thousands of generated packets (fixed seed), IPv4 and IPv6 mixed over one dual-stack
+//! configuration (each version has its own services on its own VIP; they share every table):
+//! real flows in both directions, traffic that is not the balancer's, and garbage (truncations,
+//! flipped header bytes, random frames), with reloads that add, remove and re-address backends
+//! (ids are few, so they are reused at once) and bursts of spoofed SYNs against small tables in
+//! between. After every packet the datapath's invariants must hold:
 //! - a packet that is not to a VIP and not a reply of a balanced flow passes unchanged;
 //! - a PASS never changes a packet (every neighbour is known here, so nothing is passed
 //!   translated);
@@ -16,18 +17,21 @@
 //!   port); a reply leaves with exactly the client tuple (reversed) of the flow that owns its
 //!   entry (or that `SERVED_BY` names);
 //!
-//! `alt` (VIP:8443 on web's backends' port 443) comes and goes with reloads, so web's backend
-//! ports go from serving VIP:443 alone (flows derive their replies) to serving two VIP ports
-//! (flows claim reply entries) and back, with flows of both kinds alive across the change.
 //! - a forwarded packet whose input had valid checksums leaves with valid checksums;
+//! - a packet leaves in the IP version it came in;
 //! - the program never aborts.
+//!
+//! `alt` (VIP:8443 on web's backends' port 443) comes and goes with reloads, so web's IPv4
+//! backend ports go from serving VIP:443 alone (flows derive their replies) to serving two VIP
+//! ports (flows claim reply entries) and back, with flows of both kinds alive across the change.
+//! IPv6 flows always claim their reply entries.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{
-    addr::{FAMILY_V4, PROTO_TCP, PROTO_UDP},
+    addr::{self as key_addr, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     backend::BackendState,
     flow::{FlowKey, REPLY_DERIVED, SERVES_ALONE, ServedBy},
 };
@@ -40,51 +44,127 @@ const PACKETS: usize = 8000;
 const EVENT_EVERY: usize = 400;
 /// Spoofed SYNs in one flood: more than the half-open table holds.
 const FLOOD: usize = 1500;
-/// Backend ids the id book may use: room for the services at their largest (6 + 4 + 2) and two
-/// more, so ids are soon handed out again.
-const IDS: u32 = 14;
+/// Backend ids the id book may use: room for each version's services at their largest
+/// (6 + 4 + 2, twice) and two more, so ids are soon handed out again.
+const IDS: u32 = 26;
 
-/// What the test knows: each service's backends now, and every (client address, client port,
-/// backend port, backend) it saw forwarded, for generating replies; old ones too, so that
-/// backends answer for flows that have since moved or ended.
-struct Model {
-    web: Vec<Ipv4Addr>,
-    rpc: Vec<Ipv4Addr>,
+/// The addresses one IP version's side of the test uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Version {
+    V4,
+    V6,
+}
+
+impl Version {
+    fn vip(self) -> IpAddr {
+        match self {
+            Version::V4 => VIP.into(),
+            Version::V6 => VIP6.into(),
+        }
+    }
+
+    /// Backend `n` (1-based; the bed knows each one's neighbour).
+    fn backend(self, n: usize) -> IpAddr {
+        match self {
+            Version::V4 => backend_ip(n).into(),
+            Version::V6 => backend_ip6(n).into(),
+        }
+    }
+
+    /// Remote client `n`, of the clients' pool (`pool` 0) or the flood's (1).
+    fn client(self, pool: u16, n: u16) -> IpAddr {
+        match self {
+            Version::V4 => client_ip(pool * 1000 + n % 20_000).into(),
+            Version::V6 => remote_client6(pool + 1, n).into(),
+        }
+    }
+
+    /// An address beside the VIP's that is the balancer's neither, mostly.
+    fn stranger(self, rng: &mut SmallRng) -> IpAddr {
+        match self {
+            Version::V4 => Ipv4Addr::new(198, 18, rng.random_range(0..=3), rng.random()).into(),
+            Version::V6 => {
+                Ipv6Addr::new(0xfd00, rng.random_range(0..=3), 0, 0, 0, 0, 0, rng.random()).into()
+            }
+        }
+    }
+
+    /// This version's name of a service (both versions' services share one config).
+    fn name(self, service: &str) -> String {
+        match self {
+            Version::V4 => service.to_string(),
+            Version::V6 => format!("{service}6"),
+        }
+    }
+
+    fn ethertype(self) -> [u8; 2] {
+        match self {
+            Version::V4 => [0x08, 0x00],
+            Version::V6 => [0x86, 0xdd],
+        }
+    }
+}
+
+/// What the test knows of one IP version: each service's backends now, and every (client
+/// address, client port, backend port, backend) it saw forwarded, for generating replies; old
+/// ones too, so that backends answer for flows that have since moved or ended.
+struct Side {
+    version: Version,
+    web: Vec<IpAddr>,
+    rpc: Vec<IpAddr>,
     /// On VIP:8443, to port 443 of these (empty: no `alt`).
-    alt: Vec<Ipv4Addr>,
-    seen: HashSet<(Ipv4Addr, u16, u16, Ipv4Addr)>,
-    flows: Vec<(Ipv4Addr, u16, u16, Ipv4Addr)>,
+    alt: Vec<IpAddr>,
+    seen: HashSet<(IpAddr, u16, u16, IpAddr)>,
+    flows: Vec<(IpAddr, u16, u16, IpAddr)>,
     /// TCP packets forwarded to a backend on flows that claimed their reply tuple, and on
     /// flows that derive their replies.
     kinds: [usize; 2],
 }
 
-impl Model {
-    /// The service a client packet to VIP:`port` belongs to, and its backends.
-    fn service(&self, proto: u8, port: u16) -> Option<(&'static str, &[Ipv4Addr])> {
-        match (proto, port) {
-            (PROTO_TCP, 443) => Some(("web", &self.web)),
-            (PROTO_TCP, 8443) if !self.alt.is_empty() => Some(("alt", &self.alt)),
-            (PROTO_UDP, 1024..) => Some(("rpc", &self.rpc)),
-            _ => None,
+impl Side {
+    fn new(version: Version) -> Self {
+        Self {
+            version,
+            web: (1..=4).map(|n| version.backend(n)).collect(),
+            rpc: vec![version.backend(5), version.backend(6)],
+            alt: Vec::new(),
+            kinds: [0; 2],
+            seen: HashSet::new(),
+            flows: Vec::new(),
         }
+    }
+
+    /// The service a client packet to VIP:`port` belongs to, and its backends.
+    fn service(&self, proto: u8, port: u16) -> Option<(String, &[IpAddr])> {
+        let (name, backends) = match (proto, port) {
+            (PROTO_TCP, 443) => ("web", &self.web),
+            (PROTO_TCP, 8443) if !self.alt.is_empty() => ("alt", &self.alt),
+            (PROTO_UDP, 1024..) => ("rpc", &self.rpc),
+            _ => return None,
+        };
+        Some((self.version.name(name), backends))
     }
 }
 
-fn install(bed: &mut Bed, model: &Model) {
-    bed.install(service("web", 443, &model.web));
-    let mut rpc = service("rpc", 1024, &model.rpc);
+/// Both versions' sides, indexed by `Version as usize`.
+type Model = [Side; 2];
+
+/// Programs `side`'s services as they now are.
+fn install(bed: &mut Bed, side: &Side) {
+    let (v, vip) = (side.version, side.version.vip());
+    bed.install(service_at(&v.name("web"), vip, 443, &side.web));
+    let mut rpc = service_at(&v.name("rpc"), vip, 1024, &side.rpc);
     rpc.ports = vec![xnlb::config::PortRange {
         lo: 1024,
         hi: 65535,
     }];
     rpc.protocol = xnlb::config::Protocol::Udp;
     bed.install(rpc);
-    if model.alt.is_empty() {
-        bed.program.remove("alt");
+    if side.alt.is_empty() {
+        bed.program.remove(&v.name("alt"));
         bed.program.apply(&mut bed.dp);
     } else {
-        let mut alt = service("alt", 8443, &model.alt);
+        let mut alt = service_at(&v.name("alt"), vip, 8443, &side.alt);
         for b in &mut alt.backends {
             b.port = Some(443);
         }
@@ -92,27 +172,55 @@ fn install(bed: &mut Bed, model: &Model) {
     }
 }
 
-/// The IPv4 TCP/UDP tuple of a frame, as the datapath keys it.
+/// The TCP/UDP tuple of a frame of either version, as the datapath keys it.
 fn tuple(frame: &[u8]) -> Option<FlowKey> {
     let p = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = p.net else {
-        return None;
+    let (src, dst, family) = match p.net? {
+        NetSlice::Ipv4(ip) => (
+            key_addr::v4(ip.header().source()),
+            key_addr::v4(ip.header().destination()),
+            FAMILY_V4,
+        ),
+        NetSlice::Ipv6(ip) => (
+            key_addr::v6(ip.header().source()),
+            key_addr::v6(ip.header().destination()),
+            FAMILY_V6,
+        ),
+        _ => return None,
     };
     let (proto, src_port, dst_port) = match p.transport? {
         TransportSlice::Tcp(t) => (PROTO_TCP, t.source_port(), t.destination_port()),
         TransportSlice::Udp(u) => (PROTO_UDP, u.source_port(), u.destination_port()),
         _ => return None,
     };
-    let word = |a: Ipv4Addr| [u32::from_ne_bytes(a.octets()), 0, 0, 0];
     Some(FlowKey {
-        src: word(ip.header().source_addr()),
-        dst: word(ip.header().destination_addr()),
+        src,
+        dst,
         src_port: src_port.to_be(),
         dst_port: dst_port.to_be(),
         proto,
-        family: FAMILY_V4,
+        family,
         _pad: [0; 2],
     })
+}
+
+/// A frame's IP version and its source and destination addresses, read from the bytes where
+/// they would be (garbage included); `None` when it is not IP or too short.
+fn addresses(frame: &[u8]) -> Option<(Version, IpAddr, IpAddr)> {
+    let at = |range: std::ops::Range<usize>| frame.get(range);
+    match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let src: [u8; 4] = at(26..30)?.try_into().ok()?;
+            let dst: [u8; 4] = at(30..34)?.try_into().ok()?;
+            Some((Version::V4, src.into(), dst.into()))
+        }
+        [0x86, 0xdd] => {
+            let src: [u8; 16] = at(22..38)?.try_into().ok()?;
+            let dst: [u8; 16] = at(38..54)?.try_into().ok()?;
+            Some((Version::V6, src.into(), dst.into()))
+        }
+        _ => None,
+    }
 }
 
 /// `k` seen from the other end.
@@ -126,8 +234,13 @@ fn reversed(k: &FlowKey) -> FlowKey {
     }
 }
 
-fn addr(word: &[u32; 4]) -> Ipv4Addr {
-    Ipv4Addr::from(word[0].to_ne_bytes())
+/// The address a key's `words` hold, by its `family`.
+fn addr(words: &[u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        key_addr::v4_octets(words).into()
+    } else {
+        key_addr::octets(words).into()
+    }
 }
 
 /// What `SERVED_BY` holds for the backend port that sends `reply`.
@@ -229,13 +342,10 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
     let (action, out) = bed.run(ingress, frame);
     let ctx = || format!("packet {i} ({kind}): {frame:02x?}");
     let input = tuple(frame);
-    let to_vip = frame.len() >= 34
-        && frame[12..14] == [0x08, 0x00]
-        && Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]) == VIP;
-    let all_backends: Vec<Ipv4Addr> = (1..=MAX_BED_BACKENDS).map(backend_ip).collect();
-    let from_backend = frame.len() >= 34
-        && frame[12..14] == [0x08, 0x00]
-        && all_backends.contains(&Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]));
+    let ip = addresses(frame);
+    let to_vip = ip.is_some_and(|(v, _, dst)| dst == v.vip());
+    let from_backend =
+        ip.is_some_and(|(v, src, _)| (1..=MAX_BED_BACKENDS).any(|n| v.backend(n) == src));
 
     assert_ne!(action, XDP_ABORTED, "{}", ctx());
     match action {
@@ -249,11 +359,18 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
             );
             let input = input.unwrap_or_else(|| panic!("forwarded a non-TCP/UDP: {}", ctx()));
             let out_key = tuple(&out).expect("forwarded TCP/UDP");
+            assert_eq!(
+                out_key.family,
+                input.family,
+                "left in another IP version: {}",
+                ctx()
+            );
+            let side = &mut model[ip.expect("IP").0 as usize];
             if to_vip {
-                let (name, current) = model
+                let (name, current) = side
                     .service(input.proto, u16::from_be(input.dst_port))
                     .unwrap_or_else(|| panic!("forwarded to no service: {}", ctx()));
-                let out_dst = addr(&out_key.dst);
+                let out_dst = addr(&out_key.dst, out_key.family);
                 assert!(
                     current.contains(&out_dst),
                     "sent to {out_dst}, not one of {name}'s backends {current:?}: {}",
@@ -261,36 +378,36 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
                 );
                 assert_eq!(
                     out[0..6],
-                    neighbour_mac(out_dst),
+                    neighbour_mac_of(out_dst),
                     "wrong next-hop MAC: {}",
                     ctx()
                 );
                 assert!(
-                    owned_towards_backend(bed, name, &input, &out_key),
+                    owned_towards_backend(bed, &name, &input, &out_key),
                     "no live flow owns {out_key:?}: {}{}",
                     ctx(),
                     state_of(bed, &input)
                 );
                 if input.proto == PROTO_TCP {
                     let pair = (
-                        addr(&input.src),
+                        addr(&input.src, input.family),
                         u16::from_be(input.src_port),
                         u16::from_be(out_key.dst_port),
                         out_dst,
                     );
-                    if model.seen.insert(pair) {
-                        model.flows.push(pair);
+                    if side.seen.insert(pair) {
+                        side.flows.push(pair);
                     }
                     let r = bed.dp.reader();
                     let flow = r.flow(false, &input).expect("flow lookup");
                     let flow = flow.or_else(|| r.flow(true, &input).expect("flow lookup"));
                     let derived = flow.is_some_and(|f| f.flags & REPLY_DERIVED != 0);
-                    model.kinds[derived as usize] += 1;
+                    side.kinds[derived as usize] += 1;
                 }
             } else {
                 assert_eq!(
-                    addr(&out_key.src),
-                    VIP,
+                    addr(&out_key.src, out_key.family),
+                    side.version.vip(),
                     "a reply leaves from the VIP: {}",
                     ctx()
                 );
@@ -316,30 +433,113 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
     }
 }
 
-/// A reload: one service gains a backend it lacks or loses one (never its last), or `alt` comes
-/// or goes. Backends are named by position, so a removal also re-addresses the names after it.
-fn reload(bed: &mut Bed, model: &mut Model, rng: &mut SmallRng) {
+/// A reload of one version's services: one gains a backend it lacks or loses one (never its
+/// last), or `alt` comes or goes. Backends are named by position, so a removal also
+/// re-addresses the names after it.
+fn reload(bed: &mut Bed, side: &mut Side, rng: &mut SmallRng) {
+    let v = side.version;
     if rng.random_bool(0.25) {
-        model.alt = if model.alt.is_empty() {
-            model.web.iter().copied().take(2).collect()
+        side.alt = if side.alt.is_empty() {
+            side.web.iter().copied().take(2).collect()
         } else {
             Vec::new()
         };
-        install(bed, model);
+        install(bed, side);
         return;
     }
-    let (set, pool): (&mut Vec<Ipv4Addr>, Vec<Ipv4Addr>) = if rng.random_bool(0.6) {
-        (&mut model.web, (1..=6).map(backend_ip).collect())
+    let (set, pool): (&mut Vec<IpAddr>, Vec<IpAddr>) = if rng.random_bool(0.6) {
+        (&mut side.web, (1..=6).map(|n| v.backend(n)).collect())
     } else {
-        (&mut model.rpc, (5..=8).map(backend_ip).collect())
+        (&mut side.rpc, (5..=8).map(|n| v.backend(n)).collect())
     };
-    let missing: Vec<Ipv4Addr> = pool.into_iter().filter(|b| !set.contains(b)).collect();
+    let missing: Vec<IpAddr> = pool.into_iter().filter(|b| !set.contains(b)).collect();
     if set.len() > 1 && (missing.is_empty() || rng.random_bool(0.5)) {
         set.remove(rng.random_range(0..set.len()));
     } else if !missing.is_empty() {
         set.push(missing[rng.random_range(0..missing.len())]);
     }
-    install(bed, model);
+    install(bed, side);
+}
+
+/// One generated packet of version `v`: its ingress, its bytes and its kind.
+fn generate(bed: &Bed, side: &Side, rng: &mut SmallRng) -> (Iface, Vec<u8>, &'static str) {
+    let v = side.version;
+    let vip = v.vip();
+    // Half the clients come from a small pool, so that tuples come round again: after a FIN, a
+    // reload, a backend going down.
+    let client = if rng.random_bool(0.5) {
+        (
+            v.client(0, rng.random_range(1..20)),
+            rng.random_range(40_000..40_016),
+        )
+    } else {
+        (
+            v.client(0, rng.random_range(1..400)),
+            rng.random_range(1024..65535),
+        )
+    };
+    match rng.random_range(0..10) {
+        0..=2 => {
+            let flags = if rng.random_bool(0.3) {
+                SYN
+            } else {
+                [ACK, FIN_ACK, RST][rng.random_range(0..3)]
+            };
+            let port = if rng.random_bool(0.7) { 443 } else { 8443 };
+            (
+                bed.client_if,
+                bed.from_client(Pkt::tcp(client, (vip, port), flags))
+                    .bytes(),
+                "tcp to VIP",
+            )
+        }
+        3 => (
+            bed.client_if,
+            bed.from_client(Pkt::udp(client, (vip, rng.random_range(1..65535))))
+                .bytes(),
+            "udp to VIP",
+        ),
+        4 if !side.flows.is_empty() => {
+            let (c, cport, vport, backend) = side.flows[rng.random_range(0..side.flows.len())];
+            let flags = [SYN_ACK, ACK, FIN_ACK][rng.random_range(0..3)];
+            (
+                bed.server_if,
+                bed.from_backend(Pkt::tcp((backend, vport), (c, cport), flags), bed.server_if)
+                    .bytes(),
+                "reply",
+            )
+        }
+        4 | 5 => {
+            let dst = v.stranger(rng);
+            let pkt = if rng.random_bool(0.5) {
+                Pkt::tcp(client, (dst, 443), ACK)
+            } else {
+                Pkt::udp(client, (dst, 53))
+            };
+            (bed.client_if, bed.from_client(pkt).bytes(), "not ours")
+        }
+        6 | 7 => {
+            let mut f = bed.from_client(Pkt::tcp(client, (vip, 443), SYN)).bytes();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(12..f.len());
+                f[at] = rng.random();
+            }
+            (bed.client_if, f, "flipped header bytes")
+        }
+        8 => {
+            let f = bed.from_client(Pkt::tcp(client, (vip, 443), SYN)).bytes();
+            let cut = rng.random_range(14..f.len());
+            (bed.client_if, f[..cut].to_vec(), "truncated")
+        }
+        _ => {
+            let len = rng.random_range(14..200);
+            let mut f: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if rng.random_bool(0.5) {
+                f[12..14].copy_from_slice(&v.ethertype());
+            }
+            (bed.client_if, f, "random frame")
+        }
+    }
 }
 
 #[test]
@@ -348,117 +548,39 @@ fn datapath_invariants_hold_for_generated_traffic() {
     let mut bed = Bed::with_sizes(DatapathSizes {
         flows: 2048,
         half_open: 1024,
-        ring_services: 4,
+        ring_services: 8,
     });
     bed.program.backend_capacity = IDS;
-    let mut model = Model {
-        web: (1..=4).map(backend_ip).collect(),
-        rpc: vec![backend_ip(5), backend_ip(6)],
-        alt: Vec::new(),
-        kinds: [0; 2],
-        seen: HashSet::new(),
-        flows: Vec::new(),
-    };
-    install(&mut bed, &model);
-    let mut tally: HashMap<&str, usize> = HashMap::new();
+    let mut model: Model = [Side::new(Version::V4), Side::new(Version::V6)];
+    for side in &model {
+        install(&mut bed, side);
+    }
+    let mut tally: HashMap<(&str, Version), usize> = HashMap::new();
 
     for i in 0..PACKETS {
+        // Each packet, and each event, is of one version or the other.
+        let v = [Version::V4, Version::V6][rng.random_range(0..2)];
         if i % EVENT_EVERY == EVENT_EVERY - 1 {
             if rng.random_bool(0.25) {
-                *tally.entry("flood").or_default() += 1;
+                *tally.entry(("flood", v)).or_default() += 1;
                 for n in 0..FLOOD {
-                    let spoofed = (client_ip(1000 + (n % 20_000) as u16), 1024 + i as u16);
-                    let syn = bed.from_client(Pkt::tcp(spoofed, (VIP, 443), SYN));
+                    let spoofed = (v.client(1, n as u16), 1024 + i as u16);
+                    let syn = bed.from_client(Pkt::tcp(spoofed, (v.vip(), 443), SYN));
                     check(&bed, &mut model, i, "flood", bed.client_if, &syn.bytes());
                 }
             } else if rng.random_bool(0.3) {
                 // A web backend goes down, or comes back (health, or an administrator).
-                *tally.entry("state").or_default() += 1;
-                let n = rng.random_range(0..model.web.len());
+                *tally.entry(("state", v)).or_default() += 1;
+                let n = rng.random_range(0..model[v as usize].web.len());
                 let state = [BackendState::Down, BackendState::Up][rng.random_range(0..2)];
-                bed.set_state("web", &format!("b{}", n + 1), state);
+                bed.set_state(&v.name("web"), &format!("b{}", n + 1), state);
             } else {
-                *tally.entry("reload").or_default() += 1;
-                reload(&mut bed, &mut model, &mut rng);
+                *tally.entry(("reload", v)).or_default() += 1;
+                reload(&mut bed, &mut model[v as usize], &mut rng);
             }
         }
-        // Half the clients come from a small pool, so that tuples come round again: after a
-        // FIN, a reload, a backend going down.
-        let client = if rng.random_bool(0.5) {
-            (
-                client_ip(rng.random_range(1..20)),
-                rng.random_range(40_000..40_016),
-            )
-        } else {
-            (
-                client_ip(rng.random_range(1..400)),
-                rng.random_range(1024..65535),
-            )
-        };
-        let (ingress, frame, kind) = match rng.random_range(0..10) {
-            0..=2 => {
-                let flags = if rng.random_bool(0.3) {
-                    SYN
-                } else {
-                    [ACK, FIN_ACK, RST][rng.random_range(0..3)]
-                };
-                let port = if rng.random_bool(0.7) { 443 } else { 8443 };
-                (
-                    bed.client_if,
-                    bed.from_client(Pkt::tcp(client, (VIP, port), flags))
-                        .bytes(),
-                    "tcp to VIP",
-                )
-            }
-            3 => (
-                bed.client_if,
-                bed.from_client(Pkt::udp(client, (VIP, rng.random_range(1..65535))))
-                    .bytes(),
-                "udp to VIP",
-            ),
-            4 if !model.flows.is_empty() => {
-                let (c, cport, vport, backend) =
-                    model.flows[rng.random_range(0..model.flows.len())];
-                let flags = [SYN_ACK, ACK, FIN_ACK][rng.random_range(0..3)];
-                (
-                    bed.server_if,
-                    bed.from_backend(Pkt::tcp((backend, vport), (c, cport), flags), bed.server_if)
-                        .bytes(),
-                    "reply",
-                )
-            }
-            4 | 5 => {
-                let dst = Ipv4Addr::new(198, 18, rng.random_range(0..=3), rng.random());
-                let pkt = if rng.random_bool(0.5) {
-                    Pkt::tcp(client, (dst, 443), ACK)
-                } else {
-                    Pkt::udp(client, (dst, 53))
-                };
-                (bed.client_if, bed.from_client(pkt).bytes(), "not ours")
-            }
-            6 | 7 => {
-                let mut f = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes();
-                for _ in 0..rng.random_range(1..4) {
-                    let at = rng.random_range(12..f.len());
-                    f[at] = rng.random();
-                }
-                (bed.client_if, f, "flipped header bytes")
-            }
-            8 => {
-                let f = bed.from_client(Pkt::tcp(client, (VIP, 443), SYN)).bytes();
-                let cut = rng.random_range(14..f.len());
-                (bed.client_if, f[..cut].to_vec(), "truncated")
-            }
-            _ => {
-                let len = rng.random_range(14..200);
-                let mut f: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-                if rng.random_bool(0.5) {
-                    f[12..14].copy_from_slice(&[0x08, 0x00]);
-                }
-                (bed.client_if, f, "random frame")
-            }
-        };
-        *tally.entry(kind).or_default() += 1;
+        let (ingress, frame, kind) = generate(&bed, &model[v as usize], &mut rng);
+        *tally.entry((kind, v)).or_default() += 1;
         check(&bed, &mut model, i, kind, ingress, &frame);
     }
     let actions = bed.dp.reader().action_counts().unwrap();
@@ -472,18 +594,37 @@ fn datapath_invariants_hold_for_generated_traffic() {
         forwarded > (PACKETS / 5) as u64,
         "the generator must exercise real flows, forwarded {forwarded}"
     );
-    assert!(
-        model.kinds.iter().all(|&n| n > 100),
-        "flows that claim and flows that derive their replies, by packets: {:?}",
-        model.kinds
+    let [v4, v6] = &model;
+    println!(
+        "TCP packets to backends on flows that claim / derive their replies: IPv4 {:?}, IPv6 {:?}; flows answered: {} / {}",
+        v4.kinds,
+        v6.kinds,
+        v4.flows.len(),
+        v6.flows.len()
     );
     assert!(
-        model.flows.len() > 100,
-        "replies were generated for {} flows",
-        model.flows.len()
+        v4.kinds.iter().all(|&n| n > 100),
+        "IPv4 flows that claim and flows that derive their replies, by packets: {:?}",
+        v4.kinds
     );
     assert!(
-        tally.get("reload").is_some_and(|&n| n >= 5) && tally.get("flood").is_some_and(|&n| n >= 2),
-        "the generator must exercise reloads and floods: {tally:?}"
+        v6.kinds[0] > 100 && v6.kinds[1] == 0,
+        "IPv6 flows claim their replies, by packets: {:?}",
+        v6.kinds
     );
+    for side in &model {
+        assert!(
+            side.flows.len() > 100,
+            "{:?}: replies were generated for {} flows",
+            side.version,
+            side.flows.len()
+        );
+    }
+    for v in [Version::V4, Version::V6] {
+        assert!(
+            tally.get(&("reload", v)).is_some_and(|&n| n >= 3)
+                && tally.get(&("flood", v)).is_some_and(|&n| n >= 1),
+            "the generator must exercise reloads and floods of {v:?}: {tally:?}"
+        );
+    }
 }
