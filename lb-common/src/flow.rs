@@ -127,19 +127,22 @@ const _: () = assert!(core::mem::size_of::<BackendPort>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServedBy {
-    /// The VIP as an address word (`addr::v4`'s first word).
-    pub vip: u32,
+    /// The VIP, of `family` (`addr::v4` or `addr::v6`).
+    pub vip: Addr,
     /// Network order.
     pub vip_port: u16,
     /// [`SERVES_ALONE`], or 0.
-    pub flags: u16,
+    pub flags: u8,
+    /// The VIP's family: `BackendPort` has none, so a reply of the other version whose address
+    /// words happen to match derives nothing.
+    pub family: u8,
     pub service_id: u32,
     pub backend_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServedBy>() == 16);
+const _: () = assert!(core::mem::size_of::<ServedBy>() == 28);
 
 /// `ServedBy::flags`: the backend port serves this VIP and port alone.
-pub const SERVES_ALONE: u16 = 1;
+pub const SERVES_ALONE: u8 = 1;
 
 /// Entries `SERVED_BY` has room for.
 pub const MAX_SERVED_BY: u32 = 16_384;

@@ -31,15 +31,21 @@ pub fn served_by(reply: &FlowKey) -> Option<&'static ServedBy> {
 #[inline(always)]
 pub fn derives(served: &ServedBy, client: &FlowKey) -> bool {
     served.flags & SERVES_ALONE != 0
-        && served.vip == client.dst[0]
+        && served.family == client.family
+        && served.vip[0] == client.dst[0]
+        && served.vip[1] == client.dst[1]
+        && served.vip[2] == client.dst[2]
+        && served.vip[3] == client.dst[3]
         && served.vip_port == client.dst_port
 }
 
-/// Writes into `client` the client tuple of the flow that `reply` answers, by `served`.
+/// Writes into `client` the client tuple of the flow that `reply` answers, by `served`. (A
+/// reply of the other version than `served`'s gets a tuple no flow has: its family is the
+/// reply's.)
 #[inline(always)]
 pub fn client_of(client: &mut FlowKey, served: &ServedBy, reply: &FlowKey) {
     mem::copy(&mut client.src, &reply.dst);
-    client.dst = [served.vip, 0, 0, 0];
+    mem::copy(&mut client.dst, &served.vip);
     client.src_port = reply.dst_port;
     client.dst_port = served.vip_port;
     client.proto = reply.proto;

@@ -20,7 +20,7 @@ use crate::{
     ids::IdBook,
     lifecycle::BackendState,
     maglev::{self, Member},
-    port_rules::{RuleKey, addr_of, addr_v4, ip_of},
+    port_rules::{RuleKey, addr_of, ip_of},
 };
 
 /// One service as the datapath holds it: its `SERVICES` value (without the ring base, which
@@ -199,12 +199,8 @@ fn served_by(
     // Wide ranges whose backend keeps the client's port: (address, protocol, ports).
     let mut wide = Vec::new();
     for service in &config.services {
-        // IPv4 only: `ServedBy` holds an IPv4 VIP (IPv6 flows claim reply entries).
-        let IpAddr::V4(vip) = service.vip else {
-            continue;
-        };
         let sid = ids.services[&service.name];
-        let vip = addr_v4(vip)[0];
+        let (vip, family) = addr_of(service.vip);
         for b in &service.backends {
             let bid = ids
                 .backend_id(&service.name, &b.name)
@@ -230,6 +226,7 @@ fn served_by(
                             vip,
                             vip_port: vport.to_be(),
                             flags: SERVES_ALONE,
+                            family,
                             service_id: sid,
                             backend_id: bid,
                         };
@@ -426,6 +423,7 @@ mod tests {
 
     use super::*;
     use crate::config;
+    use crate::port_rules::addr_v4;
 
     const TEXT: &str = "interfaces: { client: a, server: b }
 services:

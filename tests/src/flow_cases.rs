@@ -6,7 +6,7 @@
 //! The golden tests check every row; the bench times every row's packet (`Timing` says how a
 //! row can be repeated), so what is measured is what is proven correct.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
     settings::MAX_SNAT_ADDRS,
@@ -58,13 +58,23 @@ pub struct FlowCase {
     pub timing: Timing,
 }
 
-/// The client of every row.
+/// The client of every IPv4 row.
 pub const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 0, 42), 51_000);
+/// The client of every IPv6 row (`remote_client6(0, 0x42)`).
+pub const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x42), 51_000);
 
 /// The service every two-arm row uses: `web` on VIP:443 over three backends, affinity none
 /// (so one client's connections spread too).
 pub fn three_backends(bed: &mut Bed) {
     let mut web = service("web", 443, &[1, 2, 3].map(backend_ip));
+    web.affinity = Affinity::None;
+    bed.install(web);
+}
+
+/// `three_backends` in IPv6: `web6` on VIP6:443 over three IPv6 backends, affinity none.
+pub fn three_backends6(bed: &mut Bed) {
+    let backends: Vec<IpAddr> = (1..=3).map(|n| backend_ip6(n).into()).collect();
+    let mut web = service_at("web6", VIP6.into(), 443, &backends);
     web.affinity = Affinity::None;
     bed.install(web);
 }
@@ -152,23 +162,30 @@ fn reply_from_the_flows_backend(bed: &Bed) -> (Iface, Pkt) {
     (bed.server_if, bed.from_backend(reply, bed.server_if))
 }
 
-/// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept).
-pub fn to_backend(bed: &Bed, pkt: &Pkt, backend: (Ipv4Addr, u16)) -> Vec<u8> {
+/// The packet the balancer should send to `backend` for `pkt` (two-arm: client kept), of
+/// either IP version.
+pub fn to_backend(bed: &Bed, pkt: &Pkt, backend: (impl Into<IpAddr>, u16)) -> Vec<u8> {
+    let backend = (backend.0.into(), backend.1);
     pkt.clone()
         .addressed((pkt.src, pkt.src_port()), backend)
         .ttl(pkt.ttl - 1)
-        .macs(bed.server_if.mac, neighbour_mac(backend.0))
+        .macs(bed.server_if.mac, neighbour_mac_of(backend.0))
         .bytes()
 }
 
-/// What the client should get for a backend's `reply`: source restored to VIP:`port`, TTL-1,
-/// towards the router.
-pub fn to_client(bed: &Bed, reply: &Pkt, port: u16, client: (Ipv4Addr, u16)) -> Vec<u8> {
+/// What the client should get for a backend's `reply`: source restored to VIP:`port` (VIP6 for
+/// an IPv6 client), TTL-1, towards the router.
+pub fn to_client(bed: &Bed, reply: &Pkt, port: u16, client: (impl Into<IpAddr>, u16)) -> Vec<u8> {
+    let client = (client.0.into(), client.1);
+    let (vip, router): (IpAddr, _) = match client.0 {
+        IpAddr::V4(_) => (VIP.into(), ROUTER_MAC),
+        IpAddr::V6(_) => (VIP6.into(), neighbour_mac_of(CLIENT_IP6.into())),
+    };
     reply
         .clone()
-        .addressed((VIP, port), client)
+        .addressed((vip, port), client)
         .ttl(reply.ttl - 1)
-        .macs(bed.client_if.mac, ROUTER_MAC)
+        .macs(bed.client_if.mac, router)
         .bytes()
 }
 
@@ -264,6 +281,9 @@ pub fn all() -> Vec<FlowCase> {
         no_route(),
         syn_for_another_host(),
         reply_for_another_host(),
+        ipv6_new_flow(),
+        ipv6_established_flow(),
+        ipv6_reply(),
     ]
 }
 
@@ -587,6 +607,65 @@ pub fn reply_for_another_host() -> FlowCase {
         action: XDP_PASS,
         output: unchanged,
         counts: Some(Counter::Pass(PassReason::NotForUs)),
+        timing: Timing::SameFlow,
+    }
+}
+
+/// The client's packet to VIP6:443 with `flags`, as the router hands it to the client side.
+fn to_vip6(bed: &Bed, flags: TcpFlags) -> (Iface, Pkt) {
+    let pkt = Pkt::tcp(CLIENT6, (VIP6, 443), flags);
+    (bed.client_if, bed.from_client(pkt))
+}
+
+/// `pkt` DNATed to the `web6` backend the programmed table gives the IPv6 client, port 443.
+fn to_predicted_web6_backend(bed: &Bed, pkt: &Pkt) -> Vec<u8> {
+    let backend = bed.predict_ip("web6", CLIENT6.0.into(), CLIENT6.1);
+    to_backend(bed, pkt, (backend, 443))
+}
+
+/// `three_backends6`, and the IPv6 client's SYN that starts the row's flow.
+fn three_backends6_and_a_flow(bed: &mut Bed) {
+    three_backends6(bed);
+    let (ingress, syn) = to_vip6(bed, SYN);
+    assert_eq!(bed.run(ingress, &syn.bytes()).0, XDP_REDIRECT, "setup SYN");
+}
+
+pub fn ipv6_new_flow() -> FlowCase {
+    FlowCase {
+        name: "IPv6 two-arm new flow (SYN): DNAT to the predicted backend, hop limit -1",
+        setup: three_backends6,
+        input: |bed| to_vip6(bed, SYN),
+        action: XDP_REDIRECT,
+        output: to_predicted_web6_backend,
+        counts: None,
+        timing: Timing::NewClientEachRun,
+    }
+}
+
+pub fn ipv6_established_flow() -> FlowCase {
+    FlowCase {
+        name: "IPv6 two-arm established flow: the flow keeps its backend",
+        setup: three_backends6_and_a_flow,
+        input: |bed| to_vip6(bed, ACK),
+        action: XDP_REDIRECT,
+        output: to_predicted_web6_backend,
+        counts: None,
+        timing: Timing::SameFlow,
+    }
+}
+
+pub fn ipv6_reply() -> FlowCase {
+    FlowCase {
+        name: "IPv6 two-arm reply: source restored to the VIP",
+        setup: three_backends6_and_a_flow,
+        input: |bed| {
+            let backend = bed.predict_ip("web6", CLIENT6.0.into(), CLIENT6.1);
+            let reply = Pkt::tcp((backend, 443), CLIENT6, SYN_ACK);
+            (bed.server_if, bed.from_backend(reply, bed.server_if))
+        },
+        action: XDP_REDIRECT,
+        output: |bed, pkt| to_client(bed, pkt, 443, CLIENT6),
+        counts: None,
         timing: Timing::SameFlow,
     }
 }

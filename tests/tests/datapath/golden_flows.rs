@@ -66,6 +66,9 @@ rows!(
     no_route,
     syn_for_another_host,
     reply_for_another_host,
+    ipv6_new_flow,
+    ipv6_established_flow,
+    ipv6_reply,
 );
 
 #[test]

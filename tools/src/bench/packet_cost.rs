@@ -42,6 +42,9 @@ pub struct PacketCosts {
 /// Where bytes sit in an Ethernet + IPv4 (no options) + TCP frame.
 const SRC_IP: std::ops::Range<usize> = 26..30;
 const SRC_PORT: std::ops::Range<usize> = 34..36;
+/// The same in an Ethernet + IPv6 (no extension headers) + TCP frame.
+const SRC_IP6: std::ops::Range<usize> = 22..38;
+const SRC_PORT6: std::ops::Range<usize> = 54..56;
 
 fn action_name(action: u32) -> &'static str {
     ["aborted", "drop", "pass", "tx", "redirect"]
@@ -86,10 +89,27 @@ fn client(i: u32) -> ([u8; 4], u16) {
     )
 }
 
-/// Makes `frame` come from client `i`, its IPv4 header checksum resealed (the datapath drops a
-/// VIP packet whose header does not verify).
+/// Makes `frame` come from client `i`: an IPv4 frame with its header checksum resealed (the
+/// datapath drops a VIP packet whose header does not verify), an IPv6 one from client `i`'s
+/// IPv4 address within the remote clients' IPv6 prefix.
 fn set_client(i: u32, frame: &mut [u8]) {
     let (addr, port) = client(i);
+    if frame[12..14] == [0x86, 0xdd] {
+        let [a, b, c, d] = addr;
+        let addr6 = std::net::Ipv6Addr::new(
+            0xfd00,
+            0x19,
+            0,
+            0,
+            0,
+            0,
+            u16::from_be_bytes([a, b]),
+            u16::from_be_bytes([c, d]),
+        );
+        frame[SRC_IP6].copy_from_slice(&addr6.octets());
+        frame[SRC_PORT6].copy_from_slice(&port.to_be_bytes());
+        return;
+    }
     frame[SRC_IP].copy_from_slice(&addr);
     frame[SRC_PORT].copy_from_slice(&port.to_be_bytes());
     reseal_ipv4(frame);

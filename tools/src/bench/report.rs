@@ -115,6 +115,21 @@ pub fn summary(r: &Results) -> String {
             ns > 0.0 && ns <= target * floor,
         );
     }
+    // IPv6 costs what IPv4 does, within 15%: the same rows, side by side.
+    let by_version = [
+        ("two-arm new flow", "new flow (SYN)"),
+        ("two-arm established", "established flow"),
+        ("two-arm reply", "reply"),
+    ];
+    for (prefix, what) in by_version {
+        let (v4, v6) = (case(prefix), case(&format!("IPv6 {prefix}")));
+        row(
+            &format!("IPv6 {what} vs IPv4 (single runs)"),
+            format!("{v6:.0} ns vs {v4:.0} ns = {}", ratio(v6, v4)),
+            "≤ 1.15×",
+            v4 > 0.0 && v6 > 0.0 && v6 <= 1.15 * v4,
+        );
+    }
     // Issue 15 asks what cluster mode's bucket check adds to a packet: the same established
     // one-arm flow with and without cluster mode, side by side.
     let (plain, clustered) = (
