@@ -39,7 +39,8 @@ struct Target {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the balancer in the foreground (SIGHUP reloads, SIGTERM/SIGINT stop).
+    /// Run the balancer in the foreground (SIGHUP reloads; SIGTERM/SIGINT exit and leave the
+    /// datapath forwarding for the next `run` to adopt; `xnlb stop` removes it).
     Run {
         #[arg(long, short)]
         config: PathBuf,

@@ -25,6 +25,8 @@ enum Command {
     Health(Vec<Report>),
     /// The kernel's routing changed (coalesced: one pending at a time).
     RoutingChanged,
+    /// End the thread after what is queued, leaving the pinned datapath forwarding.
+    Exit,
 }
 
 /// How the daemon's tasks talk to the controller.
@@ -52,6 +54,12 @@ impl Handle {
         self.commands.send(Command::Health(batch)).is_ok()
     }
 
+    /// Ends the controller's thread once the commands queued before are carried out; the
+    /// pinned datapath stays as it is (SIGTERM, SIGINT).
+    pub fn exit(&self) {
+        let _ = self.commands.send(Command::Exit);
+    }
+
     /// Tells the controller the kernel's routing changed; false once the controller is gone.
     pub fn routing_changed(&self) -> bool {
         if self.routing_pending.swap(true, Ordering::AcqRel) {
@@ -61,8 +69,8 @@ impl Handle {
     }
 }
 
-/// Starts the controller's thread. It ends after a `stop` request (which detaches and unpins)
-/// or when every handle is gone (which leaves the pinned datapath forwarding).
+/// Starts the controller's thread. It ends after a `stop` request (which detaches and unpins),
+/// or after `exit` or when every handle is gone (both leave the pinned datapath forwarding).
 pub fn spawn(ctl: Controller) -> std::io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let routing_pending = Arc::new(AtomicBool::new(false));
@@ -98,6 +106,7 @@ fn serve(
                     error!("applying health results: {e:#}");
                 }
             }
+            Command::Exit => return,
             Command::Admin(Request::Stop, reply) => {
                 let answer = match ctl.stop() {
                     Ok(()) => Response::ok("stopped: detached and unpinned".to_string()),

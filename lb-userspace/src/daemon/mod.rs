@@ -1,9 +1,11 @@
 //! `xnlb run`: the daemon's life. Checks the config, claims the admin socket and the metrics
 //! address (so a second daemon fails before touching the datapath), starts the controller on
 //! its own thread, then serves requests and signals until told to stop. A thread of its own
-//! follows routing changes, so that the datapath's kept next hops do too. SIGHUP reloads;
-//! SIGTERM, SIGINT and `xnlb stop` detach and remove the pins. A `kill -9` leaves the pinned
-//! datapath forwarding.
+//! follows routing changes, so that the datapath's kept next hops do too. SIGHUP reloads.
+//! SIGTERM and SIGINT (what `systemctl stop` and `restart` send) end the daemon and leave the
+//! pinned datapath forwarding, exactly as a crash or `kill -9` does: the next `xnlb run` adopts
+//! it, so a restart or an upgrade costs nothing. Only `xnlb stop` detaches, removes the VIPs
+//! and the pins.
 //!
 //! ```text
 //!  admin socket ──verbs──▶ ┌─────────────┐ ──map writes──▶ datapath
@@ -116,7 +118,8 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let stop = loop {
+    // The signal that ends the daemon, or `None` when `xnlb stop` did (and has detached).
+    let signalled = loop {
         tokio::select! {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading {}", config_path.display());
@@ -124,20 +127,23 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
                 let controller = controller.clone();
                 tokio::spawn(async move { controller.ask(Request::Reload).await });
             }
-            _ = terminate.recv() => { info!("SIGTERM: stopping"); break true; }
-            _ = interrupt.recv() => { info!("SIGINT: stopping"); break true; }
-            _ = stopped_rx.recv() => { info!("stopped by `xnlb stop`"); break false; }
+            _ = terminate.recv() => break Some("SIGTERM"),
+            _ = interrupt.recv() => break Some("SIGINT"),
+            _ = stopped_rx.recv() => break None,
         }
     };
-    let result = if stop {
-        stop_controller(&controller).await
-    } else {
-        Ok(())
-    };
+    match signalled {
+        Some(signal) => info!(
+            "{signal}: exiting; the datapath keeps forwarding (pinned in {}) and the next \
+             `xnlb run` adopts it; `xnlb stop` removes it",
+            pin_dir.display()
+        ),
+        None => info!("stopped by `xnlb stop`"),
+    }
     let _ = std::fs::remove_file(&socket_path);
-    drop(controller);
+    controller.exit();
     let _ = tokio::task::spawn_blocking(move || controller_thread.join()).await;
-    result
+    Ok(())
 }
 
 /// The datapath keeps next hops (the FIB's answers) per backend and per flow: every routing
@@ -172,15 +178,6 @@ fn follow_routing(mut epoch: NextHopEpoch, controller: Handle) {
 
 /// How often held next hops are resolved again when routing changes cannot be watched.
 const HELD_HOPS_FALLBACK_PERIOD: std::time::Duration = std::time::Duration::from_secs(4);
-
-async fn stop_controller(controller: &Handle) -> Result<()> {
-    let answer = controller.ask(Request::Stop).await;
-    if answer.ok {
-        Ok(())
-    } else {
-        Err(anyhow!("stopping: {}", answer.message.unwrap_or_default()))
-    }
-}
 
 /// Hands probe results to the controller in batches (one reprogram for many changes), and
 /// counts them in the metrics, whose series follow what is `probed`.

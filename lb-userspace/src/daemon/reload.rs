@@ -123,14 +123,18 @@ fn inherit_lifecycles(
     }
 }
 
-/// Settings a running daemon cannot change: they need `xnlb stop` and a new `xnlb run`.
+/// Settings a running daemon cannot change. Those of the daemon itself take a restart, which
+/// costs nothing (the next `xnlb run` adopts the datapath); those of the datapath's shape take
+/// `xnlb stop` and a new `xnlb run`, because an adopted datapath keeps them.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
     let mut out = Vec::new();
     let mut check = |changed: bool, path: &str| {
         if changed {
             out.push(
-                config::Problem::new(path, "cannot change while running")
-                    .hint("restart xnlb to apply it (`xnlb stop`, then `xnlb run`)"),
+                config::Problem::new(path, "cannot change while running").hint(
+                    "the datapath keeps it: apply it with `xnlb stop`, then `xnlb run` \
+                     (forwarding stops in between)",
+                ),
             );
         }
     };
@@ -145,13 +149,23 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
         old.conntrack.half_open_entries() != new.conntrack.half_open_entries(),
         "conntrack.half_open_entries",
     );
-    check(old.metrics != new.metrics, "metrics");
-    check(old.admin != new.admin, "admin");
     check(old.cluster != new.cluster, "cluster");
     // The first service's VIP names the cluster MAC that clients hold in their ARP caches.
     check(
         old.cluster.is_some() && old.cluster_vip() != new.cluster_vip(),
         "services[0].vip (it names the cluster MAC)",
     );
+    let mut restart = |changed: bool, path: &str| {
+        if changed {
+            out.push(
+                config::Problem::new(path, "cannot change while running").hint(
+                    "restart the daemon to apply it (`systemctl restart xnlb`, or SIGTERM and \
+                     `xnlb run`): the datapath forwards on and is adopted",
+                ),
+            );
+        }
+    };
+    restart(old.metrics != new.metrics, "metrics");
+    restart(old.admin != new.admin, "admin");
     out
 }

@@ -1,6 +1,7 @@
 //! The daemon as an administrator meets it: `xnlb run` in a two-arm namespace network with real
 //! TCP through it; `status`, `drain`/`enable`, `reload` (good and broken), SIGHUP, metrics,
-//! `kill -9` with an open connection and a restart that adopts the running datapath, `stop`.
+//! `kill -9` with an open connection and a restart that adopts the running datapath, SIGTERM
+//! and SIGINT, which leave it forwarding as well, `stop`.
 
 use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
@@ -318,7 +319,7 @@ fn daemon_lifecycle_with_real_connections() {
 }
 
 #[test]
-fn sigterm_detaches_and_a_second_daemon_or_a_missing_interface_is_refused() {
+fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refused() {
     let net = Net::build(Mode::TwoArm, 1);
     let mut d = Daemon::start(&net.lb, &config(1));
     assert!(d.files.pin_dir.join("link-cli0").exists());
@@ -360,13 +361,46 @@ fn sigterm_detaches_and_a_second_daemon_or_a_missing_interface_is_refused() {
         "{err}"
     );
 
-    // SIGTERM: detach, unpin, exit 0; traffic to the VIP is no longer balanced.
-    signal(&d, nix::sys::signal::Signal::SIGTERM);
-    assert!(
-        d.wait_exit(Duration::from_secs(10)).success(),
-        "{}",
-        d.log()
-    );
-    assert!(!d.files.pin_dir.exists(), "pins removed on SIGTERM");
-    assert!(!d.files.socket.exists(), "socket removed on SIGTERM");
+    // SIGTERM and SIGINT (`systemctl stop`, `restart`, Ctrl-C) end the daemon as a crash
+    // would: the datapath stays attached and pinned, the VIP stays, the socket goes; the next
+    // daemon adopts it. (Traffic across such a restart: `fail_static` end to end.)
+    let signals = [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ];
+    for (restarts, sig) in (1..).zip(signals) {
+        signal(&d, sig);
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).success(),
+            "{}",
+            d.log()
+        );
+        assert!(
+            d.log()
+                .contains(&format!("{sig}: exiting; the datapath keeps forwarding")),
+            "{}",
+            d.log()
+        );
+        assert!(
+            d.files.pin_dir.join("link-cli0").exists(),
+            "{sig}: the link stays pinned"
+        );
+        assert!(!d.files.socket.exists(), "{sig}: socket removed");
+        assert!(
+            cli0_addresses(&net).contains(&VIP.to_string()),
+            "{sig}: the VIP stays"
+        );
+        d.spawn(&net.lb);
+        assert_eq!(
+            d.log().matches("adopted the running datapath").count(),
+            restarts,
+            "{}",
+            d.log()
+        );
+    }
+    // Only `xnlb stop` takes the balancer out: detached, VIP and pins removed.
+    assert!(d.ok(&["stop"]).contains("detached and unpinned"));
+    d.wait_exit(Duration::from_secs(10));
+    assert!(!d.files.pin_dir.exists(), "pins removed by `xnlb stop`");
+    assert!(!cli0_addresses(&net).contains(&VIP.to_string()));
 }

@@ -1,4 +1,5 @@
-//! What must not hurt: the daemon killed (fail-static), and bad input on the wire.
+//! What must not hurt: the daemon killed (fail-static) or restarted (SIGTERM, as `systemctl
+//! restart` does), and bad input on the wire.
 
 use super::*;
 
@@ -46,6 +47,58 @@ pub(super) fn fail_static(mode: Mode) {
     );
     assert_eq!(lost, 0.0, "{mode_name}: drops across the restart");
     assert_eq!(misses, 0.0, "{mode_name}: flows lost across the restart");
+
+    // A restart as `systemctl restart` does it (SIGTERM, then start) with requests running all
+    // through it: not one fails.
+    let before = farm.scrape();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let answered = thread::scope(|s| {
+        let requests = s.spawn(|| {
+            let mut n = 0;
+            // Bounded in time: the restart takes about a second; 60 s is slack for a loaded
+            // machine, and the assertions below fail if the restart did not fit in it.
+            let started = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Acquire)
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                farm.get(clients[n % 20], HTTP);
+                n += 1;
+            }
+            (n, done.load(std::sync::atomic::Ordering::Acquire))
+        });
+        thread::sleep(Duration::from_millis(200));
+        let pid = nix::unistd::Pid::from_raw(d.pid().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        assert!(
+            d.wait_exit(Duration::from_secs(10)).success(),
+            "{}",
+            d.log()
+        );
+        d.spawn(&farm.net.lb);
+        thread::sleep(Duration::from_millis(200));
+        done.store(true, std::sync::atomic::Ordering::Release);
+        requests
+            .join()
+            .expect("no request failed across the restart")
+    });
+    let after = farm.scrape();
+    let (answered, spanned) = answered;
+    println!("{mode_name}: {answered} requests across SIGTERM and restart, none failed");
+    assert!(
+        spanned,
+        "{mode_name}: the requests ran until the restart was over"
+    );
+    assert_eq!(
+        d.log().matches("adopted the running datapath").count(),
+        2,
+        "{mode_name}: {}",
+        d.log()
+    );
+    assert_eq!(
+        after.since(&before, "xnlb_drops_total", &[]),
+        0.0,
+        "{mode_name}: drops across SIGTERM and restart"
+    );
 }
 
 // 7. Bad input on the wire.
