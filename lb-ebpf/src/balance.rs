@@ -93,7 +93,7 @@ pub fn to_vip_v6(
     ip: &mut Ipv6Hdr,
     settings: &DatapathSettings,
 ) -> Outcome {
-    let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
+    let Some(t) = ipv6_transport(ip) else {
         return Outcome::Drop(DropReason::Ipv6Headers);
     };
     // A first fragment carries the ports: it is balanced below, like any packet.
@@ -294,7 +294,7 @@ pub fn from_backend_v6(
     ip: &mut Ipv6Hdr,
     settings: &DatapathSettings,
 ) -> Outcome {
-    let Some(t) = scratch::get().and_then(|s| ipv6_transport(ip, s.ipv6_transport)) else {
+    let Some(t) = ipv6_transport(ip) else {
         return Outcome::Pass(PassReason::Malformed);
     };
     if t.later {

@@ -55,7 +55,7 @@ pub fn stage(
     } else {
         Outcome::Pass(PassReason::NotOurs)
     };
-    let Some(t) = scratch::get().and_then(|sc| ipv6_transport(ip, sc.ipv6_transport)) else {
+    let Some(t) = ipv6_transport(ip) else {
         return untouched;
     };
     if t.fragment || t.proto != PROTO_ICMPV6 {

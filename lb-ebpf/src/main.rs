@@ -30,7 +30,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::AddrKey,
-    addr::{PROTO_ICMP, PROTO_ICMPV6},
+    addr::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, ICMP6, TO_VIP, TO_VIP6},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
@@ -353,8 +353,7 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
         if !valid {
             return Outcome::Drop(DropReason::MalformedIp);
         }
-        let transport = leave_ipv6_transport(ctx, ip);
-        if (transport >> 16) as u8 == PROTO_ICMPV6 {
+        if leave_ipv6_transport(ctx, ip) == PROTO_ICMPV6 {
             tail_call!(ctx, 5);
         } else {
             tail_call!(ctx, 3);
@@ -387,14 +386,18 @@ fn process_v6(ctx: &XdpContext, eth: &EthHdr) -> Outcome {
 }
 
 /// Walks the IPv6 packet's extension headers for the stage it goes to (`packet::walk_ipv6`);
-/// returns the walk.
+/// returns its transport protocol. Plain TCP and UDP are not walked: the stage reads where
+/// their header is from the IPv6 header (`packet::ipv6_transport`).
 #[inline(always)]
-fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) -> u32 {
+fn leave_ipv6_transport(ctx: &XdpContext, ip: &Ipv6Hdr) -> u8 {
+    if matches!(ip.next_hdr, PROTO_TCP | PROTO_UDP) {
+        return ip.next_hdr;
+    }
     let Some(s) = scratch::get() else {
         return 0;
     };
     s.ipv6_transport = packet::walk_ipv6(ctx, ip, &mut s.ipv6_fragment_id);
-    s.ipv6_transport
+    (s.ipv6_transport >> 16) as u8
 }
 
 /// The datapath's settings, if the frame was sent to the receiving interface's own MAC;

@@ -89,9 +89,17 @@ pub const IPV6_FIRST_FRAGMENT: u32 = 1 << 26;
 /// bytes each. A packet whose headers run longer is not walked.
 const MAX_TRANSPORT_OFFSET: usize = 0x1ff;
 
-/// Where the IPv6 packet `ip`'s transport header is, from the entry's walk (`walk_ipv6`).
+/// Where the IPv6 packet `ip`'s transport header is: right after the IPv6 header for plain TCP
+/// and UDP (most packets, which the entry does not walk), else where the entry's walk
+/// (`walk_ipv6`) found it, in scratch.
 #[inline(always)]
-pub fn ipv6_transport(ip: &Ipv6Hdr, packed: u32) -> Option<Ipv6Transport> {
+pub fn ipv6_transport(ip: &Ipv6Hdr) -> Option<Ipv6Transport> {
+    let packed = match ip.next_hdr {
+        lb_common::addr::PROTO_TCP | lb_common::addr::PROTO_UDP => {
+            plain_ipv6_transport(ip.next_hdr)
+        }
+        _ => crate::scratch::get()?.ipv6_transport,
+    };
     if packed == 0 {
         return None;
     }
@@ -109,6 +117,12 @@ pub fn ipv6_transport(ip: &Ipv6Hdr, packed: u32) -> Option<Ipv6Transport> {
         first: packed & IPV6_FIRST_FRAGMENT != 0,
         later: packed & IPV6_LATER_FRAGMENT != 0,
     })
+}
+
+/// `walk_ipv6`'s answer for a transport header of `proto` right after the IPv6 header.
+#[inline(always)]
+pub const fn plain_ipv6_transport(proto: u8) -> u32 {
+    (ETH_HLEN + IPV6_HLEN) as u32 | (proto as u32) << 16
 }
 
 /// Walks the IPv6 packet's extension headers (hop-by-hop, routing, destination options,
