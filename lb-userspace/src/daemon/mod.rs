@@ -61,6 +61,11 @@ pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
 async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()> {
     let socket_path = config.admin.socket.clone();
     let admin_listener = admin_socket::bind(&socket_path)?;
+    // Held until the daemon ends. Taken after the socket, whose check names a running daemon
+    // without creating anything; a refusal removes the socket this daemon made.
+    let _pin_lock = bpffs::lock_pin_dir(pin_dir).inspect_err(|_| {
+        let _ = std::fs::remove_file(&socket_path);
+    })?;
     let metrics_listener = TcpListener::bind(config.metrics.listen)
         .await
         .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;

@@ -1,9 +1,13 @@
 //! What loading and pinning BPF objects needs from the host: locked-memory room and a BPF
 //! filesystem for the pins.
 
-use std::path::Path;
+use std::{fs::File, path::Path};
 
 use anyhow::{Result, anyhow};
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
 use tracing::info;
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (newer ones use memory cgroups):
@@ -75,4 +79,23 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     }
     info!("mounted the BPF filesystem at {BPF_FS_ROOT}");
     Ok(())
+}
+
+/// Locks the pin directory for the daemon's life (creating it if needed): a second daemon on
+/// the same directory — another config, or the first one's admin socket deleted — is refused
+/// before it touches a pin, instead of adopting the maps and fighting the first over them. The
+/// lock goes with the returned handle, or with the process.
+pub fn lock_pin_dir(pin_dir: &Path) -> Result<Flock<File>> {
+    std::fs::create_dir_all(pin_dir)
+        .map_err(|e| anyhow!("creating the pin directory {}: {e}", pin_dir.display()))?;
+    let dir = File::open(pin_dir)
+        .map_err(|e| anyhow!("opening the pin directory {}: {e}", pin_dir.display()))?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        Errno::EWOULDBLOCK => anyhow!(
+            "xnlb is already running: another daemon holds the pin directory {} (stop it \
+             first, or give this one another --pin-dir)",
+            pin_dir.display()
+        ),
+        e => anyhow!("locking the pin directory {}: {e}", pin_dir.display()),
+    })
 }

@@ -361,6 +361,33 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
         "{err}"
     );
 
+    // The pin directory is locked for the daemon's life: with the first daemon's socket gone
+    // (deleted by hand), a second one on the same pins is refused before it touches them.
+    std::fs::remove_file(&d.files.socket).unwrap();
+    let second = net
+        .lb
+        .command(xnlb_tests::daemon::xnlb_bin())
+        .args(["run", "--config"])
+        .arg(&d.files.config)
+        .arg("--pin-dir")
+        .arg(&d.files.pin_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("another daemon holds the pin directory"),
+        "{err}"
+    );
+    assert!(
+        !d.files.socket.exists(),
+        "the refused daemon removed its socket"
+    );
+    assert!(d.files.pin_dir.join("link-cli0").exists());
+    assert!(
+        !err.contains("adopted"),
+        "refused before it adopted anything: {err}"
+    );
+
     // SIGTERM and SIGINT (`systemctl stop`, `restart`, Ctrl-C) end the daemon as a crash
     // would: the datapath stays attached and pinned, the VIP stays, the socket goes; the next
     // daemon adopts it. (Traffic across such a restart: `fail_static` end to end.)
