@@ -75,8 +75,12 @@ impl Controller {
     /// Loads (or adopts) the datapath under `pin_dir`, programs it from `config`, attaches it
     /// and announces the VIPs.
     pub fn start(config: Config, config_path: &Path, pin_dir: &Path) -> Result<Self> {
-        let (dp, adopted) = Datapath::load_pinned(sizes_for(&config), pin_dir)
+        let (dp, adoption) = Datapath::load_pinned(sizes_for(&config), pin_dir)
             .context("loading the XDP datapath")?;
+        let adopted = adoption.is_some();
+        for line in adoption.iter().flat_map(|a| a.report()) {
+            warn!("adopting the datapath at {}: {line}", pin_dir.display());
+        }
         // What the maps hold, even when just created (all zero): the record must never assume.
         let programmed = Programmed::read(&dp).context("reading the datapath's maps")?;
         let mut ids = IdBook::default();
@@ -133,7 +137,17 @@ impl Controller {
         ctl.resolve_held_hops_waiting();
         let changes = ctl.reprogram().context("programming the datapath")?;
         info!("datapath programmed: {changes}");
-        ctl.attach()?;
+        ctl.dp.load_programs().context("loading the XDP programs")?;
+        ctl.attach(adopted)?;
+        // Flows the previous entry program's stages promoted after the first rebuild, before
+        // this daemon's stages took over, claimed their replies in the table that lost its
+        // pin: written now.
+        for (name, half_open) in adoption.iter().flat_map(|a| a.replies_to_rebuild()) {
+            let more = ctl.dp.rebuild_replies(half_open)?;
+            if more > 0 {
+                info!("{name}: {more} more reply entries rebuilt after the program took over");
+            }
+        }
         ctl.dp.pin_program(&pin_dir.join(PROGRAM_PIN))?;
         if ctl.config.announce_vips {
             ctl.vips
@@ -160,7 +174,9 @@ impl Controller {
         addrs
     }
 
-    fn attach(&mut self) -> Result<()> {
+    /// Puts the program on the config's interfaces; `adopting` a pinned datapath, an interface
+    /// without a pinned link is one that lost it (the pin removed by hand), and is said so.
+    fn attach(&mut self, adopting: bool) -> Result<()> {
         let ifaces: Vec<(String, &'static str)> = self
             .config
             .attach_interfaces()
@@ -177,7 +193,16 @@ impl Controller {
         for (iface, role) in ifaces {
             let how = attach::attach_or_adopt(self.dp.program_mut()?, &self.pin_dir, &iface, mode)?;
             let how = match how {
-                Attached::New(m) => m.to_string(),
+                Attached::New(m) => {
+                    if adopting {
+                        warn!(
+                            "adopting the datapath at {}: {iface} had no pinned link (it was \
+                             removed?), so it was not balanced until now: attached anew",
+                            self.pin_dir.display()
+                        );
+                    }
+                    m.to_string()
+                }
                 Attached::Adopted => "adopted".to_string(),
             };
             info!("XDP on {iface} ({role} side): {how}");

@@ -373,6 +373,38 @@ impl Datapath {
         let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
         let fd = self.map_data(names::FLOWS)?.fd().as_fd();
         batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))?;
+        self.write_replies(false, flows).map(|_| ())
+    }
+
+    /// Writes the reply table of the half-open or the established flows again from the flows,
+    /// for a table whose pin was lost (`pins`): each claimed reply tuple that the table does
+    /// not hold, so that it may run again once the program that fills the table is in place
+    /// (a flow promoted meanwhile) without overwriting a claim the datapath made. How many
+    /// entries it wrote.
+    pub fn rebuild_replies(&mut self, half_open: bool) -> Result<usize> {
+        let flows = self.reader.flows_in(half_open)?;
+        let name = super::reader::stage_maps(half_open).1;
+        let mut map: HashMap<&mut MapData, FlowKey, ReplyEntry> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let mut written = 0;
+        for (client, f) in flows.iter().filter(|(_, f)| f.flags & REPLY_DERIVED == 0) {
+            let owner = ReplyEntry {
+                client: *client,
+                backend_id: f.backend_id,
+                _pad: 0,
+            };
+            match map.insert(f.reply, owner, u64::from(aya_obj::generated::BPF_NOEXIST)) {
+                Ok(()) => written += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(written)
+    }
+
+    /// The reply entry of each of `flows` that claimed one, into the reply table of its stage.
+    fn write_replies(&mut self, half_open: bool, flows: &[(FlowKey, FlowEntry)]) -> Result<usize> {
         let (replies, owners): (Vec<FlowKey>, Vec<ReplyEntry>) = flows
             .iter()
             .filter(|(_, f)| f.flags & REPLY_DERIVED == 0)
@@ -386,10 +418,12 @@ impl Datapath {
             })
             .unzip();
         if replies.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let fd = self.map_data(names::REPLIES)?.fd().as_fd();
-        batch::update(fd, &replies, &owners).map_err(io_err("writing REPLIES"))
+        let name = super::reader::stage_maps(half_open).1;
+        let fd = self.map_data(name)?.fd().as_fd();
+        batch::update(fd, &replies, &owners).map_err(io_err("writing a reply table"))?;
+        Ok(replies.len())
     }
 }
 

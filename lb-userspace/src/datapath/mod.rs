@@ -12,6 +12,7 @@ mod maps;
 mod mmap;
 mod next_hops;
 pub mod object;
+pub mod pins;
 mod reader;
 pub mod reconcile;
 
@@ -108,20 +109,34 @@ impl Datapath {
     /// Loads the embedded object (maps created, program verified), not yet attached anywhere.
     pub fn load(sizes: DatapathSizes) -> Result<Self> {
         let mut dp = Self::load_with(sizes, None)?;
+        dp.load_programs()?;
         dp.set_settings(&DatapathSettings::defaults())?;
         Ok(dp)
     }
 
-    /// Loads the object with every map pinned under `dir`. Maps already pinned there (a
+    /// Loads the object's maps, each pinned under `dir`, and not yet its programs
+    /// (`load_programs`, once the maps are programmed). Maps already pinned there (a
     /// previous daemon's) are reused as they are, contents and sizes included: that is how a
-    /// restarted daemon adopts a running datapath. Returns whether it adopted.
-    pub fn load_pinned(sizes: DatapathSizes, dir: &Path) -> Result<(Self, bool)> {
+    /// restarted daemon adopts a running datapath. The pins are checked first (`pins::check`):
+    /// a missing reply table is rebuilt from its flows here. Returns what adopting took, or
+    /// `None` for a fresh start.
+    pub fn load_pinned(
+        sizes: DatapathSizes,
+        dir: &Path,
+    ) -> anyhow::Result<(Self, Option<pins::Adoption>)> {
         std::fs::create_dir_all(dir).map_err(io_err("creating the pin directory"))?;
-        let adopted = dir.join(names::FLOWS).exists();
-        let dp = Self::load_with(sizes, Some(dir))?;
-        Ok((dp, adopted))
+        let mut adoption = pins::check(dir)?;
+        let mut dp = Self::load_with(sizes, Some(dir))?;
+        if let Some(a) = &mut adoption {
+            let rebuild: Vec<(&'static str, bool)> = a.replies_to_rebuild().collect();
+            for (name, half_open) in rebuild {
+                a.rebuilt.push((name, dp.rebuild_replies(half_open)?));
+            }
+        }
+        Ok((dp, adoption))
     }
 
+    /// Creates (or opens the pinned) maps; the programs are loaded by `load_programs`.
     fn load_with(sizes: DatapathSizes, pin_dir: Option<&Path>) -> Result<Self> {
         let ring_slots = sizes.ring_services * RING_SLOTS_PER_SERVICE;
         let mut loader = EbpfLoader::new();
@@ -148,13 +163,14 @@ impl Datapath {
         let ring_entries = dp.reader.max_entries(names::RING)?;
         dp.ring_slots = ring_entries / RING_MAX_SIZE;
         dp.ring_view = MappedArray::map(dp.map_data(names::RING)?.fd().as_fd(), ring_entries);
-        dp.load_programs()?;
         Ok(dp)
     }
 
-    /// Loads the entry program and the stages into the kernel, and puts the stages in `STAGES`
-    /// (an adopted `STAGES` gets this process's stages in place of the previous daemon's).
-    fn load_programs(&mut self) -> Result<()> {
+    /// Loads the entry program and the stages into the kernel, and puts the stages in `STAGES`.
+    /// An adopted `STAGES` gets this process's stages in place of the previous daemon's, and
+    /// the running entry program calls them at once: so, adopting, only once the maps they
+    /// read are programmed (a map created afresh is empty until then).
+    pub fn load_programs(&mut self) -> Result<()> {
         load_verified(self.program_mut()?)?;
         for (slot, name) in programs::STAGES {
             let stage = self.xdp_mut(name)?;

@@ -65,7 +65,8 @@ fn fill_flows(d: &Daemon) {
     };
     let (mut dp, adopted) =
         Datapath::load_pinned(sizes, &d.files.pin_dir).expect("open the daemon's maps");
-    assert!(adopted, "the daemon's maps are pinned");
+    let adopted = adopted.expect("the daemon's maps are pinned");
+    assert!(adopted.report().is_empty(), "{:?}", adopted.report());
     let now = monotonic_ns();
     let flows: Vec<(FlowKey, FlowEntry)> = (0..FLOWS)
         .map(|i| {

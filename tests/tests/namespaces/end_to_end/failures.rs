@@ -225,3 +225,90 @@ pub(super) fn bad_input(mode: Mode) {
         "{mode_name}: XDP_DROP count"
     );
 }
+
+// 8. Pins that went missing or do not fit.
+
+/// Pins the map pinned at `from` also at `to`, in place of what was there.
+fn pin_as(dir: &std::path::Path, from: &str, to: &str) {
+    let map = aya::maps::MapData::from_pin(dir.join(from)).expect("open a pinned map");
+    let _ = std::fs::remove_file(dir.join(to));
+    map.pin(dir.join(to)).expect("pin it under another name");
+}
+
+/// One-arm (every flow claims a reply entry): a restart checks every pin it expects and says
+/// what it rebuilt, replaced or why it refuses. A lost `REPLIES` pin is rebuilt from the flows,
+/// and a transfer that spans it completes; a map of another layout is replaced when the
+/// controller can write it again (`SERVED_BY`) and refused when it holds connections
+/// (`FLOWS`); an interface whose link pin was removed is said to have been unbalanced, and is
+/// attached anew.
+pub(super) fn pins_are_checked() {
+    let farm = Farm::new(Mode::OneArm, 3);
+    let config = farm.web_config();
+    let mut d = Daemon::start(&farm.net.lb, &config);
+    let pins = d.files.pin_dir.clone();
+    let clients = farm.net.client_addresses(3);
+    let transfer = farm.transfer(clients[0], 250);
+
+    // 1. REPLIES' pin removed while the daemon is dead: rebuilt from the flows on adoption.
+    d.kill9();
+    std::fs::remove_file(pins.join("REPLIES")).unwrap();
+    d.spawn(&farm.net.lb);
+    assert!(
+        d.log()
+            .contains("REPLIES was not pinned: rebuilt from the flow table"),
+        "{}",
+        d.log()
+    );
+    transfer
+        .finish()
+        .unwrap_or_else(|e| panic!("the transfer across the rebuild: {e}\n{}", d.log()));
+
+    // 2. A map of another layout where SERVED_BY's pin was (an upgrade changed it): replaced,
+    // and balancing goes on.
+    d.kill9();
+    pin_as(&pins, "FRAGMENTS", "SERVED_BY");
+    d.spawn(&farm.net.lb);
+    assert!(
+        d.log().contains("SERVED_BY was pinned with another layout"),
+        "{}",
+        d.log()
+    );
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "{answered:?}");
+
+    // 3. The same where FLOWS' pin was: the connections cannot be adopted; refused, with the
+    // way out, and nothing touched (the datapath forwards on).
+    d.kill9();
+    // The running FLOWS, held open here while another map takes its pin (bpffs cannot rename).
+    let flows = aya::maps::MapData::from_pin(pins.join("FLOWS")).expect("the pinned FLOWS");
+    pin_as(&pins, "FRAGMENTS", "FLOWS");
+    let refused = farm
+        .net
+        .lb
+        .command(xnlb_tests::daemon::xnlb_bin())
+        .args(["run", "--config"])
+        .arg(&d.files.config)
+        .arg("--pin-dir")
+        .arg(&pins)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("the pinned FLOWS has another layout")
+            && err.contains("xnlb stop"),
+        "{err}"
+    );
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "fail-static through the refusal");
+    std::fs::remove_file(pins.join("FLOWS")).unwrap();
+    flows.pin(pins.join("FLOWS")).expect("FLOWS pinned again");
+
+    // 4. The link's pin removed: the interface is no longer balanced (nothing holds the link);
+    // the restart says so and attaches anew.
+    std::fs::remove_file(pins.join("link-lan0")).unwrap();
+    d.spawn(&farm.net.lb);
+    assert!(d.log().contains("lan0 had no pinned link"), "{}", d.log());
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "{answered:?}");
+}

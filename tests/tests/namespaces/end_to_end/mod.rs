@@ -245,6 +245,12 @@ fn one_arm_without_forwarding_holds_next_hops() {
     held_routing::one_arm_without_forwarding();
 }
 
+/// One-arm only: there every flow claims a reply entry, so a lost reply table shows.
+#[test]
+fn one_arm_restart_checks_every_pin() {
+    failures::pins_are_checked();
+}
+
 /// One-arm only: SNAT ports.
 #[test]
 fn one_arm_snat_ports_come_free_after_close() {
