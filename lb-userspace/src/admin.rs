@@ -82,6 +82,11 @@ pub enum ClientError {
     },
     #[error("the daemon on {0} sent an answer this xnlb does not understand: {1}")]
     Protocol(PathBuf, String),
+    #[error(
+        "the daemon on {0} closed the connection without answering: it ended (stopped or crashed) \
+         while handling the request; see its log, and `xnlb status` once it runs again"
+    )]
+    Died(PathBuf),
 }
 
 /// Sends one request and waits for its answer (reloads can take a few seconds).
@@ -104,7 +109,15 @@ pub fn request(socket: &Path, request: &Request) -> Result<Response, ClientError
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    match BufReader::new(stream).read_line(&mut answer) {
+        Ok(0) => return Err(ClientError::Died(socket.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Err(ClientError::Died(socket.to_path_buf()));
+        }
+        other => {
+            other.map_err(io)?;
+        }
+    }
     serde_json::from_str(&answer)
         .map_err(|e| ClientError::Protocol(socket.to_path_buf(), e.to_string()))
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::UnixListener,
     sync::{mpsc, watch},
 };
@@ -136,16 +136,11 @@ pub async fn serve(listener: UnixListener, answerer: Answerer, stopped: mpsc::Se
         let stopped = stopped.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let request: Result<Request, _> = serde_json::from_str(&line);
+            let request = read_request(read).await;
             let is_stop = matches!(request, Ok(Request::Stop));
             let response = match request {
                 Ok(request) => answerer.answer(request).await,
-                Err(e) => Response::error(&anyhow::anyhow!("bad request: {e}")),
+                Err(e) => Response::error(&e),
             };
             let mut out = serde_json::to_string(&response).unwrap_or_default();
             out.push('\n');
@@ -156,4 +151,26 @@ pub async fn serve(listener: UnixListener, answerer: Answerer, stopped: mpsc::Se
             }
         });
     }
+}
+
+/// The longest request line taken: requests are a few hundred bytes of JSON.
+pub const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads one request line: at most `MAX_REQUEST` bytes, within `REQUEST_TIMEOUT`, UTF-8 JSON.
+/// Whatever else a client sends is answered with what is wrong, and never held in memory.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request> {
+    let mut line = Vec::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST + 1));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => bail!("bad request: no request line within {REQUEST_TIMEOUT:?}"),
+        Ok(Err(e)) => bail!("bad request: {e}"),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() as u64 > MAX_REQUEST {
+        bail!("bad request: longer than {MAX_REQUEST} bytes without a newline");
+    }
+    let text = std::str::from_utf8(&line).context("bad request: not UTF-8")?;
+    serde_json::from_str(text).context("bad request")
 }

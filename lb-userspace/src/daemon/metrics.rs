@@ -7,10 +7,16 @@
 use std::{
     collections::BTreeSet,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
@@ -23,7 +29,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::warn;
 
 use lb_model::{cluster::ClusterStatus, lifecycle::BackendState, status::Status};
 use tokio::sync::watch;
@@ -418,11 +425,47 @@ fn encode_snapshot(
 }
 
 /// Serves `/metrics` until the process ends.
+/// Connections served at once; more wait in the kernel's backlog, holding none of the
+/// daemon's files. Prometheus needs one.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends no complete request headers within this is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer (a scraper reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Serves `/metrics` until the process ends. Connections are bounded in number and in time,
+/// so that idle ones cannot use up the daemon's files (its health probes and admin socket
+/// need them) nor keep a slot for ever.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) -> Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(registry);
-    axum::serve(listener, app).await.context("metrics server")
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("metrics slots")?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: the backlog keeps the client until a file is free.
+                warn!("metrics: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(slot);
+        });
+    }
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {

@@ -41,7 +41,7 @@ use crate::{
     admin::Request,
     datapath::NextHopEpoch,
     health,
-    host::{bpffs, interfaces, routes},
+    host::{bpffs, interfaces, limits, routes},
 };
 
 pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
@@ -49,7 +49,8 @@ pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
     for w in &loaded.warnings {
         warn!("{w}");
     }
-    bpffs::raise_memlock();
+    limits::raise_memlock();
+    limits::raise_file_limit();
     bpffs::ensure_bpffs(pin_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

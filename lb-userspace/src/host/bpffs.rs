@@ -1,5 +1,5 @@
-//! What loading and pinning BPF objects needs from the host: locked-memory room and a BPF
-//! filesystem for the pins.
+//! What pinning BPF objects needs from the host: a BPF filesystem for the pins, and a lock on
+//! the daemon's pin directory.
 
 use std::{fs::File, path::Path};
 
@@ -9,28 +9,6 @@ use nix::{
     fcntl::{Flock, FlockArg},
 };
 use tracing::info;
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (newer ones use memory cgroups):
-/// raise the soft limit to unlimited if allowed, else to the hard limit.
-pub fn raise_memlock() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read or write one rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit);
-        let unlimited = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) != 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
-        }
-    }
-}
 
 /// The BPF filesystem's magic number (`statfs.f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -14,6 +14,7 @@ pub mod addresses;
 pub mod bpffs;
 pub mod heartbeats;
 pub mod interfaces;
+pub mod limits;
 pub mod next_hops;
 pub mod routes;
 pub mod sysctl;

@@ -361,6 +361,48 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
         "{err}"
     );
 
+    // The admin socket takes a request line of bounded size, in UTF-8, and answers what is
+    // wrong with one that is not; the daemon does not grow holding what it is sent.
+    let rss_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid().unwrap())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .to_string();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss_kib();
+    let ask_raw = |bytes: &[u8]| {
+        use std::io::{BufRead, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&d.files.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The daemon answers and closes once it has seen enough: the rest may not be taken.
+        let _ = stream.write_all(bytes);
+        let mut answer = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut answer)
+            .unwrap();
+        answer
+    };
+    let huge = ask_raw(&vec![b'x'; 200 * 1024 * 1024]);
+    assert!(
+        huge.contains("longer than 65536 bytes without a newline"),
+        "{huge}"
+    );
+    let garbled = ask_raw(b"{\"verb\":\"\xff\xfe\"}\n");
+    assert!(garbled.contains("not UTF-8"), "{garbled}");
+    let grew = rss_kib().saturating_sub(before);
+    // The 200 MB were never held: a few MB of slack for the allocator and the status read.
+    assert!(grew < 16 * 1024, "the daemon grew by {grew} KiB");
+    assert!(d.ok(&["status"]).contains("web"));
+
     // The pin directory is locked for the daemon's life: with the first daemon's socket gone
     // (deleted by hand), a second one on the same pins is refused before it touches them.
     std::fs::remove_file(&d.files.socket).unwrap();

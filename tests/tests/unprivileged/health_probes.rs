@@ -40,7 +40,9 @@ const NAME: &str = "mail.contoso.test";
 fn ca() -> &'static TestCa {
     static CA: OnceLock<TestCa> = OnceLock::new();
     CA.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("xnlb-health-ca-{}", std::process::id()));
+        // Under the build's own scratch directory: a static is never dropped, so a directory
+        // in /tmp would be left behind by every run.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("health-ca");
         let ca = TestCa::new(&dir);
         // SAFETY: runs once, inside the OnceLock, before any test reads the environment.
         unsafe { std::env::set_var("SSL_CERT_FILE", &ca.pem_file) };

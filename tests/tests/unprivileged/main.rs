@@ -1,5 +1,7 @@
 //! Tests that need neither root nor the BPF toolchain's output loaded: the config loader and
-//! `xnlb check`, and the health checker against web servers on loopback.
+//! `xnlb check`, the health checker against web servers on loopback, and the CLI against an
+//! admin socket that fails it.
 
+mod admin_client;
 mod config_check;
 mod health_probes;

@@ -312,3 +312,85 @@ pub(super) fn pins_are_checked() {
     let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
     assert_eq!(tally(&answered).len(), 3, "{answered:?}");
 }
+
+// 9. A local user against the metrics port.
+
+/// Idle connections to the metrics port, more than the daemon's open-file limit, while health
+/// checks run: no backend leaves rotation (the probes never run out of files), `status`
+/// answers within a second, and a scrape is served once they are gone. The limit is 256 rather
+/// than systemd's 1,024 so that the attack overshoots it with a few hundred connections, which
+/// the kernel queues for a listener that does not accept them, where more would wait out SYN
+/// retransmissions (a daemon that accepted every connection, as before, held them all and ran
+/// out of files).
+pub(super) fn idle_metrics_connections() {
+    const FILES: usize = 256;
+    const IDLE: usize = 250;
+    let farm = Farm::new(Mode::TwoArm, 3);
+    let health = "    health:\n      http: { path: /owa/healthcheck.htm, port: 80 }\n      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
+    let backends = farm.backends(&[1, 2, 3], |_| "".into());
+    let config = farm.config(&[farm.service("web", HTTP, health, &backends)]);
+    let d = Daemon::start(&farm.net.lb, &config);
+    let all = [("web", "b1"), ("web", "b2"), ("web", "b3")];
+    d.wait_state(&all, "up", LIMIT);
+    let pid = d.pid().expect("running").to_string();
+    let open_files = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let baseline = open_files();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={FILES}:{FILES}")])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    // This process holds the connections: room for them.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("setrlimit");
+
+    let metrics: SocketAddr = METRICS.parse().unwrap();
+    let idle: Vec<std::net::TcpStream> = farm.net.lb.run_in(|| {
+        (0..IDLE)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&metrics, Duration::from_millis(250)).ok()
+            })
+            .collect()
+    });
+    let open = open_files();
+    println!(
+        "{} idle connections to the metrics port held; the daemon has {open} files open \
+         ({baseline} before)",
+        idle.len()
+    );
+    // The attack is larger than the room the daemon has: taking each connection, it would
+    // run out of files.
+    assert!(baseline + idle.len() > FILES, "{} connections", idle.len());
+    // It takes a bounded number (16 of slack for probes and status requests in flight).
+    assert!(
+        open <= baseline + xnlb::daemon::metrics::MAX_CONNECTIONS + 16,
+        "the daemon holds {open} files"
+    );
+    // Three health intervals and a fall's worth of probes with the connections held.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(3) {
+        let asked = Instant::now();
+        let status = d.status_json();
+        let took = asked.elapsed();
+        // 1 s: the bound the issue sets; answering takes milliseconds.
+        assert!(took < Duration::from_secs(1), "status took {took:?}");
+        for b in xnlb_tests::daemon::backends_of(&status, "web") {
+            assert_eq!(b["state"], "up", "{b}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = d.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the daemon ran out of files: {log}"
+    );
+    drop(idle);
+    let scrape = farm.scrape();
+    assert_eq!(scrape.sum("xnlb_backend_up", &[("service", "web")]), 3.0);
+}

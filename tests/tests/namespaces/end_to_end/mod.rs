@@ -245,6 +245,11 @@ fn one_arm_without_forwarding_holds_next_hops() {
     held_routing::one_arm_without_forwarding();
 }
 
+#[test]
+fn idle_metrics_connections_cannot_starve_the_daemon() {
+    failures::idle_metrics_connections();
+}
+
 /// One-arm only: there every flow claims a reply entry, so a lost reply table shows.
 #[test]
 fn one_arm_restart_checks_every_pin() {
