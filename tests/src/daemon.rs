@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -280,6 +280,20 @@ pub fn http_get(ns: &NetNs, addr: std::net::SocketAddr, path: &str) -> String {
         http_exchange(stream, addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     assert_eq!(status, 200, "GET {path}");
     body
+}
+
+/// Runs `xnlb run --config config [--pin-dir pin_dir]` in `ns`, which must refuse to start;
+/// its stderr, which says why.
+pub fn refused_run(ns: &NetNs, config: &Path, pin_dir: Option<&Path>) -> String {
+    let mut run = ns.command(xnlb_bin());
+    run.arg("run").arg("--config").arg(config);
+    if let Some(dir) = pin_dir {
+        run.arg("--pin-dir").arg(dir);
+    }
+    let out = run.output().expect("run xnlb run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "xnlb run started: {err}");
+    err
 }
 
 /// The backends of `service` in a `status --json` document.

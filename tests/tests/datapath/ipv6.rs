@@ -288,19 +288,28 @@ fn icmpv6_frame(
     out
 }
 
-#[test]
-fn icmpv6_errors_about_a_flow_reach_its_sender_translated() {
-    let mut bed = Bed::new();
-    web6(&mut bed);
-    let backend = bed.predict_ip("web6", client6().0, client6().1);
+/// `web6`, and the client's connection to it established; the backend it went to.
+fn web6_with_a_flow(bed: &mut Bed) -> IpAddr {
+    web6(bed);
     for flags in [SYN, ACK] {
         let pkt = bed.from_client(Pkt::tcp(client6(), vip6(443), flags));
         assert_eq!(bed.run(bed.client_if, &pkt.bytes()).0, XDP_REDIRECT);
     }
-    let big = |p: Pkt| Pkt {
+    bed.predict_ip("web6", client6().0, client6().1)
+}
+
+/// `p` with 1400 bytes of payload: too big for a 1280-byte hop.
+fn big(p: Pkt) -> Pkt {
+    Pkt {
         payload: vec![b'x'; 1400],
         ..p
-    };
+    }
+}
+
+#[test]
+fn icmpv6_errors_about_a_flow_reach_its_sender_translated() {
+    let mut bed = Bed::new();
+    let backend = web6_with_a_flow(&mut bed);
     // A client-side router's "packet too big" about a reply (as it left: from the VIP): to the
     // backend, about the reply as the backend sent it. Quoted with the TCP checksum.
     let router: IpAddr = CLIENT_IP6.into();
@@ -378,16 +387,7 @@ fn an_ipv6_packet_too_big_for_its_route_is_answered_to_its_sender() {
         args.extend(["dev", dev, "mtu", "lock", "1280"]);
         bed.ns.ip(&args);
     }
-    web6(&mut bed);
-    let backend = bed.predict_ip("web6", client6().0, client6().1);
-    for flags in [SYN, ACK] {
-        let pkt = bed.from_client(Pkt::tcp(client6(), vip6(443), flags));
-        assert_eq!(bed.run(bed.client_if, &pkt.bytes()).0, XDP_REDIRECT);
-    }
-    let big = |p: Pkt| Pkt {
-        payload: vec![b'x'; 1400],
-        ..p
-    };
+    let backend = web6_with_a_flow(&mut bed);
     let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
     // The client's large packet: answered from the VIP, about the packet as the client sent it.
     let upload = bed.from_client(big(Pkt::tcp(client6(), vip6(443), ACK)));

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
     apps::{LineClient, line_servers, spread},
-    daemon::{Daemon, Scrape, backends_of},
+    daemon::{Daemon, Scrape, backends_of, refused_run},
     topology::{CLIENT_IP, Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
 
@@ -325,20 +325,10 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
     assert!(d.files.pin_dir.join("link-cli0").exists());
 
     // A second daemon on the same socket refuses before touching the datapath.
-    let second = net
-        .lb
-        .command(xnlb_tests::daemon::xnlb_bin())
-        .args(["run", "--config"])
-        .arg(&d.files.config)
-        .args(["--pin-dir", "/sys/fs/bpf/xnlb-never-used"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        !second.status.success() && err.contains("already running"),
-        "{err}"
-    );
-    assert!(!std::path::Path::new("/sys/fs/bpf/xnlb-never-used").exists());
+    let never_used = std::path::Path::new("/sys/fs/bpf/xnlb-never-used");
+    let err = refused_run(&net.lb, &d.files.config, Some(never_used));
+    assert!(err.contains("already running"), "{err}");
+    assert!(!never_used.exists());
     assert!(
         d.ok(&["status"]).contains("web"),
         "the first daemon is untouched"
@@ -347,17 +337,9 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
     // `run` checks the system: an interface that does not exist is refused with its location.
     let bad = d.files.dir.join("bad.yaml");
     std::fs::write(&bad, config(1).replace("server: srv0", "server: nope0")).unwrap();
-    let out = net
-        .lb
-        .command(xnlb_tests::daemon::xnlb_bin())
-        .args(["run", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_run(&net.lb, &bad, None);
     assert!(
-        !out.status.success()
-            && err.contains(":4:3: interfaces.server: interface `nope0` does not exist"),
+        err.contains(":4:3: interfaces.server: interface `nope0` does not exist"),
         "{err}"
     );
 
@@ -406,18 +388,9 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
     // The pin directory is locked for the daemon's life: with the first daemon's socket gone
     // (deleted by hand), a second one on the same pins is refused before it touches them.
     std::fs::remove_file(&d.files.socket).unwrap();
-    let second = net
-        .lb
-        .command(xnlb_tests::daemon::xnlb_bin())
-        .args(["run", "--config"])
-        .arg(&d.files.config)
-        .arg("--pin-dir")
-        .arg(&d.files.pin_dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&second.stderr);
+    let err = refused_run(&net.lb, &d.files.config, Some(&d.files.pin_dir));
     assert!(
-        !second.status.success() && err.contains("another daemon holds the pin directory"),
+        err.contains("another daemon holds the pin directory"),
         "{err}"
     );
     assert!(

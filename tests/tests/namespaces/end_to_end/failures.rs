@@ -282,21 +282,9 @@ pub(super) fn pins_are_checked() {
     // The running FLOWS, held open here while another map takes its pin (bpffs cannot rename).
     let flows = aya::maps::MapData::from_pin(pins.join("FLOWS")).expect("the pinned FLOWS");
     pin_as(&pins, "FRAGMENTS", "FLOWS");
-    let refused = farm
-        .net
-        .lb
-        .command(xnlb_tests::daemon::xnlb_bin())
-        .args(["run", "--config"])
-        .arg(&d.files.config)
-        .arg("--pin-dir")
-        .arg(&pins)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = xnlb_tests::daemon::refused_run(&farm.net.lb, &d.files.config, Some(&pins));
     assert!(
-        !refused.status.success()
-            && err.contains("the pinned FLOWS has another layout")
-            && err.contains("xnlb stop"),
+        err.contains("the pinned FLOWS has another layout") && err.contains("xnlb stop"),
         "{err}"
     );
     let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
