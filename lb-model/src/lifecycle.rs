@@ -4,7 +4,10 @@
 pub use lb_common::backend::BackendState;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Health, rise_fall::Tracker};
+use crate::{
+    config::{Health, InitialHealth},
+    rise_fall::Tracker,
+};
 
 /// What the administrator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,11 +29,11 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// A backend seen for the first time: up when its service has no health check, otherwise
-    /// down until it passes `rise` probes.
+    /// as `health.initial` says (by default down until it passes `rise` probes).
     pub fn new(check: Option<&Health>) -> Self {
         Self {
             admin: AdminState::Enabled,
-            health: check.map(|h| Tracker::new(h.rise, h.fall, false)),
+            health: check.map(|h| Tracker::new(h.rise, h.fall, h.initial == InitialHealth::Up)),
         }
     }
 
@@ -119,6 +122,23 @@ mod tests {
         let unchecked = Lifecycle::new(None);
         assert_eq!(unchecked.state(), BackendState::Up);
         assert_eq!(unchecked.health_detail(), "no health check");
+    }
+
+    #[test]
+    fn initial_up_serves_until_fall_failures() {
+        let mut h = check();
+        h.initial = InitialHealth::Up;
+        let mut l = Lifecycle::new(Some(&h));
+        assert_eq!(l.state(), BackendState::Up);
+        assert_eq!(l.health_detail(), "up, waiting for probes");
+        let t = l.health.as_mut().unwrap();
+        let at = std::time::SystemTime::now();
+        let fail = || Err::<String, String>("connect: connection refused".into());
+        for _ in 1..h.fall {
+            assert_eq!(t.record(fail(), Default::default(), at), None);
+        }
+        assert!(t.record(fail(), Default::default(), at).is_some());
+        assert_eq!(l.state(), BackendState::Down);
     }
 
     #[test]

@@ -107,7 +107,12 @@ impl Tracker {
     /// One line for `xnlb status`.
     pub fn summary(&self) -> String {
         let Some(last) = &self.last else {
-            return "waiting for probes".to_string();
+            return if self.healthy {
+                "up, waiting for probes"
+            } else {
+                "waiting for probes"
+            }
+            .to_string();
         };
         match (self.healthy, last.ok) {
             (true, true) => format!("{} in {}", last.result, millis(last.latency)),

@@ -9,11 +9,13 @@
 //! - `daemon`: `xnlb run` — the controller's thread, reloads, backend state changes, the admin
 //!   socket, status and metrics.
 //! - `admin`: the admin protocol and the CLI's client.
+//! - `cli`: the command line's shape, shared by the binary and its man page and completions.
 
 pub use lb_model as model;
 pub use lb_model::config;
 
 pub mod admin;
+pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod health;

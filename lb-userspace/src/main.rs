@@ -1,100 +1,13 @@
 //! `xnlb`: the daemon (`run`), the config checker (`check`) and the administrator's CLI.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use xnlb::{
-    admin::{self, ClusterAction, Request},
-    config::{self, DEFAULT_SOCKET},
-    daemon::{self, controller::DEFAULT_PIN_DIR},
+    admin::{self, ClientError, ClusterAction, Request},
+    cli::{Cli, ClusterCommand, Command, Socket, SocketArg, Target},
+    config, daemon,
 };
-
-#[derive(Parser)]
-#[command(
-    name = "xnlb",
-    version,
-    about = "XDP load balancer for server farms (NLB-style affinity, health-checked backends)"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Args)]
-struct SocketArg {
-    /// Admin socket of the daemon to talk to.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-}
-
-#[derive(clap::Args)]
-struct Target {
-    /// Service name as in the config.
-    service: String,
-    /// Backend name as in the config.
-    backend: String,
-    #[command(flatten)]
-    socket: SocketArg,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the balancer in the foreground (SIGHUP reloads; SIGTERM/SIGINT exit and leave the
-    /// datapath forwarding for the next `run` to adopt; `xnlb stop` removes it).
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Where programs, links and maps are pinned (fail-static state).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
-    /// Validate a config without touching the system.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Services, backends, states, flows and counters.
-    Status {
-        /// One JSON object (schema in the README).
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
-    /// No new flows to the backend; established flows continue.
-    Drain(Target),
-    /// Take the backend out of rotation now.
-    Disable(Target),
-    /// Clear drain/disable.
-    Enable(Target),
-    /// Re-read the config file and apply it; on any error the running config stays.
-    Reload(SocketArg),
-    /// Detach from the interfaces, remove the pins and exit.
-    Stop(SocketArg),
-    /// Cluster mode: this node's view of the cluster, and its part in it.
-    Cluster {
-        #[command(subcommand)]
-        action: ClusterCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Members, their states and buckets, last heartbeats, config digests.
-    Query {
-        /// One JSON object.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
-    /// Take no new flows, let this node's connections finish, then stop.
-    Drainstop(SocketArg),
-    /// Leave the cluster now: the other nodes take this node's buckets.
-    Stop(SocketArg),
-    /// Join the cluster again.
-    Start(SocketArg),
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,7 +43,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { json, socket } => call(&socket.socket, Request::Status, |r| {
+        Command::Status { json, socket } => call(&socket, Request::Status, |r| {
             let status = r.status.expect("status answers carry a status");
             if json {
                 serde_json::to_string_pretty(&status).expect("status serializes")
@@ -141,8 +54,8 @@ fn main() -> ExitCode {
         Command::Drain(t) => target(t, |service, backend| Request::Drain { service, backend }),
         Command::Disable(t) => target(t, |service, backend| Request::Disable { service, backend }),
         Command::Enable(t) => target(t, |service, backend| Request::Enable { service, backend }),
-        Command::Reload(s) => call(&s.socket, Request::Reload, message),
-        Command::Stop(s) => call(&s.socket, Request::Stop, message),
+        Command::Reload(s) => call(&s, Request::Reload, message),
+        Command::Stop(s) => call(&s, Request::Stop, message),
         Command::Cluster { action } => {
             let (socket, action, json) = match action {
                 ClusterCommand::Query { json, socket } => (socket, ClusterAction::Query, json),
@@ -150,12 +63,10 @@ fn main() -> ExitCode {
                 ClusterCommand::Stop(s) => (s, ClusterAction::Stop, false),
                 ClusterCommand::Start(s) => (s, ClusterAction::Start, false),
             };
-            call(&socket.socket, Request::Cluster { action }, |r| {
-                match r.cluster {
-                    Some(c) if json => serde_json::to_string_pretty(&c).expect("status serializes"),
-                    Some(c) => c.render(),
-                    None => r.message.unwrap_or_default(),
-                }
+            call(&socket, Request::Cluster { action }, |r| match r.cluster {
+                Some(c) if json => serde_json::to_string_pretty(&c).expect("status serializes"),
+                Some(c) => c.render(),
+                None => r.message.unwrap_or_default(),
             })
         }
     }
@@ -166,17 +77,18 @@ fn message(r: admin::Response) -> String {
 }
 
 fn target(t: Target, make: impl Fn(String, String) -> Request) -> ExitCode {
-    call(&t.socket.socket, make(t.service, t.backend), message)
+    call(&t.socket, make(t.service, t.backend), message)
 }
 
 /// Sends a request; prints the answer, or the error as one line (a reload's config problems
 /// keep their own lines), with a non-zero exit.
 fn call(
-    socket: &std::path::Path,
+    socket: &SocketArg,
     request: Request,
     show: impl Fn(admin::Response) -> String,
 ) -> ExitCode {
-    match admin::request(socket, &request) {
+    let Socket { path, from } = socket.resolve();
+    match admin::request(&path, &request) {
         Ok(r) if r.ok => {
             let text = show(r);
             if text.ends_with('\n') {
@@ -188,6 +100,10 @@ fn call(
         }
         Ok(r) => {
             eprintln!("xnlb: {}", r.message.unwrap_or_default().trim_end());
+            ExitCode::FAILURE
+        }
+        Err(e @ ClientError::NotRunning(_)) => {
+            eprintln!("xnlb: {e} (socket from {from})");
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -258,6 +258,20 @@ pub struct Health {
     pub rise: u32,
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// The health a backend starts with when the daemon first sees it (a cold start, or a
+    /// backend a reload adds); a restart that adopts a running datapath keeps its states.
+    #[serde(default)]
+    pub initial: InitialHealth,
+}
+
+/// `health.initial`: `down` waits for `rise` passing probes before a new backend takes
+/// traffic; `up` puts it in rotation at once, to leave after `fall` failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialHealth {
+    #[default]
+    Down,
+    Up,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -291,6 +305,9 @@ impl Default for Metrics {
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/xnlb/xnlb.sock";
+/// Where `xnlb run` and `check` read the config when `--config` is not given (the package's
+/// conffile).
+pub const DEFAULT_CONFIG: &str = "/etc/xnlb/xnlb.yaml";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -282,6 +282,31 @@ fn daemon_lifecycle_with_real_connections() {
         "counters survive the restart"
     );
 
+    // A client verb finds the socket without --socket: from XNLB_SOCKET, else from the
+    // config's admin.socket; a miss says where the path it tried came from.
+    let bin = xnlb_tests::daemon::xnlb_bin();
+    let status_via = |env: Option<&std::path::Path>, config: &std::path::Path| {
+        let mut c = std::process::Command::new(&bin);
+        c.args(["status", "--config"])
+            .arg(config)
+            .env_remove("XNLB_SOCKET");
+        if let Some(socket) = env {
+            c.env("XNLB_SOCKET", socket);
+        }
+        c.output().unwrap()
+    };
+    let absent = d.files.dir.join("absent.yaml");
+    let by_env = status_via(Some(&d.files.socket), &absent);
+    assert!(by_env.status.success(), "{by_env:?}");
+    let by_config = status_via(None, &d.files.config);
+    assert!(by_config.status.success(), "{by_config:?}");
+    let missed = status_via(Some(&d.files.dir.join("other.sock")), &d.files.config);
+    let said = String::from_utf8_lossy(&missed.stderr);
+    assert!(
+        !missed.status.success() && said.contains("not running") && said.contains("$XNLB_SOCKET"),
+        "{said}"
+    );
+
     // What an administrator sees (printed for the record; `--nocapture` shows it).
     println!("$ xnlb status\n{}", d.ok(&["status"]));
     let excerpt: Vec<&str> = restarted

@@ -130,6 +130,55 @@ fn count(log: &str, needle: &str) -> usize {
 
 const LIMIT: Duration = Duration::from_secs(15);
 
+/// `health.initial: up` puts a cold start's backends in rotation before any probe passes;
+/// the default (`down`) waits for `rise` passes. Probes here fail (nothing listens on 8080)
+/// and come every 30 s: a `fall` of 3 keeps the `up` service serving for a minute, far
+/// longer than the test takes even on a slow machine.
+#[test]
+fn initial_health_up_serves_before_the_first_probe() {
+    let net = Net::build(Mode::TwoArm, 2);
+    let _servers: Vec<_> = [80, 81]
+        .iter()
+        .flat_map(|&port| line_servers(&net.backends, port))
+        .collect();
+    let slow = "      interval: 30s\n      timeout: 1s\n      rise: 3\n      fall: 3\n";
+    let service = |name: &str, port: u16, initial: &str| {
+        format!(
+            "  - name: {name}
+    vip: {VIP}
+    ports: [{port}]
+    backends:
+{}    health:
+      http: {{ path: {HEALTH}, port: 8080 }}
+{slow}{initial}",
+            backend_list(2)
+        )
+    };
+    let config = format!(
+        "{TWO_ARM_CONFIG_HEAD}{}{}",
+        service("warm", 80, "      initial: up\n"),
+        service("cold", 81, "")
+    );
+    let d = Daemon::start(&net.lb, &config);
+    let status = d.status_json();
+    for b in ["b1", "b2"] {
+        assert_eq!(backend_of(&status, "warm", b)["state"], "up", "{status}");
+        assert_eq!(backend_of(&status, "cold", b)["state"], "down", "{status}");
+    }
+    let served = spread(&net.client, VIP, 80, 10);
+    assert_eq!(
+        served.len(),
+        10,
+        "every request to the warm service is served: {served:?}"
+    );
+    assert!(
+        LineClient::connect(&net.client, VIP, 81)
+            .and_then(|mut c| c.ask())
+            .is_err(),
+        "the cold service has no backend in rotation yet"
+    );
+}
+
 #[test]
 fn backends_leave_and_rejoin_rotation_by_health() {
     let net = Net::build(Mode::TwoArm, 3);
