@@ -7,21 +7,14 @@ use xnlb::{
     admin::{self, ClientError, ClusterAction, Request},
     cli::{Cli, ClusterCommand, Command, Socket, SocketArg, Target},
     config, daemon,
+    host::systemd,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, pin_dir } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                // Colours only on a terminal, not in journald or a log file.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            init_logging();
             match daemon::run(&config, &pin_dir) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -69,6 +62,22 @@ fn main() -> ExitCode {
                 None => r.message.unwrap_or_default(),
             })
         }
+    }
+}
+
+/// The daemon's log on stderr: `RUST_LOG` filters (default `info`); under systemd, lines
+/// journald files at their level; elsewhere timestamped, coloured only on a terminal.
+fn init_logging() {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    if systemd::stderr_is_journal() {
+        logs.event_format(systemd::JournalFormat).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
 }
 

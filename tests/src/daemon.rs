@@ -87,23 +87,39 @@ impl Daemon {
 
     /// `start`, with extra environment variables for the daemon.
     pub fn start_with_env(ns: &NetNs, config: &str, env: &[(&str, &str)]) -> Self {
-        let d0 = Self {
-            files: DaemonFiles::new(),
-            ns_name: ns.name().to_string(),
-            child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        d0.write_config(config);
-        let mut d = d0;
+        let mut d = Self::unstarted(ns, config);
+        for (k, v) in env {
+            d.set_env(k, v);
+        }
         d.spawn(ns);
         d
     }
 
-    /// Starts the daemon process (again) and waits for it.
+    /// A daemon's files and config, not started yet (`spawn` or `launch` starts it).
+    pub fn unstarted(ns: &NetNs, config: &str) -> Self {
+        let d = Self {
+            files: DaemonFiles::new(),
+            ns_name: ns.name().to_string(),
+            child: None,
+            env: Vec::new(),
+        };
+        d.write_config(config);
+        d
+    }
+
+    /// An environment variable for the daemon's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Starts the daemon process (again) and waits until it answers.
     pub fn spawn(&mut self, ns: &NetNs) {
+        self.launch(ns);
+        self.wait_answering();
+    }
+
+    /// Starts the daemon process (again) without waiting for it.
+    pub fn launch(&mut self, ns: &NetNs) {
         assert_eq!(ns.name(), self.ns_name);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -123,6 +139,11 @@ impl Daemon {
             .spawn()
             .expect("spawn xnlb run");
         self.child = Some(child);
+    }
+
+    /// Waits until the daemon answers `status` (30 s at most: a start takes well under a
+    /// second; the rest is slack for a loaded machine).
+    pub fn wait_answering(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.cli(&["status"]).status.success() {

@@ -27,6 +27,8 @@ enum Command {
     RoutingChanged,
     /// End the thread after what is queued, leaving the pinned datapath forwarding.
     Exit,
+    /// Answered as soon as the thread takes it: it is alive and not stuck (the watchdog).
+    Alive(oneshot::Sender<()>),
 }
 
 /// How the daemon's tasks talk to the controller.
@@ -47,6 +49,12 @@ impl Handle {
         answer
             .await
             .unwrap_or_else(|_| Response::error(&anyhow::anyhow!("xnlb is stopping")))
+    }
+
+    /// Whether the controller's thread takes commands: true once it took this one.
+    pub async fn alive(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Alive(reply)).is_ok() && answer.await.is_ok()
     }
 
     /// Hands over a batch of probe results; false once the controller is gone.
@@ -107,6 +115,9 @@ fn serve(
                 }
             }
             Command::Exit => return,
+            Command::Alive(reply) => {
+                let _ = reply.send(());
+            }
             Command::Admin(Request::Stop, reply) => {
                 let answer = match ctl.stop() {
                     Ok(()) => Response::ok("stopped: detached and unpinned".to_string()),

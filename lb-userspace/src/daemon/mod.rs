@@ -25,7 +25,7 @@ mod reload;
 mod routing;
 pub mod status;
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use lb_model::config::Config;
@@ -41,7 +41,7 @@ use crate::{
     admin::Request,
     datapath::NextHopEpoch,
     health,
-    host::{bpffs, interfaces, limits, routes},
+    host::{bpffs, interfaces, limits, routes, systemd},
 };
 
 pub fn run(config_path: &Path, pin_dir: &Path) -> Result<()> {
@@ -116,10 +116,16 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
             error!("{e:#}");
         }
     });
-    info!(
-        "xnlb running: admin socket {}, metrics http://{metrics_addr}/metrics",
+    let running = format!(
+        "admin socket {}, metrics http://{metrics_addr}/metrics",
         socket_path.display()
     );
+    info!("xnlb running: {running}");
+    // Only now: the datapath is attached, its maps programmed, the socket answers.
+    systemd::ready(&format!("balancing; {running}"));
+    // With no watchdog set the timer still runs, rarely, and pings nobody.
+    let watchdog_period = systemd::watchdog_period();
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -133,11 +139,25 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
                 let controller = controller.clone();
                 tokio::spawn(async move { controller.ask(Request::Reload).await });
             }
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                // Alive means the controller, which does the work, takes commands; a stuck one
+                // misses the pings and systemd restarts the daemon (fail-static: lossless).
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    if controller.alive().await {
+                        systemd::watchdog();
+                    }
+                });
+            }
             _ = terminate.recv() => break Some("SIGTERM"),
             _ = interrupt.recv() => break Some("SIGINT"),
             _ = stopped_rx.recv() => break None,
         }
     };
+    systemd::stopping(match signalled {
+        Some(_) => "exiting; the datapath keeps forwarding",
+        None => "stopped: detached and unpinned",
+    });
     match signalled {
         Some(signal) => info!(
             "{signal}: exiting; the datapath keeps forwarding (pinned in {}) and the next \

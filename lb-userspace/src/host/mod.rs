@@ -1,7 +1,7 @@
 //! The host around the datapath: interfaces that must exist, sysctls, the BPF filesystem, the
 //! VIP addresses the kernel answers ARP for, the routing changes the datapath's kept next
-//! hops must follow, and (held routing) the next hops the controller resolves itself. No
-//! bpf(2) here.
+//! hops must follow, (held routing) the next hops the controller resolves itself, and systemd's
+//! notifications and journal. No bpf(2) here.
 
 use std::{
     io::Write,
@@ -18,6 +18,7 @@ pub mod limits;
 pub mod next_hops;
 pub mod routes;
 pub mod sysctl;
+pub mod systemd;
 
 /// Runs iproute2's `ip` with `args`; its standard output, or an error quoting its message.
 fn ip(args: &[&str]) -> Result<String> {

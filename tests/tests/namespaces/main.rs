@@ -5,3 +5,4 @@ mod daemon;
 mod end_to_end;
 mod health_daemon;
 mod scrape_during_reload;
+mod under_systemd;
