@@ -1,6 +1,7 @@
 //! `cargo xtask <verb>`: the commands a newcomer types. Building the eBPF object is not here: it
 //! is `lb-userspace/build.rs`, so a plain `cargo build` does it too.
 
+mod package;
 mod setup;
 mod workspace;
 
@@ -28,6 +29,12 @@ enum Verb {
     },
     /// Set up, build, and show the balancer at work on a demo network (namespaces). Needs root.
     Demo,
+    /// Set up, build in release mode, and write the Debian package to target/debian/release/.
+    Package {
+        /// Package the debug build instead (what the tests install), in target/debian/debug/.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Set up, build, and run the benchmarks. Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -54,9 +61,20 @@ fn run(cli: Cli) -> Result<()> {
             workspace::cargo(&["fmt", "--all", "--check"])?;
             workspace::cargo(&["clippy", "-q", "--all-targets", "--", "-D", "warnings"])?;
             workspace::cargo(&["clippy", "-q", "-p", "lb-ebpf", "--", "-D", "warnings"])?;
+            // The install test installs the package of this very build.
+            package::run(package::Build::Debug)?;
             let mut test = vec!["test", "--no-fail-fast"];
             test.extend(args.iter().map(String::as_str));
             workspace::cargo(&test)
+        }
+        Verb::Package { debug } => {
+            setup::run()?;
+            package::run(if debug {
+                package::Build::Debug
+            } else {
+                package::Build::Release
+            })
+            .map(drop)
         }
         Verb::Demo => {
             setup::run()?;

@@ -12,13 +12,21 @@ use crate::workspace::{self, exec, output};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain that builds the eBPF crate (`-Z build-std=core`).
 const EBPF_TOOLCHAIN: &str = "nightly";
-/// Commands the tests and the demo use, with the Debian package that provides each (`bridge`
-/// comes with iproute2; `nft` counts what backends receive).
+/// Commands the tests, the demo and the package use, with the Debian package that provides
+/// each (`bridge` comes with iproute2; `nft` counts what backends receive).
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
     ("ethtool", "ethtool"),
     ("nft", "nftables"),
+    // The package (`cargo xtask package`) and its install test.
+    ("strip", "binutils"),
+    ("objdump", "binutils"),
+    ("dpkg-deb", "dpkg"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
 ];
 /// What the benchmarks add: the load generator and the balancers xnlb is compared with.
 const BENCH_TOOLS: &[(&str, &str)] = &[("wrk", "wrk"), ("haproxy", "haproxy")];

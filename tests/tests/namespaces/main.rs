@@ -4,5 +4,6 @@
 mod daemon;
 mod end_to_end;
 mod health_daemon;
+mod package;
 mod scrape_during_reload;
 mod under_systemd;

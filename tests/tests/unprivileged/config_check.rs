@@ -373,3 +373,36 @@ fn check_prints_a_summary_or_the_problems() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What the package ships (`packaging/xnlb.yaml`, `examples/`) passes `xnlb check` with no
+/// warning: an administrator's starting points must not start with a problem.
+#[test]
+fn the_shipped_config_and_every_example_pass_check() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut files = vec![repo.join("packaging/xnlb.yaml")];
+    let mut examples: Vec<_> = std::fs::read_dir(repo.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 4, "{examples:?}");
+    files.extend(examples);
+    for file in files {
+        let out = Command::new(xnlb_bin())
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {said}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains(": OK: "), "{}: {said}", file.display());
+        assert!(!said.contains("warning"), "{}: {said}", file.display());
+    }
+}
