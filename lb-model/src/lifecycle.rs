@@ -133,7 +133,11 @@ mod tests {
         assert_eq!(l.health_detail(), "up, waiting for probes");
         let t = l.health.as_mut().unwrap();
         let at = std::time::SystemTime::now();
-        let fail = || Err::<String, String>("connect: connection refused".into());
+        let fail = || {
+            Err(crate::rise_fall::Failure::Backend(
+                "connect: connection refused".into(),
+            ))
+        };
         for _ in 1..h.fall {
             assert_eq!(t.record(fail(), Default::default(), at), None);
         }

@@ -4,8 +4,32 @@
 
 use std::time::{Duration, SystemTime};
 
-/// What one probe found: `Ok("HTTP 200 OK")` or `Err("connect: connection refused")`.
-pub type Outcome = Result<String, String>;
+/// What one probe found: `Ok("HTTP 200 OK")`, or why it failed and whose fault that is.
+pub type Outcome = Result<String, Failure>;
+
+/// A failed probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The backend's: refused, reset, timed out, a wrong status, a bad certificate.
+    Backend(String),
+    /// The balancer's own: it could not probe (out of files or buffers, no route of its own, its
+    /// own firewall). Never counted against the backend, whose health stays as it was.
+    Local(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Backend(reason) | Failure::Local(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::Backend(reason)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tracker {
@@ -17,6 +41,9 @@ pub struct Tracker {
     /// Consecutive failures (0 after a success).
     pub failures: u32,
     pub last: Option<LastProbe>,
+    /// Why the balancer cannot probe this backend now (`Failure::Local`); cleared by the next
+    /// probe that reaches it.
+    pub local_fault: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -52,20 +79,27 @@ impl Tracker {
             successes: 0,
             failures: 0,
             last: None,
+            local_fault: None,
         }
     }
 
-    /// Counts one probe's outcome; returns the change of health it caused, if any.
+    /// Counts one probe's outcome; returns the change of health it caused, if any. A failure
+    /// of the balancer's own is noted, not counted: the counts and the health stay.
     pub fn record(
         &mut self,
         outcome: Outcome,
         latency: Duration,
         at: SystemTime,
     ) -> Option<Change> {
-        let ok = outcome.is_ok();
-        let result = match outcome {
-            Ok(r) | Err(r) => r,
+        let (ok, result) = match outcome {
+            Ok(r) => (true, r),
+            Err(Failure::Backend(r)) => (false, r),
+            Err(Failure::Local(r)) => {
+                self.local_fault = Some(r);
+                return None;
+            }
         };
+        self.local_fault = None;
         if ok {
             self.successes = self.successes.saturating_add(1);
             self.failures = 0;
@@ -106,6 +140,10 @@ impl Tracker {
 
     /// One line for `xnlb status`.
     pub fn summary(&self) -> String {
+        if let Some(fault) = &self.local_fault {
+            let state = if self.healthy { "up" } else { "down" };
+            return format!("{state}, not probed: the balancer cannot ({fault})");
+        }
         let Some(last) = &self.last else {
             return if self.healthy {
                 "up, waiting for probes"
@@ -138,7 +176,7 @@ mod tests {
         Ok("HTTP 200 OK".into())
     }
     fn fail() -> Outcome {
-        Err("HTTP 503 Service Unavailable".into())
+        Err(Failure::Backend("HTTP 503 Service Unavailable".into()))
     }
 
     /// Feeds outcomes one by one; returns the health after each.

@@ -16,12 +16,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "verb", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Drain { service: String, backend: String },
-    Disable { service: String, backend: String },
-    Enable { service: String, backend: String },
+    /// `service` absent: every service that has the backend (NLB's host-wide drainstop).
+    Drain {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        backend: String,
+    },
+    Disable {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        backend: String,
+    },
+    Enable {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        backend: String,
+    },
     Reload,
     Stop,
-    Cluster { action: ClusterAction },
+    Cluster {
+        action: ClusterAction,
+    },
 }
 
 /// `xnlb cluster ...`.

@@ -36,14 +36,35 @@ pub struct SocketArg {
     pub config: PathBuf,
 }
 
+/// `SERVICE BACKEND`, or `--backend BACKEND` for every service that has it.
 #[derive(clap::Args)]
 pub struct Target {
     /// Service name as in the config.
-    pub service: String,
+    #[arg(required_unless_present = "everywhere", requires = "backend")]
+    pub service: Option<String>,
     /// Backend name as in the config.
-    pub backend: String,
+    pub backend: Option<String>,
+    /// The backend in every service that has it (NLB's host-wide drainstop), instead of
+    /// SERVICE BACKEND.
+    #[arg(long = "backend", value_name = "BACKEND", conflicts_with = "service")]
+    pub everywhere: Option<String>,
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+impl Target {
+    /// (service, backend): no service means every service that has the backend.
+    pub fn names(&self) -> (Option<String>, String) {
+        match &self.everywhere {
+            Some(backend) => (None, backend.clone()),
+            None => (
+                self.service.clone(),
+                self.backend
+                    .clone()
+                    .expect("clap requires BACKEND with SERVICE"),
+            ),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -67,14 +88,17 @@ pub enum Command {
         /// One JSON object (schema in docs/cli.md).
         #[arg(long)]
         json: bool,
+        /// Only this service.
+        service: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// No new flows to the backend; established flows continue.
+    /// No new flows to the backend; established flows continue (`--backend NAME`: in every
+    /// service).
     Drain(Target),
-    /// Take the backend out of rotation now.
+    /// Take the backend out of rotation now (`--backend NAME`: in every service).
     Disable(Target),
-    /// Clear drain/disable.
+    /// Clear drain/disable (`--backend NAME`: in every service).
     Enable(Target),
     /// Re-read the config file and apply it; on any error the running config stays.
     Reload(SocketArg),

@@ -36,13 +36,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { json, socket } => call(&socket, Request::Status, |r| {
-            let status = r.status.expect("status answers carry a status");
-            if json {
+        Command::Status {
+            json,
+            service,
+            socket,
+        } => call(&socket, Request::Status, |r| {
+            let mut status = r.status.expect("status answers carry a status");
+            if let Some(name) = &service {
+                let names: Vec<String> = status.services.iter().map(|s| s.name.clone()).collect();
+                status.services.retain(|s| &s.name == name);
+                if status.services.is_empty() {
+                    return Err(format!(
+                        "unknown service `{name}`; services: {}",
+                        names.join(", ")
+                    ));
+                }
+            }
+            Ok(if json {
                 serde_json::to_string_pretty(&status).expect("status serializes")
             } else {
                 status.render()
-            }
+            })
         }),
         Command::Drain(t) => target(t, |service, backend| Request::Drain { service, backend }),
         Command::Disable(t) => target(t, |service, backend| Request::Disable { service, backend }),
@@ -56,10 +70,12 @@ fn main() -> ExitCode {
                 ClusterCommand::Stop(s) => (s, ClusterAction::Stop, false),
                 ClusterCommand::Start(s) => (s, ClusterAction::Start, false),
             };
-            call(&socket, Request::Cluster { action }, |r| match r.cluster {
-                Some(c) if json => serde_json::to_string_pretty(&c).expect("status serializes"),
-                Some(c) => c.render(),
-                None => r.message.unwrap_or_default(),
+            call(&socket, Request::Cluster { action }, |r| {
+                Ok(match r.cluster {
+                    Some(c) if json => serde_json::to_string_pretty(&c).expect("status serializes"),
+                    Some(c) => c.render(),
+                    None => r.message.unwrap_or_default(),
+                })
             })
         }
     }
@@ -81,12 +97,13 @@ fn init_logging() {
     }
 }
 
-fn message(r: admin::Response) -> String {
-    r.message.unwrap_or_default()
+fn message(r: admin::Response) -> Result<String, String> {
+    Ok(r.message.unwrap_or_default())
 }
 
-fn target(t: Target, make: impl Fn(String, String) -> Request) -> ExitCode {
-    call(&t.socket, make(t.service, t.backend), message)
+fn target(t: Target, make: impl Fn(Option<String>, String) -> Request) -> ExitCode {
+    let (service, backend) = t.names();
+    call(&t.socket, make(service, backend), message)
 }
 
 /// Sends a request; prints the answer, or the error as one line (a reload's config problems
@@ -94,19 +111,24 @@ fn target(t: Target, make: impl Fn(String, String) -> Request) -> ExitCode {
 fn call(
     socket: &SocketArg,
     request: Request,
-    show: impl Fn(admin::Response) -> String,
+    show: impl Fn(admin::Response) -> Result<String, String>,
 ) -> ExitCode {
     let Socket { path, from } = socket.resolve();
     match admin::request(&path, &request) {
-        Ok(r) if r.ok => {
-            let text = show(r);
-            if text.ends_with('\n') {
-                print!("{text}");
-            } else {
-                println!("{text}");
+        Ok(r) if r.ok => match show(r) {
+            Ok(text) => {
+                if text.ends_with('\n') {
+                    print!("{text}");
+                } else {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
             }
-            ExitCode::SUCCESS
-        }
+            Err(e) => {
+                eprintln!("xnlb: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Ok(r) => {
             eprintln!("xnlb: {}", r.message.unwrap_or_default().trim_end());
             ExitCode::FAILURE

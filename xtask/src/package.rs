@@ -137,17 +137,16 @@ fn stage(root: &Path, binary: &Path, assets: &Path) -> Result<()> {
     let doc = root.join("usr/share/doc/xnlb");
     put(&packaging.join("copyright"), &doc.join("copyright"), 0o644)?;
     put(&repo.join("README.md"), &doc.join("README.md"), 0o644)?;
-    for dir in ["docs", "examples"] {
+    for (dir, into) in [
+        ("docs", doc.clone()),
+        ("examples", doc.join("examples")),
+        ("dashboards", doc.join("dashboards")),
+    ] {
         for file in sorted_files(&repo.join(dir))? {
             let name = file.file_name().unwrap();
-            let into = if dir == "docs" {
-                doc.clone()
-            } else {
-                doc.join("examples")
-            };
             if matches!(
                 file.extension().and_then(|e| e.to_str()),
-                Some("md" | "yaml")
+                Some("md" | "yaml" | "json")
             ) {
                 put(&file, &into.join(name), 0o644)?;
             }

@@ -36,6 +36,7 @@ pub fn run() -> Result<()> {
     ensure_rust_src(&sysroot)?;
     ensure_bpf_linker(&sysroot)?;
     ensure_debian_tools(DEBIAN_TOOLS)?;
+    ensure_prometheus()?;
     ensure_component("clippy")?;
     ensure_component("rustfmt")?;
     println!("setup: ready");
@@ -181,4 +182,41 @@ fn ensure_debian_tools(tools: &[(&str, &str)]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Prometheus and promtool from Debian's `prometheus` package, for the test that runs the
+/// dashboard's and the alerts' expressions: the package is downloaded and its two binaries
+/// unpacked into `.tools/bin`, not installed, so no Prometheus service starts on this machine.
+fn ensure_prometheus() -> Result<()> {
+    let bin = workspace::tools_dir().join("bin");
+    if bin.join("prometheus").exists() && bin.join("promtool").exists() {
+        return Ok(());
+    }
+    println!("setup: unpacking prometheus and promtool from Debian's package into .tools/bin");
+    let work = workspace::tools_dir().join("prometheus-deb");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let download = |dir: &Path| {
+        exec(
+            Command::new("apt-get")
+                .args(["download", "-qq", "prometheus"])
+                .current_dir(dir),
+        )
+    };
+    if download(&work).is_err() {
+        exec(Command::new("apt-get").args(["update", "-qq"]))?;
+        download(&work)?;
+    }
+    let deb = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download prometheus wrote no package")?;
+    let unpacked = work.join("root");
+    exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    std::fs::create_dir_all(&bin)?;
+    for tool in ["prometheus", "promtool"] {
+        std::fs::copy(unpacked.join("usr/bin").join(tool), bin.join(tool))?;
+    }
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::{fmt, path::Path};
 
 use serde::de::DeserializeOwned;
 
-use super::{Config, Service, locate::Locations, validate};
+use super::{Backend, Config, Health, PortRange, Service, locate::Locations, validate};
 
 /// One thing wrong with a config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,13 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
             ]));
         }
         Ok(doc) => doc,
+        Err(e) if e.to_string().contains(" as u128") || e.to_string().contains(" as i128") => {
+            // serde_yaml reads integers past 64 bits this way; say it plainly.
+            let mut p = Problem::new("", "a number too large for any setting")
+                .hint("ports, weights and sizes are small numbers; durations take units (2s)");
+            p.at = e.location().map(|l| (l.line(), l.column()));
+            return Err(fail(vec![p]));
+        }
         Err(e) => {
             let mut p = Problem::new("", format!("not valid YAML: {e}"));
             p.at = e.location().map(|l| (l.line(), l.column()));
@@ -140,12 +147,92 @@ fn typed(doc: &serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Config>
     if let Some(serde_yaml::Value::Sequence(services)) = services {
         for (i, service) in services.iter().enumerate() {
             let path = format!("services[{i}]");
-            if let Ok(service) = deserialize::<Service>(service, &path, problems) {
-                problems.extend(validate::service_problems(&service, &path));
+            match serde_yaml::from_value::<Service>(service.clone()) {
+                Ok(service) => problems.extend(validate::service_problems(&service, &path)),
+                Err(_) => service_type_errors(service, &path, problems),
             }
         }
     }
     None
+}
+
+/// Every type error of a service that does not parse: its own keys, each port, each backend
+/// and its health block on their own, so that one mistake does not hide the next.
+fn service_type_errors(service: &serde_yaml::Value, path: &str, problems: &mut Vec<Problem>) {
+    let serde_yaml::Value::Mapping(keys) = service else {
+        let _ = deserialize::<Service>(service, path, problems);
+        return;
+    };
+    let mut own = keys.clone();
+    let empty = || serde_yaml::Value::Sequence(vec![]);
+    let ports = own.insert("ports".into(), empty());
+    let backends = own.insert("backends".into(), empty());
+    let health = own.remove("health");
+    every_error::<Service>(serde_yaml::Value::Mapping(own), path, problems);
+    let each = |list: Option<serde_yaml::Value>| match list {
+        Some(serde_yaml::Value::Sequence(items)) => items,
+        _ => Vec::new(),
+    };
+    for (i, port) in each(ports).iter().enumerate() {
+        let _ = deserialize::<PortRange>(port, &format!("{path}.ports[{i}]"), problems);
+    }
+    for (i, backend) in each(backends).into_iter().enumerate() {
+        every_error::<Backend>(backend, &format!("{path}.backends[{i}]"), problems);
+    }
+    if let Some(health) = health {
+        every_error::<Health>(health, &format!("{path}.health"), problems);
+    }
+}
+
+/// Every type error of one block: after each, the key at fault is taken out and the block read
+/// again (a key with a default then reads as its default; a required one ends the search with
+/// the error already said).
+fn every_error<T: DeserializeOwned>(
+    mut value: serde_yaml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for _ in 0..32 {
+        let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) else {
+            return;
+        };
+        let said = problems.len();
+        let _ = deserialize::<T>(&value, path, problems);
+        let segments: Vec<String> = e
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => key.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        let missing = e.inner().to_string().starts_with("missing field");
+        if missing || problems.len() == said || !remove_key(&mut value, &segments) {
+            if missing && said > 0 && problems.len() > said {
+                // A required key the last round took out: already said why.
+                problems.pop();
+            }
+            return;
+        }
+    }
+}
+
+/// Removes the mapping key at `segments` (keys only); false when the path is not all keys.
+fn remove_key(value: &mut serde_yaml::Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for key in parents {
+        match at.get_mut(key.as_str()) {
+            Some(next) if !key.is_empty() => at = next,
+            _ => return false,
+        }
+    }
+    match at {
+        serde_yaml::Value::Mapping(m) if !last.is_empty() => m.remove(last.as_str()).is_some(),
+        _ => false,
+    }
 }
 
 fn deserialize<T: DeserializeOwned>(

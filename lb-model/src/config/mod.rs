@@ -3,6 +3,7 @@
 //! says what cannot work, `summary` what would run. Pure: the checks only the running system
 //! can answer (do the interfaces exist) are the daemon's (`xnlb::host::interfaces`).
 
+mod changes;
 mod duration;
 mod load;
 mod locate;

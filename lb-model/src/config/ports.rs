@@ -26,6 +26,16 @@ impl PortRange {
             }
         };
         let range = match text.split_once('-') {
+            Some((lo, hi)) if lo.trim().is_empty() || hi.trim().is_empty() => {
+                return Err(format!(
+                    "range `{text}` lacks a {} port; write it like \"1024-65535\"",
+                    if lo.trim().is_empty() {
+                        "first"
+                    } else {
+                        "last"
+                    }
+                ));
+            }
             Some((lo, hi)) => PortRange {
                 lo: port(lo)?,
                 hi: port(hi)?,
@@ -81,6 +91,19 @@ impl Serialize for PortRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_without_an_end_says_so() {
+        assert_eq!(
+            PortRange::parse("1024-").unwrap_err(),
+            "range `1024-` lacks a last port; write it like \"1024-65535\""
+        );
+        assert!(
+            PortRange::parse("-80")
+                .unwrap_err()
+                .contains("lacks a first port")
+        );
+    }
 
     #[test]
     fn parses_ports_and_ranges() {

@@ -29,11 +29,23 @@ impl Controller {
             let Some(tracker) = life.health.as_mut() else {
                 continue;
             };
-            let Some(change) = tracker.record(r.outcome, r.latency, r.at) else {
+            let fault_before = tracker.local_fault.is_some();
+            let change = tracker.record(r.outcome, r.latency, r.at);
+            let (service, backend) = &key;
+            // The balancer's own fault: logged when it starts and when it ends, never counted.
+            match (fault_before, &tracker.local_fault) {
+                (false, Some(fault)) => warn!(
+                    "{service}/{backend}: the balancer cannot probe it ({fault}); its health \
+                     stays {}, not counted against it",
+                    if tracker.healthy { "up" } else { "down" }
+                ),
+                (true, None) => info!("{service}/{backend}: probed again"),
+                _ => {}
+            }
+            let Some(change) = change else {
                 continue;
             };
             let after = life.state();
-            let (service, backend) = &key;
             let overridden = if before == after {
                 format!(" (stays {}: administrator)", after.label())
             } else {
@@ -56,43 +68,83 @@ impl Controller {
         result
     }
 
-    /// Sets a backend's administrative state (drain, disable, enable).
-    pub fn set_admin(&mut self, service: &str, backend: &str, admin: AdminState) -> Result<String> {
-        let Some(svc) = self.config.service(service) else {
-            let names: Vec<&str> = self
-                .config
-                .services
+    /// Sets a backend's administrative state (drain, disable, enable) in `service`, or in
+    /// every service that has a backend of that name (`None`: NLB's host-wide drainstop);
+    /// one reprogram for all. Says what changed, and what already was so.
+    pub fn set_admin(
+        &mut self,
+        service: Option<&str>,
+        backend: &str,
+        admin: AdminState,
+    ) -> Result<String> {
+        let services = self.services_with(service, backend)?;
+        let mut changes = Vec::new();
+        for service in &services {
+            let key = (service.clone(), backend.to_string());
+            let lifecycle = self
+                .lifecycles
+                .get_mut(&key)
+                .expect("every backend has a lifecycle");
+            let before = lifecycle.state();
+            lifecycle.admin = admin;
+            changes.push((service, before, lifecycle.state()));
+        }
+        if changes.iter().any(|(_, before, after)| before != after) {
+            self.reprogram()?;
+            self.publish();
+        }
+        let lines: Vec<String> = changes
+            .iter()
+            .map(|(service, before, after)| match before == after {
+                true => format!("{service}/{backend}: {} (no change)", after.label()),
+                false => format!(
+                    "{service}/{backend}: {} -> {}",
+                    before.label(),
+                    after.label()
+                ),
+            })
+            .collect();
+        for line in &lines {
+            info!("{line} (administrator)");
+        }
+        Ok(lines.join("\n"))
+    }
+
+    /// The services a verb applies to: `service` if it has `backend`, or every service that
+    /// has it; an error names what exists.
+    fn services_with(&self, service: Option<&str>, backend: &str) -> Result<Vec<String>> {
+        let services = &self.config.services;
+        let Some(name) = service else {
+            let having: Vec<String> = services
                 .iter()
-                .map(|s| s.name.as_str())
+                .filter(|s| s.backend(backend).is_some())
+                .map(|s| s.name.clone())
                 .collect();
-            bail!(
-                "unknown service `{service}`; services: {}",
-                names.join(", ")
-            );
+            if having.is_empty() {
+                let mut names: Vec<&str> = services
+                    .iter()
+                    .flat_map(|s| s.backends.iter().map(|b| b.name.as_str()))
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                bail!(
+                    "no service has a backend `{backend}`; backends: {}",
+                    names.join(", ")
+                );
+            }
+            return Ok(having);
+        };
+        let Some(svc) = self.config.service(name) else {
+            let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+            bail!("unknown service `{name}`; services: {}", names.join(", "));
         };
         if svc.backend(backend).is_none() {
             let names: Vec<&str> = svc.backends.iter().map(|b| b.name.as_str()).collect();
             bail!(
-                "unknown backend `{backend}` in service {service}; backends: {}",
+                "unknown backend `{backend}` in service {name}; backends: {}",
                 names.join(", ")
             );
         }
-        let key = (service.to_string(), backend.to_string());
-        let lifecycle = self
-            .lifecycles
-            .get_mut(&key)
-            .expect("every backend has a lifecycle");
-        let before = lifecycle.state();
-        lifecycle.admin = admin;
-        let after = lifecycle.state();
-        self.reprogram()?;
-        self.publish();
-        let msg = format!(
-            "{service}/{backend}: {} -> {}",
-            before.label(),
-            after.label()
-        );
-        info!("{msg} (administrator)");
-        Ok(msg)
+        Ok(vec![name.to_string()])
     }
 }

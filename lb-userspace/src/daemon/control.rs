@@ -136,13 +136,13 @@ fn serve(
 fn carry_out(ctl: &mut Controller, request: Request) -> Response {
     let result = match request {
         Request::Drain { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Draining)
+            ctl.set_admin(service.as_deref(), &backend, AdminState::Draining)
         }
         Request::Disable { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Disabled)
+            ctl.set_admin(service.as_deref(), &backend, AdminState::Disabled)
         }
         Request::Enable { service, backend } => {
-            ctl.set_admin(&service, &backend, AdminState::Enabled)
+            ctl.set_admin(service.as_deref(), &backend, AdminState::Enabled)
         }
         Request::Reload => {
             let r = ctl.reload();

@@ -32,7 +32,9 @@ use prometheus_client::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::warn;
 
-use lb_model::{cluster::ClusterStatus, lifecycle::BackendState, status::Status};
+use lb_model::{
+    cluster::ClusterStatus, lifecycle::BackendState, rise_fall::Failure, status::Status,
+};
 use tokio::sync::watch;
 
 use super::status::{View, status};
@@ -71,10 +73,10 @@ impl Observed {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((service.clone(), backend.clone()));
-        let result = if report.outcome.is_ok() {
-            "success"
-        } else {
-            "failure"
+        let result = match &report.outcome {
+            Ok(_) => "success",
+            Err(Failure::Backend(_)) => "failure",
+            Err(Failure::Local(_)) => "local_error",
         };
         self.probes
             .get_or_create(&ProbeResultLabels {
@@ -97,7 +99,7 @@ impl Observed {
                 return true;
             }
             let (service, backend) = pair.clone();
-            for result in ["success", "failure"] {
+            for result in ["success", "failure", "local_error"] {
                 self.probes.remove(&ProbeResultLabels {
                     service: service.clone(),
                     backend: backend.clone(),

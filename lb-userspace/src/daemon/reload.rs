@@ -9,7 +9,7 @@ use lb_model::{
     config::{self, Config},
     lifecycle::Lifecycle,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::controller::Controller;
 use crate::{
@@ -71,10 +71,14 @@ impl Controller {
                     self.vips.release_all()?;
                 }
                 self.publish();
-                Ok(if changes.is_empty() {
+                if !changes.is_empty() {
+                    info!("reload: datapath {changes}");
+                }
+                let said = self.config.changes_from(&old_config, &new_ids.renamed);
+                Ok(if said.is_empty() {
                     "reloaded: nothing changed".to_string()
                 } else {
-                    format!("reloaded: {changes}")
+                    format!("reloaded:\n  {}", said.join("\n  "))
                 })
             }
             Err(e) => {

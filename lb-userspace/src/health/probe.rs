@@ -1,7 +1,7 @@
 //! One HTTP or HTTPS health probe: a fresh TCP connection to the backend, TLS when asked (SNI
 //! from `host`), `GET path` with a `Host` header, and the status line. Only `expect_status`
 //! counts as healthy; every failure says which step failed and why, in words an administrator
-//! can act on (`connect: connection refused`, `TLS: invalid peer certificate: UnknownIssuer`,
+//! can act on (`connect: connection refused`, `TLS: the backend's certificate has expired`,
 //! `HTTP 302 Found (Location: /owa/)`). The time limit is the scheduler's; the probe reports its
 //! progress so a timeout can say what it was waiting for.
 
@@ -38,7 +38,7 @@ pub struct HttpProbe {
     pub check: HttpCheck,
 }
 
-pub use lb_model::rise_fall::Outcome;
+pub use lb_model::rise_fall::{Failure, Outcome};
 
 impl HttpProbe {
     pub fn new(addr: SocketAddr, check: HttpCheck) -> Self {
@@ -50,7 +50,7 @@ impl HttpProbe {
         progress.at("connecting");
         let tcp = TcpStream::connect(self.addr)
             .await
-            .map_err(|e| format!("connect: {}", io_cause(&e)))?;
+            .map_err(|e| connect_failure(&e))?;
         let _ = tcp.set_nodelay(true);
         if self.check.tls {
             progress.at("in the TLS handshake");
@@ -111,7 +111,7 @@ impl HttpProbe {
             r = &mut send => r,
             r = connection => match r {
                 Ok(()) => send.await,
-                Err(e) => return Err(format!("HTTP: {}", hyper_cause(&e))),
+                Err(e) => return Err(format!("HTTP: {}", hyper_cause(&e)).into()),
             },
         }
         .map_err(|e| format!("HTTP: {}", hyper_cause(&e)))?;
@@ -125,9 +125,9 @@ impl HttpProbe {
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("none");
-            Err(format!("{line} (Location: {location})"))
+            Err(format!("{line} (Location: {location})").into())
         } else {
-            Err(line)
+            Err(line.into())
         }
     }
 }
@@ -140,6 +140,27 @@ fn status_line(status: StatusCode) -> String {
 }
 
 /// `connection refused`, not `Connection refused (os error 111)`.
+/// A connection that could not be made: the backend's fault (refused, unreachable host, reset),
+/// or the balancer's own (out of files, buffers, memory or local ports; no route of its own; its
+/// own firewall, which makes connect(2) fail with EPERM), which must not take the backend out.
+fn connect_failure(e: &std::io::Error) -> Failure {
+    let reason = format!("connect: {}", io_cause(e));
+    let local = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+        libc::ENETUNREACH,
+        libc::EPERM,
+        libc::EACCES,
+    ];
+    match e.raw_os_error() {
+        Some(code) if local.contains(&code) => Failure::Local(reason),
+        _ => Failure::Backend(reason),
+    }
+}
+
 fn io_cause(e: &std::io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error") {
@@ -153,14 +174,52 @@ fn io_cause(e: &std::io::Error) -> String {
     }
 }
 
-/// tokio-rustls wraps rustls errors in io::Error; show the rustls one.
+/// tokio-rustls wraps rustls errors in io::Error; show the rustls one, certificate problems
+/// in words (rustls says `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`).
 fn tls_cause(e: &std::io::Error) -> String {
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
+        Some(rustls::Error::InvalidCertificate(problem)) => {
+            format!("the backend's certificate {}", certificate_problem(problem))
+        }
         Some(tls) => tls.to_string(),
         None => io_cause(e),
+    }
+}
+
+/// What is wrong with a certificate, completing "the backend's certificate ...".
+fn certificate_problem(problem: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match problem {
+        C::UnknownIssuer => "is signed by an authority this host does not trust (not in its CA \
+                             store; `verify_tls: false` accepts it)"
+            .into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "is not valid for the name probed (`health.http.host`, else the backend's address)"
+                .into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "has expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "is not valid yet (check this host's clock)".into()
+        }
+        C::Revoked => "is revoked".into(),
+        C::BadSignature => "has a signature that does not verify".into(),
+        C::BadEncoding => "cannot be parsed".into(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "is not meant for a TLS server (its extended key usage)".into()
+        }
+        other => {
+            let said = format!("{other:?}");
+            if said.contains("CaUsedAsEndEntity") {
+                "is a CA certificate, not the server's own (the server sends its CA's \
+                 certificate in place of its own)"
+                    .into()
+            } else {
+                format!("is refused ({said})")
+            }
+        }
     }
 }
 
@@ -319,5 +378,25 @@ mod tests {
         );
         assert_eq!(on(80, false, None), "198.18.2.11");
         assert_eq!(on(443, false, None), "198.18.2.11:443");
+    }
+
+    #[test]
+    fn a_connection_the_balancer_could_not_make_is_its_own_fault() {
+        let failure = |code| connect_failure(&std::io::Error::from_raw_os_error(code));
+        for (code, says) in [
+            (libc::EMFILE, "connect: too many open files"),
+            (libc::ENOBUFS, "connect: no buffer space available"),
+            (libc::ENETUNREACH, "connect: network is unreachable"),
+            (libc::EPERM, "connect: operation not permitted"),
+        ] {
+            assert_eq!(failure(code), Failure::Local(says.into()));
+        }
+        for (code, says) in [
+            (libc::ECONNREFUSED, "connect: connection refused"),
+            (libc::EHOSTUNREACH, "connect: no route to host"),
+            (libc::ETIMEDOUT, "connect: connection timed out"),
+        ] {
+            assert_eq!(failure(code), Failure::Backend(says.into()));
+        }
     }
 }

@@ -12,6 +12,8 @@ use std::{
 
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, timeout};
 
+use lb_model::rise_fall::Failure;
+
 use super::probe::Outcome;
 
 /// When one backend is probed.
@@ -77,11 +79,11 @@ pub async fn probe_forever<P, F>(
             Err(_) => {
                 let step = progress.step();
                 let took = humantime::format_duration(timing.timeout);
-                Err(if step.is_empty() {
+                Err(Failure::Backend(if step.is_empty() {
                     format!("timeout after {took}")
                 } else {
                     format!("timeout after {took} {step}")
-                })
+                }))
             }
         };
         report(outcome, started.elapsed());
@@ -126,7 +128,7 @@ mod tests {
                     } else if hang {
                         std::future::pending().await
                     } else {
-                        Err("HTTP 503 Service Unavailable".to_string())
+                        Err(Failure::Backend("HTTP 503 Service Unavailable".into()))
                     }
                 }
             },
@@ -174,7 +176,10 @@ mod tests {
             },
             |_| std::future::pending::<Outcome>(),
             |outcome, latency| {
-                assert_eq!(outcome, Err("timeout after 1s".to_string()));
+                assert_eq!(
+                    outcome,
+                    Err(Failure::Backend("timeout after 1s".to_string()))
+                );
                 assert_eq!(latency, TIMEOUT);
                 count += 1;
             },

@@ -203,7 +203,10 @@ fn daemon_lifecycle_with_real_connections() {
     // Reload with a third backend: the established connection survives, b3 takes flows.
     d.write_config(&config(3));
     let msg = d.ok(&["reload"]);
-    assert!(msg.contains("reloaded"), "{msg}");
+    assert_eq!(
+        msg, "reloaded:\n  web: backend b3 added (198.18.2.13)\n",
+        "{msg}"
+    );
     assert_eq!(backend_states(&d).len(), 3);
     assert_eq!(
         long.ask().expect("connection survives a reload").0,
@@ -470,4 +473,75 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
     d.wait_exit(Duration::from_secs(10));
     assert!(!d.files.pin_dir.exists(), "pins removed by `xnlb stop`");
     assert!(!cli0_addresses(&net).contains(&VIP.to_string()));
+}
+
+/// NLB's host-wide drainstop: `--backend NAME` acts on the backend in every service that has
+/// it, with one line per service; a verb that changes nothing says so; `status SERVICE` shows
+/// one service; names that do not exist are refused with the ones that do.
+#[test]
+fn host_wide_verbs_and_one_services_status() {
+    let net = Net::build(Mode::TwoArm, 2);
+    let _servers: Vec<_> = [80, 81]
+        .iter()
+        .flat_map(|&port| line_servers(&net.backends, port))
+        .collect();
+    let backends = format!(
+        "      - {{ name: b1, address: {} }}\n      - {{ name: b2, address: {} }}\n",
+        backend_ip(1),
+        backend_ip(2)
+    );
+    let config = format!(
+        "{TWO_ARM_CONFIG_HEAD}  - name: web
+    vip: {VIP}
+    ports: [80]
+    affinity: none
+    backends:
+{backends}  - name: alt
+    vip: {VIP}
+    ports: [81]
+    affinity: none
+    backends:
+{backends}"
+    );
+    let d = Daemon::start(&net.lb, &config);
+
+    let said = d.ok(&["drain", "--backend", "b2"]);
+    assert_eq!(said, "web/b2: up -> draining\nalt/b2: up -> draining\n");
+    for port in [80, 81] {
+        let seen = spread(&net.client, VIP, port, 12);
+        assert!(
+            !names(&seen).contains("b2"),
+            "drained b2 took new flows on {port}: {seen:?}"
+        );
+    }
+    let said = d.ok(&["enable", "--backend", "b2"]);
+    assert_eq!(said, "web/b2: draining -> up\nalt/b2: draining -> up\n");
+    assert_eq!(d.ok(&["enable", "alt", "b2"]), "alt/b2: up (no change)\n");
+    let out = d.cli(&["disable", "--backend", "b9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no service has a backend `b9`; backends: b1, b2"),
+        "{err}"
+    );
+
+    let one = d.ok(&["status", "alt", "--json"]);
+    let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+    let services = one["services"].as_array().unwrap();
+    assert_eq!(services.len(), 1, "{one}");
+    assert_eq!(services[0]["name"], "alt");
+    let text = d.ok(&["status", "web"]);
+    let service_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&VIP.to_string()))
+        .collect();
+    assert!(
+        service_lines.len() == 1 && service_lines[0].starts_with("web "),
+        "{text}"
+    );
+    let out = d.cli(&["status", "mail"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown service `mail`; services: web, alt"),
+        "{err}"
+    );
 }

@@ -179,6 +179,108 @@ fn initial_health_up_serves_before_the_first_probe() {
     );
 }
 
+/// A probe the balancer itself cannot make (here its own routing policy forbids the probe's
+/// port, so connect(2) fails with EACCES, as it fails with EMFILE when the daemon is out of
+/// files; forwarding to the backend's service port is untouched) is the balancer's fault: logged once, counted as `local_error`, and the backend stays in rotation
+/// however many probes it misses; once probes get through, they count again.
+#[test]
+fn the_balancers_own_fault_never_takes_a_backend_out() {
+    let net = Net::build(Mode::TwoArm, 2);
+    let _lines = line_servers(&net.backends, 80);
+    let _web: Vec<HttpBackend> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080));
+            HttpBackend::start(Some(ns), any, &format!("b{}", i + 1), None)
+        })
+        .collect();
+    let config = format!(
+        "{TWO_ARM_CONFIG_HEAD}  - name: web
+    vip: {VIP}
+    ports: [80]
+    affinity: none
+    backends:
+{}    health:
+      http: {{ path: {HEALTH}, port: 8080 }}
+{FAST}metrics:
+  listen: {METRICS}
+",
+        backend_list(2)
+    );
+    let d = Daemon::start(&net.lb, &config);
+    d.wait_state(&[("web", "b1"), ("web", "b2")], "up", LIMIT);
+
+    let b1 = [("service", "web"), ("backend", "b1")];
+    let with = |result| [b1[0], b1[1], ("result", result)];
+    let before = Scrape::take(&net.lb, METRICS);
+    let b1_address = format!("{}/32", backend_ip(1));
+    let rule = [
+        "to",
+        &b1_address,
+        "ipproto",
+        "tcp",
+        "dport",
+        "8080",
+        "prohibit",
+    ];
+    net.lb.ip(&[&["rule", "add"][..], &rule].concat());
+    // Ten probes at 300 ms (fall is 2): about 3 s; the limit is slack for a loaded machine.
+    let deadline = Instant::now() + LIMIT;
+    let during = loop {
+        let now = Scrape::take(&net.lb, METRICS);
+        if now.since(&before, "xnlb_health_probes_total", &with("local_error")) >= 10.0 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no local errors counted:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        during.since(&before, "xnlb_health_probes_total", &with("failure")),
+        0.0,
+        "the balancer's own fault counted against b1"
+    );
+    let health = &backend_json(&d, "web", "b1");
+    assert_eq!(health["state"], "up", "{health}");
+    assert_eq!(
+        health["health"]["detail"],
+        "up, not probed: the balancer cannot (connect: permission denied)"
+    );
+    let log = d.log();
+    assert_eq!(
+        count(
+            &log,
+            "web/b1: the balancer cannot probe it (connect: permission denied)"
+        ),
+        1,
+        "{log}"
+    );
+    let served = spread(&net.client, VIP, 80, 20);
+    assert!(
+        served.iter().any(|b| b == "b1"),
+        "b1 left rotation: {served:?}"
+    );
+
+    net.lb.ip(&[&["rule", "del"][..], &rule].concat());
+    let deadline = Instant::now() + LIMIT;
+    while count(&d.log(), "web/b1: probed again") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "probes did not resume:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let health = &backend_json(&d, "web", "b1");
+    assert_eq!(health["state"], "up", "{health}");
+    assert_eq!(health["health"]["last_probe"]["ok"], true, "{health}");
+}
+
 #[test]
 fn backends_leave_and_rejoin_rotation_by_health() {
     let net = Net::build(Mode::TwoArm, 3);
@@ -371,7 +473,10 @@ fn backends_leave_and_rejoin_rotation_by_health() {
     assert_ne!(reloaded, config());
     d.write_config(&reloaded);
     let says = d.ok(&["reload"]);
-    assert!(says.contains("reloaded"), "{says}");
+    assert_eq!(
+        says,
+        "reloaded:\n  web: health check changed\n  pri: health check removed\n"
+    );
     let deadline = Instant::now() + LIMIT;
     while servers.iter().any(|s| s.http.hosts_seen(moved).len() < 2) {
         assert!(Instant::now() < deadline, "the new page is not probed");

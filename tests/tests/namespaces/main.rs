@@ -5,5 +5,6 @@ mod daemon;
 mod end_to_end;
 mod health_daemon;
 mod package;
+mod prometheus;
 mod scrape_during_reload;
 mod under_systemd;

@@ -283,7 +283,7 @@ fn bad_files_list_every_problem_with_its_location() {
                 .replace("udp_timeout: 60s", "udp_timeout: 0s"),
             vec![
                 "7:3: conntrack.max_entries: 10 is out of range 1024..=16777216",
-                "10:3: conntrack.udp_timeout: a zero timeout forgets every flow at once",
+                "10:3: conntrack.udp_timeout: 0s is out of range 1s..=30days",
             ],
         ),
         (
@@ -300,6 +300,50 @@ fn bad_files_list_every_problem_with_its_location() {
             vec![
                 "19:23: services[0].backends[0].address: a backend cannot be the VIP itself",
                 "37:5: services[1].backends: no backends",
+                "34:5: services[1].vip: 198.18.0.100 is also the address of backend owa/cas1",
+            ],
+        ),
+        (
+            "several type errors in one service, each found",
+            edit("rise: 2", "rise: twice")
+                .replace("interval: 2s", "interval: 5")
+                .replace("weight: 100,", "weight: lots,")
+                .replace("\"1024-65535\"", "\"1024-\""),
+            vec![
+                "31:7: services[0].health.rise: invalid type: string \"twice\", expected u32",
+                "29:7: services[0].health.interval: `5` has no unit; write 5s for seconds",
+                "19:45: services[0].backends[0].weight: invalid type: string \"lots\"",
+                "35:20: services[1].ports[1]: range `1024-` lacks a last port",
+            ],
+        ),
+        (
+            "absurd durations",
+            edit("interval: 2s", "interval: 584y").replace("tcp_timeout: 2h", "tcp_timeout: 1ns"),
+            vec![
+                "8:3: conntrack.tcp_timeout: 1ns is out of range 1s..=30days",
+                "29:7: services[0].health.interval: 584years is out of range 100ms..=1h",
+            ],
+        ),
+        (
+            "a number past 64 bits",
+            edit("weight: 100,", "weight: 99999999999999999999,"),
+            vec!["a number too large for any setting"],
+        ),
+        (
+            "addresses with two roles, weights all 0, a socket that cannot be",
+            edit(
+                "vip: 198.18.0.100\n    ports: [\"135\"",
+                "vip: 198.18.2.11\n    ports: [\"135\"",
+            )
+            .replace(
+                "- { name: cas1, address: 198.18.2.11 }\n",
+                "- { name: cas1, address: 198.18.2.13, weight: 0 }\n",
+            )
+            .replace("socket: /run/xnlb/xnlb.sock", "socket: /"),
+            vec![
+                "services[1].vip: 198.18.2.11 is also the address of backend owa/cas1",
+                "services[1].backends: every backend has weight 0",
+                "admin.socket: `/` cannot be the admin socket",
             ],
         ),
     ];

@@ -26,7 +26,63 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         out.extend(service_problems(service, &format!("services[{i}]")));
     }
     across_services(config, &mut out);
+    addresses_with_two_roles(config, &mut out);
+    admin_socket(config, &mut out);
     out
+}
+
+/// A VIP or a SNAT address that is also a backend's: traffic to it would be balanced to
+/// itself, or replies to the balancer taken for a backend's.
+fn addresses_with_two_roles(config: &Config, out: &mut Vec<Problem>) {
+    // A backend of the same service at its VIP is said by the service's own check.
+    let backend_at = |addr: IpAddr, not_of: Option<&str>| {
+        config
+            .services
+            .iter()
+            .filter(|s| Some(s.name.as_str()) != not_of)
+            .find_map(|s| {
+                s.backends
+                    .iter()
+                    .find(|b| b.address == addr)
+                    .map(|b| format!("{}/{}", s.name, b.name))
+            })
+    };
+    for (i, s) in config.services.iter().enumerate() {
+        if let Some(backend) = backend_at(s.vip, Some(&s.name)) {
+            out.push(
+                Problem::new(
+                    format!("services[{i}].vip"),
+                    format!("{} is also the address of backend {backend}", s.vip),
+                )
+                .hint("a VIP is the balancer's; a backend is a server behind it"),
+            );
+        }
+    }
+    for (k, addr) in config.snat_addresses().iter().enumerate() {
+        if let Some(backend) = backend_at(*addr, None) {
+            out.push(
+                Problem::new(
+                    format!("snat.addresses[{k}]"),
+                    format!("{addr} is also the address of backend {backend}"),
+                )
+                .hint("the SNAT address is the balancer's own, towards the backends"),
+            );
+        }
+    }
+}
+
+/// `admin.socket` names a file under a directory (the daemon creates the directory).
+fn admin_socket(config: &Config, out: &mut Vec<Problem>) {
+    let socket = &config.admin.socket;
+    if !socket.is_absolute() || socket.file_name().is_none() || socket.as_os_str().len() > 107 {
+        out.push(
+            Problem::new(
+                "admin.socket",
+                format!("`{}` cannot be the admin socket", socket.display()),
+            )
+            .hint("an absolute path to a file, under 108 bytes, e.g. /run/xnlb/xnlb.sock"),
+        );
+    }
 }
 
 /// Allowed, but worth telling the administrator.
@@ -246,15 +302,13 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
         ("tcp_closed_timeout", ct.tcp_closed_timeout),
         ("udp_timeout", ct.udp_timeout),
     ] {
-        if d.is_zero() {
-            out.push(
-                Problem::new(
-                    format!("conntrack.{name}"),
-                    "a zero timeout forgets every flow at once",
-                )
-                .hint("e.g. 2h for TCP, 60s for UDP"),
-            );
-        }
+        duration_in(
+            &format!("conntrack.{name}"),
+            d,
+            FLOW_TIMEOUTS,
+            "e.g. 2h for TCP, 60s for UDP",
+            out,
+        );
     }
     if config.services.is_empty() {
         out.push(Problem::new("services", "no services: nothing to balance"));
@@ -358,4 +412,37 @@ fn across_services(config: &Config, out: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// Conntrack timeouts: below a second a flow is forgotten between two packets; past 30 days
+/// an idle entry is never freed in practice (and past ~584 years the datapath's nanosecond
+/// clock would wrap).
+const FLOW_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 86400);
+
+/// Adds a problem unless `d` is within `range`; whether it was.
+pub(super) fn duration_in(
+    path: &str,
+    d: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    hint: &str,
+    out: &mut Vec<Problem>,
+) -> bool {
+    if range.contains(&d) {
+        return true;
+    }
+    let show = |d: &Duration| humantime::format_duration(*d).to_string();
+    out.push(
+        Problem::new(
+            path,
+            format!(
+                "{} is out of range {}..={}",
+                show(&d),
+                show(range.start()),
+                show(range.end())
+            ),
+        )
+        .hint(hint),
+    );
+    false
 }

@@ -108,20 +108,29 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
             );
         }
     }
+    if !s.backends.is_empty() && s.backends.iter().all(|b| b.weight == 0) {
+        out.push(
+            Problem::new(format!("{path}.backends"), "every backend has weight 0")
+                .hint("the service would take no new flow; give one a weight, e.g. 100"),
+        );
+    }
     if let Some(h) = &s.health {
         let hp = |field: &str| format!("{path}.health.{field}");
-        if h.interval.is_zero() {
-            out.push(Problem::new(
-                hp("interval"),
-                "the probe interval must be above zero",
-            ));
-        }
-        if h.timeout.is_zero() {
-            out.push(Problem::new(
-                hp("timeout"),
-                "the probe timeout must be above zero",
-            ));
-        } else if h.timeout > h.interval {
+        let interval_ok = super::duration_in(
+            &hp("interval"),
+            h.interval,
+            PROBE_INTERVALS,
+            "probes every 100ms load the backends; once an hour detects nothing in time",
+            &mut out,
+        );
+        let timeout_ok = super::duration_in(
+            &hp("timeout"),
+            h.timeout,
+            PROBE_TIMEOUTS,
+            "a probe needs at least a round trip and a handshake",
+            &mut out,
+        );
+        if interval_ok && timeout_ok && h.timeout > h.interval {
             out.push(
                 Problem::new(
                     hp("timeout"),
@@ -189,3 +198,9 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
     }
     out
 }
+
+/// `health.interval` and `health.timeout`: what a health check can sensibly use.
+const PROBE_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+const PROBE_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
