@@ -56,6 +56,14 @@ pub fn line_servers(backends: &[NetNs], port: u16) -> Vec<LineServer> {
         .collect()
 }
 
+/// `line_servers` on each of `ports`.
+pub fn line_servers_on(backends: &[NetNs], ports: &[u16]) -> Vec<LineServer> {
+    ports
+        .iter()
+        .flat_map(|&port| line_servers(backends, port))
+        .collect()
+}
+
 impl Drop for LineServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

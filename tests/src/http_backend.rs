@@ -120,6 +120,19 @@ impl HttpBackend {
     }
 }
 
+/// A plain HTTP server on `port` in each backend namespace, named `{prefix}1`, `{prefix}2`,
+/// ... in order; every health page answers 200 until `set` says otherwise.
+pub fn web_servers(backends: &[NetNs], port: u16, prefix: &str) -> Vec<HttpBackend> {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let any = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+            HttpBackend::start(Some(ns), any, &format!("{prefix}{}", i + 1), None)
+        })
+        .collect()
+}
+
 impl Drop for HttpBackend {
     fn drop(&mut self) {
         if let Some(s) = self.shutdown.take() {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, os::unix::process::CommandExt, time::Duration};
 
 use xnlb_tests::{
-    apps::{LineClient, line_servers, spread},
+    apps::{LineClient, line_servers, line_servers_on, spread},
     daemon::{Daemon, Scrape, backends_of, refused_run},
     topology::{CLIENT_IP, Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
@@ -481,10 +481,7 @@ fn sigterm_keeps_the_datapath_and_a_second_daemon_or_a_missing_interface_is_refu
 #[test]
 fn host_wide_verbs_and_one_services_status() {
     let net = Net::build(Mode::TwoArm, 2);
-    let _servers: Vec<_> = [80, 81]
-        .iter()
-        .flat_map(|&port| line_servers(&net.backends, port))
-        .collect();
+    let _servers = line_servers_on(&net.backends, &[80, 81]);
     let backends = format!(
         "      - {{ name: b1, address: {} }}\n      - {{ name: b2, address: {} }}\n",
         backend_ip(1),

@@ -17,10 +17,10 @@ use std::{
 };
 
 use xnlb_tests::{
-    apps::{LineClient, LineServer, line_servers, spread},
+    apps::{LineClient, LineServer, line_servers, line_servers_on, spread},
     certs::TestCa,
     daemon::{Daemon, Scrape, backend_of},
-    http_backend::{Answer, HttpBackend},
+    http_backend::{Answer, HttpBackend, web_servers},
     topology::{Mode, Net, TWO_ARM_CONFIG_HEAD, VIP, backend_ip},
 };
 
@@ -137,10 +137,7 @@ const LIMIT: Duration = Duration::from_secs(15);
 #[test]
 fn initial_health_up_serves_before_the_first_probe() {
     let net = Net::build(Mode::TwoArm, 2);
-    let _servers: Vec<_> = [80, 81]
-        .iter()
-        .flat_map(|&port| line_servers(&net.backends, port))
-        .collect();
+    let _servers = line_servers_on(&net.backends, &[80, 81]);
     let slow = "      interval: 30s\n      timeout: 1s\n      rise: 3\n      fall: 3\n";
     let service = |name: &str, port: u16, initial: &str| {
         format!(
@@ -181,21 +178,14 @@ fn initial_health_up_serves_before_the_first_probe() {
 
 /// A probe the balancer itself cannot make (here its own routing policy forbids the probe's
 /// port, so connect(2) fails with EACCES, as it fails with EMFILE when the daemon is out of
-/// files; forwarding to the backend's service port is untouched) is the balancer's fault: logged once, counted as `local_error`, and the backend stays in rotation
-/// however many probes it misses; once probes get through, they count again.
+/// files; forwarding to the backend's service port is untouched) is the balancer's fault:
+/// logged once, counted as `local_error`, and the backend stays in rotation however many
+/// probes it misses; once probes get through, they count again.
 #[test]
 fn the_balancers_own_fault_never_takes_a_backend_out() {
     let net = Net::build(Mode::TwoArm, 2);
     let _lines = line_servers(&net.backends, 80);
-    let _web: Vec<HttpBackend> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080));
-            HttpBackend::start(Some(ns), any, &format!("b{}", i + 1), None)
-        })
-        .collect();
+    let _web: Vec<HttpBackend> = web_servers(&net.backends, 8080, "b");
     let config = format!(
         "{TWO_ARM_CONFIG_HEAD}  - name: web
     vip: {VIP}
@@ -522,19 +512,7 @@ fn backends_leave_and_rejoin_rotation_by_health() {
 fn detection_time_with_default_settings() {
     let net = Net::build(Mode::TwoArm, 3);
     let _lines = line_servers(&net.backends, 80);
-    let pages: Vec<HttpBackend> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            HttpBackend::start(
-                Some(ns),
-                (Ipv4Addr::UNSPECIFIED, 8080).into(),
-                &format!("b{}", i + 1),
-                None,
-            )
-        })
-        .collect();
+    let pages: Vec<HttpBackend> = web_servers(&net.backends, 8080, "b");
     let config = format!(
         "{TWO_ARM_CONFIG_HEAD}{}metrics:\n  listen: {METRICS}\n",
         web("")

@@ -5,7 +5,7 @@
 //! test network whose interfaces and addresses are the ones that config ships with.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output},
     thread,
@@ -14,7 +14,7 @@ use std::{
 
 use xnlb_tests::{
     daemon::http_get,
-    http_backend::HttpBackend,
+    http_backend::{HttpBackend, web_servers},
     topology::{Mode, Net, VIP},
 };
 
@@ -233,15 +233,7 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
         net.lb.ip(&["link", "set", from, "name", to]);
         net.lb.ip(&["link", "set", to, "up"]);
     }
-    let _web: Vec<HttpBackend> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80));
-            HttpBackend::start(Some(ns), any, &format!("cas{}", i + 1), None)
-        })
-        .collect();
+    let _web: Vec<HttpBackend> = web_servers(&net.backends, 80, "cas");
 
     // The unit's ExecStart, its paths taken from the root, with the unit's capabilities
     // only, in a mount namespace of its own (a private /run for the default socket, a

@@ -7,7 +7,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -17,7 +17,7 @@ use std::{
 use xnlb_tests::{
     apps::{line_servers, spread},
     daemon::Daemon,
-    http_backend::{Answer, HttpBackend},
+    http_backend::{Answer, HttpBackend, web_servers},
     netns::NetNs,
     topology::{Mode, Net},
 };
@@ -148,15 +148,7 @@ fn dashboard_and_alerts_have_data_in_a_real_prometheus() {
 
     let net = Net::build(Mode::OneArm, 3);
     let _lines = line_servers(&net.backends, 80);
-    let web: Vec<HttpBackend> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8080));
-            HttpBackend::start(Some(ns), any, &format!("b{}", i + 1), None)
-        })
-        .collect();
+    let web: Vec<HttpBackend> = web_servers(&net.backends, 8080, "b");
     let backends: String = (1..=3)
         .map(|n| format!("      - {{ name: b{n}, address: {} }}\n", net.backend_ip(n)))
         .collect();
