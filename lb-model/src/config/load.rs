@@ -96,7 +96,11 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
             ]));
         }
         Ok(doc) => doc,
-        Err(e) if e.to_string().contains(" as u128") || e.to_string().contains(" as i128") => {
+        Err(e)
+            if [" as u128", " as i128"]
+                .iter()
+                .any(|t| e.to_string().contains(t)) =>
+        {
             // serde_yaml reads integers past 64 bits this way; say it plainly.
             let mut p = Problem::new("", "a number too large for any setting")
                 .hint("ports, weights and sizes are small numbers; durations take units (2s)");
@@ -184,42 +188,36 @@ fn service_type_errors(service: &serde_yaml::Value, path: &str, problems: &mut V
     }
 }
 
-/// Every type error of one block: after each, the key at fault is taken out and the block read
-/// again (a key with a default then reads as its default; a required one ends the search with
-/// the error already said).
+/// Every type error of one block: after each, the key at fault is set aside and the block read
+/// again (a key with a default then reads as its default; a required one set aside comes back
+/// as "missing", which is not said again).
 fn every_error<T: DeserializeOwned>(
     mut value: serde_yaml::Value,
     path: &str,
     problems: &mut Vec<Problem>,
 ) {
+    let mut set_aside = Vec::new();
     for _ in 0..32 {
-        let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) else {
+        let Err(e) = read::<T>(&value, path) else {
             return;
         };
-        let said = problems.len();
-        let _ = deserialize::<T>(&value, path, problems);
-        let segments: Vec<String> = e
-            .path()
-            .iter()
-            .map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => key.clone(),
-                _ => String::new(),
-            })
-            .collect();
-        let missing = e.inner().to_string().starts_with("missing field");
-        if missing || problems.len() == said || !remove_key(&mut value, &segments) {
-            if missing && said > 0 && problems.len() > said {
-                // A required key the last round took out: already said why.
-                problems.pop();
-            }
+        if e.missing
+            .as_ref()
+            .is_some_and(|key| set_aside.contains(key))
+        {
             return;
+        }
+        problems.push(e.problem);
+        match e.keys.last() {
+            Some(key) if remove_key(&mut value, &e.keys) => set_aside.push(key.clone()),
+            _ => return,
         }
     }
 }
 
-/// Removes the mapping key at `segments` (keys only); false when the path is not all keys.
-fn remove_key(value: &mut serde_yaml::Value, segments: &[String]) -> bool {
-    let Some((last, parents)) = segments.split_last() else {
+/// Removes the mapping key at `keys` (a path of keys only); false when there is none.
+fn remove_key(value: &mut serde_yaml::Value, keys: &[String]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
         return false;
     };
     let mut at = value;
@@ -235,11 +233,24 @@ fn remove_key(value: &mut serde_yaml::Value, segments: &[String]) -> bool {
     }
 }
 
+/// `T` from `value`, or where and why it is not one.
 fn deserialize<T: DeserializeOwned>(
     value: &serde_yaml::Value,
     prefix: &str,
     problems: &mut Vec<Problem>,
 ) -> Result<T, ()> {
+    read(value, prefix).map_err(|e| problems.push(e.problem))
+}
+
+/// A type error: the problem to say, the keys leading to it (empty where a segment is not a
+/// key), and the field it says is missing, if that is the error.
+struct TypeError {
+    problem: Problem,
+    keys: Vec<String>,
+    missing: Option<String>,
+}
+
+fn read<T: DeserializeOwned>(value: &serde_yaml::Value, prefix: &str) -> Result<T, Box<TypeError>> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix, inner.as_str()) {
@@ -248,11 +259,26 @@ fn deserialize<T: DeserializeOwned>(
             (p, i) if i.starts_with('[') => format!("{p}{i}"),
             (p, i) => format!("{p}.{i}"),
         };
+        let keys = e
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => key.clone(),
+                _ => String::new(),
+            })
+            .collect();
         let message = e.into_inner().to_string();
-        let hint = did_you_mean(&message);
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field.to_string());
         let mut problem = Problem::new(path, message);
-        problem.hint = hint;
-        problems.push(problem);
+        problem.hint = did_you_mean(&problem.message);
+        Box::new(TypeError {
+            problem,
+            keys,
+            missing,
+        })
     })
 }
 

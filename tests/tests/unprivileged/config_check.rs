@@ -317,6 +317,14 @@ fn bad_files_list_every_problem_with_its_location() {
             ],
         ),
         (
+            "a missing required key is said beside another block's error",
+            edit("affinity: single", "afinity: single").replace("        port: 443\n", ""),
+            vec![
+                "17:5: services[0].afinity: unknown field `afinity`",
+                "22:7: services[0].health.http: missing field `port`",
+            ],
+        ),
+        (
             "absurd durations",
             edit("interval: 2s", "interval: 584y").replace("tcp_timeout: 2h", "tcp_timeout: 1ns"),
             vec![
