@@ -114,28 +114,20 @@ fn call(
     show: impl Fn(admin::Response) -> Result<String, String>,
 ) -> ExitCode {
     let Socket { path, from } = socket.resolve();
-    match admin::request(&path, &request) {
-        Ok(r) if r.ok => match show(r) {
-            Ok(text) => {
-                if text.ends_with('\n') {
-                    print!("{text}");
-                } else {
-                    println!("{text}");
-                }
-                ExitCode::SUCCESS
+    let answer = match admin::request(&path, &request) {
+        Ok(r) if r.ok => show(r),
+        Ok(r) => Err(r.message.unwrap_or_default().trim_end().to_string()),
+        Err(e @ ClientError::NotRunning(_)) => Err(format!("{e} (socket from {from})")),
+        Err(e) => Err(e.to_string()),
+    };
+    match answer {
+        Ok(text) => {
+            if text.ends_with('\n') {
+                print!("{text}");
+            } else {
+                println!("{text}");
             }
-            Err(e) => {
-                eprintln!("xnlb: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(r) => {
-            eprintln!("xnlb: {}", r.message.unwrap_or_default().trim_end());
-            ExitCode::FAILURE
-        }
-        Err(e @ ClientError::NotRunning(_)) => {
-            eprintln!("xnlb: {e} (socket from {from})");
-            ExitCode::FAILURE
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("xnlb: {e}");

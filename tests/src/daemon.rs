@@ -384,3 +384,14 @@ impl Scrape {
             .sum()
     }
 }
+
+/// A process a test started (a daemon in a namespace of its own, a Prometheus), killed and
+/// reaped on drop, also on panic.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -49,6 +49,17 @@ impl NetNs {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
     }
 
+    /// Whether an XDP program is attached to `dev` (as `ip link show` says).
+    pub fn xdp_attached(&self, dev: &str) -> bool {
+        let link = self
+            .command("ip")
+            .args(["link", "show", dev])
+            .output()
+            .expect("ip link show");
+        assert!(link.status.success(), "ip link show {dev}: {link:?}");
+        String::from_utf8_lossy(&link.stdout).contains("xdp")
+    }
+
     /// Moves the calling thread into the namespace until the returned guard drops.
     pub fn enter(&self) -> Entered {
         let original = File::open("/proc/thread-self/ns/net").expect("open own netns");

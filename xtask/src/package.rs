@@ -40,37 +40,26 @@ pub fn out_dir(build: Build) -> PathBuf {
 /// Builds the binary and the generated files, stages the tree, writes the `.deb`; returns
 /// its path.
 pub fn run(build: Build) -> Result<PathBuf> {
-    let release = (build == Build::Release).then_some("--release");
-    let with = |args: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        v.splice(1..1, release.map(String::from));
-        v
+    let profile: &[&str] = match build {
+        Build::Release => &["--release"],
+        Build::Debug => &[],
     };
     let target = workspace::root().join("target");
     let work = target.join("package").join(build.dir());
     let _ = fs::remove_dir_all(&work);
     let assets = work.join("assets");
-    let cargo =
-        |args: Vec<String>| workspace::cargo(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    cargo(with(&[
-        "build",
-        "-q",
-        "-p",
-        "lb-userspace",
-        "--bin",
-        "xnlb",
-    ]))?;
-    let mut generate = with(&[
-        "run",
-        "-q",
+    let assets_arg = assets.display().to_string();
+    let bin = ["-p", "lb-userspace", "--bin", "xnlb"];
+    workspace::cargo(&[&["build", "-q"], profile, &bin].concat())?;
+    let generate = [
         "-p",
         "xnlb-tools",
         "--bin",
         "xnlb-package-assets",
         "--",
-    ]);
-    generate.push(assets.display().to_string());
-    cargo(generate)?;
+        &assets_arg,
+    ];
+    workspace::cargo(&[&["run", "-q"], profile, &generate].concat())?;
 
     let binary = target.join(build.dir()).join("xnlb");
     let version = output(Command::new(&binary).arg("--version"))
@@ -80,14 +69,19 @@ pub fn run(build: Build) -> Result<PathBuf> {
         .context("dpkg --print-architecture")?;
     let root = work.join("root");
     stage(&root, &binary, &assets)?;
-    let control = control(&version, &arch, &root, &binary)?;
+    let installed = installed_files(&root)?;
+    let mut size = 0;
+    for file in &installed {
+        size += fs::metadata(root.join(file))?.len();
+    }
+    let control = control(&version, &arch, size / 1024 + 1, &binary)?;
     put_text(&root.join("DEBIAN/control"), &control, 0o644)?;
     put_text(
         &root.join("DEBIAN/conffiles"),
         "/etc/xnlb/xnlb.yaml\n",
         0o644,
     )?;
-    md5sums(&root)?;
+    md5sums(&root, &installed)?;
 
     let out = out_dir(build);
     fs::create_dir_all(&out)?;
@@ -196,7 +190,7 @@ fn directory_modes(dir: &Path) -> Result<()> {
 
 /// DEBIAN/control. The libc it needs is read off the binary (the newest GLIBC_ symbol
 /// version it links), so the dependency is the build machine's truth, not a guess.
-fn control(version: &str, arch: &str, root: &Path, binary: &Path) -> Result<String> {
+fn control(version: &str, arch: &str, installed_kib: u64, binary: &Path) -> Result<String> {
     let symbols = output(Command::new("objdump").arg("-T").arg(binary)).context("objdump -T")?;
     let glibc = symbols
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
@@ -211,7 +205,6 @@ fn control(version: &str, arch: &str, root: &Path, binary: &Path) -> Result<Stri
         .max()
         .map(|(_, v)| v)
         .context("no GLIBC_ symbol versions in the binary")?;
-    let installed_kib = du(root)? / 1024 + 1;
     Ok(format!(
         "Package: xnlb
 Version: {version}-1
@@ -230,8 +223,8 @@ Description: XDP layer-4 load balancer for server farms (NLB-style)
     ))
 }
 
-/// DEBIAN/md5sums: every file dpkg installs (what `dpkg --verify` checks).
-fn md5sums(root: &Path) -> Result<()> {
+/// The files dpkg installs (not `DEBIAN/`), relative to `root`, sorted.
+fn installed_files(root: &Path) -> Result<Vec<String>> {
     let mut files = Vec::new();
     walk(root, &mut files)?;
     let mut relative: Vec<String> = files
@@ -240,8 +233,13 @@ fn md5sums(root: &Path) -> Result<()> {
         .filter(|f| !f.starts_with("DEBIAN/"))
         .collect();
     relative.sort();
+    Ok(relative)
+}
+
+/// DEBIAN/md5sums: every file dpkg installs (what `dpkg --verify` checks).
+fn md5sums(root: &Path, installed: &[String]) -> Result<()> {
     let sums = Command::new("md5sum")
-        .args(&relative)
+        .args(installed)
         .current_dir(root)
         .output()?;
     if !sums.status.success() {
@@ -252,12 +250,6 @@ fn md5sums(root: &Path) -> Result<()> {
         &String::from_utf8(sums.stdout)?,
         0o644,
     )
-}
-
-fn du(root: &Path) -> Result<u64> {
-    let mut files = Vec::new();
-    walk(root, &mut files)?;
-    files.iter().map(|f| Ok(fs::metadata(f)?.len())).sum()
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {

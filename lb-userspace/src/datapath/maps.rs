@@ -373,7 +373,12 @@ impl Datapath {
         let (keys, entries): (Vec<FlowKey>, Vec<FlowEntry>) = flows.iter().copied().unzip();
         let fd = self.map_data(names::FLOWS)?.fd().as_fd();
         batch::update(fd, &keys, &entries).map_err(io_err("writing FLOWS"))?;
-        self.write_replies(false, flows).map(|_| ())
+        let (replies, owners): (Vec<FlowKey>, Vec<ReplyEntry>) = claimed_replies(flows).unzip();
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let fd = self.map_data(names::REPLIES)?.fd().as_fd();
+        batch::update(fd, &replies, &owners).map_err(io_err("writing REPLIES"))
     }
 
     /// Writes the reply table of the half-open or the established flows again from the flows,
@@ -387,13 +392,8 @@ impl Datapath {
         let mut map: HashMap<&mut MapData, FlowKey, ReplyEntry> =
             HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         let mut written = 0;
-        for (client, f) in flows.iter().filter(|(_, f)| f.flags & REPLY_DERIVED == 0) {
-            let owner = ReplyEntry {
-                client: *client,
-                backend_id: f.backend_id,
-                _pad: 0,
-            };
-            match map.insert(f.reply, owner, u64::from(aya_obj::generated::BPF_NOEXIST)) {
+        for (reply, owner) in claimed_replies(&flows) {
+            match map.insert(reply, owner, u64::from(aya_obj::generated::BPF_NOEXIST)) {
                 Ok(()) => written += 1,
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
@@ -402,29 +402,24 @@ impl Datapath {
         }
         Ok(written)
     }
+}
 
-    /// The reply entry of each of `flows` that claimed one, into the reply table of its stage.
-    fn write_replies(&mut self, half_open: bool, flows: &[(FlowKey, FlowEntry)]) -> Result<usize> {
-        let (replies, owners): (Vec<FlowKey>, Vec<ReplyEntry>) = flows
-            .iter()
-            .filter(|(_, f)| f.flags & REPLY_DERIVED == 0)
-            .map(|(client, f)| {
-                let owner = ReplyEntry {
-                    client: *client,
-                    backend_id: f.backend_id,
-                    _pad: 0,
-                };
-                (f.reply, owner)
-            })
-            .unzip();
-        if replies.is_empty() {
-            return Ok(0);
-        }
-        let name = super::reader::stage_maps(half_open).1;
-        let fd = self.map_data(name)?.fd().as_fd();
-        batch::update(fd, &replies, &owners).map_err(io_err("writing a reply table"))?;
-        Ok(replies.len())
-    }
+/// The reply entry (reply tuple, owner) of each of `flows` that claimed one; a flow that
+/// derives its replies has none.
+fn claimed_replies(
+    flows: &[(FlowKey, FlowEntry)],
+) -> impl Iterator<Item = (FlowKey, ReplyEntry)> + '_ {
+    flows
+        .iter()
+        .filter(|(_, f)| f.flags & REPLY_DERIVED == 0)
+        .map(|(client, f)| {
+            let owner = ReplyEntry {
+                client: *client,
+                backend_id: f.backend_id,
+                _pad: 0,
+            };
+            (f.reply, owner)
+        })
 }
 
 /// The address-set key of `addr`.

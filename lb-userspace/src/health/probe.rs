@@ -139,7 +139,6 @@ fn status_line(status: StatusCode) -> String {
     }
 }
 
-/// `connection refused`, not `Connection refused (os error 111)`.
 /// A connection that could not be made: the backend's fault (refused, unreachable host, reset),
 /// or the balancer's own (out of files, buffers, memory or local ports; no route of its own; its
 /// own firewall, which makes connect(2) fail with EPERM), which must not take the backend out.
@@ -161,6 +160,7 @@ fn connect_failure(e: &std::io::Error) -> Failure {
     }
 }
 
+/// `connection refused`, not `Connection refused (os error 111)`.
 fn io_cause(e: &std::io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error") {

@@ -69,8 +69,9 @@ fn backend_list(n: usize) -> String {
 
 const FAST: &str = "      interval: 300ms\n      timeout: 200ms\n      rise: 2\n      fall: 2\n";
 
-/// The `web` service on VIP:80 over three backends, checked on :8080, with `timing` lines.
-fn web(timing: &str) -> String {
+/// The `web` service on VIP:80 over the first `backends` backends, checked on :8080, with
+/// `timing` lines.
+fn web(backends: usize, timing: &str) -> String {
     format!(
         "  - name: web
     vip: {VIP}
@@ -80,7 +81,7 @@ fn web(timing: &str) -> String {
 {}    health:
       http: {{ path: {HEALTH}, port: 8080 }}
 {timing}",
-        backend_list(3)
+        backend_list(backends)
     )
 }
 
@@ -105,7 +106,7 @@ fn config() -> String {
 {FAST}metrics:
   listen: {METRICS}
 ",
-        web = web(FAST),
+        web = web(3, FAST),
         b2 = backend_list(2),
     )
 }
@@ -187,17 +188,8 @@ fn the_balancers_own_fault_never_takes_a_backend_out() {
     let _lines = line_servers(&net.backends, 80);
     let _web: Vec<HttpBackend> = web_servers(&net.backends, 8080, "b");
     let config = format!(
-        "{TWO_ARM_CONFIG_HEAD}  - name: web
-    vip: {VIP}
-    ports: [80]
-    affinity: none
-    backends:
-{}    health:
-      http: {{ path: {HEALTH}, port: 8080 }}
-{FAST}metrics:
-  listen: {METRICS}
-",
-        backend_list(2)
+        "{TWO_ARM_CONFIG_HEAD}{}metrics:\n  listen: {METRICS}\n",
+        web(2, FAST)
     );
     let d = Daemon::start(&net.lb, &config);
     d.wait_state(&[("web", "b1"), ("web", "b2")], "up", LIMIT);
@@ -515,7 +507,7 @@ fn detection_time_with_default_settings() {
     let pages: Vec<HttpBackend> = web_servers(&net.backends, 8080, "b");
     let config = format!(
         "{TWO_ARM_CONFIG_HEAD}{}metrics:\n  listen: {METRICS}\n",
-        web("")
+        web(3, "")
     );
     let d = Daemon::start(&net.lb, &config);
     let rise = d.wait_state(&[("web", "b1"), ("web", "b2"), ("web", "b3")], "up", LIMIT);

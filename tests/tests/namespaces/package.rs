@@ -7,13 +7,13 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output},
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
 
 use xnlb_tests::{
-    daemon::http_get,
+    daemon::{KillOnDrop, http_get},
     http_backend::{HttpBackend, web_servers},
     topology::{Mode, Net, VIP},
 };
@@ -85,17 +85,6 @@ fn unit_setting(unit: &str, key: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| panic!("the unit has no {key}="))
         .to_string()
-}
-
-/// The daemon's process, killed on drop (its private mounts, and with them its pins and the
-/// datapath, go with it).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -261,7 +250,8 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
     let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("package-daemon-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).unwrap();
-    let daemon = Running(
+    // Killed on drop: its private mounts, and with them its pins and the datapath, go with it.
+    let daemon = KillOnDrop(
         net.lb
             .command("unshare")
             .args([
@@ -340,15 +330,6 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
         thread::sleep(Duration::from_millis(100));
     };
     assert!(exited.success(), "{exited}: {}", daemon_log());
-    let link = net
-        .lb
-        .command("ip")
-        .args(["link", "show", "eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "still attached after stop"
-    );
+    assert!(!net.lb.xdp_attached("eth0"), "still attached after stop");
     let _ = std::fs::remove_file(&log);
 }

@@ -9,14 +9,14 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use xnlb_tests::{
     apps::{line_servers, spread},
-    daemon::Daemon,
+    daemon::{Daemon, KillOnDrop},
     http_backend::{Answer, HttpBackend, web_servers},
     netns::NetNs,
     topology::{Mode, Net},
@@ -41,16 +41,6 @@ fn tool(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Prometheus, killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// GET `path` from Prometheus inside `ns`; the JSON it answers.
@@ -189,7 +179,7 @@ scrape_configs:
         .unwrap();
     assert!(check.status.success(), "promtool check config: {check:?}");
     let log = std::fs::File::create(scratch.join("prometheus.log")).unwrap();
-    let _prometheus = Running(
+    let _prometheus = KillOnDrop(
         net.lb
             .command(tool("prometheus"))
             .arg(format!(

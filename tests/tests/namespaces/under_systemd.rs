@@ -61,16 +61,7 @@ fn tells_systemd_when_it_serves_that_it_lives_and_that_it_stops() {
         ready.contains("STATUS=balancing; admin socket"),
         "{ready:?}"
     );
-    let link = net
-        .lb
-        .command("ip")
-        .args(["link", "show", "cli0"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "{link:?}"
-    );
+    assert!(net.lb.xdp_attached("cli0"), "not attached when ready");
     assert_eq!(spread(&net.client, VIP, 80, 4).len(), 4);
 
     // WATCHDOG=1 every half of the 400 ms WATCHDOG_USEC, while the controller answers.
