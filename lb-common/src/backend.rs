@@ -51,8 +51,11 @@ pub struct BackendInfo {
     pub state: u8,
     /// The service this backend belongs to (for per-service counters).
     pub service_id: u32,
+    /// The backend's number in its service's sticky table, the same in every service of a
+    /// persistence group (`lb_common::sticky`).
+    pub member: u32,
 }
-const _: () = assert!(core::mem::size_of::<BackendInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendInfo>() == 28);
 
 impl BackendInfo {
     /// Whether this is the backend of `service_id` at `addr`: what the controller keeps a flow

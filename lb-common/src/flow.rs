@@ -93,10 +93,11 @@ pub struct FlowEntry {
     pub backend_id: u32,
     /// A [`FlowState`] as `u8`.
     pub state: u8,
-    /// [`REPLY_DERIVED`], or 0.
+    /// [`REPLY_DERIVED`], [`STICKY`], or 0.
     pub flags: u8,
-    // An integer, not a `[u8; 2]`, so that zeroing it is one store, not a `memset` call.
-    pub _pad: u16,
+    /// With [`STICKY`]: the period in which the flow last refreshed its client's sticky entry
+    /// (`lb_common::sticky::stamp`).
+    pub sticky_stamp: u16,
     /// Where the backend's replies leave for the client (filled by the first reply).
     pub client_hop: NextHop,
 }
@@ -105,6 +106,9 @@ const _: () = assert!(core::mem::size_of::<FlowEntry>() == 80);
 /// `FlowEntry::flags`: the flow holds no reply entry; its replies find it through `SERVED_BY`
 /// (its backend port served its VIP and port alone when it started).
 pub const REPLY_DERIVED: u8 = 1;
+/// `FlowEntry::flags`: the flow's service keeps sticky entries; the client's packets refresh
+/// its entry.
+pub const STICKY: u8 = 2;
 
 /// Key of `SERVED_BY`: a backend's address, the port it serves on (network order) and the
 /// protocol.

@@ -21,6 +21,7 @@ pub mod programs;
 pub mod service;
 pub mod settings;
 pub mod stats;
+pub mod sticky;
 
 #[cfg(feature = "user")]
 mod pod;

@@ -30,6 +30,8 @@ map_names!(
     CLUSTER_STATE,
     SERVED_BY,
     FRAGMENTS,
+    STICKY,
+    STICKY_MEMBERS,
     STAGES,
     SCRATCH,
     BACKEND_STATS,

@@ -1,6 +1,6 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, flow, fragment, next_hop, service, settings, stats};
+use crate::{addr, backend, flow, fragment, next_hop, service, settings, stats, sticky};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -28,4 +28,7 @@ pod!(
     flow::ServedBy,
     fragment::FragmentKey,
     fragment::FragmentEntry,
+    sticky::StickyKey,
+    sticky::StickyEntry,
+    sticky::StickyMember,
 );

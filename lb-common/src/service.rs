@@ -112,7 +112,8 @@ pub struct ServiceInfo {
     pub ring_size: u32,
     /// `filtering: single`: the backend every flow goes to, or [`NO_BACKEND`].
     pub single_backend: u32,
-    /// Seed of the affinity hash, so services do not share hash collisions.
+    /// Seed of the affinity hash, so services do not share hash collisions. The services of a
+    /// persistence group share it; it also names their sticky table (`lb_common::sticky`).
     pub hash_seed: u32,
     /// A [`Filtering`] as `u8`.
     pub filtering: u8,
@@ -121,5 +122,7 @@ pub struct ServiceInfo {
     /// Prefix length for [`Affinity::Network`].
     pub network_prefix: u8,
     pub _pad: u8,
+    /// `sticky_timeout` in milliseconds; 0 = no sticky table (affinity by the ring alone).
+    pub sticky_timeout_ms: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 24);

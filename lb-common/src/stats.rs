@@ -161,6 +161,17 @@ reasons! {
         FragmentTracked = "fragment_tracked",
         /// A later fragment followed its datagram's first fragment.
         FragmentFollowed = "fragment_followed",
+        /// A new flow went to the backend its client's sticky entry names (`sticky_timeout`).
+        StickyHit = "sticky_hit",
+        /// A client without a sticky entry got one (a new `STICKY` element).
+        StickyRecorded = "sticky_recorded",
+        /// A client's sticky entry named a backend that takes no new flows (down, disabled,
+        /// draining, removed): the new flow was balanced by the ring and the entry moved to its
+        /// backend.
+        StickyMoved = "sticky_moved",
+        /// A client's sticky entry had run past its timeout: the new flow was balanced by the
+        /// ring and the entry started again with its backend.
+        StickyExpired = "sticky_expired",
     }
 }
 

@@ -21,7 +21,9 @@ use lb_common::{
     addr::FAMILY_V6,
     backend::{BackendInfo, BackendState},
     cluster::{BUCKET_HANDOVER, BUCKET_MINE},
-    flow::{FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, ServedBy},
+    flow::{
+        FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, STICKY, ServedBy,
+    },
     hash::hash_addr_port,
     service::{NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode, SNAT_PORT_ATTEMPTS},
@@ -33,7 +35,7 @@ use crate::{
     maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
     mem,
     packet::{L4, TCP_FIN, TCP_RST},
-    scratch, select, stats,
+    scratch, select, stats, sticky,
 };
 
 /// Which pair of maps holds a flow. Always a constant where it is used, so each use compiles to
@@ -124,6 +126,9 @@ pub fn client_flow(
         if still_valid(e, Stage::Established, key, l4, s, now) {
             if !FlowState::byte_is_closing(e.state) {
                 touch(e, l4, now, true);
+                if e.flags & STICKY != 0 {
+                    sticky::refresh(svc, e, key, now);
+                }
                 if s.holds_next_hops() {
                     follow_the_client(e);
                 }
@@ -146,7 +151,11 @@ pub fn client_flow(
                 if l4.is_syn() || l4.is_fin_or_rst() {
                     return Ok(h);
                 }
-                return establish(key, h, established, now);
+                let flow = establish(key, h, established, now)?;
+                if flow.flags & STICKY != 0 {
+                    sticky::remember(svc, key, flow.backend_id, now);
+                }
+                return Ok(flow);
             }
         }
         if let Some(e) = closing {
@@ -257,7 +266,7 @@ fn establish(
     entry.backend_id = h.backend_id;
     entry.state = FlowState::Open as u8;
     entry.flags = h.flags;
-    entry._pad = 0;
+    entry.sticky_stamp = h.sticky_stamp;
     // The SYN-ACK's next hop to the client serves the established flow.
     mem::copy(&mut entry.client_hop, &h.client_hop);
     // A flow that derives its replies has no reply entry to move.
@@ -496,7 +505,7 @@ fn record_from_reply(
     e.backend_id = met.backend_id;
     e.state = FlowState::Open as u8;
     e.flags = met.flags;
-    e._pad = 0;
+    e.sticky_stamp = 0;
     // SAFETY: a next hop is plain integers; all zero means never looked up.
     unsafe { mem::zero(&mut e.client_hop) };
     // NOEXIST: a client packet that re-created the flow meanwhile decides.
@@ -585,7 +594,7 @@ fn new_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let backend_id = select::backend(svc, service_id, key);
+    let backend_id = select::backend(svc, service_id, key, now);
     if backend_id == NO_BACKEND {
         return Err(DropReason::NoBackend);
     }
@@ -613,7 +622,11 @@ fn new_flow(
     entry.last_seen_ns = now;
     entry.backend_id = backend_id;
     entry.state = stage.first_state() as u8;
-    entry._pad = 0;
+    let sticky = sticky::applies(svc);
+    if sticky {
+        entry.flags |= STICKY;
+    }
+    entry.sticky_stamp = lb_common::sticky::stamp(now);
     if !s.holds_next_hops() {
         // SAFETY: a next hop is plain integers; all zero means never looked up.
         unsafe { mem::zero(&mut entry.client_hop) };
@@ -621,6 +634,10 @@ fn new_flow(
     // (Held routing: `balance::to_vip` wrote the way back to the client there.)
     record(stage, key, entry, existing)?;
     stats::new_flow(service_id, backend_id);
+    // A client is remembered once its flow is established: spoofed SYNs leave no sticky entries.
+    if sticky && stage == Stage::Established {
+        sticky::remember(svc, key, backend_id, now);
+    }
     Ok(entry)
 }
 

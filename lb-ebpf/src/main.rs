@@ -26,6 +26,7 @@ mod reset;
 mod scratch;
 mod select;
 mod stats;
+mod sticky;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{

@@ -21,6 +21,7 @@ use lb_common::{
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
+    sticky::{StickyEntry, StickyKey, StickyMember},
 };
 
 use crate::scratch::Scratch;
@@ -112,6 +113,16 @@ pub static SERVED_BY: HashMap<BackendPort, ServedBy> = HashMap::with_max_entries
 #[map]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Extended affinity: (sticky table, client) → its backend (`lb_common::sticky`). The controller
+/// sizes it from the config.
+#[map]
+pub static STICKY: LruHashMap<StickyKey, StickyEntry> =
+    LruHashMap::with_max_entries(MIN_FLOW_ENTRIES, 0);
+
+/// Persistence groups: (service, member) → the service's backend id for that member.
+#[map]
+pub static STICKY_MEMBERS: HashMap<StickyMember, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Cluster mode: this node's lease on its bucket table, and the live table.
 #[map]

@@ -8,7 +8,10 @@ use lb_common::{
     service::{Filtering, NO_BACKEND, ServiceInfo},
 };
 
-use crate::maps::{BACKENDS, RING};
+use crate::{
+    maps::{BACKENDS, RING},
+    sticky,
+};
 
 /// Extra ring probes (with other seeds) when the slot's backend was marked down, or its id
 /// given to another service's backend, but the controller has not yet switched the table.
@@ -17,15 +20,15 @@ const DOWN_RETRIES: u32 = 2;
 /// Backend `backend_id` takes new flows of service `service_id`: up, and still this service's
 /// (a reload writes a reused id before it switches the old table away from it).
 #[inline(always)]
-fn takes_new_flows(backend_id: u32, service_id: u32) -> bool {
+pub fn takes_new_flows(backend_id: u32, service_id: u32) -> bool {
     matches!(BACKENDS.get(backend_id),
         Some(b) if b.state == BackendState::Up as u8 && b.service_id == service_id)
 }
 
 /// The backend for a new flow of service `service_id`, or `NO_BACKEND` when it has no usable
-/// one.
+/// one: the client's sticky backend if it has one, else the ring's choice.
 #[inline(always)]
-pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey) -> u32 {
+pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey, now: u64) -> u32 {
     if svc.filtering == Filtering::Single as u8 {
         let id = svc.single_backend;
         return if takes_new_flows(id, service_id) {
@@ -36,6 +39,11 @@ pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey) -> u32 {
     }
     if svc.ring_size == 0 {
         return NO_BACKEND;
+    }
+    if sticky::applies(svc)
+        && let Some(id) = sticky::held_backend(svc, service_id, key, now)
+    {
+        return id;
     }
     for attempt in 0..=DOWN_RETRIES {
         let seed = svc.hash_seed.wrapping_add(attempt);

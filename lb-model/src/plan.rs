@@ -13,6 +13,7 @@ use lb_common::{
     next_hop::NextHop,
     service::{NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, Mode, OwnMac, Routing},
+    sticky::StickyMember,
 };
 
 use crate::{
@@ -52,6 +53,9 @@ pub struct Image {
     /// Two-arm: the VIP and port each backend port serves alone, or served alone before
     /// (`SERVED_BY`, see `lb_common::flow::ServedBy`).
     pub served_by: BTreeMap<BackendPort, ServedBy>,
+    /// Sticky services: each backend's id by (service, member) (`STICKY_MEMBERS`, see
+    /// `lb_common::sticky`).
+    pub sticky_members: BTreeMap<StickyMember, u32>,
 }
 
 /// What only the running system knows and the image depends on.
@@ -78,6 +82,7 @@ impl Default for Image {
             backends: BTreeMap::new(),
             held_hops: BTreeMap::new(),
             served_by: BTreeMap::new(),
+            sticky_members: BTreeMap::new(),
         }
     }
 }
@@ -160,8 +165,16 @@ pub fn image(
                     family,
                     state: st as u8,
                     service_id: sid,
+                    member: member_of(&b.name),
                 },
             );
+            if service.sticky() {
+                let at = StickyMember {
+                    service_id: sid,
+                    member: member_of(&b.name),
+                };
+                img.sticky_members.insert(at, bid);
+            }
             if st.in_rotation() && b.weight > 0 {
                 members.push((service.priority_of(i), bid, b.name.as_str(), b.weight));
             }
@@ -302,11 +315,12 @@ fn service_plan(
         ring_base: 0,
         ring_size: 0,
         single_backend: NO_BACKEND,
-        hash_seed: hash_seed(&service.name),
+        hash_seed: hash_seed(&service.persistence_key()),
         filtering: service.filtering as u8,
         affinity: service.affinity as u8,
         network_prefix: service.network_prefix(),
         _pad: 0,
+        sticky_timeout_ms: service.sticky_timeout.as_millis().min(u32::MAX as u128) as u32,
     };
     let mut table = Vec::new();
     match service.filtering {
@@ -328,8 +342,14 @@ fn service_plan(
     ServicePlan { info, table }
 }
 
-/// A per-service seed that depends only on the name, so affinity survives restarts and
-/// reloads (FNV-1a).
+/// A backend's number in its service's sticky table: of its name, so that it is the same in
+/// every service of a persistence group and across restarts and reloads.
+pub fn member_of(backend: &str) -> u32 {
+    hash_seed(&format!("member {backend}"))
+}
+
+/// A per-service seed that depends only on the name (a service's `persistence_key`), so
+/// affinity survives restarts and reloads (FNV-1a).
 pub fn hash_seed(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)

@@ -159,6 +159,10 @@ pub struct Conntrack {
     pub udp_timeout: Duration,
     #[serde(with = "duration")]
     pub half_open_timeout: Duration,
+    /// Clients the sticky table holds (`sticky_timeout`). Omitted: a million when a service
+    /// is sticky, else the smallest table (`Config::sticky_entries`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_entries: Option<u32>,
 }
 
 impl Conntrack {
@@ -180,6 +184,7 @@ impl Default for Conntrack {
             tcp_closed_timeout: Duration::from_secs(settings::DEFAULT_TCP_CLOSED_TIMEOUT_SECS),
             udp_timeout: Duration::from_secs(settings::DEFAULT_UDP_TIMEOUT_SECS),
             half_open_timeout: Duration::from_secs(settings::DEFAULT_HALF_OPEN_TIMEOUT_SECS),
+            sticky_entries: None,
         }
     }
 }
@@ -200,8 +205,14 @@ pub struct Service {
     /// (`Service::network_prefix`).
     #[serde(default)]
     pub network_prefix: Option<u8>,
+    /// Extended affinity: a client stays on its backend this long after its last packet,
+    /// whatever membership changes (`lb_common::sticky`); 0 = by the ring alone.
     #[serde(default, with = "duration")]
     pub sticky_timeout: Duration,
+    /// Services of one group share their sticky table and hash seed: a client reaches the same
+    /// backend on each of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_group: Option<String>,
     pub backends: Vec<Backend>,
     #[serde(default)]
     pub health: Option<Health>,
@@ -367,6 +378,21 @@ impl Service {
             .unwrap_or(if self.vip.is_ipv6() { 64 } else { 24 })
     }
 
+    /// Keeps sticky entries: a timeout, spread by the ring, by client (as the datapath's
+    /// `sticky::applies`; validation refuses a timeout anywhere else).
+    pub fn sticky(&self) -> bool {
+        !self.sticky_timeout.is_zero()
+    }
+
+    /// What names the service's sticky table and seeds its hash: its persistence group, or
+    /// itself.
+    pub fn persistence_key(&self) -> String {
+        match &self.persistence_group {
+            Some(group) => format!("group {group}"),
+            None => self.name.clone(),
+        }
+    }
+
     /// Backends with their effective priority (explicit, or 1-based position).
     pub fn priority_of(&self, index: usize) -> u32 {
         self.backends[index].priority.unwrap_or(index as u32 + 1)
@@ -395,6 +421,18 @@ impl Service {
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Size of the sticky table: as configured, or a million clients when a service is sticky,
+    /// else the smallest table (a reload may still add stickiness; a restart makes room).
+    pub fn sticky_entries(&self) -> u32 {
+        self.conntrack
+            .sticky_entries
+            .unwrap_or(if self.services.iter().any(Service::sticky) {
+                lb_common::sticky::DEFAULT_STICKY_ENTRIES
+            } else {
+                limits::MIN_FLOW_ENTRIES
+            })
     }
 
     /// Cluster mode: the cluster MAC's address, the first service's VIP (every VIP is answered

@@ -68,6 +68,7 @@ fn sizes_for(config: &Config) -> DatapathSizes {
         half_open: config.conntrack.half_open_entries(),
         // Room to grow by reload: twice the services configured at start.
         ring_services: (config.services.len() as u32 * 2).clamp(MIN_RING_SERVICES, MAX_SERVICES),
+        sticky: config.sticky_entries(),
     }
 }
 
@@ -104,6 +105,14 @@ impl Controller {
                     "conntrack.max_entries is {} in the config but the running table has {running}; \
                      the running table (and its flows) is kept until `xnlb stop` and a fresh start",
                     config.conntrack.max_entries
+                );
+            }
+            let running = dp.reader().max_entries(lb_common::maps::STICKY)?;
+            if running < config.sticky_entries() {
+                warn!(
+                    "the sticky table holds {running} clients, the config asks for {}; \
+                     it is kept (with its clients) until `xnlb stop` and a fresh start",
+                    config.sticky_entries()
                 );
             }
             info!(

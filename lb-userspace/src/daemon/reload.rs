@@ -35,6 +35,15 @@ impl Controller {
         for w in &loaded.warnings {
             warn!("{w}");
         }
+        let sticky_room = self.dp.reader().max_entries(lb_common::maps::STICKY)?;
+        if new.sticky_entries() > sticky_room {
+            warn!(
+                "the sticky table holds {sticky_room} clients (sized when the datapath was \
+                 loaded) and the config asks for {}: the least recently seen clients are \
+                 forgotten first until `xnlb stop` and a fresh start",
+                new.sticky_entries()
+            );
+        }
         // Fail before touching anything if the ids do not fit.
         let old_ids = self.ids.clone();
         let mut new_ids = old_ids.clone();
@@ -152,6 +161,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<config::Problem> {
     check(
         old.conntrack.half_open_entries() != new.conntrack.half_open_entries(),
         "conntrack.half_open_entries",
+    );
+    check(
+        old.conntrack.sticky_entries != new.conntrack.sticky_entries,
+        "conntrack.sticky_entries",
     );
     check(old.cluster != new.cluster, "cluster");
     // The first service's VIP names the cluster MAC that clients hold in their ARP caches.

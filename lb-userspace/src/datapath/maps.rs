@@ -20,6 +20,7 @@ use lb_common::{
     service::{RING_MAX_SIZE, ServiceInfo, ServiceRule, ServiceRuleKey},
     settings::DatapathSettings,
     stats::{BackendStats, FlowEvent},
+    sticky::{StickyEntry, StickyKey, StickyMember},
 };
 use lb_model::port_rules::{RuleKey, addr_of, ip_of};
 
@@ -114,6 +115,28 @@ impl Datapath {
 
     pub fn served_by(&self) -> Result<Vec<(BackendPort, ServedBy)>> {
         self.reader.hash_entries(names::SERVED_BY)
+    }
+
+    /// Sticky services: `member` of service `service_id` is backend `id`.
+    pub fn set_sticky_member(&mut self, at: &StickyMember, id: u32) -> Result<()> {
+        self.hash_insert(names::STICKY_MEMBERS, at, &id)
+    }
+
+    pub fn remove_sticky_member(&mut self, at: &StickyMember) -> Result<()> {
+        self.hash_remove::<StickyMember, u32>(names::STICKY_MEMBERS, at)
+    }
+
+    pub fn sticky_members(&self) -> Result<Vec<(StickyMember, u32)>> {
+        self.reader.hash_entries(names::STICKY_MEMBERS)
+    }
+
+    /// Forgets the sticky entries `keys` (the administrator's `sticky clear`); how many were
+    /// there.
+    pub fn remove_sticky(&mut self, keys: &[StickyKey]) -> Result<usize> {
+        let name = names::STICKY;
+        let mut map: HashMap<&mut MapData, StickyKey, StickyEntry> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        Ok(keys.iter().filter(|k| map.remove(k).is_ok()).count())
     }
 
     /// Every `BACKENDS` element, in id order (unused ones are all zero).

@@ -24,7 +24,7 @@ use aya::{
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
-    limits::{DEFAULT_FLOW_ENTRIES, DEFAULT_HALF_OPEN_SHARE, MIN_RING_SERVICES},
+    limits::{DEFAULT_FLOW_ENTRIES, DEFAULT_HALF_OPEN_SHARE, MIN_FLOW_ENTRIES, MIN_RING_SERVICES},
     maps as names, programs,
     service::{RING_MAX_SIZE, RING_SLOTS_PER_SERVICE},
     settings::DatapathSettings,
@@ -83,6 +83,8 @@ pub struct DatapathSizes {
     pub half_open: u32,
     /// Services that can have a ring table (two slots each, of `RING_MAX_SIZE` entries).
     pub ring_services: u32,
+    /// Clients in the sticky table (`STICKY`).
+    pub sticky: u32,
 }
 
 impl Default for DatapathSizes {
@@ -91,6 +93,7 @@ impl Default for DatapathSizes {
             flows: DEFAULT_FLOW_ENTRIES,
             half_open: DEFAULT_FLOW_ENTRIES / DEFAULT_HALF_OPEN_SHARE,
             ring_services: MIN_RING_SERVICES,
+            sticky: MIN_FLOW_ENTRIES,
         }
     }
 }
@@ -145,7 +148,8 @@ impl Datapath {
             .map_max_entries(names::REPLIES, sizes.flows)
             .map_max_entries(names::HALF_OPEN, sizes.half_open)
             .map_max_entries(names::HALF_OPEN_REPLIES, sizes.half_open)
-            .map_max_entries(names::RING, ring_slots * RING_MAX_SIZE);
+            .map_max_entries(names::RING, ring_slots * RING_MAX_SIZE)
+            .map_max_entries(names::STICKY, sizes.sticky);
         if let Some(dir) = pin_dir {
             for &name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));

@@ -12,6 +12,7 @@ use lb_common::{
     flow::{FlowEntry, FlowKey, ReplyEntry},
     maps as names,
     stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
+    sticky::{StickyEntry, StickyKey},
 };
 
 use super::{DatapathError, Result, batch, io_err, map_err};
@@ -232,6 +233,12 @@ impl Reader {
             "reading FLOWS"
         };
         batch::lookup_all(fd, 4096).map_err(io_err(what))
+    }
+
+    /// Every sticky entry (sticky table and client → backend), read in batches.
+    pub fn sticky_entries(&self) -> Result<Vec<(StickyKey, StickyEntry)>> {
+        let fd = self.data(names::STICKY)?.fd().as_fd();
+        batch::lookup_all(fd, 4096).map_err(io_err("reading STICKY"))
     }
 
     /// Every reply entry (reply tuple → client tuple).

@@ -90,6 +90,7 @@ impl Programmed {
         image.vips = dp.vips()?.into_iter().collect();
         image.backend_addrs = dp.backend_addrs()?.into_iter().collect();
         image.served_by = dp.served_by()?.into_iter().collect();
+        image.sticky_members = dp.sticky_members()?.into_iter().collect();
         image.rules = dp.rules()?.into_iter().collect();
         let mut slots = BTreeMap::new();
         let mut unknown_tables = BTreeSet::new();
@@ -178,6 +179,13 @@ impl Programmed {
             dp.remove_served_by(&key)?;
             now.served_by.remove(&key);
         }
+        // Before the services that use them, and removed after.
+        for (at, &id) in &want.sticky_members {
+            if now.sticky_members.get(at) != Some(&id) {
+                dp.set_sticky_member(at, id)?;
+                now.sticky_members.insert(*at, id);
+            }
+        }
         for &vip in want.vips.difference(&now.vips.clone()) {
             dp.add_vip(vip)?;
             now.vips.insert(vip);
@@ -258,6 +266,10 @@ impl Programmed {
                 changes.backends_retired += 1;
             }
             now.backends.remove(&id);
+        }
+        for at in absent_from(&now.sticky_members, &want.sticky_members) {
+            dp.remove_sticky_member(&at)?;
+            now.sticky_members.remove(&at);
         }
         for addr in now.backend_addrs.clone().difference(&want.backend_addrs) {
             dp.remove_backend_addr(*addr)?;

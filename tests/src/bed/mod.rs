@@ -90,6 +90,7 @@ impl Bed {
             flows: 16_384,
             half_open: 4096,
             ring_services: 4,
+            ..Default::default()
         })
     }
 

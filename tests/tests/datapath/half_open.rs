@@ -137,6 +137,7 @@ fn a_syn_flood_never_evicts_an_established_flow() {
         flows: TABLE,
         half_open: TABLE,
         ring_services: 4,
+        ..Default::default()
     });
     three_backends(&mut bed);
     let real = |n: u16| (client_ip(1 + n % 100), 41_000 + n);

@@ -555,6 +555,7 @@ fn datapath_invariants_hold_for_generated_traffic() {
         flows: 2048,
         half_open: 1024,
         ring_services: 8,
+        ..Default::default()
     });
     bed.program.backend_capacity = IDS;
     let mut model: Model = [Side::new(Version::V4), Side::new(Version::V6)];

@@ -62,6 +62,7 @@ fn fill_flows(d: &Daemon) {
         flows: 2 * FLOWS,
         half_open: MIN_FLOW_ENTRIES,
         ring_services: SERVICES as u32,
+        ..Default::default()
     };
     let (mut dp, adopted) =
         Datapath::load_pinned(sizes, &d.files.pin_dir).expect("open the daemon's maps");

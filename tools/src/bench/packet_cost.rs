@@ -131,6 +131,7 @@ fn bed_for(runs: u32) -> Bed {
         flows: runs + 65_536,
         half_open: runs + 65_536,
         ring_services: 4,
+        ..Default::default()
     })
 }
 
@@ -259,6 +260,7 @@ pub fn by_table_size(sizes: &[u32], budget: &Budget, progress: &mut Progress) ->
             flows: n + 65_536,
             half_open: n + 65_536,
             ring_services: 4,
+            ..Default::default()
         });
         flow_cases::three_backends(&mut bed);
         let now = coarse_now_ns();
@@ -339,6 +341,7 @@ pub fn new_flow_by_backends(counts: &[u32], budget: &Budget, progress: &mut Prog
             flows: budget.scale_runs + 65_536,
             half_open: budget.scale_runs + 65_536,
             ring_services: 4,
+            ..Default::default()
         });
         let mut web = service("web", 443, &[]);
         web.backends = (0..n as usize)

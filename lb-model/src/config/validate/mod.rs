@@ -5,7 +5,10 @@ mod service;
 
 pub use service::service_problems;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use lb_common::{
     limits::{MAX_BACKENDS, MAX_FLOW_ENTRIES, MAX_SERVICES, MIN_FLOW_ENTRIES},
@@ -14,7 +17,7 @@ use lb_common::{
 
 use std::time::Duration;
 
-use super::{Cluster, Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
+use super::{Affinity, Cluster, Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
 
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -26,6 +29,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         out.extend(service_problems(service, &format!("services[{i}]")));
     }
     across_services(config, &mut out);
+    persistence_groups(config, &mut out);
     addresses_with_two_roles(config, &mut out);
     admin_socket(config, &mut out);
     out
@@ -87,17 +91,129 @@ fn admin_socket(config: &Config, out: &mut Vec<Problem>) {
 
 /// Allowed, but worth telling the administrator.
 pub fn warnings(config: &Config) -> Vec<String> {
-    config
-        .services
-        .iter()
-        .filter(|s| !s.sticky_timeout.is_zero())
-        .map(|s| {
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in &config.services {
+        if let Some(group) = &s.persistence_group {
+            groups.entry(group).or_default().push(&s.name);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, services)| services.len() == 1)
+        .map(|(group, services)| {
             format!(
-                "service {}: sticky_timeout is not implemented yet and is ignored; affinity holds while the backend set is unchanged",
-                s.name
+                "persistence_group {group} has one service ({}): it shares nothing",
+                services[0]
             )
         })
         .collect()
+}
+
+/// The services of a persistence group share a sticky table and a hash seed, so they must key
+/// clients alike and know the same backends; and no two sticky tables (or two members of one)
+/// may share a number.
+fn persistence_groups(config: &Config, out: &mut Vec<Problem>) {
+    let mut first_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let Some(group) = s.persistence_group.as_deref() else {
+            continue;
+        };
+        let Some(&f) = first_of.get(group) else {
+            first_of.insert(group, i);
+            continue;
+        };
+        let first = &config.services[f];
+        let differs = |what: &str, here: String, there: String| {
+            Problem::new(
+                format!("services[{i}].{what}"),
+                format!(
+                    "{what} is {here} here and {there} in {} (services[{f}]) of persistence_group {group}",
+                    first.name
+                ),
+            )
+            .hint("the services of a group keep one sticky table: they must agree on it")
+        };
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if s.sticky_timeout != first.sticky_timeout {
+            out.push(differs(
+                "sticky_timeout",
+                show(s.sticky_timeout),
+                show(first.sticky_timeout),
+            ));
+        }
+        if s.affinity != first.affinity {
+            out.push(differs(
+                "affinity",
+                s.affinity.label().into(),
+                first.affinity.label().into(),
+            ));
+        } else if s.affinity == Affinity::Network && s.network_prefix() != first.network_prefix() {
+            out.push(differs(
+                "network_prefix",
+                format!("/{}", s.network_prefix()),
+                format!("/{}", first.network_prefix()),
+            ));
+        }
+        let servers = |s: &Service| -> BTreeMap<String, IpAddr> {
+            s.backends
+                .iter()
+                .map(|b| (b.name.clone(), b.address))
+                .collect()
+        };
+        if servers(s) != servers(first) {
+            out.push(
+                Problem::new(
+                    format!("services[{i}].backends"),
+                    format!(
+                        "the backends differ from those of {} (services[{f}]) of persistence_group {group}",
+                        first.name
+                    ),
+                )
+                .hint("a group's services list the same backends (names and addresses); ports and weights may differ"),
+            );
+        }
+    }
+    // Numbers are hashes of names: a clash is unlikely, and would mix two clients or servers up.
+    let mut tables: BTreeMap<u32, String> = BTreeMap::new();
+    for (i, s) in config
+        .services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.sticky())
+    {
+        let key = s.persistence_key();
+        let seed = crate::plan::hash_seed(&key);
+        match tables.get(&seed) {
+            Some(other) if *other != key => out.push(
+                Problem::new(
+                    format!("services[{i}].name"),
+                    format!("`{key}` and `{other}` hash to the same sticky table"),
+                )
+                .hint("rename one of them"),
+            ),
+            Some(_) => {}
+            None => {
+                tables.insert(seed, key);
+            }
+        }
+        let mut members: BTreeMap<u32, &str> = BTreeMap::new();
+        for (j, b) in s.backends.iter().enumerate() {
+            if let Some(other) = members.insert(crate::plan::member_of(&b.name), &b.name)
+                && other != b.name
+            {
+                out.push(
+                    Problem::new(
+                        format!("services[{i}].backends[{j}].name"),
+                        format!(
+                            "backends `{other}` and `{}` hash to the same member number",
+                            b.name
+                        ),
+                    )
+                    .hint("rename one of them"),
+                );
+            }
+        }
+    }
 }
 
 /// The `cluster` block's own checks.
@@ -287,6 +403,7 @@ fn top_level(config: &Config, out: &mut Vec<Problem>) {
     for (name, entries) in [
         ("max_entries", Some(ct.max_entries)),
         ("half_open_entries", ct.half_open_entries),
+        ("sticky_entries", ct.sticky_entries),
     ] {
         if let Some(n) = entries.filter(|n| !(MIN_FLOW_ENTRIES..=MAX_FLOW_ENTRIES).contains(n)) {
             out.push(Problem::new(

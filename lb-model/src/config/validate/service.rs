@@ -114,6 +114,7 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
                 .hint("the service would take no new flow; give one a weight, e.g. 100"),
         );
     }
+    sticky_problems(s, path, &mut out);
     if let Some(h) = &s.health {
         let hp = |field: &str| format!("{path}.health.{field}");
         let interval_ok = super::duration_in(
@@ -204,3 +205,43 @@ const PROBE_INTERVALS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 const PROBE_TIMEOUTS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(10)..=Duration::from_secs(3600);
+
+/// `sticky_timeout` and `persistence_group` on their own (a group's services together are
+/// checked by `persistence_groups`).
+fn sticky_problems(s: &Service, path: &str, out: &mut Vec<Problem>) {
+    let at = |field: &str| format!("{path}.{field}");
+    if let Some(group) = &s.persistence_group {
+        out.extend(name_problem(group, &at("persistence_group")));
+    }
+    if !s.sticky() {
+        return;
+    }
+    super::duration_in(
+        &at("sticky_timeout"),
+        s.sticky_timeout,
+        FLOW_TIMEOUTS,
+        "e.g. 20m, above the clients' idle time between connections",
+        out,
+    );
+    if s.affinity == Affinity::None {
+        out.push(
+            Problem::new(
+                at("sticky_timeout"),
+                "a sticky client needs affinity single or network (affinity none keys each connection apart)",
+            )
+            .hint("affinity: single"),
+        );
+    }
+    if s.filtering != Filtering::Multiple {
+        out.push(
+            Problem::new(
+                at("sticky_timeout"),
+                format!(
+                    "filtering {} sends no client to a backend of its own choosing: there is nothing to keep",
+                    s.filtering.label()
+                ),
+            )
+            .hint("remove sticky_timeout, or use filtering: multiple"),
+        );
+    }
+}
