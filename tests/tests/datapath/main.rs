@@ -13,3 +13,4 @@ mod ipv6;
 mod next_hops;
 mod random_invariants;
 mod selection;
+mod sticky;
