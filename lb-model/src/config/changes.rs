@@ -73,6 +73,10 @@ fn service_changes(was: &Service, now: &Service, out: &mut Vec<String>) {
         was.network_prefix().to_string(),
         now.network_prefix().to_string(),
     );
+    let sticky = |s: &Service| humantime::format_duration(s.sticky_timeout).to_string();
+    setting("sticky_timeout", sticky(was), sticky(now));
+    let group = |s: &Service| s.persistence_group.clone().unwrap_or_else(|| "none".into());
+    setting("persistence_group", group(was), group(now));
     for b in &was.backends {
         match now.backend(&b.name) {
             None => out.push(format!("{name}: backend {} removed", b.name)),

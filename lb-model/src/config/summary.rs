@@ -28,10 +28,11 @@ impl Config {
         let _ = writeln!(
             out,
             "{file}: OK: {mode}; {} service(s), {backends} backend(s); conntrack {} entries \
-             (+{} half-open)",
+             (+{} half-open), sticky table {} clients",
             self.services.len(),
             self.conntrack.max_entries,
-            self.conntrack.half_open_entries()
+            self.conntrack.half_open_entries(),
+            self.sticky_entries()
         );
         for s in &self.services {
             let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
@@ -50,6 +51,13 @@ impl Config {
                 .iter()
                 .map(|b| format!("{} {}", b.name, b.address))
                 .collect();
+            let mut affinity = word(&s.affinity);
+            if s.sticky() {
+                affinity += &format!(" sticky {}", humantime::format_duration(s.sticky_timeout));
+            }
+            if let Some(group) = &s.persistence_group {
+                affinity += &format!(" (persistence group {group})");
+            }
             let _ = writeln!(
                 out,
                 "  {} {}:{} {}, filtering {}, affinity {}: {} ({health})",
@@ -58,7 +66,7 @@ impl Config {
                 ports.join(","),
                 word(&s.protocol),
                 word(&s.filtering),
-                word(&s.affinity),
+                affinity,
                 names.join(", ")
             );
         }

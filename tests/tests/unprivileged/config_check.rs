@@ -354,6 +354,35 @@ fn bad_files_list_every_problem_with_its_location() {
                 "admin.socket: `/` cannot be the admin socket",
             ],
         ),
+        (
+            "stickiness where it cannot hold",
+            edit("affinity: single", "affinity: none\n    sticky_timeout: 20m")
+                .replace(
+                    "affinity: network\n",
+                    "affinity: network\n    filtering: single\n    sticky_timeout: 500ms\n",
+                ),
+            vec![
+                "services[0].sticky_timeout: a sticky client needs affinity single or network",
+                "services[1].sticky_timeout: 500ms is out of range 1s..=30days",
+                "services[1].sticky_timeout: filtering single sends no client to a backend of its own choosing",
+            ],
+        ),
+        (
+            "a persistence group whose services disagree",
+            edit(
+                "affinity: single",
+                "affinity: single\n    sticky_timeout: 20m\n    persistence_group: cas",
+            )
+            .replace(
+                "affinity: network\n",
+                "affinity: network\n    sticky_timeout: 30m\n    persistence_group: cas\n",
+            ),
+            vec![
+                "services[1].sticky_timeout: sticky_timeout is 30m here and 20m in owa (services[0]) of persistence_group cas",
+                "services[1].affinity: affinity is network here and single in owa (services[0])",
+                "services[1].backends: the backends differ from those of owa (services[0])",
+            ],
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut failures = Vec::new();
