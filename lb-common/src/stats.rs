@@ -172,6 +172,9 @@ reasons! {
         /// A client's sticky entry had run past its timeout: the new flow was balanced by the
         /// ring and the entry started again with its backend.
         StickyExpired = "sticky_expired",
+        /// Sticky entries the administrator cleared (`xnlb sticky clear`; counted by the
+        /// controller, never by the datapath).
+        StickyCleared = "sticky_cleared",
     }
 }
 

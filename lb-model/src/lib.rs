@@ -16,3 +16,4 @@ pub mod plan;
 pub mod port_rules;
 pub mod rise_fall;
 pub mod status;
+pub mod sticky;

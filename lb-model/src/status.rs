@@ -48,6 +48,15 @@ pub struct ConntrackStatus {
     /// created: elements the datapath added, less those it removed, less those still held.
     pub evicted: u64,
     pub half_open_evicted: u64,
+    /// Sticky clients whose entry holds (`sticky_timeout`), over all sticky tables.
+    #[serde(default)]
+    pub sticky_entries: u64,
+    #[serde(default)]
+    pub sticky_max_entries: u32,
+    /// Sticky clients the full table forgot to make room (the least recently seen first):
+    /// recorded, less cleared by the administrator, less held now.
+    #[serde(default)]
+    pub sticky_evicted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,6 +67,11 @@ pub struct ServiceStatus {
     pub protocol: String,
     pub filtering: String,
     pub affinity: String,
+    /// Extended affinity (`30m`), `null` without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_group: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub dropped: u64,
@@ -75,6 +89,9 @@ pub struct BackendStatus {
     pub priority: u32,
     pub health: HealthStatus,
     pub active_flows: u64,
+    /// Clients whose sticky entry (of this service's table) names this backend.
+    #[serde(default)]
+    pub sticky_clients: u64,
     pub new_flows: u64,
     /// Both directions.
     pub packets: u64,
@@ -188,6 +205,15 @@ impl Status {
             self.conntrack.half_open_max_entries,
             self.config
         );
+        if self.services.iter().any(|s| s.sticky_timeout.is_some()) {
+            let _ = writeln!(
+                out,
+                "sticky clients {}/{}, {} forgotten by a full table",
+                self.conntrack.sticky_entries,
+                self.conntrack.sticky_max_entries,
+                self.conntrack.sticky_evicted
+            );
+        }
         if let Some(c) = &self.cluster {
             let _ = writeln!(
                 out,
@@ -205,22 +231,31 @@ impl Status {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "{}  {}:{} {}  filtering {}  affinity {}  {} pkts {}  dropped {}",
+                "{}  {}:{} {}  filtering {}  affinity {}{}{}  {} pkts {}  dropped {}",
                 s.name,
                 s.vip,
                 s.ports.join(","),
                 s.protocol,
                 s.filtering,
                 s.affinity,
+                match &s.sticky_timeout {
+                    Some(t) => format!(" sticky {t}"),
+                    None => String::new(),
+                },
+                match &s.persistence_group {
+                    Some(g) => format!(" (group {g})"),
+                    None => String::new(),
+                },
                 human(s.packets, ""),
                 human(s.bytes, "B"),
                 s.dropped
             );
-            let rows: Vec<[String; 9]> = s
+            let sticky = s.sticky_timeout.is_some();
+            let rows: Vec<Vec<String>> = s
                 .backends
                 .iter()
                 .map(|b| {
-                    [
+                    let mut row = vec![
                         b.name.clone(),
                         match b.port {
                             Some(p) => format!("{}:{p}", b.address),
@@ -230,16 +265,23 @@ impl Status {
                         b.weight.to_string(),
                         b.active_flows.to_string(),
                         b.new_flows.to_string(),
+                    ];
+                    if sticky {
+                        row.push(b.sticky_clients.to_string());
+                    }
+                    row.extend([
                         human(b.packets, ""),
                         human(b.bytes, "B"),
                         b.health.detail.clone(),
-                    ]
+                    ]);
+                    row
                 })
                 .collect();
-            let header = [
-                "BACKEND", "ADDRESS", "STATE", "WEIGHT", "FLOWS", "NEW", "PACKETS", "BYTES",
-                "HEALTH",
-            ];
+            let mut header = vec!["BACKEND", "ADDRESS", "STATE", "WEIGHT", "FLOWS", "NEW"];
+            if sticky {
+                header.push("STICKY");
+            }
+            header.extend(["PACKETS", "BYTES", "HEALTH"]);
             let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
             for r in &rows {
                 for (w, c) in widths.iter_mut().zip(r) {

@@ -4,12 +4,13 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use lb_model::{cluster::ClusterStatus, status::Status};
+use lb_model::{cluster::ClusterStatus, status::Status, sticky::StickyRow};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,22 @@ pub enum Request {
     Cluster {
         action: ClusterAction,
     },
+    /// The service's live sticky entries, or `client`'s.
+    #[serde(rename = "sticky_list")]
+    StickyList {
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
+    },
+    /// Forgets the service's sticky entries: all, `client`'s, or those naming `backend`.
+    #[serde(rename = "sticky_clear")]
+    StickyClear {
+        service: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<String>,
+    },
 }
 
 /// `xnlb cluster ...`.
@@ -59,6 +76,8 @@ pub struct Response {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Vec<StickyRow>>,
 }
 
 impl Response {
@@ -68,6 +87,7 @@ impl Response {
             message: Some(message),
             status: None,
             cluster: None,
+            sticky: None,
         }
     }
 
@@ -77,6 +97,7 @@ impl Response {
             message: Some(format!("{e:#}")),
             status: None,
             cluster: None,
+            sticky: None,
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The command line's shape (clap), shared by the `xnlb` binary and by what is generated from
 //! it (man page, shell completions), and where a client verb finds the daemon's socket.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use clap::{Parser, Subcommand};
 
@@ -108,6 +111,43 @@ pub enum Command {
     Cluster {
         #[command(subcommand)]
         action: ClusterCommand,
+    },
+    /// Extended affinity: the clients a sticky service (`sticky_timeout`) holds to backends.
+    Sticky {
+        #[command(subcommand)]
+        action: StickyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StickyCommand {
+    /// The service's sticky clients: backend, idle time, time left (a persistence group's
+    /// services share theirs).
+    List {
+        /// Service name as in the config.
+        service: String,
+        /// Only this client (under `affinity: network`, any address of its network).
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Forget sticky clients (all of the service's, one client, or one backend's): their next
+    /// flows are balanced by the ring; established flows are untouched.
+    Clear {
+        /// Service name as in the config.
+        service: String,
+        /// Only this client.
+        #[arg(long, conflicts_with = "backend")]
+        client: Option<IpAddr>,
+        /// Only the clients held to this backend.
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
     },
 }
 

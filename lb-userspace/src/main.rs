@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use xnlb::{
     admin::{self, ClientError, ClusterAction, Request},
-    cli::{Cli, ClusterCommand, Command, Socket, SocketArg, Target},
+    cli::{Cli, ClusterCommand, Command, Socket, SocketArg, StickyCommand, Target},
     config, daemon,
     host::systemd,
+    model::sticky,
 };
 
 fn main() -> ExitCode {
@@ -78,6 +79,39 @@ fn main() -> ExitCode {
                 })
             })
         }
+        Command::Sticky {
+            action:
+                StickyCommand::List {
+                    service,
+                    client,
+                    json,
+                    socket,
+                },
+        } => call(&socket, Request::StickyList { service, client }, |r| {
+            let rows = r.sticky.unwrap_or_default();
+            Ok(if json {
+                serde_json::to_string_pretty(&rows).expect("rows serialize")
+            } else {
+                sticky::render(&rows)
+            })
+        }),
+        Command::Sticky {
+            action:
+                StickyCommand::Clear {
+                    service,
+                    client,
+                    backend,
+                    socket,
+                },
+        } => call(
+            &socket,
+            Request::StickyClear {
+                service,
+                client,
+                backend,
+            },
+            message,
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 //! datapath's counters; every other verb is a command to the controller's thread.
 
 use std::{
+    net::IpAddr,
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::Path,
     sync::Arc,
@@ -19,7 +20,7 @@ use tracing::warn;
 use super::{
     cluster::{ClusterHandle, Verb},
     control::Handle,
-    status::{View, status},
+    status::{View, status, sticky_rows},
 };
 use crate::{
     admin::{ClusterAction, Request, Response},
@@ -63,6 +64,9 @@ impl Answerer {
         if let Request::Cluster { action } = request {
             return self.cluster_verb(action);
         }
+        if let Request::StickyList { service, client } = request {
+            return self.sticky_list(service, client).await;
+        }
         if request != Request::Status {
             return self.controller.ask(request).await;
         }
@@ -78,10 +82,8 @@ impl Answerer {
             Ok(Ok(mut status)) => {
                 status.cluster = cluster;
                 Response {
-                    ok: true,
-                    message: None,
                     status: Some(status),
-                    cluster: None,
+                    ..Response::ok(String::new())
                 }
             }
             Ok(Err(e)) => Response::error(&e),
@@ -91,6 +93,23 @@ impl Answerer {
 }
 
 impl Answerer {
+    /// `xnlb sticky list`: read from the published view and the datapath, as `status` is.
+    async fn sticky_list(&self, service: String, client: Option<IpAddr>) -> Response {
+        let view = self.view.borrow().clone();
+        let reader = self.reader.clone();
+        let read =
+            tokio::task::spawn_blocking(move || sticky_rows(&view, &reader, &service, client))
+                .await;
+        match read {
+            Ok(Ok(rows)) => Response {
+                sticky: Some(rows),
+                ..Response::ok(String::new())
+            },
+            Ok(Err(e)) => Response::error(&e),
+            Err(e) => Response::error(&anyhow::anyhow!("{e}")),
+        }
+    }
+
     fn cluster_verb(&self, action: ClusterAction) -> Response {
         let Some(cluster) = &self.cluster else {
             return Response::error(&anyhow::anyhow!(
@@ -100,10 +119,8 @@ impl Answerer {
         let (verb, done) = match action {
             ClusterAction::Query => {
                 return Response {
-                    ok: true,
-                    message: None,
-                    status: None,
                     cluster: Some((*cluster.status.borrow().clone()).clone()),
+                    ..Response::ok(String::new())
                 };
             }
             ClusterAction::Drainstop => (

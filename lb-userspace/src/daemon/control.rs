@@ -152,9 +152,14 @@ fn carry_out(ctl: &mut Controller, request: Request) -> Response {
             }
             r
         }
-        // `status` is read from the published view, `cluster` answered by the cluster agent;
-        // `stop` ends the thread (above).
-        Request::Status | Request::Stop | Request::Cluster { .. } => {
+        Request::StickyClear {
+            service,
+            client,
+            backend,
+        } => ctl.clear_sticky(&service, client, backend.as_deref()),
+        // `status` and `sticky list` are read from the published view, `cluster` answered by
+        // the cluster agent; `stop` ends the thread (above).
+        Request::Status | Request::Stop | Request::Cluster { .. } | Request::StickyList { .. } => {
             Err(anyhow::anyhow!("not a controller command"))
         }
     };

@@ -268,6 +268,7 @@ fn encode_snapshot(
     let mut flows = Vec::new();
     let mut active = Vec::new();
     let mut up = Vec::new();
+    let mut sticky = Vec::new();
     let mut state = Vec::new();
     let mut svc_packets = Vec::new();
     let mut svc_dropped = Vec::new();
@@ -287,6 +288,9 @@ fn encode_snapshot(
             bytes.push((dir("to_client"), b.bytes_to_client));
             flows.push((sb(), b.new_flows));
             active.push((sb(), b.active_flows as i64));
+            if s.sticky_timeout.is_some() {
+                sticky.push((sb(), b.sticky_clients as i64));
+            }
             up.push((sb(), i64::from(b.state == BackendState::Up)));
             for &st in BackendState::ALL {
                 let mut l = sb();
@@ -338,6 +342,12 @@ fn encode_snapshot(
         "Live flows to each backend",
         &active,
     )?;
+    gauge(
+        e,
+        "xnlb_backend_sticky_clients",
+        "Clients whose sticky entry names the backend (sticky services)",
+        &sticky,
+    )?;
     let ct = &status.conntrack;
     gauge(
         e,
@@ -362,6 +372,24 @@ fn encode_snapshot(
         "xnlb_conntrack_half_open_max_entries",
         "Size of the half-open table",
         &[(vec![], ct.half_open_max_entries as i64)],
+    )?;
+    gauge(
+        e,
+        "xnlb_sticky_entries",
+        "Sticky clients whose entry holds, over all sticky tables",
+        &[(vec![], ct.sticky_entries as i64)],
+    )?;
+    gauge(
+        e,
+        "xnlb_sticky_max_entries",
+        "Size of the sticky table",
+        &[(vec![], ct.sticky_max_entries as i64)],
+    )?;
+    counter(
+        e,
+        "xnlb_sticky_evictions",
+        "Sticky clients forgotten by a full table to make room for new ones",
+        &[(vec![], ct.sticky_evicted)],
     )?;
     let table = |t: &str| vec![("table", t.to_string())];
     counter(

@@ -24,6 +24,7 @@ pub mod metrics;
 mod reload;
 mod routing;
 pub mod status;
+mod sticky;
 
 use std::{path::Path, sync::Arc, time::Duration};
 

@@ -3,6 +3,7 @@
 //! own. Neither asks the controller, so neither waits for a reload or a health change.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -18,6 +19,7 @@ use lb_model::{
     status::{
         self, BackendStatus, ConntrackStatus, HealthStatus, InterfaceStatus, ServiceStatus, Status,
     },
+    sticky::{self, StickyRow},
 };
 
 use crate::{
@@ -62,6 +64,18 @@ impl View {
     }
 }
 
+/// `xnlb sticky list SERVICE [--client ADDR]`: the service's live sticky entries.
+pub fn sticky_rows(
+    view: &View,
+    reader: &Reader,
+    service: &str,
+    client: Option<IpAddr>,
+) -> Result<Vec<StickyRow>> {
+    let service = sticky::sticky_service(&view.config, service).map_err(anyhow::Error::msg)?;
+    let entries = reader.sticky_entries()?;
+    Ok(sticky::rows(service, &entries, client, monotonic_ns()))
+}
+
 /// The status document: the view's names and states with the datapath's counters.
 pub fn status(view: &View, reader: &Reader) -> Result<Status> {
     let now = monotonic_ns();
@@ -70,6 +84,8 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
     let half_open = reader.half_open_flows()?;
     let (half_open_live, _) = status::flow_census(&half_open, &view.settings, now);
     let event = |e| reader.flow_event_count(e);
+    let sticky_entries = reader.sticky_entries()?;
+    let sticky_clients = sticky::census(&view.config, &sticky_entries, now);
     let mut services = Vec::new();
     for s in &view.config.services {
         let Some(&sid) = view.ids.services.get(&s.name) else {
@@ -94,6 +110,10 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
                 priority: s.priority_of(i),
                 health: HealthStatus::of(life),
                 active_flows: per_backend.get(&id).copied().unwrap_or(0),
+                sticky_clients: sticky_clients
+                    .get(&(s.name.clone(), b.name.clone()))
+                    .copied()
+                    .unwrap_or(0),
                 new_flows: st.new_flows,
                 packets: st.to_backend_packets + st.to_client_packets,
                 bytes: st.to_backend_bytes + st.to_client_bytes,
@@ -110,6 +130,10 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             protocol: config::word(&s.protocol),
             filtering: s.filtering.label().to_string(),
             affinity: s.affinity.label().to_string(),
+            sticky_timeout: s
+                .sticky()
+                .then(|| humantime::format_duration(s.sticky_timeout).to_string()),
+            persistence_group: s.persistence_group.clone(),
             packets: stats.packets,
             bytes: stats.bytes,
             dropped: stats.dropped,
@@ -146,6 +170,11 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
                 .saturating_sub(event(FlowEvent::Established)?)
                 .saturating_sub(event(FlowEvent::HalfOpenForeignRemoved)?)
                 .saturating_sub(half_open.len() as u64),
+            sticky_entries: sticky::live(&view.config, &sticky_entries, now),
+            sticky_max_entries: reader.max_entries(names::STICKY)?,
+            sticky_evicted: event(FlowEvent::StickyRecorded)?
+                .saturating_sub(event(FlowEvent::StickyCleared)?)
+                .saturating_sub(sticky_entries.len() as u64),
         },
         services,
     })

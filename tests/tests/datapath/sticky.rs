@@ -109,7 +109,9 @@ fn a_down_backends_clients_move_once_and_stay_when_it_returns() {
     bed.install(sticky_service("web", 443, 3, Duration::from_secs(600)));
     let first = first_connections(&bed, 443);
     let b1 = backend_ip(1);
-    let on_b1: Vec<u16> = (1..=CLIENTS).filter(|&n| first[n as usize - 1] == b1).collect();
+    let on_b1: Vec<u16> = (1..=CLIENTS)
+        .filter(|&n| first[n as usize - 1] == b1)
+        .collect();
     assert!(on_b1.len() >= 5, "b1 has clients ({})", on_b1.len());
     // The datapath alone first: b1 marked down before the controller rebuilds the ring.
     let b1_id = bed.backend_id("web", "b1");
@@ -221,7 +223,10 @@ fn a_persistence_group_sends_a_client_to_one_backend_on_every_service() {
     let ring_moves = (1..=CLIENTS)
         .filter(|&n| bed.predict("rpc", client_ip(n), 0) != owa[n as usize - 1])
         .count();
-    assert!(ring_moves >= 5, "the ring alone would move clients ({ring_moves})");
+    assert!(
+        ring_moves >= 5,
+        "the ring alone would move clients ({ring_moves})"
+    );
     for n in 1..=CLIENTS {
         assert_eq!(
             connect(&bed, n, 41_000, 135),

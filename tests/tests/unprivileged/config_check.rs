@@ -356,11 +356,14 @@ fn bad_files_list_every_problem_with_its_location() {
         ),
         (
             "stickiness where it cannot hold",
-            edit("affinity: single", "affinity: none\n    sticky_timeout: 20m")
-                .replace(
-                    "affinity: network\n",
-                    "affinity: network\n    filtering: single\n    sticky_timeout: 500ms\n",
-                ),
+            edit(
+                "affinity: single",
+                "affinity: none\n    sticky_timeout: 20m",
+            )
+            .replace(
+                "affinity: network\n",
+                "affinity: network\n    filtering: single\n    sticky_timeout: 500ms\n",
+            ),
             vec![
                 "services[0].sticky_timeout: a sticky client needs affinity single or network",
                 "services[1].sticky_timeout: 500ms is out of range 1s..=30days",

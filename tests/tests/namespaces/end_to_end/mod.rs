@@ -208,6 +208,7 @@ mod ipv6;
 mod lifecycle;
 mod next_hops;
 mod ownership;
+mod persistence;
 mod pmtu;
 mod snat_capacity;
 mod syn_flood;
@@ -225,6 +226,7 @@ in_both_modes! {
     ipv6::dual_stack: dual_stack_two_arm, dual_stack_one_arm;
     pmtu::path_mtu_through_the_nat: path_mtu_through_the_nat_two_arm, path_mtu_through_the_nat_one_arm;
     pmtu::path_mtu_through_the_nat_ipv6: path_mtu_through_the_nat_ipv6_two_arm, path_mtu_through_the_nat_ipv6_one_arm;
+    persistence::persistence: sticky_clients_survive_membership_changes_two_arm, sticky_clients_survive_membership_changes_one_arm;
 }
 
 /// Two-arm only: there the backends' own connections route through the balancer.
