@@ -2,12 +2,19 @@
 //! slots for 16 services), as the kernel charges it; and how much of the verifier's budget each
 //! program uses.
 
+use lb_common::{maps as names, sticky::DEFAULT_STICKY_ENTRIES};
 use xnlb::datapath::{Datapath, DatapathSizes, MapFootprint};
 
 use crate::Progress;
 
-/// The default sizes, each map's footprint, and each program's verified instructions.
-pub type Footprints = (DatapathSizes, Vec<MapFootprint>, Vec<(&'static str, u32)>);
+/// The default sizes, each map's footprint, each program's verified instructions, and the
+/// sticky table at the size a config with a sticky service gets.
+pub struct Footprints {
+    pub sizes: DatapathSizes,
+    pub maps: Vec<MapFootprint>,
+    pub verified: Vec<(&'static str, u32)>,
+    pub sticky: MapFootprint,
+}
 
 pub fn footprints(progress: &mut Progress) -> Footprints {
     progress.step("memory: map sizes");
@@ -15,5 +22,23 @@ pub fn footprints(progress: &mut Progress) -> Footprints {
     let dp = Datapath::load(sizes).expect("load the XDP object");
     let maps = dp.reader().footprints().expect("map footprints");
     let verified = dp.verified_instructions().expect("verified instructions");
-    (sizes, maps, verified)
+    drop(dp);
+    let sticky_sizes = DatapathSizes {
+        sticky: DEFAULT_STICKY_ENTRIES,
+        ..sizes
+    };
+    let dp = Datapath::load(sticky_sizes).expect("load the XDP object");
+    let sticky = dp
+        .reader()
+        .footprints()
+        .expect("map footprints")
+        .into_iter()
+        .find(|m| m.name == names::STICKY)
+        .expect("a STICKY map");
+    Footprints {
+        sizes,
+        maps,
+        verified,
+        sticky,
+    }
 }

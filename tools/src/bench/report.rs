@@ -449,7 +449,7 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
         e2e_table(&r.end_to_end),
         PLOTS[4]
     );
-    let (sizes, maps, verified) = &r.memory;
+    let (sizes, maps, verified) = (&r.memory.sizes, &r.memory.maps, &r.memory.verified);
     let _ = writeln!(
         md,
         "## 4. Memory\n\nEvery map at a default config's sizes ({} flows; ring tables for {} services), as the kernel charges it (`memlock` in the map's fdinfo). The LPM trie of port rules allocates a node per rule as rules are added, so the kernel reports 0 for it up front.\n\n| map | type | key B | value B | max entries | bytes |\n|---|---|---:|---:|---:|---:|",
@@ -467,6 +467,15 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
         md,
         "| **total** | | | | | **{total}** ({:.1} MiB) |",
         total as f64 / 1048576.0
+    );
+    let sticky = &r.memory.sticky;
+    let _ = writeln!(
+        md,
+        "\nA config with a sticky service (`sticky_timeout`) sizes `STICKY` for {} clients instead (`conntrack.sticky_entries`): {} bytes ({:.1} MiB), {:.0} bytes per client.",
+        sticky.max_entries,
+        sticky.memlock,
+        sticky.memlock as f64 / 1048576.0,
+        sticky.memlock as f64 / sticky.max_entries.max(1) as f64
     );
     let _ = writeln!(
         md,
