@@ -93,6 +93,11 @@ kernel_enum! {
     default Single
 }
 
+/// `ServiceInfo::flags` (`on_backend_down: keep`): the established flows of a backend whose
+/// health check failed stay on it until they end (as a draining backend's); without it they
+/// are re-selected at their next packet. A disabled backend's always are.
+pub const KEEPS_FLOWS_OF_DOWN: u8 = 1;
+
 /// Largest consistent-hash table (a prime); also the stride between tables in the ring array.
 pub const RING_MAX_SIZE: u32 = 65537;
 /// Ring tables per service: the live one and the one being built beside it.
@@ -121,7 +126,8 @@ pub struct ServiceInfo {
     pub affinity: u8,
     /// Prefix length for [`Affinity::Network`].
     pub network_prefix: u8,
-    pub _pad: u8,
+    /// [`KEEPS_FLOWS_OF_DOWN`], or 0.
+    pub flags: u8,
     /// `sticky_timeout` in milliseconds; 0 = no sticky table (affinity by the ring alone).
     pub sticky_timeout_ms: u32,
 }

@@ -25,14 +25,14 @@ use lb_common::{
         FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, STICKY, ServedBy,
     },
     hash::hash_addr_port,
-    service::{NO_BACKEND, ServiceInfo},
+    service::{KEEPS_FLOWS_OF_DOWN, NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, MAX_SNAT_ADDRS, Mode, SNAT_PORT_ATTEMPTS},
     stats::{DropReason, FlowEvent},
 };
 
 use crate::{
     cluster, derived,
-    maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES},
+    maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES, SERVICES},
     mem,
     packet::{L4, TCP_FIN, TCP_RST},
     scratch, select, stats, sticky,
@@ -561,7 +561,7 @@ fn still_valid(
         stats::flow_event(FlowEvent::BackendRetired);
         return false;
     }
-    if !BackendState::byte_keeps_flows(b.state) {
+    if !BackendState::byte_keeps_flows(b.state) && !keeps_flows_of_down(b) {
         stats::flow_event(FlowEvent::ReselectedDown);
         return false;
     }
@@ -580,6 +580,17 @@ fn still_valid(
         return false;
     }
     true
+}
+
+/// Whether `b` is down (not disabled) in a service with `on_backend_down: keep`. Asked only of
+/// a backend out of rotation, so the service lookup costs nothing on the common path.
+#[inline(always)]
+fn keeps_flows_of_down(b: &BackendInfo) -> bool {
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole
+    // elements.
+    b.state == BackendState::Down as u8
+        && matches!(unsafe { SERVICES.get(&b.service_id) },
+            Some(svc) if svc.flags & KEEPS_FLOWS_OF_DOWN != 0)
 }
 
 /// A new flow in `stage`: a backend selected, its reply tuple claimed (an SNAT port in one-arm),

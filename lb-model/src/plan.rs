@@ -11,13 +11,13 @@ use lb_common::{
         BackendPort, FlowEntry, FlowKey, MAX_LISTED_RANGE, MAX_SERVED_BY, SERVES_ALONE, ServedBy,
     },
     next_hop::NextHop,
-    service::{NO_BACKEND, ServiceInfo},
+    service::{KEEPS_FLOWS_OF_DOWN, NO_BACKEND, ServiceInfo},
     settings::{DatapathSettings, Mode, OwnMac, Routing},
     sticky::StickyMember,
 };
 
 use crate::{
-    config::{Config, Filtering, Service},
+    config::{Config, Filtering, OnBackendDown, Service},
     ids::IdBook,
     lifecycle::BackendState,
     maglev::{self, Member},
@@ -319,7 +319,10 @@ fn service_plan(
         filtering: service.filtering as u8,
         affinity: service.affinity as u8,
         network_prefix: service.network_prefix(),
-        _pad: 0,
+        flags: match service.on_backend_down {
+            OnBackendDown::Keep => KEEPS_FLOWS_OF_DOWN,
+            OnBackendDown::Reset => 0,
+        },
         sticky_timeout_ms: service.sticky_timeout.as_millis().min(u32::MAX as u128) as u32,
     };
     let mut table = Vec::new();

@@ -77,6 +77,11 @@ fn service_changes(was: &Service, now: &Service, out: &mut Vec<String>) {
     setting("sticky_timeout", sticky(was), sticky(now));
     let group = |s: &Service| s.persistence_group.clone().unwrap_or_else(|| "none".into());
     setting("persistence_group", group(was), group(now));
+    setting(
+        "on_backend_down",
+        word(&was.on_backend_down),
+        word(&now.on_backend_down),
+    );
     for b in &was.backends {
         match now.backend(&b.name) {
             None => out.push(format!("{name}: backend {} removed", b.name)),

@@ -213,6 +213,9 @@ pub struct Service {
     /// backend on each of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence_group: Option<String>,
+    /// What a backend's established flows do when its health check fails.
+    #[serde(default)]
+    pub on_backend_down: OnBackendDown,
     pub backends: Vec<Backend>,
     #[serde(default)]
     pub health: Option<Health>,
@@ -274,6 +277,17 @@ pub struct Health {
     /// backend a reload adds); a restart that adopts a running datapath keeps its states.
     #[serde(default)]
     pub initial: InitialHealth,
+}
+
+/// `on_backend_down`: `reset` moves a failed backend's established flows to another backend at
+/// their next packet (a TCP connection then ends, as Kemp's "drop connections on real server
+/// failure"); `keep` lets them run on it until they end. A disabled backend always resets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBackendDown {
+    #[default]
+    Reset,
+    Keep,
 }
 
 /// `health.initial`: `down` waits for `rise` passing probes before a new backend takes

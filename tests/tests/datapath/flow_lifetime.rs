@@ -101,6 +101,43 @@ fn timeouts_expire_flows() {
     );
 }
 
+/// `on_backend_down: keep`: a failed backend's established flows go on (its page failing does
+/// not end an Outlook session mid-transfer); new flows avoid it; disabling it still moves them.
+#[test]
+fn with_keep_a_failed_backends_flows_stay_until_it_is_disabled() {
+    let mut bed = Bed::new();
+    let mut web = service("web", 443, &[1, 2, 3].map(backend_ip));
+    web.affinity = xnlb::config::Affinity::None;
+    web.on_backend_down = xnlb::config::OnBackendDown::Keep;
+    bed.install(web);
+    let port = (40_000..)
+        .find(|&p| bed.predict("web", client_ip(1), p) == backend_ip(1))
+        .unwrap();
+    assert_eq!(backend_for(&bed, (client_ip(1), port)), backend_ip(1));
+    bed.set_state("web", "b1", BackendState::Down);
+    let ack_to = |bed: &Bed| sent_to(bed, (client_ip(1), port), ACK);
+    assert_eq!(
+        ack_to(&bed),
+        backend_ip(1),
+        "the failed backend keeps its flow"
+    );
+    assert_eq!(bed.events(FlowEvent::ReselectedDown), 0);
+    for p in 50_000..50_020 {
+        assert_ne!(
+            backend_for(&bed, (client_ip(2), p)),
+            backend_ip(1),
+            "no new flow"
+        );
+    }
+    bed.set_state("web", "b1", BackendState::Disabled);
+    assert_ne!(
+        ack_to(&bed),
+        backend_ip(1),
+        "a disabled backend's flow moves"
+    );
+    assert_eq!(bed.events(FlowEvent::ReselectedDown), 1);
+}
+
 #[test]
 fn established_flows_leave_a_dead_backend_but_stay_on_a_draining_one() {
     let mut bed = Bed::new();

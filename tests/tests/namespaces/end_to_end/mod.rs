@@ -227,6 +227,7 @@ in_both_modes! {
     pmtu::path_mtu_through_the_nat: path_mtu_through_the_nat_two_arm, path_mtu_through_the_nat_one_arm;
     pmtu::path_mtu_through_the_nat_ipv6: path_mtu_through_the_nat_ipv6_two_arm, path_mtu_through_the_nat_ipv6_one_arm;
     persistence::persistence: sticky_clients_survive_membership_changes_two_arm, sticky_clients_survive_membership_changes_one_arm;
+    persistence::keep_or_reset: a_failed_backend_keeps_or_resets_its_flows_two_arm, a_failed_backend_keeps_or_resets_its_flows_one_arm;
 }
 
 /// Two-arm only: there the backends' own connections route through the balancer.

@@ -141,3 +141,54 @@ pub(super) fn persistence(mode: Mode) {
     );
     assert!(scrape.sum("xnlb_flow_events_total", &[("event", "sticky_expired")]) >= 1.0);
 }
+
+/// `on_backend_down`: with `keep` a transfer to a backend whose health check fails runs to its
+/// end; with `reset` (the default) it is broken at the client's next packet.
+pub(super) fn keep_or_reset(mode: Mode) {
+    let farm = Farm::new(mode, 3);
+    let m = farm.mode();
+    let list = farm.backends(&[1, 2, 3], |_| "".into());
+    let keep = "    affinity: single\n    on_backend_down: keep\n";
+    let config = farm.config(&[
+        farm.service("kept", HTTP, keep, &list) + FAST,
+        farm.service("reset", PLAIN, "    affinity: single\n", &list) + FAST,
+    ]);
+    let d = Daemon::start(&farm.net.lb, &config);
+    let all: Vec<(&str, &str)> = ["b1", "b2", "b3"]
+        .into_iter()
+        .flat_map(|b| [("kept", b), ("reset", b)])
+        .collect();
+    d.wait_state(&all, "up", LIMIT);
+    let clients = farm.net.client_addresses(59);
+    let on_b1 = |port| {
+        *clients
+            .iter()
+            .find(|&&c| farm.get(c, port) == "b1")
+            .unwrap_or_else(|| panic!("{m}: no client reaches b1 on port {port}"))
+    };
+    // 400 ticks of 20 ms: 8 s, ten times the 0.8 s detection bound (fall 2 × 300 ms + 200 ms),
+    // the slack for a loaded machine to notice b1's failure while the transfers run.
+    let start = |port| {
+        Transfer::start(&farm.net.client, on_b1(port), farm.vip(port), 400)
+            .unwrap_or_else(|e| panic!("{m}: transfer on {port}: {e}"))
+    };
+    let (kept, reset) = (start(HTTP), start(PLAIN));
+    assert_eq!(
+        (kept.backend.as_str(), reset.backend.as_str()),
+        ("b1", "b1")
+    );
+    assert!(
+        kept.running() && reset.running(),
+        "{m}: both run when b1 fails"
+    );
+    farm.web[0].set(HEALTH, Answer::Status(503));
+    d.wait_state(&[("kept", "b1"), ("reset", "b1")], "down", LIMIT);
+    // (The reset one may already be broken: the client's next ACK after the change moves it.)
+    assert!(kept.running(), "{m}: the kept transfer spans the failure");
+    let kept = kept
+        .finish()
+        .unwrap_or_else(|e| panic!("{m}: keep: the transfer to failed b1: {e}"));
+    let reset = reset.finish();
+    println!("{m}: b1 failed mid-transfer: keep finished {kept} bytes; reset: {reset:?}");
+    assert!(reset.is_err(), "{m}: reset ends the transfer to failed b1");
+}
