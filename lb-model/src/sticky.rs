@@ -59,18 +59,11 @@ pub fn render(rows: &[StickyRow]) -> String {
     if rows.is_empty() {
         return "no sticky clients\n".to_string();
     }
-    let width = rows
-        .iter()
-        .map(|r| r.client.len())
-        .max()
-        .unwrap_or(0)
-        .max(6);
-    let bwidth = rows
-        .iter()
-        .map(|r| r.backend.len())
-        .max()
-        .unwrap_or(0)
-        .max(7);
+    let widest = |cell: fn(&StickyRow) -> usize, header: &str| {
+        rows.iter().map(cell).max().unwrap_or(0).max(header.len())
+    };
+    let width = widest(|r| r.client.len(), "CLIENT");
+    let bwidth = widest(|r| r.backend.len(), "BACKEND");
     let mut out = format!(
         "{:<width$}  {:<bwidth$}  {:>8}  {:>10}\n",
         "CLIENT", "BACKEND", "IDLE", "EXPIRES IN"

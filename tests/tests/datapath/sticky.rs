@@ -45,6 +45,14 @@ fn entries(bed: &Bed) -> Vec<StickyEntry> {
     all.into_iter().map(|(_, e)| e).collect()
 }
 
+/// How many of the clients the ring alone would now send elsewhere than `held` (their
+/// backends, in client order).
+fn ring_moves(bed: &Bed, service: &str, held: &[Ipv4Addr]) -> usize {
+    (1..=CLIENTS)
+        .filter(|&n| bed.predict(service, client_ip(n), 0) != held[n as usize - 1])
+        .count()
+}
+
 /// The first connection of each client, from port 40 000: where each went.
 fn first_connections(bed: &Bed, vip_port: u16) -> Vec<Ipv4Addr> {
     (1..=CLIENTS)
@@ -60,12 +68,10 @@ fn a_backend_added_moves_no_sticky_client() {
     assert_eq!(bed.events(FlowEvent::StickyRecorded), CLIENTS as u64);
     assert_eq!(entries(&bed).len(), CLIENTS as usize);
     bed.install(sticky_service("web", 443, 4, Duration::from_secs(600)));
-    let ring_moves = (1..=CLIENTS)
-        .filter(|&n| bed.predict("web", client_ip(n), 0) != first[n as usize - 1])
-        .count();
+    let moves = ring_moves(&bed, "web", &first);
     assert!(
-        ring_moves >= 5,
-        "the ring alone would move about a quarter of the clients ({ring_moves} of {CLIENTS})"
+        moves >= 5,
+        "the ring alone would move about a quarter of the clients ({moves} of {CLIENTS})"
     );
     for n in 1..=CLIENTS {
         assert_eq!(
@@ -176,9 +182,7 @@ fn an_entry_past_its_timeout_is_balanced_again() {
             "client {n}'s entry has expired: the ring decides"
         );
     }
-    let moved = (1..=CLIENTS)
-        .filter(|&n| bed.predict("web", client_ip(n), 0) != first[n as usize - 1])
-        .count();
+    let moved = ring_moves(&bed, "web", &first);
     assert!(moved >= 5, "some clients did move ({moved})");
     assert_eq!(bed.events(FlowEvent::StickyExpired), CLIENTS as u64);
     assert_eq!(bed.events(FlowEvent::StickyHit), 0);
@@ -220,13 +224,8 @@ fn a_persistence_group_sends_a_client_to_one_backend_on_every_service() {
     let owa = first_connections(&bed, 443);
     bed.install(grouped("owa", 443, 4));
     bed.install(grouped("rpc", 135, 4));
-    let ring_moves = (1..=CLIENTS)
-        .filter(|&n| bed.predict("rpc", client_ip(n), 0) != owa[n as usize - 1])
-        .count();
-    assert!(
-        ring_moves >= 5,
-        "the ring alone would move clients ({ring_moves})"
-    );
+    let moves = ring_moves(&bed, "rpc", &owa);
+    assert!(moves >= 5, "the ring alone would move clients ({moves})");
     for n in 1..=CLIENTS {
         assert_eq!(
             connect(&bed, n, 41_000, 135),
