@@ -157,6 +157,7 @@ pub fn image(
                 img.held_hops.insert(bid, hop);
             }
             let (addr, family) = addr_of(b.address);
+            let member = member_of(&b.name);
             img.backends.insert(
                 bid,
                 BackendInfo {
@@ -165,13 +166,13 @@ pub fn image(
                     family,
                     state: st as u8,
                     service_id: sid,
-                    member: member_of(&b.name),
+                    member,
                 },
             );
             if service.sticky() {
                 let at = StickyMember {
                     service_id: sid,
-                    member: member_of(&b.name),
+                    member,
                 };
                 img.sticky_members.insert(at, bid);
             }
@@ -315,7 +316,7 @@ fn service_plan(
         ring_base: 0,
         ring_size: 0,
         single_backend: NO_BACKEND,
-        hash_seed: hash_seed(&service.persistence_key()),
+        hash_seed: seed_of(service),
         filtering: service.filtering as u8,
         affinity: service.affinity as u8,
         network_prefix: service.network_prefix(),
@@ -323,7 +324,7 @@ fn service_plan(
             OnBackendDown::Keep => KEEPS_FLOWS_OF_DOWN,
             OnBackendDown::Reset => 0,
         },
-        sticky_timeout_ms: service.sticky_timeout.as_millis().min(u32::MAX as u128) as u32,
+        sticky_timeout_ms: service.sticky_timeout_ms(),
     };
     let mut table = Vec::new();
     match service.filtering {
@@ -351,8 +352,14 @@ pub fn member_of(backend: &str) -> u32 {
     hash_seed(&format!("member {backend}"))
 }
 
-/// A per-service seed that depends only on the name (a service's `persistence_key`), so
-/// affinity survives restarts and reloads (FNV-1a).
+/// A service's hash seed, of its persistence key (its group's name, or its own): affinity
+/// survives restarts and reloads, a group's services hash alike, and it names the service's
+/// sticky table (`lb_common::sticky`).
+pub fn seed_of(service: &Service) -> u32 {
+    hash_seed(&service.persistence_key())
+}
+
+/// A seed that depends only on `name` (FNV-1a).
 pub fn hash_seed(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)

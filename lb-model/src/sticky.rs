@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Affinity, Config, Service},
-    plan::{hash_seed, member_of},
+    plan::{member_of, seed_of},
     port_rules::{addr_of, ip_of},
 };
 
@@ -45,11 +45,11 @@ pub fn sticky_service<'a>(config: &'a Config, name: &str) -> Result<&'a Service,
 
 /// The services that share `service`'s sticky table (its persistence group, or itself).
 pub fn sharing<'a>(config: &'a Config, service: &Service) -> Vec<&'a str> {
-    let table = table_of(service);
+    let table = seed_of(service);
     config
         .services
         .iter()
-        .filter(|s| s.sticky() && table_of(s) == table)
+        .filter(|s| s.sticky() && seed_of(s) == table)
         .map(|s| s.name.as_str())
         .collect()
 }
@@ -78,16 +78,11 @@ pub fn render(rows: &[StickyRow]) -> String {
     out
 }
 
-/// The sticky table number of `service` (shared by its persistence group).
-pub fn table_of(service: &Service) -> u32 {
-    hash_seed(&service.persistence_key())
-}
-
 /// The key `client` has in `service`'s sticky table.
 pub fn key_of(service: &Service, client: IpAddr) -> StickyKey {
     let (addr, family) = addr_of(client);
     StickyKey::new(
-        table_of(service),
+        seed_of(service),
         service.affinity as u8,
         service.network_prefix(),
         family,
@@ -97,8 +92,7 @@ pub fn key_of(service: &Service, client: IpAddr) -> StickyKey {
 
 /// Whether `entry` holds at `now_ns` for `service` (as the datapath judges it).
 pub fn holds(service: &Service, entry: &StickyEntry, now_ns: u64) -> bool {
-    let ms = service.sticky_timeout.as_millis().min(u32::MAX as u128) as u32;
-    entry.holds(now_ns, ms)
+    entry.holds(now_ns, service.sticky_timeout_ms())
 }
 
 /// The entries of `service`'s table, optionally only `client`'s, that hold at `now_ns`.
@@ -108,7 +102,7 @@ pub fn rows(
     client: Option<IpAddr>,
     now_ns: u64,
 ) -> Vec<StickyRow> {
-    let table = table_of(service);
+    let table = seed_of(service);
     let wanted = client.map(|c| key_of(service, c));
     let names: BTreeMap<u32, &str> = service
         .backends
@@ -147,7 +141,7 @@ pub fn to_clear(
     client: Option<IpAddr>,
     backend: Option<&str>,
 ) -> Vec<StickyKey> {
-    let table = table_of(service);
+    let table = seed_of(service);
     let wanted = client.map(|c| key_of(service, c));
     let member = backend.map(member_of);
     entries
@@ -167,7 +161,7 @@ pub fn live(config: &Config, entries: &[(StickyKey, StickyEntry)], now_ns: u64) 
         .services
         .iter()
         .filter(|s| s.sticky())
-        .map(|s| (table_of(s), s))
+        .map(|s| (seed_of(s), s))
         .collect();
     entries
         .iter()
@@ -188,7 +182,7 @@ pub fn census(
     }
     let mut out = BTreeMap::new();
     for s in config.services.iter().filter(|s| s.sticky()) {
-        let table = table_of(s);
+        let table = seed_of(s);
         for b in &s.backends {
             let live = per_table
                 .get(&(table, member_of(&b.name)))

@@ -398,6 +398,12 @@ impl Service {
         !self.sticky_timeout.is_zero()
     }
 
+    /// `sticky_timeout` in milliseconds, as the datapath holds it (validation keeps it within
+    /// 30 days, far below `u32::MAX` ms).
+    pub fn sticky_timeout_ms(&self) -> u32 {
+        self.sticky_timeout.as_millis().min(u32::MAX as u128) as u32
+    }
+
     /// What names the service's sticky table and seeds its hash: its persistence group, or
     /// itself.
     pub fn persistence_key(&self) -> String {

@@ -62,6 +62,21 @@ pub struct Controller {
     tables: plan::TableCache,
 }
 
+/// The running sticky table is smaller than `config` asks for (an adopted datapath, or a reload
+/// that adds the first sticky service): it keeps its size, and says so.
+pub(super) fn warn_if_sticky_table_small(dp: &Datapath, config: &Config) -> Result<()> {
+    let room = dp.reader().max_entries(lb_common::maps::STICKY)?;
+    if config.sticky_entries() > room {
+        warn!(
+            "the sticky table holds {room} clients (sized when the datapath was loaded) and the \
+             config asks for {}: the least recently seen clients are forgotten first until \
+             `xnlb stop` and a fresh start",
+            config.sticky_entries()
+        );
+    }
+    Ok(())
+}
+
 fn sizes_for(config: &Config) -> DatapathSizes {
     DatapathSizes {
         flows: config.conntrack.max_entries,
@@ -107,14 +122,7 @@ impl Controller {
                     config.conntrack.max_entries
                 );
             }
-            let running = dp.reader().max_entries(lb_common::maps::STICKY)?;
-            if running < config.sticky_entries() {
-                warn!(
-                    "the sticky table holds {running} clients, the config asks for {}; \
-                     it is kept (with its clients) until `xnlb stop` and a fresh start",
-                    config.sticky_entries()
-                );
-            }
+            warn_if_sticky_table_small(&dp, &config)?;
             info!(
                 "adopted the running datapath at {}: {} services, {} backends",
                 pin_dir.display(),

@@ -35,15 +35,7 @@ impl Controller {
         for w in &loaded.warnings {
             warn!("{w}");
         }
-        let sticky_room = self.dp.reader().max_entries(lb_common::maps::STICKY)?;
-        if new.sticky_entries() > sticky_room {
-            warn!(
-                "the sticky table holds {sticky_room} clients (sized when the datapath was \
-                 loaded) and the config asks for {}: the least recently seen clients are \
-                 forgotten first until `xnlb stop` and a fresh start",
-                new.sticky_entries()
-            );
-        }
+        super::controller::warn_if_sticky_table_small(&self.dp, &new)?;
         // Fail before touching anything if the ids do not fit.
         let old_ids = self.ids.clone();
         let mut new_ids = old_ids.clone();

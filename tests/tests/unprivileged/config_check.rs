@@ -57,6 +57,15 @@ fn edit(from: &str, to: &str) -> String {
     GOOD.replacen(from, to, 1)
 }
 
+/// `xnlb check --config FILE`, run.
+fn check(file: &std::path::Path) -> std::process::Output {
+    Command::new(xnlb_bin())
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// Each problem line `check` prints, without the file name prefix.
 fn problems(text: &str) -> Vec<String> {
     match config::parse(text, "f.yaml") {
@@ -419,11 +428,7 @@ fn check_prints_a_summary_or_the_problems() {
     )
     .unwrap();
 
-    let out = Command::new(xnlb_bin())
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check(&good);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -435,11 +440,7 @@ fn check_prints_a_summary_or_the_problems() {
         "{stdout}"
     );
 
-    let out = Command::new(xnlb_bin())
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("2 problems"), "{stderr}");
@@ -449,10 +450,7 @@ fn check_prints_a_summary_or_the_problems() {
     );
     assert!(stderr.contains("hint:"), "{stderr}");
 
-    let out = Command::new(xnlb_bin())
-        .args(["check", "--config", "/nonexistent.yaml"])
-        .output()
-        .unwrap();
+    let out = check(std::path::Path::new("/nonexistent.yaml"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -474,11 +472,7 @@ fn the_shipped_config_and_every_example_pass_check() {
     assert!(examples.len() >= 4, "{examples:?}");
     files.extend(examples);
     for file in files {
-        let out = Command::new(xnlb_bin())
-            .args(["check", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = check(&file);
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

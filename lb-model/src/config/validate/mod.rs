@@ -182,7 +182,7 @@ fn persistence_groups(config: &Config, out: &mut Vec<Problem>) {
         .filter(|(_, s)| s.sticky())
     {
         let key = s.persistence_key();
-        let seed = crate::plan::hash_seed(&key);
+        let seed = crate::plan::seed_of(s);
         match tables.get(&seed) {
             Some(other) if *other != key => out.push(
                 Problem::new(
