@@ -83,8 +83,16 @@ pub struct Response {
 impl Response {
     pub fn ok(message: String) -> Self {
         Self {
-            ok: true,
             message: Some(message),
+            ..Self::answered()
+        }
+    }
+
+    /// Success with no message: the caller adds the answer's document.
+    pub fn answered() -> Self {
+        Self {
+            ok: true,
+            message: None,
             status: None,
             cluster: None,
             sticky: None,

@@ -83,7 +83,7 @@ impl Answerer {
                 status.cluster = cluster;
                 Response {
                     status: Some(status),
-                    ..Response::ok(String::new())
+                    ..Response::answered()
                 }
             }
             Ok(Err(e)) => Response::error(&e),
@@ -103,7 +103,7 @@ impl Answerer {
         match read {
             Ok(Ok(rows)) => Response {
                 sticky: Some(rows),
-                ..Response::ok(String::new())
+                ..Response::answered()
             },
             Ok(Err(e)) => Response::error(&e),
             Err(e) => Response::error(&anyhow::anyhow!("{e}")),
@@ -120,7 +120,7 @@ impl Answerer {
             ClusterAction::Query => {
                 return Response {
                     cluster: Some((*cluster.status.borrow().clone()).clone()),
-                    ..Response::ok(String::new())
+                    ..Response::answered()
                 };
             }
             ClusterAction::Drainstop => (
