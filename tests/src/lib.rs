@@ -4,6 +4,7 @@
 
 pub mod addresses;
 pub mod apps;
+pub mod banner_server;
 pub mod bed;
 pub mod certs;
 pub mod daemon;

@@ -5,6 +5,7 @@
 
 mod changes;
 mod duration;
+mod health;
 mod load;
 mod locate;
 mod ports;
@@ -20,6 +21,9 @@ use std::{
 use lb_common::{limits, settings};
 use serde::{Deserialize, Serialize};
 
+pub use health::{
+    Check, Health, HttpCheck, InitialHealth, ListedCheck, MAX_TCP_CHECK_TEXT, Require, TcpCheck,
+};
 pub use load::{ConfigError, Loaded, Problem, load, parse};
 pub use locate::Locations;
 pub use ports::PortRange;
@@ -261,24 +265,6 @@ pub struct Backend {
     pub priority: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Health {
-    pub http: HttpCheck,
-    #[serde(default = "default_interval", with = "duration")]
-    pub interval: Duration,
-    #[serde(default = "default_timeout", with = "duration")]
-    pub timeout: Duration,
-    #[serde(default = "default_rise")]
-    pub rise: u32,
-    #[serde(default = "default_fall")]
-    pub fall: u32,
-    /// The health a backend starts with when the daemon first sees it (a cold start, or a
-    /// backend a reload adds); a restart that adopts a running datapath keeps its states.
-    #[serde(default)]
-    pub initial: InitialHealth,
-}
-
 /// `on_backend_down`: `reset` moves a failed backend's established flows to another backend at
 /// their next packet (a TCP connection then ends, as Kemp's "drop connections on real server
 /// failure"); `keep` lets them run on it until they end. A disabled backend always resets.
@@ -288,32 +274,6 @@ pub enum OnBackendDown {
     #[default]
     Reset,
     Keep,
-}
-
-/// `health.initial`: `down` waits for `rise` passing probes before a new backend takes
-/// traffic; `up` puts it in rotation at once, to leave after `fall` failures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InitialHealth {
-    #[default]
-    Down,
-    Up,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpCheck {
-    pub path: String,
-    pub port: u16,
-    #[serde(default)]
-    pub tls: bool,
-    #[serde(default = "yes")]
-    pub verify_tls: bool,
-    /// Host header and TLS SNI.
-    #[serde(default)]
-    pub host: Option<String>,
-    #[serde(default = "default_expect_status")]
-    pub expect_status: Vec<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -362,21 +322,6 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 1000;
 fn default_weight() -> u32 {
     DEFAULT_WEIGHT
-}
-fn default_interval() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_rise() -> u32 {
-    2
-}
-fn default_fall() -> u32 {
-    3
-}
-fn default_expect_status() -> Vec<u16> {
-    vec![200]
 }
 
 impl Service {

@@ -37,13 +37,14 @@ impl Config {
         for s in &self.services {
             let ports: Vec<String> = s.ports.iter().map(|p| p.to_string()).collect();
             let health = match &s.health {
-                Some(h) => format!(
-                    "{} {}:{} every {}",
-                    if h.http.tls { "https" } else { "http" },
-                    h.http.port,
-                    h.http.path,
-                    humantime::format_duration(h.interval)
-                ),
+                Some(h) => {
+                    let checks: Vec<String> = h.checks().iter().map(|c| c.label()).collect();
+                    let what = match checks.as_slice() {
+                        [one] => one.clone(),
+                        many => format!("{} of {}", word(&h.require()), many.join(", ")),
+                    };
+                    format!("{what} every {}", humantime::format_duration(h.interval))
+                }
                 None => "no health check".to_string(),
             };
             let names: Vec<String> = s

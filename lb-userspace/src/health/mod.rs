@@ -1,15 +1,17 @@
 //! Health checking. The controller publishes what to probe (`Targets`, from the config); the
-//! `Prober` keeps one task per target running (`schedule` decides when, `probe` does one HTTP
-//! or HTTPS check) and sends every result back as a `Report`; the controller counts them with
+//! `Prober` keeps one task per target running (`schedule` decides when, `probe` runs the
+//! target's checks, each an `http` (HTTP or HTTPS) or `tcp` one, and combines their results)
+//! and sends every result back as a `Report`; the controller counts them with
 //! each backend's `tracker` (rise/fall) and reprograms the datapath when a backend's state
 //! changes. Probes never touch the controller's lock, so a hung backend stalls nothing.
 
+pub mod http;
 pub mod probe;
 pub mod schedule;
+pub mod tcp;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
@@ -20,7 +22,7 @@ use tokio::{
 
 use crate::config::Config;
 pub use lb_model::rise_fall::Outcome;
-use probe::HttpProbe;
+use probe::Probe;
 use schedule::{Timing, probe_forever};
 
 /// (service, backend) names.
@@ -31,7 +33,7 @@ pub type BackendName = (String, String);
 pub struct Target {
     pub service: String,
     pub backend: String,
-    pub probe: HttpProbe,
+    pub probe: Probe,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -44,13 +46,12 @@ pub fn targets(config: &Config) -> Targets {
     for s in &config.services {
         let Some(h) = &s.health else { continue };
         for b in &s.backends {
-            let addr = SocketAddr::from((b.address, h.http.port));
             out.insert(
                 (s.name.clone(), b.name.clone()),
                 Target {
                     service: s.name.clone(),
                     backend: b.name.clone(),
-                    probe: HttpProbe::new(addr, h.http.clone()),
+                    probe: Probe::new(b.address, h),
                     interval: h.interval,
                     timeout: h.timeout,
                 },

@@ -1,148 +1,145 @@
-//! One HTTP or HTTPS health probe: a fresh TCP connection to the backend, TLS when asked (SNI
-//! from `host`), `GET path` with a `Host` header, and the status line. Only `expect_status`
-//! counts as healthy; every failure says which step failed and why, in words an administrator
-//! can act on (`connect: connection refused`, `TLS: the backend's certificate has expired`,
-//! `HTTP 302 Found (Location: /owa/)`). The time limit is the scheduler's; the probe reports its
-//! progress so a timeout can say what it was waiting for.
+//! A backend's probe: its checks (`http`, `tcp`) run side by side on each tick of the schedule
+//! and `require` combines their results. `all` fails at the first check the backend fails
+//! (naming it) and passes when every check passed; `any` passes at the first check that passes
+//! and fails when every check failed. A check the balancer itself could not make
+//! (`Failure::Local`) decides nothing about the backend unless another check does.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, OnceLock},
-};
+use std::net::{IpAddr, SocketAddr};
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use rustls::{
-    ClientConfig, ConfigBuilder, DigitallySignedStruct, SignatureScheme, WantsVerifier,
-    client::WantsClientCert,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tracing::warn;
+use futures_util::{StreamExt, stream::FuturesUnordered};
 
-use super::schedule::Progress;
-use crate::config::HttpCheck;
-
-const USER_AGENT: &str = concat!("xnlb-health/", env!("CARGO_PKG_VERSION"));
-
-/// What one (service, backend) is probed with. Two specs are equal exactly when the probes
-/// they make are the same, so a reload restarts only the probes it changed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpProbe {
-    pub addr: SocketAddr,
-    pub check: HttpCheck,
-}
-
+use super::{http::HttpProbe, schedule::Progress, tcp::TcpProbe};
+use crate::config::{Check, Health, Require};
 pub use lb_model::rise_fall::{Failure, Outcome};
 
-impl HttpProbe {
-    pub fn new(addr: SocketAddr, check: HttpCheck) -> Self {
-        Self { addr, check }
+/// What one (service, backend) is probed with. Two probes are equal exactly when they check
+/// the same, so a reload restarts only the probes it changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub checks: Vec<CheckProbe>,
+    pub require: Require,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckProbe {
+    Http(HttpProbe),
+    Tcp(TcpProbe),
+}
+
+impl Probe {
+    /// `health`'s checks against the backend at `ip`.
+    pub fn new(ip: IpAddr, health: &Health) -> Self {
+        Self {
+            checks: health
+                .checks()
+                .into_iter()
+                .map(|check| CheckProbe::new(ip, check))
+                .collect(),
+            require: health.require(),
+        }
     }
 
-    /// Runs one probe, noting in `progress` what it waits for.
+    /// Runs every check once, noting in `progress` what each waits for.
     pub async fn run(&self, progress: &Progress) -> Outcome {
-        progress.at("connecting");
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| connect_failure(&e))?;
-        let _ = tcp.set_nodelay(true);
-        if self.check.tls {
-            progress.at("in the TLS handshake");
-            let name = self.server_name()?;
-            let tls = TlsConnector::from(tls_config(self.check.verify_tls))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {}", tls_cause(&e)))?;
-            self.exchange(tls, progress).await
-        } else {
-            self.exchange(tcp, progress).await
+        if let [one] = self.checks.as_slice() {
+            return one.run(progress).await;
+        }
+        let each = progress.per_check(self.checks.iter().map(CheckProbe::label));
+        let mut running: FuturesUnordered<_> = self
+            .checks
+            .iter()
+            .zip(each)
+            .map(|(check, (label, progress))| async move {
+                let outcome = check.run(progress).await;
+                progress.done();
+                (label, outcome)
+            })
+            .collect();
+        let mut verdict = Verdict::new(self.require, self.checks.len());
+        while let Some((label, outcome)) = running.next().await {
+            if let Some(decided) = verdict.add(label, outcome) {
+                return decided;
+            }
+        }
+        verdict.finish()
+    }
+}
+
+impl CheckProbe {
+    pub fn new(ip: IpAddr, check: Check) -> Self {
+        let addr = SocketAddr::new(ip, check.port());
+        match check {
+            Check::Http(http) => CheckProbe::Http(HttpProbe::new(addr, http)),
+            Check::Tcp(tcp) => CheckProbe::Tcp(TcpProbe::new(addr, tcp)),
         }
     }
 
-    /// SNI and certificate name: `host` when given, else the backend's address.
-    fn server_name(&self) -> Result<ServerName<'static>, String> {
-        match &self.check.host {
-            Some(h) => ServerName::try_from(h.clone())
-                .map_err(|_| format!("TLS: `{h}` is not a valid server name")),
-            None => Ok(ServerName::IpAddress(self.addr.ip().into())),
+    pub fn label(&self) -> String {
+        match self {
+            CheckProbe::Http(p) => Check::Http(p.check.clone()).label(),
+            CheckProbe::Tcp(p) => Check::Tcp(p.check.clone()).label(),
         }
     }
 
-    fn host_header(&self) -> String {
-        let default_port = if self.check.tls { 443 } else { 80 };
-        let host = match &self.check.host {
-            Some(h) => h.clone(),
-            None => self.addr.ip().to_string(),
-        };
-        if self.addr.port() == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.addr.port())
-        }
-    }
-
-    /// GET over an established (maybe TLS) connection; the connection closes when this returns.
-    async fn exchange<S>(&self, stream: S, progress: &Progress) -> Outcome
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        progress.at("waiting for the response");
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let request = Request::get(self.check.path.as_str())
-            .header(header::HOST, self.host_header())
-            .header(header::USER_AGENT, USER_AGENT)
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("HTTP request: {e}"))?;
-        // The connection is driven here, not in a spawned task, so nothing outlives the probe.
-        // It may finish (Connection: close) in the same poll that delivers the response.
-        let send = sender.send_request(request);
-        tokio::pin!(send);
-        let response = tokio::select! {
-            biased;
-            r = &mut send => r,
-            r = connection => match r {
-                Ok(()) => send.await,
-                Err(e) => return Err(format!("HTTP: {}", hyper_cause(&e)).into()),
-            },
-        }
-        .map_err(|e| format!("HTTP: {}", hyper_cause(&e)))?;
-        let status = response.status();
-        let line = status_line(status);
-        if self.check.expect_status.contains(&status.as_u16()) {
-            Ok(line)
-        } else if status.is_redirection() {
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .unwrap_or("none");
-            Err(format!("{line} (Location: {location})").into())
-        } else {
-            Err(line.into())
+    pub async fn run(&self, progress: &Progress) -> Outcome {
+        match self {
+            CheckProbe::Http(p) => p.run(progress).await,
+            CheckProbe::Tcp(p) => p.run(progress).await,
         }
     }
 }
 
-fn status_line(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
-        None => format!("HTTP {}", status.as_u16()),
+/// The results of one probe's checks so far, and what they decide.
+struct Verdict {
+    require: Require,
+    checks: usize,
+    /// Failures that did not decide on their own, as `label: why`.
+    failed: Vec<String>,
+    /// Whether any of them was the balancer's own.
+    local: bool,
+}
+
+impl Verdict {
+    fn new(require: Require, checks: usize) -> Self {
+        Self {
+            require,
+            checks,
+            failed: Vec::new(),
+            local: false,
+        }
+    }
+
+    /// One check's result; `Some` once the probe's outcome is decided.
+    fn add(&mut self, label: &str, outcome: Outcome) -> Option<Outcome> {
+        match (self.require, outcome) {
+            (Require::Any, Ok(said)) => Some(Ok(format!("{label}: {said}"))),
+            (Require::All, Err(Failure::Backend(why))) => {
+                Some(Err(Failure::Backend(format!("{label}: {why}"))))
+            }
+            (_, Ok(_)) => None,
+            (_, Err(failure)) => {
+                self.local |= matches!(failure, Failure::Local(_));
+                self.failed.push(format!("{label}: {failure}"));
+                None
+            }
+        }
+    }
+
+    /// The outcome once every check has ended without deciding.
+    fn finish(self) -> Outcome {
+        let failed = self.failed.join("; ");
+        match self.require {
+            _ if self.local => Err(Failure::Local(failed)),
+            Require::All => Ok(format!("all {} checks passed", self.checks)),
+            Require::Any => Err(Failure::Backend(format!("every check failed: {failed}"))),
+        }
     }
 }
 
 /// A connection that could not be made: the backend's fault (refused, unreachable host, reset),
 /// or the balancer's own (out of files, buffers, memory or local ports; no route of its own; its
 /// own firewall, which makes connect(2) fail with EPERM), which must not take the backend out.
-fn connect_failure(e: &std::io::Error) -> Failure {
+pub(super) fn connect_failure(e: &std::io::Error) -> Failure {
     let reason = format!("connect: {}", io_cause(e));
     let local = [
         libc::EMFILE,
@@ -161,7 +158,7 @@ fn connect_failure(e: &std::io::Error) -> Failure {
 }
 
 /// `connection refused`, not `Connection refused (os error 111)`.
-fn io_cause(e: &std::io::Error) -> String {
+pub(super) fn io_cause(e: &std::io::Error) -> String {
     let text = e.to_string();
     let text = match text.find(" (os error") {
         Some(i) => &text[..i],
@@ -174,214 +171,99 @@ fn io_cause(e: &std::io::Error) -> String {
     }
 }
 
-/// tokio-rustls wraps rustls errors in io::Error; show the rustls one, certificate problems
-/// in words (rustls says `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`).
-fn tls_cause(e: &std::io::Error) -> String {
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(problem)) => {
-            format!("the backend's certificate {}", certificate_problem(problem))
-        }
-        Some(tls) => tls.to_string(),
-        None => io_cause(e),
-    }
-}
-
-/// What is wrong with a certificate, completing "the backend's certificate ...".
-fn certificate_problem(problem: &rustls::CertificateError) -> String {
-    use rustls::CertificateError as C;
-    match problem {
-        C::UnknownIssuer => "is signed by an authority this host does not trust (not in its CA \
-                             store; `verify_tls: false` accepts it)"
-            .into(),
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            "is not valid for the name probed (`health.http.host`, else the backend's address)"
-                .into()
-        }
-        C::Expired | C::ExpiredContext { .. } => "has expired".into(),
-        C::NotValidYet | C::NotValidYetContext { .. } => {
-            "is not valid yet (check this host's clock)".into()
-        }
-        C::Revoked => "is revoked".into(),
-        C::BadSignature => "has a signature that does not verify".into(),
-        C::BadEncoding => "cannot be parsed".into(),
-        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
-            "is not meant for a TLS server (its extended key usage)".into()
-        }
-        other => {
-            let said = format!("{other:?}");
-            if said.contains("CaUsedAsEndEntity") {
-                "is a CA certificate, not the server's own (the server sends its CA's \
-                 certificate in place of its own)"
-                    .into()
-            } else {
-                format!("is refused ({said})")
-            }
-        }
-    }
-}
-
-/// hyper's error plus its cause (`connection reset by peer`), which hyper keeps apart.
-fn hyper_cause(e: &hyper::Error) -> String {
-    use std::error::Error as _;
-    match e.source() {
-        Some(src) => match src.downcast_ref::<std::io::Error>() {
-            Some(io) => format!("{e}: {}", io_cause(io)),
-            None => format!("{e}: {src}"),
-        },
-        None => e.to_string(),
-    }
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The two TLS client configs, built once: verifying against the system's trust store
-/// (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), or accepting any certificate.
-fn tls_config(verify: bool) -> Arc<ClientConfig> {
-    static VERIFYING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    static ACCEPTING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    if verify {
-        VERIFYING
-            .get_or_init(|| client_config(|b| b.with_root_certificates(system_roots())))
-            .clone()
-    } else {
-        ACCEPTING
-            .get_or_init(|| {
-                client_config(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(Arc::new(
-                            AcceptAnyCertificate(provider()),
-                        ))
-                })
-            })
-            .clone()
-    }
-}
-
-/// A client config with the ring provider, its default TLS versions, HTTP/1.1 by ALPN and the
-/// certificate verification `verifier` chooses.
-fn client_config(
-    verifier: impl FnOnce(
-        ConfigBuilder<ClientConfig, WantsVerifier>,
-    ) -> ConfigBuilder<ClientConfig, WantsClientCert>,
-) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions");
-    let mut config = verifier(builder).with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-fn system_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        warn!("loading the system's CA certificates: {e}");
-    }
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        warn!(
-            "no CA certificates found: every probe with verify_tls: true will fail \
-             (install ca-certificates or set SSL_CERT_FILE)"
-        );
-    }
-    roots
-}
-
-/// `verify_tls: false`: any certificate for any name is accepted (self-signed Exchange
-/// certificates), but the handshake's signatures are still checked, so the session is real TLS.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn fails(why: &str) -> Outcome {
+        Err(Failure::Backend(why.into()))
+    }
+
+    fn local(why: &str) -> Outcome {
+        Err(Failure::Local(why.into()))
+    }
+
+    /// Feeds `results` in order; the outcome and how many results it took.
+    fn decide(require: Require, results: Vec<(&str, Outcome)>) -> (Outcome, usize) {
+        let mut verdict = Verdict::new(require, results.len());
+        for (i, (label, outcome)) in results.into_iter().enumerate() {
+            if let Some(decided) = verdict.add(label, outcome) {
+                return (decided, i + 1);
+            }
+        }
+        let n = verdict.checks;
+        (verdict.finish(), n)
+    }
+
     #[test]
-    fn causes_read_like_sentences() {
-        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        assert_eq!(io_cause(&refused), "connection refused");
+    fn all_fails_at_the_first_failing_check_and_names_it() {
+        let ok = || Ok("HTTP 200 OK".to_string());
         assert_eq!(
-            status_line(StatusCode::SERVICE_UNAVAILABLE),
-            "HTTP 503 Service Unavailable"
+            decide(Require::All, vec![("owa", ok()), ("ews", ok())]),
+            (Ok("all 2 checks passed".into()), 2)
+        );
+        assert_eq!(
+            decide(
+                Require::All,
+                vec![("owa", ok()), ("ews", fails("HTTP 503")), ("oab", ok())]
+            ),
+            (fails("ews: HTTP 503"), 2)
         );
     }
 
     #[test]
-    fn host_header_names_the_port_only_when_it_is_not_the_default() {
-        let check = |tls, host: Option<&str>| HttpCheck {
-            path: "/".into(),
-            port: 443,
-            tls,
-            verify_tls: true,
-            host: host.map(String::from),
-            expect_status: vec![200],
-        };
-        let on = |port, tls, host| {
-            HttpProbe::new(SocketAddr::from(([198, 18, 2, 11], port)), check(tls, host))
-                .host_header()
-        };
-        assert_eq!(on(443, true, Some("mail.contoso.com")), "mail.contoso.com");
+    fn any_passes_at_the_first_passing_check_and_fails_only_when_every_one_did() {
         assert_eq!(
-            on(8443, true, Some("mail.contoso.com")),
-            "mail.contoso.com:8443"
+            decide(
+                Require::Any,
+                vec![
+                    ("smtp", fails("refused")),
+                    ("owa", Ok("HTTP 200 OK".into()))
+                ]
+            ),
+            (Ok("owa: HTTP 200 OK".into()), 2)
         );
-        assert_eq!(on(80, false, None), "198.18.2.11");
-        assert_eq!(on(443, false, None), "198.18.2.11:443");
+        assert_eq!(
+            decide(
+                Require::Any,
+                vec![("smtp", fails("refused")), ("owa", fails("HTTP 503"))]
+            ),
+            (fails("every check failed: smtp: refused; owa: HTTP 503"), 2)
+        );
+    }
+
+    #[test]
+    fn the_balancers_own_failure_decides_nothing_unless_the_backend_failed_too() {
+        // all: one check the balancer could not make, the others passed: undecided (local).
+        assert_eq!(
+            decide(
+                Require::All,
+                vec![("owa", local("out of files")), ("ews", Ok("200".into()))]
+            ),
+            (local("owa: out of files"), 2)
+        );
+        // all: the backend failed a check: down, whatever the balancer's own trouble.
+        assert_eq!(
+            decide(
+                Require::All,
+                vec![("owa", local("out of files")), ("ews", fails("HTTP 503"))]
+            ),
+            (fails("ews: HTTP 503"), 2)
+        );
+        // any: no check passed, one could not be made: undecided.
+        assert_eq!(
+            decide(
+                Require::Any,
+                vec![("owa", local("out of files")), ("ews", fails("HTTP 503"))]
+            ),
+            (local("owa: out of files; ews: HTTP 503"), 2)
+        );
     }
 
     #[test]
     fn a_connection_the_balancer_could_not_make_is_its_own_fault() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(io_cause(&refused), "connection refused");
         let failure = |code| connect_failure(&std::io::Error::from_raw_os_error(code));
         for (code, says) in [
             (libc::EMFILE, "connect: too many open files"),

@@ -6,7 +6,7 @@
 use std::{
     future::Future,
     hash::{BuildHasher, Hash},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -43,17 +43,57 @@ impl Timing {
     }
 }
 
-/// What a probe in flight is waiting for, so a timeout can say it (`connecting`, ...).
+/// What a probe in flight is waiting for, so a timeout can say it (`connecting`, ...); a probe
+/// of several checks keeps one per check, each cleared when its check ends.
 #[derive(Debug, Default)]
-pub struct Progress(Mutex<&'static str>);
+pub struct Progress {
+    step: Mutex<&'static str>,
+    checks: OnceLock<Vec<(String, Progress)>>,
+}
 
 impl Progress {
     pub fn at(&self, step: &'static str) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = step;
+        *self.step.lock().unwrap_or_else(|e| e.into_inner()) = step;
+    }
+
+    /// This check has ended: a timeout no longer names it.
+    pub fn done(&self) {
+        self.at("");
+    }
+
+    /// One progress per check, named by `labels` (the first call decides them).
+    pub fn per_check(&self, labels: impl IntoIterator<Item = String>) -> &[(String, Progress)] {
+        self.checks.get_or_init(|| {
+            labels
+                .into_iter()
+                .map(|l| (l, Progress::default()))
+                .collect()
+        })
     }
 
     fn step(&self) -> &'static str {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.step.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How a timeout ends its sentence: ` waiting for the response`, or for several checks
+    /// `: https 443 /ews/healthcheck.htm waiting for the response`.
+    fn unfinished(&self) -> String {
+        let Some(checks) = self.checks.get() else {
+            return match self.step() {
+                "" => String::new(),
+                step => format!(" {step}"),
+            };
+        };
+        let waiting: Vec<String> = checks
+            .iter()
+            .filter(|(_, p)| !p.step().is_empty())
+            .map(|(label, p)| format!("{label} {}", p.step()))
+            .collect();
+        if waiting.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", waiting.join(", "))
+        }
     }
 }
 
@@ -76,15 +116,11 @@ pub async fn probe_forever<P, F>(
         let started = Instant::now();
         let outcome = match timeout(timing.timeout, probe(progress.clone())).await {
             Ok(outcome) => outcome,
-            Err(_) => {
-                let step = progress.step();
-                let took = humantime::format_duration(timing.timeout);
-                Err(Failure::Backend(if step.is_empty() {
-                    format!("timeout after {took}")
-                } else {
-                    format!("timeout after {took} {step}")
-                }))
-            }
+            Err(_) => Err(Failure::Backend(format!(
+                "timeout after {}{}",
+                humantime::format_duration(timing.timeout),
+                progress.unfinished()
+            ))),
         };
         report(outcome, started.elapsed());
     }

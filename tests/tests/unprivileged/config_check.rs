@@ -110,7 +110,7 @@ services:
         (h.interval.as_secs(), h.timeout.as_secs(), h.rise, h.fall),
         (2, 1, 2, 3)
     );
-    assert_eq!(h.http.expect_status, vec![200]);
+    assert_eq!(h.http.as_ref().unwrap().expect_status, vec![200]);
     assert_eq!(c.services[0].affinity, config::Affinity::Single);
     assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9779");
     assert_eq!(c.admin.socket.to_str(), Some("/run/xnlb/xnlb.sock"));
@@ -264,6 +264,38 @@ fn bad_files_list_every_problem_with_its_location() {
             vec![
                 "23:9: services[0].health.http.path: `/owa/health check.htm` is not a valid request path",
                 "27:9: services[0].health.http.host: `mail contoso` is not a host name",
+            ],
+        ),
+        (
+            "health block without a check",
+            edit(
+                "      http:\n        path: /owa/healthcheck.htm\n        port: 443\n        tls: true\n        verify_tls: false\n        host: mail.contoso.com\n        expect_status: [200]\n",
+                "",
+            ),
+            vec!["21:5: services[0].health: no check: the health block says how often, not what"],
+        ),
+        (
+            "health with both http and tcp, require without a list, a line end in expect",
+            edit(
+                "    health:\n",
+                "    health:\n      tcp: { port: 25, expect: \"220\\r\\n\" }\n      require: any\n",
+            ),
+            vec![
+                "21:5: services[0].health: give one of `http`, `tcp` or `checks`, not several",
+                "23:7: services[0].health.require: `require` combines a `checks` list; here there is one check",
+                "22:24: services[0].health.tcp.expect: `expect` is matched against one line, without its line end",
+            ],
+        ),
+        (
+            "checks list: an empty entry, one with two kinds, port 0",
+            edit(
+                "      http:\n        path: /owa/healthcheck.htm\n        port: 443\n        tls: true\n        verify_tls: false\n        host: mail.contoso.com\n        expect_status: [200]\n",
+                "      checks:\n        - http: { path: /owa/healthcheck.htm, port: 443 }\n        - {}\n        - { tcp: { port: 25 }, http: { path: /, port: 80 } }\n        - tcp: { port: 0 }\n      require: all\n",
+            ),
+            vec![
+                "24:11: services[0].health.checks[1]: an empty check",
+                "25:13: services[0].health.checks[2]: one entry holds both an `http` and a `tcp` check",
+                "26:18: services[0].health.checks[3].tcp.port: port 0 is not a port",
             ],
         ),
         (

@@ -15,10 +15,11 @@ use std::{
 
 use tokio::sync::mpsc;
 use xnlb::{
-    config::HttpCheck,
+    config::{HttpCheck, Require},
     health::{
         BackendName, Prober, Report, Target, Targets,
-        probe::{Failure, HttpProbe, Outcome},
+        http::HttpProbe,
+        probe::{CheckProbe, Failure, Outcome, Probe},
         schedule::Progress,
     },
     model::rise_fall::{Change, Tracker},
@@ -28,9 +29,9 @@ use xnlb_tests::{
     http_backend::{Answer, HttpBackend},
 };
 
-const HEALTH: &str = "/owa/healthcheck.htm";
-const INTERVAL: Duration = Duration::from_millis(100);
-const TIMEOUT: Duration = Duration::from_millis(80);
+pub(crate) const HEALTH: &str = "/owa/healthcheck.htm";
+pub(crate) const INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const TIMEOUT: Duration = Duration::from_millis(80);
 /// Generous: the expected wait is a few intervals.
 const WITHIN: Duration = Duration::from_secs(10);
 const NAME: &str = "mail.contoso.test";
@@ -50,11 +51,17 @@ fn ca() -> &'static TestCa {
     })
 }
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     (Ipv4Addr::LOCALHOST, 0).into()
 }
 
-fn check(port: u16, path: &str, tls: bool, verify_tls: bool, host: Option<&str>) -> HttpCheck {
+pub(crate) fn check(
+    port: u16,
+    path: &str,
+    tls: bool,
+    verify_tls: bool,
+    host: Option<&str>,
+) -> HttpCheck {
     HttpCheck {
         path: path.into(),
         port,
@@ -66,10 +73,19 @@ fn check(port: u16, path: &str, tls: bool, verify_tls: bool, host: Option<&str>)
 }
 
 fn target(service: &str, backend: &str, addr: SocketAddr, check: HttpCheck) -> Target {
+    let probe = Probe {
+        checks: vec![CheckProbe::Http(HttpProbe::new(addr, check))],
+        require: Require::All,
+    };
+    probed_with(service, backend, probe)
+}
+
+/// A target probed by `probe` at the test's fast rate.
+pub(crate) fn probed_with(service: &str, backend: &str, probe: Probe) -> Target {
     Target {
         service: service.into(),
         backend: backend.into(),
-        probe: HttpProbe::new(addr, check),
+        probe,
         interval: INTERVAL,
         timeout: TIMEOUT,
     }
@@ -91,7 +107,7 @@ async fn probe_once(addr: SocketAddr, check: HttpCheck) -> Outcome {
 }
 
 /// The real prober feeding one rise 2 / fall 2 tracker per target.
-struct Checker {
+pub(crate) struct Checker {
     _prober: Prober,
     reports: mpsc::UnboundedReceiver<Report>,
     trackers: HashMap<BackendName, Tracker>,
@@ -100,7 +116,7 @@ struct Checker {
 }
 
 impl Checker {
-    fn new(targets: &[Target], initially_healthy: bool) -> Self {
+    pub(crate) fn new(targets: &[Target], initially_healthy: bool) -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
         let mut prober = Prober::new(tx);
         let map: Targets = targets
@@ -121,7 +137,7 @@ impl Checker {
     }
 
     /// Waits until (service, backend) changes to `healthy`; returns the change.
-    async fn until(&mut self, service: &str, backend: &str, healthy: bool) -> Change {
+    pub(crate) async fn until(&mut self, service: &str, backend: &str, healthy: bool) -> Change {
         let key = (service.to_string(), backend.to_string());
         let deadline = Instant::now() + WITHIN;
         loop {
@@ -150,7 +166,7 @@ impl Checker {
         }
     }
 
-    fn healthy(&self, service: &str, backend: &str) -> bool {
+    pub(crate) fn healthy(&self, service: &str, backend: &str) -> bool {
         self.trackers[&(service.to_string(), backend.to_string())].healthy
     }
 }
@@ -418,7 +434,10 @@ async fn the_prober_follows_the_targets_it_is_given() {
     assert_eq!(prober.len(), 2);
     // A changed probe (new path) replaces the old task; b is no longer probed.
     let mut a2 = a.clone();
-    a2.probe.check.path = "/owa/healthcheck.htm?v=2".into();
+    let CheckProbe::Http(http) = &mut a2.probe.checks[0] else {
+        unreachable!("an HTTP target")
+    };
+    http.check.path = "/owa/healthcheck.htm?v=2".into();
     prober.sync(&Targets::from([(key(&a2), a2.clone())]));
     assert_eq!(prober.len(), 1);
     // Drain what the old tasks sent, then only the new target reports.

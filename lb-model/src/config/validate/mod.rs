@@ -17,7 +17,10 @@ use lb_common::{
 
 use std::time::Duration;
 
-use super::{Affinity, Cluster, Config, Filtering, MAX_WEIGHT, Mode, Problem, Service};
+use super::{
+    Affinity, Cluster, Config, Filtering, Health, HttpCheck, MAX_WEIGHT, Mode, Problem, Service,
+    TcpCheck, health::MAX_TCP_CHECK_TEXT,
+};
 
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();

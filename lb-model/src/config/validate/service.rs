@@ -150,54 +150,133 @@ pub fn service_problems(s: &Service, path: &str) -> Vec<Problem> {
         if h.fall == 0 {
             out.push(Problem::new(hp("fall"), "fall must be at least 1"));
         }
-        if !h.http.path.starts_with('/') {
-            out.push(
-                Problem::new(
-                    hp("http.path"),
-                    format!("`{}` is not an absolute path", h.http.path),
-                )
-                .hint("e.g. /owa/healthcheck.htm"),
-            );
-        } else if h.http.path.parse::<http::uri::PathAndQuery>().is_err() {
-            out.push(
-                Problem::new(
-                    hp("http.path"),
-                    format!("`{}` is not a valid request path", h.http.path),
-                )
-                .hint("spaces and other special characters must be percent-encoded"),
-            );
-        }
-        if let Some(host) = &h.http.host
-            && (rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
-                || host.parse::<http::uri::Authority>().is_err())
-        {
-            out.push(
-                Problem::new(
-                    hp("http.host"),
-                    format!("`{host}` is not a host name"),
-                )
-                .hint("the name the backend's certificate and virtual host answer to, e.g. mail.contoso.com"),
-            );
-        }
-        if h.http.port == 0 {
-            out.push(Problem::new(hp("http.port"), "port 0 is not a port"));
-        }
-        if h.http.expect_status.is_empty() {
-            out.push(Problem::new(
-                hp("http.expect_status"),
-                "no status would count as healthy",
-            ));
-        }
-        for (i, code) in h.http.expect_status.iter().enumerate() {
-            if !(100..=599).contains(code) {
-                out.push(Problem::new(
-                    format!("{path}.health.http.expect_status[{i}]"),
-                    format!("{code} is not an HTTP status"),
-                ));
-            }
-        }
+        check_problems(h, &format!("{path}.health"), &mut out);
     }
     out
+}
+
+/// What a health block probes with: exactly one of `http`, `tcp` and `checks`, each check
+/// sound, and `require` only beside a list.
+fn check_problems(h: &Health, at: &str, out: &mut Vec<Problem>) {
+    let hp = |field: &str| format!("{at}.{field}");
+    let given = [h.http.is_some(), h.tcp.is_some(), !h.checks.is_empty()];
+    match given.iter().filter(|g| **g).count() {
+        0 => out.push(
+            Problem::new(at, "no check: the health block says how often, not what")
+                .hint("add `http: { path: /owa/healthcheck.htm, port: 443, tls: true }`, `tcp: { port: 25, expect: \"220\" }` or a `checks:` list"),
+        ),
+        1 => {}
+        _ => out.push(
+            Problem::new(at, "give one of `http`, `tcp` or `checks`, not several")
+                .hint("to combine checks, list each under `checks:` with `require: all` or `any`"),
+        ),
+    }
+    if h.require.is_some() && h.checks.is_empty() {
+        out.push(
+            Problem::new(
+                hp("require"),
+                "`require` combines a `checks` list; here there is one check",
+            )
+            .hint("remove it, or list the checks under `checks:`"),
+        );
+    }
+    if let Some(http) = &h.http {
+        http_problems(http, &hp("http"), out);
+    }
+    if let Some(tcp) = &h.tcp {
+        tcp_problems(tcp, &hp("tcp"), out);
+    }
+    for (i, listed) in h.checks.iter().enumerate() {
+        let at = hp(&format!("checks[{i}]"));
+        match (&listed.http, &listed.tcp) {
+            (Some(http), None) => http_problems(http, &format!("{at}.http"), out),
+            (None, Some(tcp)) => tcp_problems(tcp, &format!("{at}.tcp"), out),
+            (None, None) => out.push(
+                Problem::new(at, "an empty check").hint("give it `http: {...}` or `tcp: {...}`"),
+            ),
+            (Some(_), Some(_)) => out.push(
+                Problem::new(at, "one entry holds both an `http` and a `tcp` check")
+                    .hint("make them two entries of the list"),
+            ),
+        }
+    }
+}
+
+fn http_problems(http: &HttpCheck, at: &str, out: &mut Vec<Problem>) {
+    let field = |name: &str| format!("{at}.{name}");
+    if !http.path.starts_with('/') {
+        out.push(
+            Problem::new(
+                field("path"),
+                format!("`{}` is not an absolute path", http.path),
+            )
+            .hint("e.g. /owa/healthcheck.htm"),
+        );
+    } else if http.path.parse::<http::uri::PathAndQuery>().is_err() {
+        out.push(
+            Problem::new(
+                field("path"),
+                format!("`{}` is not a valid request path", http.path),
+            )
+            .hint("spaces and other special characters must be percent-encoded"),
+        );
+    }
+    if let Some(host) = &http.host
+        && (rustls_pki_types::ServerName::try_from(host.as_str()).is_err()
+            || host.parse::<http::uri::Authority>().is_err())
+    {
+        out.push(
+            Problem::new(field("host"), format!("`{host}` is not a host name")).hint(
+                "the name the backend's certificate and virtual host answer to, e.g. mail.contoso.com",
+            ),
+        );
+    }
+    if http.port == 0 {
+        out.push(Problem::new(field("port"), "port 0 is not a port"));
+    }
+    if http.expect_status.is_empty() {
+        out.push(Problem::new(
+            field("expect_status"),
+            "no status would count as healthy",
+        ));
+    }
+    for (i, code) in http.expect_status.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            out.push(Problem::new(
+                format!("{at}.expect_status[{i}]"),
+                format!("{code} is not an HTTP status"),
+            ));
+        }
+    }
+}
+
+fn tcp_problems(tcp: &TcpCheck, at: &str, out: &mut Vec<Problem>) {
+    if tcp.port == 0 {
+        out.push(Problem::new(format!("{at}.port"), "port 0 is not a port"));
+    }
+    for (name, text) in [("send", &tcp.send), ("expect", &tcp.expect)] {
+        if text.len() > MAX_TCP_CHECK_TEXT {
+            out.push(
+                Problem::new(
+                    format!("{at}.{name}"),
+                    format!(
+                        "{} bytes, more than the {MAX_TCP_CHECK_TEXT} a banner check handles",
+                        text.len()
+                    ),
+                )
+                .hint("a check sends a short command and reads one line"),
+            );
+        }
+    }
+    if tcp.expect.contains(['\r', '\n']) {
+        out.push(
+            Problem::new(
+                format!("{at}.expect"),
+                "`expect` is matched against one line, without its line end",
+            )
+            .hint("write the start of the line only, e.g. \"220\""),
+        );
+    }
 }
 
 /// `health.interval` and `health.timeout`: what a health check can sensibly use.

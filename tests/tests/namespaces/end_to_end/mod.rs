@@ -203,6 +203,7 @@ mod cluster;
 mod failures;
 mod flooding;
 mod fragments;
+mod health_checks;
 mod held_routing;
 mod ipv6;
 mod lifecycle;
