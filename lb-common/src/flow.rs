@@ -93,7 +93,7 @@ pub struct FlowEntry {
     pub backend_id: u32,
     /// A [`FlowState`] as `u8`.
     pub state: u8,
-    /// [`REPLY_DERIVED`], [`STICKY`], or 0.
+    /// [`REPLY_DERIVED`], [`STICKY`], and the service's idle class ([`IDLE_CLASS`]).
     pub flags: u8,
     /// With [`STICKY`]: the period in which the flow last refreshed its client's sticky entry
     /// (`lb_common::sticky::stamp`).
@@ -109,6 +109,13 @@ pub const REPLY_DERIVED: u8 = 1;
 /// `FlowEntry::flags`: the flow's service keeps sticky entries; the client's packets refresh
 /// its entry.
 pub const STICKY: u8 = 2;
+/// `FlowEntry::flags` and `ServiceInfo::flags`, the high four bits: the service's idle class,
+/// an index into `DatapathSettings::idle_timeouts_ns` (its `idle_timeout`); 0 = the protocol's
+/// own timeout (`tcp_timeout`, `udp_timeout`). A new flow copies its service's bits.
+pub const IDLE_CLASS: u8 = 0xF0;
+pub const IDLE_CLASS_SHIFT: u8 = 4;
+/// Distinct `idle_timeout` values a config may use (class 0 is the protocol's own).
+pub const MAX_IDLE_CLASSES: usize = 15;
 
 /// Key of `SERVED_BY`: a backend's address, the port it serves on (network order) and the
 /// protocol.
@@ -201,17 +208,27 @@ impl FlowKey {
 
 impl FlowEntry {
     /// Whether this flow of protocol `proto` has outlived its timeout at `now_ns` (the
-    /// datapath's clock). The one expiry rule: the datapath and `xnlb status` both use it.
+    /// datapath's clock). The one expiry rule: the datapath and `xnlb status` both use it. An
+    /// open flow (UDP, or TCP neither half-open nor closing) of a service with an
+    /// `idle_timeout` has that one.
     #[inline(always)]
     pub fn expired(&self, proto: u8, s: &DatapathSettings, now_ns: u64) -> bool {
+        // At most 15: four bits.
+        let class = (self.flags >> IDLE_CLASS_SHIFT) as usize;
         let timeout = if proto == PROTO_UDP {
-            s.udp_timeout_ns
+            if class != 0 {
+                s.idle_timeouts_ns[class]
+            } else {
+                s.udp_timeout_ns
+            }
         } else if self.state == FlowState::Closed as u8 {
             s.tcp_closed_timeout_ns
         } else if FlowState::byte_is_closing(self.state) {
             s.tcp_closing_timeout_ns
         } else if self.state == FlowState::HalfOpen as u8 {
             s.half_open_timeout_ns
+        } else if class != 0 {
+            s.idle_timeouts_ns[class]
         } else {
             s.tcp_timeout_ns
         };

@@ -126,7 +126,7 @@ pub struct ServiceInfo {
     pub affinity: u8,
     /// Prefix length for [`Affinity::Network`].
     pub network_prefix: u8,
-    /// [`KEEPS_FLOWS_OF_DOWN`], or 0.
+    /// [`KEEPS_FLOWS_OF_DOWN`], and the idle class its new flows take (`flow::IDLE_CLASS`).
     pub flags: u8,
     /// `sticky_timeout` in milliseconds; 0 = no sticky table (affinity by the ring alone).
     pub sticky_timeout_ms: u32,

@@ -1,6 +1,8 @@
 //! Datapath-wide settings: one element of an array map, written by the controller.
 
-use crate::{addr::Addr, cluster::ClusterSettings, kernel_enum::kernel_enum};
+use crate::{
+    addr::Addr, cluster::ClusterSettings, flow::MAX_IDLE_CLASSES, kernel_enum::kernel_enum,
+};
 
 kernel_enum! {
     /// How the balancer sits between clients and backends.
@@ -99,6 +101,8 @@ pub struct DatapathSettings {
     pub half_open_timeout_ns: u64,
     /// TCP flows closed both ways or reset (`FlowState::Closed`).
     pub tcp_closed_timeout_ns: u64,
+    /// Services' `idle_timeout`s by idle class (`flow::IDLE_CLASS`); index 0 is unused.
+    pub idle_timeouts_ns: [u64; MAX_IDLE_CLASSES + 1],
     /// One-arm source addresses: `snat_count` IPv4 ones, then `snat_count_v6` IPv6 ones.
     pub snat_addrs: [Addr; MAX_SNAT_ADDRS],
     pub snat_count: u32,
@@ -120,8 +124,9 @@ pub struct DatapathSettings {
     /// Cluster mode; all zero when off.
     pub cluster: ClusterSettings,
 }
-const _: () =
-    assert!(core::mem::size_of::<DatapathSettings>() == 40 + 16 * 16 + 16 + 12 * MAX_OWN_MACS + 40);
+const _: () = assert!(
+    core::mem::size_of::<DatapathSettings>() == 40 + 128 + 16 * 16 + 16 + 12 * MAX_OWN_MACS + 40
+);
 
 impl DatapathSettings {
     /// Settings that balance nothing special: two-arm, SPEC default timeouts.
@@ -132,6 +137,7 @@ impl DatapathSettings {
             udp_timeout_ns: DEFAULT_UDP_TIMEOUT_SECS * NS_PER_SEC,
             half_open_timeout_ns: DEFAULT_HALF_OPEN_TIMEOUT_SECS * NS_PER_SEC,
             tcp_closed_timeout_ns: DEFAULT_TCP_CLOSED_TIMEOUT_SECS * NS_PER_SEC,
+            idle_timeouts_ns: [0; MAX_IDLE_CLASSES + 1],
             snat_addrs: [[0; 4]; MAX_SNAT_ADDRS],
             snat_count: 0,
             snat_port_min: DEFAULT_SNAT_PORT_MIN,

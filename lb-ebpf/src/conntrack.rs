@@ -22,7 +22,8 @@ use lb_common::{
     backend::{BackendInfo, BackendState},
     cluster::{BUCKET_HANDOVER, BUCKET_MINE},
     flow::{
-        FlowEntry, FlowKey, FlowState, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, STICKY, ServedBy,
+        FlowEntry, FlowKey, FlowState, IDLE_CLASS, REPLY_DERIVED, ReplyEntry, SERVES_ALONE, STICKY,
+        ServedBy,
     },
     hash::hash_addr_port,
     service::{KEEPS_FLOWS_OF_DOWN, NO_BACKEND, ServiceInfo},
@@ -463,7 +464,7 @@ fn adopt(
     }
     let met = Met {
         backend_id: served.backend_id,
-        flags: REPLY_DERIVED,
+        flags: REPLY_DERIVED | idle_class(served.service_id),
         event: FlowEvent::Adopted,
     };
     record_from_reply(client, reply, &met, l4, now)
@@ -476,6 +477,15 @@ pub fn backend_carries(id: u32, reply: &FlowKey) -> bool {
     BACKENDS.get(id).is_some_and(|b| {
         b.serves(&reply.src, reply.src_port) && BackendState::byte_keeps_flows(b.state)
     })
+}
+
+/// The idle class (`FlowEntry::flags` bits) of service `id`'s flows, for a flow recorded
+/// without its service at hand (met from the backend's side): a rare path pays the lookup.
+#[inline(always)]
+fn idle_class(id: u32) -> u8 {
+    // SAFETY: the element stays valid for this program run (RCU); writers replace whole
+    // elements.
+    unsafe { SERVICES.get(&id) }.map_or(0, |svc| svc.flags & IDLE_CLASS)
 }
 
 /// What is known of a flow met in its middle from the backend's side.
@@ -530,7 +540,9 @@ fn readopt(entry: &ReplyEntry, reply: &FlowKey, l4: &L4, now: u64) -> Option<*mu
     }
     let met = Met {
         backend_id: entry.backend_id,
-        flags: 0,
+        flags: BACKENDS
+            .get(entry.backend_id)
+            .map_or(0, |b| idle_class(b.service_id)),
         event: FlowEvent::Readopted,
     };
     record_from_reply(&entry.client, reply, &met, l4, now)
@@ -633,6 +645,7 @@ fn new_flow(
     entry.last_seen_ns = now;
     entry.backend_id = backend_id;
     entry.state = stage.first_state() as u8;
+    entry.flags |= svc.flags & IDLE_CLASS;
     let sticky = sticky::applies(svc);
     if sticky {
         entry.flags |= STICKY;

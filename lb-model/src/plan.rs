@@ -8,7 +8,8 @@ use lb_common::{
     backend::BackendInfo,
     cluster::cluster_mac,
     flow::{
-        BackendPort, FlowEntry, FlowKey, MAX_LISTED_RANGE, MAX_SERVED_BY, SERVES_ALONE, ServedBy,
+        BackendPort, FlowEntry, FlowKey, IDLE_CLASS_SHIFT, MAX_LISTED_RANGE, MAX_SERVED_BY,
+        SERVES_ALONE, ServedBy,
     },
     next_hop::NextHop,
     service::{KEEPS_FLOWS_OF_DOWN, NO_BACKEND, ServiceInfo},
@@ -180,10 +181,9 @@ pub fn image(
                 members.push((service.priority_of(i), bid, b.name.as_str(), b.weight));
             }
         }
-        img.services.insert(
-            sid,
-            service_plan(service, members, tables, &mut next_tables),
-        );
+        let mut plan = service_plan(service, members, tables, &mut next_tables);
+        plan.info.flags |= config.idle_class(service) << IDLE_CLASS_SHIFT;
+        img.services.insert(sid, plan);
     }
     tables.0 = next_tables;
     if config.mode == Mode::TwoArm {
@@ -378,6 +378,12 @@ pub fn settings(config: &Config) -> DatapathSettings {
     s.tcp_closed_timeout_ns = config.conntrack.tcp_closed_timeout.as_nanos() as u64;
     s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     s.half_open_timeout_ns = config.conntrack.half_open_timeout.as_nanos() as u64;
+    for (class, timeout) in config.idle_timeouts().iter().enumerate() {
+        // Validation allows at most `MAX_IDLE_CLASSES`.
+        if let Some(slot) = s.idle_timeouts_ns.get_mut(class + 1) {
+            *slot = timeout.as_nanos() as u64;
+        }
+    }
     if let Some(snat) = &config.snat {
         // IPv4 addresses first, then IPv6 ones (`DatapathSettings::snat_count_v6`).
         let (v4s, v6s): (Vec<IpAddr>, Vec<IpAddr>) =

@@ -2,7 +2,7 @@
 //! renamed or changed (which setting), backends added, removed or changed, health checks
 //! changed. The datapath's own accounting (tables switched, rules written) is for the log.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::{Backend, Config, Service, word};
 
@@ -73,8 +73,17 @@ fn service_changes(was: &Service, now: &Service, out: &mut Vec<String>) {
         was.network_prefix().to_string(),
         now.network_prefix().to_string(),
     );
-    let sticky = |s: &Service| humantime::format_duration(s.sticky_timeout).to_string();
-    setting("sticky_timeout", sticky(was), sticky(now));
+    let lasting = |d: Duration| humantime::format_duration(d).to_string();
+    setting(
+        "sticky_timeout",
+        lasting(was.sticky_timeout),
+        lasting(now.sticky_timeout),
+    );
+    setting(
+        "idle_timeout",
+        lasting(was.idle_timeout),
+        lasting(now.idle_timeout),
+    );
     let group = |s: &Service| s.persistence_group.clone().unwrap_or_else(|| "none".into());
     setting("persistence_group", group(was), group(now));
     setting(

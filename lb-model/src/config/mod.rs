@@ -217,6 +217,10 @@ pub struct Service {
     /// backend on each of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence_group: Option<String>,
+    /// How long an open flow of this service lives after its last packet, in place of
+    /// `conntrack.tcp_timeout` (TCP) or `udp_timeout` (UDP); 0 = those.
+    #[serde(default, with = "duration")]
+    pub idle_timeout: Duration,
     /// What a backend's established flows do when its health check fails.
     #[serde(default)]
     pub on_backend_down: OnBackendDown,
@@ -384,6 +388,26 @@ impl Service {
 }
 
 impl Config {
+    /// The distinct `idle_timeout`s of the services, shortest first: idle class `n` (1-based,
+    /// `lb_common::flow::IDLE_CLASS`) has the `n`th.
+    pub fn idle_timeouts(&self) -> Vec<Duration> {
+        let set: std::collections::BTreeSet<Duration> = self
+            .services
+            .iter()
+            .map(|s| s.idle_timeout)
+            .filter(|t| !t.is_zero())
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The idle class of `service`'s flows: 0 (the protocol's timeout) without an
+    /// `idle_timeout`.
+    pub fn idle_class(&self, service: &Service) -> u8 {
+        self.idle_timeouts()
+            .iter()
+            .position(|t| *t == service.idle_timeout)
+            .map_or(0, |i| i as u8 + 1)
+    }
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }

@@ -59,6 +59,12 @@ impl Config {
             if let Some(group) = &s.persistence_group {
                 affinity += &format!(" (persistence group {group})");
             }
+            if !s.idle_timeout.is_zero() {
+                affinity += &format!(
+                    ", idle timeout {}",
+                    humantime::format_duration(s.idle_timeout)
+                );
+            }
             let _ = writeln!(
                 out,
                 "  {} {}:{} {}, filtering {}, affinity {}: {} ({health})",

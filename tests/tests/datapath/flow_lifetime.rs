@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use super::selection::{backend_for, sent_to};
 use lb_common::{
     backend::BackendState,
-    flow::FlowState,
+    flow::{FlowState, IDLE_CLASS_SHIFT},
     stats::{DropReason, FlowEvent},
 };
 use xnlb::config::Protocol;
@@ -99,6 +99,79 @@ fn timeouts_expire_flows() {
         2,
         "after the timeout: a new flow"
     );
+}
+
+/// A service's `idle_timeout` replaces the protocol's for its open flows, longer or shorter,
+/// and leaves other services' flows on the protocol's: each flow carries its service's idle
+/// class.
+#[test]
+fn a_services_idle_timeout_replaces_the_protocols() {
+    let mut bed = Bed::new();
+    for (name, port) in [("dns", 88), ("ntp", 123)] {
+        let mut s = service(name, port, &[1, 2, 3].map(backend_ip));
+        s.protocol = Protocol::Udp;
+        bed.install(s);
+    }
+    let mut web = service("web", 443, &[1, 2, 3].map(backend_ip));
+    web.idle_timeout = Duration::from_secs(3600);
+    bed.install(web);
+    let set_idle = |bed: &mut Bed, name: &str, t: Duration| {
+        let s = bed
+            .program
+            .config
+            .services
+            .iter_mut()
+            .find(|s| s.name == name);
+        s.expect("installed").idle_timeout = t;
+    };
+    set_idle(&mut bed, "dns", Duration::from_secs(3 * 3600));
+    bed.reprogram();
+    let ask = |bed: &Bed, port: u16| {
+        let pkt = bed.from_client(Pkt::udp((client_ip(1), 5000), (VIP, port)));
+        bed.run(bed.client_if, &pkt.bytes());
+    };
+    let new_flows = |bed: &Bed, name: &str| {
+        let id = bed.service_id(name);
+        bed.dp.reader().service_stats(id).unwrap().new_flows
+    };
+    ask(&bed, 88);
+    ask(&bed, 123);
+    let client = (client_ip(2), 40_000);
+    bed.connect(client, (VIP, 443));
+    // Classes by timeout, shortest first: web's 1h is 1, dns's 3h is 2, ntp has none.
+    let class_of = |bed: &Bed, port: u16| {
+        let flows = bed.dp.reader().flows().unwrap();
+        let (_, e) = flows
+            .iter()
+            .find(|(k, _)| k.dst_port == port.to_be())
+            .expect("a flow to the port");
+        e.flags >> IDLE_CLASS_SHIFT
+    };
+    assert_eq!(
+        [class_of(&bed, 443), class_of(&bed, 88), class_of(&bed, 123)],
+        [1, 2, 0]
+    );
+
+    // UDP's own timeout gone: ntp's flow ends, dns's (3h of its own) goes on.
+    bed.program.config.conntrack.udp_timeout = Duration::ZERO;
+    bed.reprogram();
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick
+    ask(&bed, 88);
+    ask(&bed, 123);
+    assert_eq!(new_flows(&bed, "dns"), 1, "dns keeps its flow");
+    assert_eq!(new_flows(&bed, "ntp"), 2, "ntp's flow expired");
+
+    // web's idle timeout shortened to 1 ms: its flow ends though TCP's own is 2 h; the
+    // backend's next packet is not translated.
+    let backend = bed.predict("web", client.0, client.1);
+    let answer = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
+    assert_eq!(bed.run(bed.server_if, &answer.bytes()).0, XDP_REDIRECT);
+    set_idle(&mut bed, "web", Duration::from_millis(1));
+    bed.reprogram();
+    std::thread::sleep(Duration::from_millis(20));
+    let (action, out) = bed.run(bed.server_if, &answer.bytes());
+    assert_eq!(action, XDP_PASS, "the flow idled out: not ours");
+    assert_eq!(out, answer.bytes());
 }
 
 /// `on_backend_down: keep`: a failed backend's established flows go on (its page failing does

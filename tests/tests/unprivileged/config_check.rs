@@ -299,6 +299,14 @@ fn bad_files_list_every_problem_with_its_location() {
             ],
         ),
         (
+            "an idle timeout below a second",
+            edit(
+                "    affinity: network\n",
+                "    affinity: network\n    idle_timeout: 500ms\n",
+            ),
+            vec!["37:5: services[1].idle_timeout: 500ms is out of range 1s..=30days"],
+        ),
+        (
             "mistakes in two services are all reported",
             edit("rise: 2", "rise: -2").replace("affinity: network", "affinity: nearby"),
             vec![

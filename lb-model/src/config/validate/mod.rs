@@ -11,6 +11,7 @@ use std::{
 };
 
 use lb_common::{
+    flow::MAX_IDLE_CLASSES,
     limits::{MAX_BACKENDS, MAX_FLOW_ENTRIES, MAX_SERVICES, MIN_FLOW_ENTRIES},
     settings::{MAX_SNAT_ADDRS, MIN_SNAT_PORTS},
 };
@@ -32,6 +33,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         out.extend(service_problems(service, &format!("services[{i}]")));
     }
     across_services(config, &mut out);
+    idle_timeouts(config, &mut out);
     persistence_groups(config, &mut out);
     addresses_with_two_roles(config, &mut out);
     admin_socket(config, &mut out);
@@ -531,6 +533,40 @@ fn across_services(config: &Config, out: &mut Vec<Problem>) {
                 ));
             }
         }
+    }
+}
+
+/// Each service's `idle_timeout` in the conntrack timeouts' range, and no more distinct ones
+/// than the datapath has idle classes for.
+fn idle_timeouts(config: &Config, out: &mut Vec<Problem>) {
+    for (i, s) in config.services.iter().enumerate() {
+        if !s.idle_timeout.is_zero() {
+            duration_in(
+                &format!("services[{i}].idle_timeout"),
+                s.idle_timeout,
+                FLOW_TIMEOUTS,
+                "e.g. 20m for Outlook Anywhere, 35m for EWS streaming; 0s for conntrack's",
+                out,
+            );
+        }
+    }
+    let distinct = config.idle_timeouts();
+    if distinct.len() > MAX_IDLE_CLASSES {
+        let shown: Vec<String> = distinct
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        out.push(
+            Problem::new(
+                "services",
+                format!(
+                    "{} different idle_timeout values ({}); the datapath has room for {MAX_IDLE_CLASSES}",
+                    distinct.len(),
+                    shown.join(", ")
+                ),
+            )
+            .hint("services with close values can share one"),
+        );
     }
 }
 
