@@ -95,7 +95,14 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
                 Problem::new("", "the file is empty").hint("start from the example in the README"),
             ]));
         }
-        Ok(doc) => doc,
+        Ok(mut doc) => {
+            // YAML merge keys (`<<: *anchor`): one health check or backend list written once
+            // and varied per service, as administrators write YAML elsewhere.
+            if let Err(e) = doc.apply_merge() {
+                return Err(fail(vec![Problem::new("", format!("not valid YAML: {e}"))]));
+            }
+            doc
+        }
         Err(e)
             if [" as u128", " as i128"]
                 .iter()

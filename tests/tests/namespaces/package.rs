@@ -121,7 +121,7 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
         "/usr/share/fish/vendor_completions.d/xnlb.fish",
         "/usr/share/doc/xnlb/copyright",
         "/usr/share/doc/xnlb/config.md",
-        "/usr/share/doc/xnlb/examples/exchange-2016-two-arm.yaml",
+        "/usr/share/doc/xnlb/examples/exchange-2016-single-namespace.yaml",
     ] {
         assert!(root.path(file).is_file(), "{file} is not installed");
     }
