@@ -389,6 +389,14 @@ impl Datapath {
         Ok(map.remove(key).is_ok())
     }
 
+    /// Writes sticky entries directly, in batches (benchmarks fill the table with them; the
+    /// datapath alone records clients in service).
+    pub fn insert_sticky(&mut self, entries: &[(StickyKey, StickyEntry)]) -> Result<()> {
+        let (keys, values): (Vec<StickyKey>, Vec<StickyEntry>) = entries.iter().copied().unzip();
+        let fd = self.map_data(names::STICKY)?.fd().as_fd();
+        batch::update(fd, &keys, &values).map_err(io_err("writing STICKY"))
+    }
+
     /// Writes established flows directly, each with its reply entry unless it derives its
     /// replies, in batches (benchmarks fill the table with them; the datapath alone creates
     /// flows in service).

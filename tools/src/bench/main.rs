@@ -10,6 +10,7 @@ mod memory;
 mod packet_cost;
 mod plots;
 mod report;
+mod sticky_cost;
 
 use std::{
     path::PathBuf,
@@ -80,6 +81,7 @@ impl Progress {
 
 pub const TABLE_SIZES: [u32; 3] = [1_000, 100_000, 1_000_000];
 pub const BACKEND_COUNTS: [u32; 3] = [3, 100, 1_000];
+pub const STICKY_CLIENTS: [u32; 2] = [1_000, 1_000_000];
 
 /// Everything one run measured.
 pub struct Results {
@@ -89,6 +91,7 @@ pub struct Results {
     /// New-flow (SYN) cost by connection-table fill.
     pub new_by_table_size: packet_cost::Curve,
     pub by_backends: packet_cost::Curve,
+    pub sticky: Vec<sticky_cost::StickyRow>,
     pub table_builds: Vec<(u32, Duration)>,
     pub reload: control::Reload,
     pub memory: memory::Footprints,
@@ -113,6 +116,7 @@ fn main() {
         total: packet_cost::steps()
             + TABLE_SIZES.len()
             + 2 * BACKEND_COUNTS.len()
+            + sticky_cost::steps(&STICKY_CLIENTS)
             + 2
             + end_to_end::BALANCERS.len() * end_to_end::WORKLOADS.len(),
         start: Instant::now(),
@@ -122,6 +126,7 @@ fn main() {
     let (by_table_size, new_by_table_size) =
         packet_cost::by_table_size(&TABLE_SIZES, &budget, &mut progress);
     let by_backends = packet_cost::new_flow_by_backends(&BACKEND_COUNTS, &budget, &mut progress);
+    let sticky = sticky_cost::measure(&STICKY_CLIENTS, &budget, &mut progress);
     let table_builds = control::maglev_build(&BACKEND_COUNTS, &budget, &mut progress);
     let reload = control::reload(&budget, &mut progress);
     let memory = memory::footprints(&mut progress);
@@ -131,6 +136,7 @@ fn main() {
         by_table_size,
         new_by_table_size,
         by_backends,
+        sticky,
         table_builds,
         reload,
         memory,

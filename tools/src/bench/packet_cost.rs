@@ -43,8 +43,8 @@ pub struct PacketCosts {
 const SRC_IP: std::ops::Range<usize> = 26..30;
 const SRC_PORT: std::ops::Range<usize> = 34..36;
 /// The same in an Ethernet + IPv6 (no extension headers) + TCP frame.
-const SRC_IP6: std::ops::Range<usize> = 22..38;
-const SRC_PORT6: std::ops::Range<usize> = 54..56;
+pub const SRC_IP6: std::ops::Range<usize> = 22..38;
+pub const SRC_PORT6: std::ops::Range<usize> = 54..56;
 
 fn action_name(action: u32) -> &'static str {
     ["aborted", "drop", "pass", "tx", "redirect"]
@@ -55,7 +55,7 @@ fn action_name(action: u32) -> &'static str {
 
 /// The mean of `runs` single kernel-timed runs; `vary(i, frame)` may rewrite the frame before
 /// run `i` (a new 5-tuple, another established flow).
-fn single(
+pub fn single(
     prog: &Xdp,
     ingress: Iface,
     frame: &[u8],
@@ -236,7 +236,7 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
 pub type Curve = Vec<(u32, f64)>;
 
 /// `CLOCK_MONOTONIC_COARSE`, the clock `bpf_ktime_get_coarse_ns` reads.
-fn coarse_now_ns() -> u64 {
+pub fn coarse_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -178,6 +178,20 @@ pub fn summary(r: &Results) -> String {
             big <= 2.0 * small,
         );
     }
+    if let Some(sticky) = r.sticky.iter().find(|s| s.clients == 1_000_000) {
+        row(
+            "new flow of a sticky service, 1M clients in the sticky table: a hit vs no stickiness",
+            format!(
+                "{:.0} ns vs {:.0} ns = {} ({:+.0} ns)",
+                sticky.hit,
+                sticky.plain,
+                ratio(sticky.hit, sticky.plain),
+                sticky.hit - sticky.plain
+            ),
+            "reported",
+            true,
+        );
+    }
     for w in WORKLOADS {
         let get = |b| run_of(&r.end_to_end, b, w.name);
         if let (Some(g), Some(n)) = (get("xnlb (generic XDP)"), get("nftables")) {
@@ -424,6 +438,26 @@ pub fn write(dir: &Path, r: &Results, budget: &Budget) -> Result<(), Box<dyn std
     );
     curve_rows(&mut md, &r.by_backends, r.packet.floor.single_ns);
     let _ = writeln!(md, "\n![new flow by backends]({})\n", PLOTS[2]);
+    let _ = writeln!(
+        md,
+        "The sticky table (`sticky_timeout`) holding N clients: a new flow's SYN (IPv6, {} runs each) from a client the table holds (a hit: its entry decides the backend), from a client it does not hold (a miss: the ring decides; the entry is written when the flow is established), and the same SYN to a service without stickiness on the same backends. A sticky lookup costs the hit minus the service without stickiness.\n\n| clients in the sticky table | hit ns | × floor | miss ns | × floor | no stickiness ns | × floor | the lookup ns |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
+        budget.scale_runs
+    );
+    for row in &r.sticky {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {} | {:.1} | {} | {:.1} | {} | {:+.1} |",
+            row.clients,
+            row.hit,
+            ratio(row.hit, floor),
+            row.miss,
+            ratio(row.miss, floor),
+            row.plain,
+            ratio(row.plain, floor),
+            row.hit - row.plain
+        );
+    }
+    let _ = writeln!(md);
     let _ = writeln!(
         md,
         "Consistent-hash (Maglev) table build, 65537 entries, equal weights (median of {}).\n\n| backends | build time ms |\n|---:|---:|",

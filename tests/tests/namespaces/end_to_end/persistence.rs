@@ -40,7 +40,7 @@ fn all_up(d: &Daemon, backend: &'static str) {
 pub(super) fn persistence(mode: Mode) {
     let farm = Farm::new(mode, 4);
     let m = farm.mode();
-    let d = Daemon::start(&farm.net.lb, &config(&farm, &[1, 2, 3], TIMEOUT));
+    let mut d = Daemon::start(&farm.net.lb, &config(&farm, &[1, 2, 3], TIMEOUT));
     for b in ["b1", "b2", "b3"] {
         all_up(&d, b);
     }
@@ -93,6 +93,22 @@ pub(super) fn persistence(mode: Mode) {
     );
     assert_eq!(round(&farm, &clients, RPC), moved, "{m}: on rpc as well");
     println!("{m}: b1 down moved its {on_b1} clients and no other; none went back");
+
+    // A restart (SIGTERM, as `systemctl restart` sends, then a new daemon adopting the pinned
+    // maps): the sticky table survives, so b1's former clients still do not go back to it.
+    let pid = d.pid().expect("running") as i32;
+    // SAFETY: signals the test's own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    d.wait_exit(Duration::from_secs(30));
+    d.spawn(&farm.net.lb);
+    for b in ["b1", "b2", "b3", "b4"] {
+        all_up(&d, b);
+    }
+    assert_eq!(
+        round(&farm, &clients, HTTP),
+        moved,
+        "{m}: every client stays where it went across a restart"
+    );
 
     // The administrator's view: 60 clients, per backend as they went.
     let listed = d.ok(&["sticky", "list", "owa"]);
