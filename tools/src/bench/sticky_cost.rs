@@ -76,7 +76,7 @@ pub fn measure(sizes: &[u32], budget: &Budget, progress: &mut Progress) -> Vec<S
 
             let prog = bed.dp.program().expect("program");
             let syn = |port| {
-                let client = (Ipv6Addr::from(client6(0)), 40_000);
+                let client = (client6(0), 40_000);
                 bed.from_client(Pkt::tcp(client, (VIP6, port), SYN)).bytes()
             };
             // Hits: the table's clients in turn, each time from another port, so every SYN is a
