@@ -182,7 +182,7 @@ pub fn image(
             }
         }
         let mut plan = service_plan(service, members, tables, &mut next_tables);
-        plan.info.flags |= config.idle_class(service) << IDLE_CLASS_SHIFT;
+        plan.info.flags |= idle_class(&img.settings, service) << IDLE_CLASS_SHIFT;
         img.services.insert(sid, plan);
     }
     tables.0 = next_tables;
@@ -364,6 +364,21 @@ pub fn hash_seed(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ b as u32).wrapping_mul(0x0100_0193)
     })
+}
+
+/// `service`'s idle class: where `settings` keeps its `idle_timeout`; 0 (the protocol's own
+/// timeout) without one.
+fn idle_class(settings: &DatapathSettings, service: &Service) -> u8 {
+    let ns = service.idle_timeout.as_nanos() as u64;
+    match settings
+        .idle_timeouts_ns
+        .iter()
+        .skip(1)
+        .position(|&t| t == ns)
+    {
+        Some(i) if ns != 0 => i as u8 + 1,
+        _ => 0,
+    }
 }
 
 pub fn settings(config: &Config) -> DatapathSettings {

@@ -145,12 +145,25 @@ impl Check {
     /// How messages name the check: `https 443 /ews/healthcheck.htm`, `tcp 25`.
     pub fn label(&self) -> String {
         match self {
-            Check::Http(h) => {
-                let scheme = if h.tls { "https" } else { "http" };
-                format!("{scheme} {} {}", h.port, h.path)
-            }
-            Check::Tcp(t) if t.expect.is_empty() => format!("tcp {}", t.port),
-            Check::Tcp(t) => format!("tcp {} expect `{}`", t.port, t.expect),
+            Check::Http(h) => h.label(),
+            Check::Tcp(t) => t.label(),
+        }
+    }
+}
+
+impl HttpCheck {
+    pub fn label(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme} {} {}", self.port, self.path)
+    }
+}
+
+impl TcpCheck {
+    pub fn label(&self) -> String {
+        if self.expect.is_empty() {
+            format!("tcp {}", self.port)
+        } else {
+            format!("tcp {} expect `{}`", self.port, self.expect)
         }
     }
 }

@@ -389,7 +389,7 @@ impl Service {
 
 impl Config {
     /// The distinct `idle_timeout`s of the services, shortest first: idle class `n` (1-based,
-    /// `lb_common::flow::IDLE_CLASS`) has the `n`th.
+    /// `lb_common::flow::IDLE_CLASS`) has the `n`th (`plan::settings`).
     pub fn idle_timeouts(&self) -> Vec<Duration> {
         let set: std::collections::BTreeSet<Duration> = self
             .services
@@ -400,14 +400,6 @@ impl Config {
         set.into_iter().collect()
     }
 
-    /// The idle class of `service`'s flows: 0 (the protocol's timeout) without an
-    /// `idle_timeout`.
-    pub fn idle_class(&self, service: &Service) -> u8 {
-        self.idle_timeouts()
-            .iter()
-            .position(|t| *t == service.idle_timeout)
-            .map_or(0, |i| i as u8 + 1)
-    }
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }

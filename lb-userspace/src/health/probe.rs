@@ -76,8 +76,8 @@ impl CheckProbe {
 
     pub fn label(&self) -> String {
         match self {
-            CheckProbe::Http(p) => Check::Http(p.check.clone()).label(),
-            CheckProbe::Tcp(p) => Check::Tcp(p.check.clone()).label(),
+            CheckProbe::Http(p) => p.check.label(),
+            CheckProbe::Tcp(p) => p.check.label(),
         }
     }
 
