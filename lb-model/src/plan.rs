@@ -8,8 +8,8 @@ use lb_common::{
     backend::BackendInfo,
     cluster::cluster_mac,
     flow::{
-        BackendPort, FlowEntry, FlowKey, IDLE_CLASS_SHIFT, MAX_LISTED_RANGE, MAX_SERVED_BY,
-        SERVES_ALONE, ServedBy,
+        BackendPort, FlowEntry, FlowKey, IDLE_CLASS_SHIFT, MAX_IDLE_CLASSES, MAX_LISTED_RANGE,
+        MAX_SERVED_BY, SERVES_ALONE, ServedBy,
     },
     next_hop::NextHop,
     service::{KEEPS_FLOWS_OF_DOWN, NO_BACKEND, ServiceInfo},
@@ -70,6 +70,9 @@ pub struct HostFacts {
     /// What `SERVED_BY` holds now: flows that derived their replies from an entry keep
     /// finding them after a reload makes its backend port serve more.
     pub served_by: BTreeMap<BackendPort, ServedBy>,
+    /// What `DatapathSettings::idle_timeouts_ns` holds now: a flow carries its idle class for
+    /// its whole life, so a value keeps its class across reloads (`idle_slots`).
+    pub idle_timeouts_ns: [u64; MAX_IDLE_CLASSES + 1],
 }
 
 impl Default for Image {
@@ -126,7 +129,7 @@ pub fn image(
 ) -> Image {
     let mut next_tables = HashMap::new();
     let mut img = Image {
-        settings: settings(config),
+        settings: settings(config, &host.idle_timeouts_ns),
         ..Default::default()
     };
     for (slot, mac) in img.settings.own_macs.iter_mut().zip(&host.own_macs) {
@@ -381,7 +384,9 @@ fn idle_class(settings: &DatapathSettings, service: &Service) -> u8 {
     }
 }
 
-pub fn settings(config: &Config) -> DatapathSettings {
+/// The datapath settings for `config`, where `idle_before` is what the running settings' idle
+/// classes hold (`HostFacts::idle_timeouts_ns`).
+pub fn settings(config: &Config, idle_before: &[u64; MAX_IDLE_CLASSES + 1]) -> DatapathSettings {
     let mut s = DatapathSettings::defaults();
     // Validation refuses `dsr`; the datapath knows two-arm and one-arm.
     s.mode = match config.mode {
@@ -393,12 +398,12 @@ pub fn settings(config: &Config) -> DatapathSettings {
     s.tcp_closed_timeout_ns = config.conntrack.tcp_closed_timeout.as_nanos() as u64;
     s.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     s.half_open_timeout_ns = config.conntrack.half_open_timeout.as_nanos() as u64;
-    for (class, timeout) in config.idle_timeouts().iter().enumerate() {
-        // Validation allows at most `MAX_IDLE_CLASSES`.
-        if let Some(slot) = s.idle_timeouts_ns.get_mut(class + 1) {
-            *slot = timeout.as_nanos() as u64;
-        }
-    }
+    let wanted: Vec<u64> = config
+        .idle_timeouts()
+        .iter()
+        .map(|t| t.as_nanos() as u64)
+        .collect();
+    s.idle_timeouts_ns = idle_slots(idle_before, &wanted);
     if let Some(snat) = &config.snat {
         // IPv4 addresses first, then IPv6 ones (`DatapathSettings::snat_count_v6`).
         let (v4s, v6s): (Vec<IpAddr>, Vec<IpAddr>) =
@@ -412,6 +417,32 @@ pub fn settings(config: &Config) -> DatapathSettings {
         s.snat_port_max = snat.ports.hi;
     }
     s
+}
+
+/// The idle classes' timeouts holding every value of `wanted` (distinct, at most
+/// `MAX_IDLE_CLASSES`: validated), given what they hold now (`before`). Flows carry their class, not the value, so
+/// a value kept by the config keeps its class, and a value the config no longer has keeps its
+/// class too (the flows that started under it keep their timeout until they end) until a new
+/// value needs the room: new values take never-used classes first. Class 0 is the protocol's
+/// own timeout and holds nothing.
+pub fn idle_slots(
+    before: &[u64; MAX_IDLE_CLASSES + 1],
+    wanted: &[u64],
+) -> [u64; MAX_IDLE_CLASSES + 1] {
+    let mut slots = *before;
+    slots[0] = 0;
+    let new: Vec<u64> = wanted
+        .iter()
+        .copied()
+        .filter(|w| *w != 0 && !slots[1..].contains(w))
+        .collect();
+    let never_used = (1..slots.len()).filter(|&c| slots[c] == 0);
+    let stale = (1..slots.len()).filter(|&c| slots[c] != 0 && !wanted.contains(&slots[c]));
+    let free: Vec<usize> = never_used.chain(stale).collect();
+    for (class, value) in free.into_iter().zip(new) {
+        slots[class] = value;
+    }
+    slots
 }
 
 /// What a reload does with a flow already in the table.
@@ -695,6 +726,34 @@ services:
                 Foreign,
                 Foreign
             ]
+        );
+    }
+
+    /// A value keeps its class while the config has it; a value it dropped keeps its class
+    /// (for the flows that started under it) until a new value finds no never-used class.
+    #[test]
+    fn idle_classes_keep_their_values_across_reloads() {
+        let none = [0u64; MAX_IDLE_CLASSES + 1];
+        let first = idle_slots(&none, &[60, 3600]);
+        assert_eq!(first[..4], [0, 60, 3600, 0]);
+        // A shorter value added, 60 dropped: 3600 stays in class 2, 60 stays in class 1.
+        let second = idle_slots(&first, &[30, 3600]);
+        assert_eq!(second[..5], [0, 60, 3600, 30, 0]);
+        // Class 0 is never given out, even if `before` held something there.
+        let mut odd = second;
+        odd[0] = 5;
+        assert_eq!(idle_slots(&odd, &[30, 3600]), second);
+        // Fifteen new values: the never-used classes first, then the dropped 60's.
+        let many: Vec<u64> = (1000..1015).collect();
+        let full = idle_slots(&second, &many);
+        let mut taken: Vec<u64> = full[1..].to_vec();
+        taken.sort_unstable();
+        assert_eq!(taken, many);
+        assert_eq!(full[4..], many[..12], "never-used classes, in order");
+        assert_eq!(
+            full[1..4],
+            [many[12], many[13], many[14]],
+            "then the dropped ones"
         );
     }
 }

@@ -388,8 +388,8 @@ impl Service {
 }
 
 impl Config {
-    /// The distinct `idle_timeout`s of the services, shortest first: idle class `n` (1-based,
-    /// `lb_common::flow::IDLE_CLASS`) has the `n`th (`plan::settings`).
+    /// The distinct `idle_timeout`s of the services, shortest first (each gets an idle class,
+    /// `lb_common::flow::IDLE_CLASS`, in `plan::settings`).
     pub fn idle_timeouts(&self) -> Vec<Duration> {
         let set: std::collections::BTreeSet<Duration> = self
             .services

@@ -271,6 +271,7 @@ impl Controller {
         };
         let host = plan::HostFacts {
             served_by: self.programmed.image.served_by.clone(),
+            idle_timeouts_ns: self.programmed.image.settings.idle_timeouts_ns,
             ..self.host_facts(own_macs)
         };
         let lifecycles = &self.lifecycles;

@@ -158,6 +158,7 @@ impl Programmer {
             own_macs,
             held_hops,
             served_by: self.programmed.image.served_by.clone(),
+            idle_timeouts_ns: self.programmed.image.settings.idle_timeouts_ns,
         };
         let image = plan::image(
             &self.config,

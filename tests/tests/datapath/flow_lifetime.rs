@@ -161,16 +161,45 @@ fn a_services_idle_timeout_replaces_the_protocols() {
     assert_eq!(new_flows(&bed, "dns"), 1, "dns keeps its flow");
     assert_eq!(new_flows(&bed, "ntp"), 2, "ntp's flow expired");
 
-    // web's idle timeout shortened to 1 ms: its flow ends though TCP's own is 2 h; the
-    // backend's next packet is not translated.
+    // A reload that adds a value shorter than every other (ntp's 30 min) and changes web's
+    // (1 h to 1 ms) renumbers nothing: each open flow's class still names the timeout it
+    // started with (dns 3 h, web 1 h), so web's flow goes on and its backend's next packet is
+    // still translated. A new web flow takes the 1 ms and ends.
+    let timeout_of = |bed: &Bed, port: u16| {
+        let settings = bed.dp.settings().unwrap();
+        settings.idle_timeouts_ns[class_of(bed, port) as usize]
+    };
+    let hour = Duration::from_secs(3600).as_nanos() as u64;
+    assert_eq!(
+        [timeout_of(&bed, 443), timeout_of(&bed, 88)],
+        [hour, 3 * hour]
+    );
     let backend = bed.predict("web", client.0, client.1);
     let answer = bed.from_backend(Pkt::tcp((backend, 443), client, ACK), bed.server_if);
-    assert_eq!(bed.run(bed.server_if, &answer.bytes()).0, XDP_REDIRECT);
+    set_idle(&mut bed, "ntp", Duration::from_secs(1800));
     set_idle(&mut bed, "web", Duration::from_millis(1));
     bed.reprogram();
+    assert_eq!(
+        [timeout_of(&bed, 443), timeout_of(&bed, 88)],
+        [hour, 3 * hour]
+    );
+    std::thread::sleep(Duration::from_millis(20)); // past the coarse clock's tick and 1 ms
+    assert_eq!(bed.run(bed.server_if, &answer.bytes()).0, XDP_REDIRECT);
+    let late = (client_ip(3), 40_001);
+    bed.connect(late, (VIP, 443));
+    let flows = bed.dp.reader().flows().unwrap();
+    let (_, e) = flows
+        .iter()
+        .find(|(k, _)| k.src_port == late.1.to_be())
+        .expect("the new web flow");
+    let class = (e.flags >> IDLE_CLASS_SHIFT) as usize;
+    let ms = Duration::from_millis(1).as_nanos() as u64;
+    assert_eq!(bed.dp.settings().unwrap().idle_timeouts_ns[class], ms);
+    let backend = bed.predict("web", late.0, late.1);
+    let answer = bed.from_backend(Pkt::tcp((backend, 443), late, ACK), bed.server_if);
     std::thread::sleep(Duration::from_millis(20));
     let (action, out) = bed.run(bed.server_if, &answer.bytes());
-    assert_eq!(action, XDP_PASS, "the flow idled out: not ours");
+    assert_eq!(action, XDP_PASS, "the new flow idled out: not ours");
     assert_eq!(out, answer.bytes());
 }
 
