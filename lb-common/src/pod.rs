@@ -1,6 +1,6 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, flow, fragment, next_hop, service, settings, stats, sticky};
+use crate::{addr, backend, flow, fragment, maps, next_hop, service, settings, stats, sticky};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -19,6 +19,7 @@ pod!(
     flow::FlowKey,
     flow::FlowEntry,
     flow::ReplyEntry,
+    maps::LayoutStamp,
     next_hop::NextHop,
     next_hop::BackendHop,
     settings::DatapathSettings,

@@ -8,6 +8,7 @@
 pub mod attach;
 mod batch;
 mod cluster;
+pub mod layout;
 mod maps;
 mod mmap;
 mod next_hops;
@@ -130,6 +131,7 @@ impl Datapath {
         std::fs::create_dir_all(dir).map_err(io_err("creating the pin directory"))?;
         let mut adoption = pins::check(dir)?;
         let mut dp = Self::load_with(sizes, Some(dir))?;
+        layout::write(dir)?;
         if let Some(a) = &mut adoption {
             let rebuild: Vec<(&'static str, bool)> = a.replies_to_rebuild().collect();
             for (name, half_open) in rebuild {
@@ -293,7 +295,7 @@ fn load_verified(prog: &mut Xdp) -> Result<()> {
 
 /// Removes every map pin of the datapath under `dir` (after `xnlb stop` detached it).
 pub fn unpin_maps(dir: &Path) {
-    for &name in names::ALL {
+    for &name in names::ALL.iter().chain(&[names::LAYOUT]) {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }

@@ -4,13 +4,13 @@
 //! another layout (an upgrade that changed it) is replaced by a fresh one where the controller
 //! can write it again, and refused where it holds connections. The caller says what happened.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::maps::MapInfo;
 use lb_common::maps as names;
 
-use super::object::XDP_OBJECT;
+use super::{layout, object::XDP_OBJECT};
 
 /// Maps that hold connections: nothing can write them again. A missing reply table is rebuilt
 /// from its flow table; a missing flow table loses its connections.
@@ -92,6 +92,7 @@ pub fn check(dir: &Path) -> Result<Option<Adoption>> {
         return Ok(None);
     }
     let object = aya_obj::Object::parse(XDP_OBJECT).context("reading the embedded object")?;
+    let stamped = layout::read(dir)?;
     let mut adoption = Adoption::default();
     // Every pin is checked before any is replaced: a refusal leaves the directory as it was.
     let mut outdated = Vec::new();
@@ -107,7 +108,8 @@ pub fn check(dir: &Path) -> Result<Option<Adoption>> {
             .with_context(|| format!("the object has no map {name}"))?;
         let pinned = MapInfo::from_pin(&path)
             .with_context(|| format!("reading the pinned {}", path.display()))?;
-        let Some(how) = difference(&pinned, want) else {
+        let how = difference(&pinned, want).or_else(|| version_difference(&stamped, name));
+        let Some(how) = how else {
             continue;
         };
         if CONNECTIONS.contains(&name) {
@@ -126,6 +128,22 @@ pub fn check(dir: &Path) -> Result<Option<Adoption>> {
             .with_context(|| format!("removing the outdated pin {}", path.display()))?;
     }
     Ok(Some(adoption))
+}
+
+/// How the layout version `name` was pinned with (`stamped`: `LAYOUT`'s) differs from this
+/// build's, if it does: same sizes can hold other meanings.
+fn version_difference(stamped: &Option<BTreeMap<String, u32>>, name: &str) -> Option<String> {
+    let ours = names::version(name)?;
+    let Some(stamped) = stamped else {
+        return Some(format!(
+            "made by an xnlb without layout versions, this xnlb's is {ours}"
+        ));
+    };
+    match stamped.get(name) {
+        Some(&v) if v == ours => None,
+        Some(&v) => Some(format!("layout version {v}, this xnlb's {ours}")),
+        None => Some(format!("no layout version, this xnlb's is {ours}")),
+    }
 }
 
 /// How a pinned map differs from the object's definition of it, if it does. Sizes are left

@@ -2,6 +2,7 @@
 //! restart` does), and bad input on the wire.
 
 use super::*;
+use xnlb::datapath::layout;
 
 pub(super) fn fail_static(mode: Mode) {
     let farm = Farm::new(mode, 3);
@@ -239,7 +240,8 @@ fn pin_as(dir: &std::path::Path, from: &str, to: &str) {
 /// what it rebuilt, replaced or why it refuses. A lost `REPLIES` pin is rebuilt from the flows,
 /// and a transfer that spans it completes; a map of another layout is replaced when the
 /// controller can write it again (`SERVED_BY`) and refused when it holds connections
-/// (`FLOWS`); an interface whose link pin was removed is said to have been unbalanced, and is
+/// (`FLOWS`), and so is a map whose layout version (`LAYOUT`) differs or is missing; an
+/// interface whose link pin was removed is said to have been unbalanced, and is
 /// attached anew.
 pub(super) fn pins_are_checked() {
     let farm = Farm::new(Mode::OneArm, 3);
@@ -292,7 +294,53 @@ pub(super) fn pins_are_checked() {
     std::fs::remove_file(pins.join("FLOWS")).unwrap();
     flows.pin(pins.join("FLOWS")).expect("FLOWS pinned again");
 
-    // 4. The link's pin removed: the interface is no longer balanced (nothing holds the link);
+    // 4. Same sizes, another meaning: FLOWS stamped with another layout version (an upgrade
+    // that gave a padding byte a use). Refused like a change of size.
+    let ours = |name| lb_common::maps::version(name).unwrap();
+    let stamped_with = |name: &str, version: u32| {
+        let versions: Vec<(&str, u32)> = (lb_common::maps::VERSIONS.iter())
+            .map(|&(n, v)| (n, if n == name { version } else { v }))
+            .collect();
+        layout::stamp(&pins, &versions).expect("stamp LAYOUT");
+    };
+    stamped_with("FLOWS", ours("FLOWS") + 1);
+    let err = xnlb_tests::daemon::refused_run(&farm.net.lb, &d.files.config, Some(&pins));
+    let says = format!(
+        "the pinned FLOWS has another layout than this xnlb's (layout version {}, this xnlb's {})",
+        ours("FLOWS") + 1,
+        ours("FLOWS")
+    );
+    assert!(err.contains(&says), "{err}");
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "fail-static through the refusal");
+
+    // 5. SERVED_BY stamped with another version: replaced, and balancing goes on.
+    stamped_with("SERVED_BY", ours("SERVED_BY") + 1);
+    d.spawn(&farm.net.lb);
+    let says = format!(
+        "SERVED_BY was pinned with another layout (layout version {}, this xnlb's {}): replaced",
+        ours("SERVED_BY") + 1,
+        ours("SERVED_BY")
+    );
+    assert!(d.log().contains(&says), "{}", d.log());
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "{answered:?}");
+
+    // 6. No LAYOUT (a datapath made before layout versions): nothing vouches for the
+    // connections' bytes; refused.
+    d.kill9();
+    std::fs::remove_file(pins.join("LAYOUT")).unwrap();
+    let err = xnlb_tests::daemon::refused_run(&farm.net.lb, &d.files.config, Some(&pins));
+    assert!(
+        err.contains("the pinned FLOWS has another layout")
+            && err.contains("made by an xnlb without layout versions"),
+        "{err}"
+    );
+    let answered: Vec<String> = (0..30).map(|i| farm.get(clients[i % 3], HTTP)).collect();
+    assert_eq!(tally(&answered).len(), 3, "fail-static through the refusal");
+    layout::write(&pins).expect("stamp LAYOUT as this xnlb's");
+
+    // 7. The link's pin removed: the interface is no longer balanced (nothing holds the link);
     // the restart says so and attaches anew.
     std::fs::remove_file(pins.join("link-lan0")).unwrap();
     d.spawn(&farm.net.lb);
