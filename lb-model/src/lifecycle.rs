@@ -102,7 +102,7 @@ mod tests {
     use super::*;
 
     fn check() -> Health {
-        serde_yaml::from_str("http: {path: /, port: 80}").unwrap()
+        serde_norway::from_str("http: {path: /, port: 80}").unwrap()
     }
 
     #[test]

@@ -204,7 +204,7 @@ mod tests {
             "name: {name}\nvip: 198.18.0.100\nports: [443]\nsticky_timeout: 10s\n\
              backends: [{{name: a, address: 198.18.2.1}}, {{name: b, address: 198.18.2.2}}]\n"
         );
-        let mut s: Service = serde_yaml::from_str(&text).unwrap();
+        let mut s: Service = serde_norway::from_str(&text).unwrap();
         s.persistence_group = group.map(str::to_string);
         s.affinity = affinity;
         s
@@ -251,7 +251,7 @@ mod tests {
         );
         assert_eq!(to_clear(&other, &entries, Some(c1), None).len(), 1);
         let mut config: Config =
-            serde_yaml::from_str("interfaces: { client: a, server: b }\nservices: []\n").unwrap();
+            serde_norway::from_str("interfaces: { client: a, server: b }\nservices: []\n").unwrap();
         config.services = vec![owa, rpc, other];
         let counts = census(&config, &entries, now);
         assert_eq!(counts[&("rpc".to_string(), "a".to_string())], 1);

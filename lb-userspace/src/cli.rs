@@ -210,7 +210,7 @@ fn resolve_socket(flag: Option<&Path>, env: Option<&Path>, config: &Path) -> Soc
 /// daemon while the file holds an edit that does not pass `check` yet.
 fn configured_socket(config: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(config).ok()?;
-    let document: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let document: serde_norway::Value = serde_norway::from_str(&text).ok()?;
     let socket = document.get("admin")?.get("socket")?.as_str()?;
     Some(PathBuf::from(socket))
 }

@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     fn config(services: &str) -> Config {
-        serde_yaml::from_str(&format!(
+        serde_norway::from_str(&format!(
             "interfaces: {{ client: eth0, server: eth1 }}\nservices:\n{services}"
         ))
         .unwrap()

@@ -192,7 +192,7 @@ mod tests {
     use super::*;
 
     fn health(yaml: &str) -> Health {
-        serde_yaml::from_str(yaml).expect(yaml)
+        serde_norway::from_str(yaml).expect(yaml)
     }
 
     #[test]
@@ -224,6 +224,6 @@ require: any",
     fn a_list_entry_with_two_kinds_is_both_and_validation_refuses_it() {
         let h = health("checks: [ { tcp: { port: 25 }, http: { path: /, port: 80 } } ]");
         assert_eq!(h.checks[0].kinds().len(), 2);
-        assert!(serde_yaml::from_str::<Health>("checks: [ { smtp: { port: 25 } } ]").is_err());
+        assert!(serde_norway::from_str::<Health>("checks: [ { smtp: { port: 25 } } ]").is_err());
     }
 }

@@ -89,8 +89,8 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
         file: file.to_string(),
         problems,
     };
-    let doc: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(serde_yaml::Value::Null) => {
+    let doc: serde_norway::Value = match serde_norway::from_str(text) {
+        Ok(serde_norway::Value::Null) => {
             return Err(fail(vec![
                 Problem::new("", "the file is empty").hint("start from the example in the README"),
             ]));
@@ -108,7 +108,7 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
                 .iter()
                 .any(|t| e.to_string().contains(t)) =>
         {
-            // serde_yaml reads integers past 64 bits this way; say it plainly.
+            // serde_norway reads integers past 64 bits this way; say it plainly.
             let mut p = Problem::new("", "a number too large for any setting")
                 .hint("ports, weights and sizes are small numbers; durations take units (2s)");
             p.at = e.location().map(|l| (l.line(), l.column()));
@@ -142,23 +142,23 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, ConfigError> {
 
 /// The typed config, or `None` with every type error found: the top level, then each service
 /// on its own so that a mistake in one does not hide mistakes in the next.
-fn typed(doc: &serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Config> {
+fn typed(doc: &serde_norway::Value, problems: &mut Vec<Problem>) -> Option<Config> {
     if let Ok(config) = deserialize::<Config>(doc, "", problems) {
         return Some(config);
     }
     problems.clear();
     let mut top = doc.clone();
     let services = match &mut top {
-        serde_yaml::Value::Mapping(m) => {
-            m.insert("services".into(), serde_yaml::Value::Sequence(vec![]))
+        serde_norway::Value::Mapping(m) => {
+            m.insert("services".into(), serde_norway::Value::Sequence(vec![]))
         }
         _ => None,
     };
     let _ = deserialize::<Config>(&top, "", problems);
-    if let Some(serde_yaml::Value::Sequence(services)) = services {
+    if let Some(serde_norway::Value::Sequence(services)) = services {
         for (i, service) in services.iter().enumerate() {
             let path = format!("services[{i}]");
-            match serde_yaml::from_value::<Service>(service.clone()) {
+            match serde_norway::from_value::<Service>(service.clone()) {
                 Ok(service) => problems.extend(validate::service_problems(&service, &path)),
                 Err(_) => service_type_errors(service, &path, problems),
             }
@@ -169,19 +169,19 @@ fn typed(doc: &serde_yaml::Value, problems: &mut Vec<Problem>) -> Option<Config>
 
 /// Every type error of a service that does not parse: its own keys, each port, each backend
 /// and its health block on their own, so that one mistake does not hide the next.
-fn service_type_errors(service: &serde_yaml::Value, path: &str, problems: &mut Vec<Problem>) {
-    let serde_yaml::Value::Mapping(keys) = service else {
+fn service_type_errors(service: &serde_norway::Value, path: &str, problems: &mut Vec<Problem>) {
+    let serde_norway::Value::Mapping(keys) = service else {
         let _ = deserialize::<Service>(service, path, problems);
         return;
     };
     let mut own = keys.clone();
-    let empty = || serde_yaml::Value::Sequence(vec![]);
+    let empty = || serde_norway::Value::Sequence(vec![]);
     let ports = own.insert("ports".into(), empty());
     let backends = own.insert("backends".into(), empty());
     let health = own.remove("health");
-    every_error::<Service>(serde_yaml::Value::Mapping(own), path, problems);
-    let each = |list: Option<serde_yaml::Value>| match list {
-        Some(serde_yaml::Value::Sequence(items)) => items,
+    every_error::<Service>(serde_norway::Value::Mapping(own), path, problems);
+    let each = |list: Option<serde_norway::Value>| match list {
+        Some(serde_norway::Value::Sequence(items)) => items,
         _ => Vec::new(),
     };
     for (i, port) in each(ports).iter().enumerate() {
@@ -199,7 +199,7 @@ fn service_type_errors(service: &serde_yaml::Value, path: &str, problems: &mut V
 /// again (a key with a default then reads as its default; a required one set aside comes back
 /// as "missing", which is not said again).
 fn every_error<T: DeserializeOwned>(
-    mut value: serde_yaml::Value,
+    mut value: serde_norway::Value,
     path: &str,
     problems: &mut Vec<Problem>,
 ) {
@@ -223,7 +223,7 @@ fn every_error<T: DeserializeOwned>(
 }
 
 /// Removes the mapping key at `keys` (a path of keys only); false when there is none.
-fn remove_key(value: &mut serde_yaml::Value, keys: &[String]) -> bool {
+fn remove_key(value: &mut serde_norway::Value, keys: &[String]) -> bool {
     let Some((last, parents)) = keys.split_last() else {
         return false;
     };
@@ -235,14 +235,14 @@ fn remove_key(value: &mut serde_yaml::Value, keys: &[String]) -> bool {
         }
     }
     match at {
-        serde_yaml::Value::Mapping(m) if !last.is_empty() => m.remove(last.as_str()).is_some(),
+        serde_norway::Value::Mapping(m) if !last.is_empty() => m.remove(last.as_str()).is_some(),
         _ => false,
     }
 }
 
 /// `T` from `value`, or where and why it is not one.
 fn deserialize<T: DeserializeOwned>(
-    value: &serde_yaml::Value,
+    value: &serde_norway::Value,
     prefix: &str,
     problems: &mut Vec<Problem>,
 ) -> Result<T, ()> {
@@ -257,7 +257,10 @@ struct TypeError {
     missing: Option<String>,
 }
 
-fn read<T: DeserializeOwned>(value: &serde_yaml::Value, prefix: &str) -> Result<T, Box<TypeError>> {
+fn read<T: DeserializeOwned>(
+    value: &serde_norway::Value,
+    prefix: &str,
+) -> Result<T, Box<TypeError>> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix, inner.as_str()) {

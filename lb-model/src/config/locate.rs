@@ -40,7 +40,7 @@ impl Locations {
     }
 }
 
-/// yaml-rust2 counts columns from 0; editors and serde_yaml from 1.
+/// yaml-rust2 counts columns from 0; editors and serde_norway from 1.
 fn line_col(mark: Marker) -> LineCol {
     (mark.line(), mark.col() + 1)
 }

@@ -460,7 +460,7 @@ mod tests {
     fn service(vip: &str, protocol: &str, ports: &str) -> Service {
         let text =
             format!("name: s\nvip: {vip}\nprotocol: {protocol}\nports: [{ports}]\nbackends: []\n");
-        serde_yaml::from_str(&text).expect("a service")
+        serde_norway::from_str(&text).expect("a service")
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl Bed {
             "{{ node_id: {node_id}, interface: cli0, mac_mode: {} }}",
             mac_mode.label()
         );
-        self.program.config.cluster = Some(serde_yaml::from_str(&text).expect("a cluster block"));
+        self.program.config.cluster = Some(serde_norway::from_str(&text).expect("a cluster block"));
         self.program.apply(&mut self.dp);
     }
 

@@ -31,7 +31,7 @@ pub fn service(name: &str, port: u16, backends: &[Ipv4Addr]) -> Service {
 /// `service` on `vip` over `backends`, of either IP version.
 pub fn service_at(name: &str, vip: IpAddr, port: u16, backends: &[IpAddr]) -> Service {
     let text = format!("name: {name}\nvip: \"{vip}\"\nports: [{port}]\nbackends: []\n");
-    let mut s: Service = serde_yaml::from_str(&text).expect("a service");
+    let mut s: Service = serde_norway::from_str(&text).expect("a service");
     s.backends = backends
         .iter()
         .enumerate()
@@ -48,7 +48,7 @@ pub fn backend(name: &str, addr: Ipv4Addr) -> xnlb::config::Backend {
 /// `backend` at an address of either IP version.
 pub fn backend_at(name: &str, addr: IpAddr) -> xnlb::config::Backend {
     let text = format!("name: {name}\naddress: \"{addr}\"\n");
-    serde_yaml::from_str(&text).expect("a backend")
+    serde_norway::from_str(&text).expect("a backend")
 }
 
 /// The controller's record of the bed's maps and what they were made from.
