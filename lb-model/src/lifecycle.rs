@@ -19,12 +19,33 @@ pub enum AdminState {
     Disabled,
 }
 
+impl AdminState {
+    /// The verb that asks for it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Enabled => "enable",
+            Self::Draining => "drain",
+            Self::Disabled => "disable",
+        }
+    }
+}
+
 /// One (service, backend)'s lifecycle.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lifecycle {
     pub admin: AdminState,
     /// Rise/fall counting; `None` when the service has no health check (always healthy).
     pub health: Option<Tracker>,
+    /// Its last change of state (`noted`); `None` while in the state it started in.
+    pub last_change: Option<Change>,
+}
+
+/// A change of a backend's state: when, from what, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub at: std::time::SystemTime,
+    pub from: BackendState,
+    pub reason: String,
 }
 
 impl Lifecycle {
@@ -34,6 +55,18 @@ impl Lifecycle {
         Self {
             admin: AdminState::Enabled,
             health: check.map(|h| Tracker::new(h.rise, h.fall, h.initial == InitialHealth::Up)),
+            last_change: None,
+        }
+    }
+
+    /// Records the change from `before` to the state it is in now, if there was one.
+    pub fn noted(&mut self, before: BackendState, reason: impl Into<String>) {
+        if self.state() != before {
+            self.last_change = Some(Change {
+                at: std::time::SystemTime::now(),
+                from: before,
+                reason: reason.into(),
+            });
         }
     }
 

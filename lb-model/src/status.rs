@@ -4,7 +4,8 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use lb_common::{
-    flow::{FlowEntry, FlowKey},
+    addr::PROTO_TCP,
+    flow::{FlowEntry, FlowKey, FlowState},
     settings::DatapathSettings,
 };
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,34 @@ pub struct Status {
     pub cluster: Option<crate::cluster::ClusterStatus>,
     pub interfaces: Vec<InterfaceStatus>,
     pub config: String,
+    /// Seconds since the daemon started (a restart adopts the datapath: its counters go on).
+    #[serde(default)]
+    pub uptime_secs: u64,
+    /// The span the `rates` are measured over, in seconds; 0 in the daemon's first second
+    /// (no rates yet).
+    #[serde(default)]
+    pub rates_over_secs: f64,
     pub conntrack: ConntrackStatus,
     pub services: Vec<ServiceStatus>,
+}
+
+/// Per second, over the status's `rates_over_secs`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rates {
+    pub packets: f64,
+    pub bytes: f64,
+    pub new_flows: f64,
+}
+
+/// A backend's last change of state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChangeStatus {
+    /// When, seconds since the Unix epoch.
+    pub at: f64,
+    /// The state before.
+    pub from: BackendState,
+    /// `3 failures, last: HTTP 503 Service Unavailable`, `administrator: drain`, ...
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,6 +67,9 @@ pub struct InterfaceStatus {
 pub struct ConntrackStatus {
     /// Live established flows (not yet timed out).
     pub entries: u64,
+    /// Of those, the open connections seen in the last minute (`ACTIVE_WITHIN_SECS`).
+    #[serde(default)]
+    pub active: u64,
     pub max_entries: u32,
     /// Live half-open TCP flows (SYN seen, handshake not completed).
     pub half_open: u64,
@@ -75,6 +105,11 @@ pub struct ServiceStatus {
     pub packets: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// Open connections seen in the last minute, over its backends.
+    #[serde(default)]
+    pub active_connections: u64,
+    #[serde(default)]
+    pub rates: Rates,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -88,7 +123,16 @@ pub struct BackendStatus {
     pub weight: u32,
     pub priority: u32,
     pub health: HealthStatus,
+    /// `null` while it is in the state it started in (or was adopted in).
+    #[serde(default)]
+    pub last_change: Option<ChangeStatus>,
+    /// Tracked flows: entries of the connection table that have not timed out, idle ones
+    /// included (up to `tcp_timeout`, 2 h by default).
     pub active_flows: u64,
+    /// Open connections (TCP not closing, or UDP) with a packet in the last minute
+    /// (`ACTIVE_WITHIN_SECS`).
+    #[serde(default)]
+    pub active_connections: u64,
     /// Clients whose sticky entry (of this service's table) names this backend.
     #[serde(default)]
     pub sticky_clients: u64,
@@ -100,6 +144,8 @@ pub struct BackendStatus {
     pub bytes_to_backend: u64,
     pub packets_to_client: u64,
     pub bytes_to_client: u64,
+    #[serde(default)]
+    pub rates: Rates,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -147,19 +193,39 @@ impl HealthStatus {
     }
 }
 
-/// Live flows per backend id, from a read of the connection table. A flow counts while its
-/// last packet is younger than its protocol's (or closing) timeout, as the datapath judges it.
+/// A connection is active while open and seen this recently: long enough for a quiet
+/// interactive session's keep-alives, short enough that the count says what is in use now
+/// rather than what the table still remembers.
+pub const ACTIVE_WITHIN_SECS: u64 = 60;
+
+/// Flows of a table (or of one backend) by how alive they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    /// Not timed out, as the datapath judges it (`FlowEntry::expired`).
+    pub live: u64,
+    /// Live, open (TCP neither closing nor closed; UDP) and seen within `ACTIVE_WITHIN_SECS`.
+    pub active: u64,
+}
+
+/// The flows of a read of a connection table, in all and per backend id.
 pub fn flow_census(
     flows: &[(FlowKey, FlowEntry)],
     settings: &DatapathSettings,
     now_ns: u64,
-) -> (u64, HashMap<u32, u64>) {
-    let mut per_backend = HashMap::new();
-    let mut total = 0;
+) -> (FlowCount, HashMap<u32, FlowCount>) {
+    let mut per_backend: HashMap<u32, FlowCount> = HashMap::new();
+    let mut total = FlowCount::default();
     for (key, entry) in flows {
-        if !entry.expired(key.proto, settings, now_ns) {
-            total += 1;
-            *per_backend.entry(entry.backend_id).or_insert(0) += 1;
+        if entry.expired(key.proto, settings, now_ns) {
+            continue;
+        }
+        let recent = now_ns.saturating_sub(entry.last_seen_ns) < ACTIVE_WITHIN_SECS * 1_000_000_000;
+        let open = key.proto != PROTO_TCP || entry.state == FlowState::Open as u8;
+        let active = u64::from(recent && open);
+        let backend = per_backend.entry(entry.backend_id).or_default();
+        for count in [&mut total, backend] {
+            count.live += 1;
+            count.active += active;
         }
     }
     (total, per_backend)
@@ -180,6 +246,43 @@ fn human(n: u64, unit: &str) -> String {
     }
 }
 
+/// A rate per second as a person reads it: `0`, `0.4`, `12`, `1.5k`.
+fn rate(per_sec: f64, unit: &str) -> String {
+    if per_sec < 10.0 && per_sec.fract() != 0.0 {
+        format!("{per_sec:.1}{unit}")
+    } else {
+        human(per_sec.round() as u64, unit)
+    }
+}
+
+/// A service's rates in words.
+fn per_second(r: &Rates) -> String {
+    format!(
+        "{} new flows/s, {} packets/s, {}/s",
+        rate(r.new_flows, ""),
+        rate(r.packets, ""),
+        rate(r.bytes, "B")
+    )
+}
+
+/// A span of time in its two largest units: `42s`, `4m12s`, `3h04m`, `2d03h`.
+fn span(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Now, in the status's time (seconds since the Unix epoch).
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 impl Status {
     /// The table `xnlb status` prints.
     pub fn render(&self) -> String {
@@ -191,16 +294,19 @@ impl Status {
             .collect();
         let _ = writeln!(
             out,
-            "xnlb {}{}   {}   flows {}/{} established, {}/{} half-open   config {}",
+            "xnlb {}{}   up {}   {}   flows {}/{} established ({} active), {}/{} half-open   \
+             config {}",
             self.mode,
             match (self.routing.as_str(), self.cluster.is_some()) {
                 ("held", true) => " (next hops held: cluster mode)",
                 ("held", false) => " (next hops held: forwarding off)",
                 _ => "",
             },
+            span(self.uptime_secs as f64),
             ifaces.join(", "),
             self.conntrack.entries,
             self.conntrack.max_entries,
+            self.conntrack.active,
             self.conntrack.half_open,
             self.conntrack.half_open_max_entries,
             self.config
@@ -250,6 +356,17 @@ impl Status {
                 human(s.bytes, "B"),
                 s.dropped
             );
+            let rated = self.rates_over_secs > 0.0;
+            if rated {
+                let _ = writeln!(
+                    out,
+                    "  {} active connection{}; over the last {:.0}s: {}",
+                    s.active_connections,
+                    if s.active_connections == 1 { "" } else { "s" },
+                    self.rates_over_secs,
+                    per_second(&s.rates)
+                );
+            }
             let sticky = s.sticky_timeout.is_some();
             let rows: Vec<Vec<String>> = s
                 .backends
@@ -263,25 +380,45 @@ impl Status {
                         },
                         b.state.label().to_string(),
                         b.weight.to_string(),
+                        b.active_connections.to_string(),
                         b.active_flows.to_string(),
                         b.new_flows.to_string(),
                     ];
                     if sticky {
                         row.push(b.sticky_clients.to_string());
                     }
-                    row.extend([
-                        human(b.packets, ""),
-                        human(b.bytes, "B"),
-                        b.health.detail.clone(),
-                    ]);
+                    row.extend([human(b.packets, ""), human(b.bytes, "B")]);
+                    if rated {
+                        row.extend([
+                            rate(b.rates.new_flows, ""),
+                            rate(b.rates.packets, ""),
+                            rate(b.rates.bytes, "B"),
+                        ]);
+                    }
+                    row.push(b.health.detail.clone());
+                    row.push(match &b.last_change {
+                        Some(c) => format!(
+                            "{} ago, was {}: {}",
+                            span(now_secs() - c.at),
+                            c.from.label(),
+                            c.reason
+                        ),
+                        None => "-".to_string(),
+                    });
                     row
                 })
                 .collect();
-            let mut header = vec!["BACKEND", "ADDRESS", "STATE", "WEIGHT", "FLOWS", "NEW"];
+            let mut header = vec![
+                "BACKEND", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "TRACKED", "NEW",
+            ];
             if sticky {
                 header.push("STICKY");
             }
-            header.extend(["PACKETS", "BYTES", "HEALTH"]);
+            header.extend(["PACKETS", "BYTES"]);
+            if rated {
+                header.extend(["NEW/S", "PKTS/S", "BYTES/S"]);
+            }
+            header.extend(["HEALTH", "LAST CHANGE"]);
             let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
             for r in &rows {
                 for (w, c) in widths.iter_mut().zip(r) {
@@ -312,10 +449,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{
-        addr::{PROTO_TCP, PROTO_UDP},
-        flow::FlowState,
-    };
+    use lb_common::addr::PROTO_UDP;
 
     #[test]
     fn census_counts_only_live_flows() {
@@ -346,15 +480,56 @@ mod tests {
             flow(PROTO_UDP, 3, 940, 0),
         ];
         let (total, per) = flow_census(&flows, &s, 1000);
-        assert_eq!(total, 3);
-        assert_eq!(per.get(&1), Some(&1));
-        assert_eq!(per.get(&2), Some(&1));
-        assert_eq!(per.get(&3), Some(&1));
+        assert_eq!(total.live, 3);
+        let live = |id| per.get(&id).map(|c| c.live);
+        assert_eq!([live(1), live(2), live(3)], [Some(1), Some(1), Some(1)]);
+        // All seen within the minute; the closing one is not open.
+        assert_eq!(total.active, 2);
+    }
+
+    #[test]
+    fn an_idle_connection_is_tracked_but_not_active() {
+        let s = DatapathSettings::defaults(); // tcp_timeout 2 h
+        let minute = ACTIVE_WITHIN_SECS * 1_000_000_000;
+        let now = 10 * minute;
+        let flow = |last_seen_ns| {
+            let key = FlowKey {
+                proto: PROTO_TCP,
+                ..Default::default()
+            };
+            let entry = FlowEntry {
+                last_seen_ns,
+                backend_id: 7,
+                ..Default::default()
+            };
+            (key, entry)
+        };
+        let flows = [
+            flow(now - minute + 1),
+            flow(now - minute),
+            flow(now - 5 * minute),
+        ];
+        let (total, per) = flow_census(&flows, &s, now);
+        let want = FlowCount { live: 3, active: 1 };
+        assert_eq!((total, per[&7]), (want, want));
     }
 
     #[test]
     fn sizes_read_like_a_person_writes_them() {
         assert_eq!(human(999, ""), "999");
         assert_eq!(human(1_234_567, "B"), "1.2MB");
+        assert_eq!(
+            [
+                rate(0.0, ""),
+                rate(0.4, ""),
+                rate(12.3, ""),
+                rate(1500.0, "B")
+            ],
+            ["0", "0.4", "12", "1.5kB"]
+        );
+        assert_eq!(
+            [span(42.9), span(252.0), span(11_040.0), span(183_600.0)],
+            ["42s", "4m12s", "3h04m", "2d03h"]
+        );
     }
 }

@@ -93,6 +93,11 @@ pub enum Command {
         json: bool,
         /// Only this service.
         service: Option<String>,
+        /// Redraw every SECONDS (2 without a number) until Ctrl-C, like `watch ipvsadm -Ln
+        /// --rate`.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2",
+              conflicts_with = "json", value_parser = watch_period)]
+        watch: Option<std::time::Duration>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -187,6 +192,17 @@ impl SocketArg {
             &self.config,
         )
     }
+}
+
+/// `--watch`'s period: seconds, a tenth of a second to an hour.
+fn watch_period(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.1..=3600.0).contains(&secs) {
+        return Err(format!("{secs} s is outside 0.1 to 3600"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn resolve_socket(flag: Option<&Path>, env: Option<&Path>, config: &Path) -> Socket {

@@ -40,24 +40,19 @@ fn main() -> ExitCode {
         Command::Status {
             json,
             service,
+            watch: Some(period),
+            socket,
+        } => {
+            debug_assert!(!json, "clap: --watch conflicts with --json");
+            watch_status(&socket, service.as_deref(), period)
+        }
+        Command::Status {
+            json,
+            service,
+            watch: None,
             socket,
         } => call(&socket, Request::Status, |r| {
-            let mut status = r.status.expect("status answers carry a status");
-            if let Some(name) = &service {
-                let names: Vec<String> = status.services.iter().map(|s| s.name.clone()).collect();
-                status.services.retain(|s| &s.name == name);
-                if status.services.is_empty() {
-                    return Err(format!(
-                        "unknown service `{name}`; services: {}",
-                        names.join(", ")
-                    ));
-                }
-            }
-            Ok(if json {
-                serde_json::to_string_pretty(&status).expect("status serializes")
-            } else {
-                status.render()
-            })
+            show_status(r, service.as_deref(), json)
         }),
         Command::Drain(t) => target(t, |service, backend| Request::Drain { service, backend }),
         Command::Disable(t) => target(t, |service, backend| Request::Disable { service, backend }),
@@ -128,6 +123,59 @@ fn init_logging() {
     } else {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+}
+
+/// The status answer as text or JSON, of one service or all.
+fn show_status(r: admin::Response, service: Option<&str>, json: bool) -> Result<String, String> {
+    let mut status = r.status.expect("status answers carry a status");
+    if let Some(name) = service {
+        let names: Vec<String> = status.services.iter().map(|s| s.name.clone()).collect();
+        status.services.retain(|s| s.name == name);
+        if status.services.is_empty() {
+            return Err(format!(
+                "unknown service `{name}`; services: {}",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(if json {
+        serde_json::to_string_pretty(&status).expect("status serializes")
+    } else {
+        status.render()
+    })
+}
+
+/// `status --watch`: the status redrawn in place every `period` until interrupted. A failed
+/// request (the daemon restarting) is shown in its place and asked again, as `watch` does;
+/// only an unknown service ends it.
+fn watch_status(
+    socket: &SocketArg,
+    service: Option<&str>,
+    period: std::time::Duration,
+) -> ExitCode {
+    let Socket { path, from } = socket.resolve();
+    loop {
+        let frame = match admin::request(&path, &Request::Status) {
+            Ok(r) if r.ok => match show_status(r, service, false) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("xnlb: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Ok(r) => format!("xnlb: {}\n", r.message.unwrap_or_default().trim_end()),
+            Err(e @ ClientError::NotRunning(_)) => format!("xnlb: {e} (socket from {from})\n"),
+            Err(e) => format!("xnlb: {e}\n"),
+        };
+        // Home and clear the screen, then the frame under a line saying when and how often.
+        print!(
+            "\x1b[H\x1b[2J{} every {}s (Ctrl-C ends)\n\n{frame}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            period.as_secs_f64()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::thread::sleep(period);
     }
 }
 

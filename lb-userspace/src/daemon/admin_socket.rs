@@ -20,7 +20,7 @@ use tracing::warn;
 use super::{
     cluster::{ClusterHandle, Verb},
     control::Handle,
-    status::{View, status, sticky_rows},
+    status::{Samples, View, status, sticky_rows},
 };
 use crate::{
     admin::{ClusterAction, Request, Response},
@@ -55,6 +55,8 @@ pub struct Answerer {
     pub controller: Handle,
     pub view: watch::Receiver<Arc<View>>,
     pub reader: Arc<Reader>,
+    /// The counters' recent samples, for the status's rates.
+    pub samples: Arc<Samples>,
     /// Cluster mode's agent, when the config has a cluster block.
     pub cluster: Option<ClusterHandle>,
 }
@@ -72,12 +74,14 @@ impl Answerer {
         }
         let view = self.view.borrow().clone();
         let reader = self.reader.clone();
+        let samples = self.samples.clone();
         let cluster = self
             .cluster
             .as_ref()
             .map(|c| (*c.status.borrow().clone()).clone());
         // Reading the connection table is blocking syscalls: off the async workers.
-        let read = tokio::task::spawn_blocking(move || status(&view, &reader)).await;
+        let read =
+            tokio::task::spawn_blocking(move || status(&view, &reader, Some(&samples))).await;
         match read {
             Ok(Ok(mut status)) => {
                 status.cluster = cluster;

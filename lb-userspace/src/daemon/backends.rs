@@ -45,6 +45,7 @@ impl Controller {
             let Some(change) = change else {
                 continue;
             };
+            life.noted(before, &change.reason);
             let after = life.state();
             let overridden = if before == after {
                 format!(" (stays {}: administrator)", after.label())
@@ -87,6 +88,7 @@ impl Controller {
                 .expect("every backend has a lifecycle");
             let before = lifecycle.state();
             lifecycle.admin = admin;
+            lifecycle.noted(before, format!("administrator: {}", admin.verb()));
             changes.push((service, before, lifecycle.state()));
         }
         if changes.iter().any(|(_, before, after)| before != after) {

@@ -358,6 +358,9 @@ impl Controller {
 
     /// Publishes the current state to status and metrics.
     pub(super) fn publish(&self) {
+        // Read before `send_replace`: a borrow alive in its argument would hold the lock it
+        // takes.
+        let started = self.view.borrow().started;
         self.view.send_replace(Arc::new(View {
             mode: self.config.mode,
             config: self.config.clone(),
@@ -366,6 +369,7 @@ impl Controller {
             lifecycles: self.lifecycles.clone(),
             attached: self.attached.clone(),
             settings: self.programmed.image.settings,
+            started,
         }));
     }
 

@@ -250,7 +250,8 @@ impl Collector for ClusterCollector {
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let view = self.view.borrow().clone();
-        let (Ok(status), Ok(counters)) = (status(&view, &self.reader), self.reader.counters())
+        let (Ok(status), Ok(counters)) =
+            (status(&view, &self.reader, None), self.reader.counters())
         else {
             return Ok(());
         };
@@ -267,6 +268,7 @@ fn encode_snapshot(
     let mut bytes = Vec::new();
     let mut flows = Vec::new();
     let mut active = Vec::new();
+    let mut connections = Vec::new();
     let mut up = Vec::new();
     let mut sticky = Vec::new();
     let mut state = Vec::new();
@@ -288,6 +290,7 @@ fn encode_snapshot(
             bytes.push((dir("to_client"), b.bytes_to_client));
             flows.push((sb(), b.new_flows));
             active.push((sb(), b.active_flows as i64));
+            connections.push((sb(), b.active_connections as i64));
             if s.sticky_timeout.is_some() {
                 sticky.push((sb(), b.sticky_clients as i64));
             }
@@ -341,6 +344,12 @@ fn encode_snapshot(
         "xnlb_backend_active_flows",
         "Live flows to each backend",
         &active,
+    )?;
+    gauge(
+        e,
+        "xnlb_backend_active_connections",
+        "Open connections to each backend with a packet in the last minute",
+        &connections,
     )?;
     gauge(
         e,

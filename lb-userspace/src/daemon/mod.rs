@@ -103,10 +103,17 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
         controller.clone(),
         observed,
     ));
+    let samples = Arc::new(status::Samples::default());
+    tokio::spawn(sample_counters(
+        view.clone(),
+        reader.clone(),
+        samples.clone(),
+    ));
     let answerer = Answerer {
         controller: controller.clone(),
         view,
         reader,
+        samples,
         cluster,
     };
     let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
@@ -237,6 +244,31 @@ async fn forward_health(
         }
         if !controller.health(std::mem::take(&mut batch)) {
             break;
+        }
+    }
+}
+
+/// Samples the counters once a second for the status's rates. A failed read (the datapath's
+/// maps are the daemon's own: not expected) leaves a gap; the rates span the samples there are.
+async fn sample_counters(
+    view: watch::Receiver<Arc<status::View>>,
+    reader: Arc<crate::datapath::Reader>,
+    samples: Arc<status::Samples>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (view, reader, samples) = (view.borrow().clone(), reader.clone(), samples.clone());
+        let taken = tokio::task::spawn_blocking(move || samples.take(&view, &reader)).await;
+        // Said once when it starts failing, not every second.
+        match taken {
+            Ok(Err(e)) if !failing => {
+                warn!("sampling the counters for the status's rates: {e:#}");
+                failing = true;
+            }
+            Ok(Ok(())) => failing = false,
+            _ => {}
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `xnlb status` and the metrics read the same thing: the controller's last published `View`
 //! (names, ids, states) joined with the datapath's counters, read through a `Reader` of their
-//! own. Neither asks the controller, so neither waits for a reload or a health change.
+//! own. Neither asks the controller, so neither waits for a reload or a health change. The
+//! status's rates come from `Samples` of the counters, taken once a second.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use lb_common::{
@@ -17,7 +19,8 @@ use lb_model::{
     ids::IdBook,
     lifecycle::Lifecycle,
     status::{
-        self, BackendStatus, ConntrackStatus, HealthStatus, InterfaceStatus, ServiceStatus, Status,
+        self, BackendStatus, ChangeStatus, ConntrackStatus, HealthStatus, InterfaceStatus, Rates,
+        ServiceStatus, Status,
     },
     sticky::{self, StickyRow},
 };
@@ -47,6 +50,8 @@ pub struct View {
     pub lifecycles: BTreeMap<BackendName, Lifecycle>,
     pub attached: Vec<Attachment>,
     pub settings: DatapathSettings,
+    /// When the daemon started.
+    pub started: SystemTime,
 }
 
 impl View {
@@ -60,7 +65,97 @@ impl View {
             lifecycles: BTreeMap::new(),
             attached: Vec::new(),
             settings: DatapathSettings::defaults(),
+            started: SystemTime::now(),
         }
+    }
+}
+
+/// How far back the status's rates reach.
+pub const RATE_SPAN: Duration = Duration::from_secs(5);
+
+/// Counters as they were at one moment: packets, bytes and new flows by backend id and by
+/// service id.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    backends: HashMap<u32, Counts>,
+    services: HashMap<u32, Counts>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    packets: u64,
+    bytes: u64,
+    new_flows: u64,
+}
+
+impl Counts {
+    /// Per second since `then`, `secs` ago. A counter that went back (an id given to a new
+    /// backend, whose counters start at zero) counts from zero.
+    fn rates_since(&self, then: Option<&Counts>, secs: f64) -> Rates {
+        let then = then.copied().unwrap_or_default();
+        let per_sec = |now: u64, was: u64| {
+            let grown = if now >= was { now - was } else { now };
+            grown as f64 / secs
+        };
+        Rates {
+            packets: per_sec(self.packets, then.packets),
+            bytes: per_sec(self.bytes, then.bytes),
+            new_flows: per_sec(self.new_flows, then.new_flows),
+        }
+    }
+}
+
+/// The counter samples the rates are measured from: one a second (`take`), those of the last
+/// `RATE_SPAN` kept.
+#[derive(Debug, Default)]
+pub struct Samples(Mutex<VecDeque<Sample>>);
+
+impl Samples {
+    /// Reads the counters of every backend and service in `view` now.
+    pub fn take(&self, view: &View, reader: &Reader) -> Result<()> {
+        let mut sample = Sample {
+            at: Instant::now(),
+            backends: HashMap::new(),
+            services: HashMap::new(),
+        };
+        for s in &view.config.services {
+            let Some(&sid) = view.ids.services.get(&s.name) else {
+                continue;
+            };
+            let st = reader.service_stats(sid)?;
+            let counts = Counts {
+                packets: st.packets,
+                bytes: st.bytes,
+                new_flows: st.new_flows,
+            };
+            sample.services.insert(sid, counts);
+            for b in &s.backends {
+                if let Some(id) = view.ids.backend_id(&s.name, &b.name) {
+                    let st = reader.backend_stats(id)?;
+                    let counts = Counts {
+                        packets: st.to_backend_packets + st.to_client_packets,
+                        bytes: st.to_backend_bytes + st.to_client_bytes,
+                        new_flows: st.new_flows,
+                    };
+                    sample.backends.insert(id, counts);
+                }
+            }
+        }
+        let mut kept = self.0.lock().expect("samples lock");
+        kept.push_back(sample);
+        while kept.front().is_some_and(|s| s.at.elapsed() > RATE_SPAN) {
+            kept.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The oldest sample kept, if it is old enough to measure a rate against.
+    fn oldest(&self) -> Option<Sample> {
+        let kept = self.0.lock().expect("samples lock");
+        kept.front()
+            .filter(|s| s.at.elapsed() >= Duration::from_millis(500))
+            .cloned()
     }
 }
 
@@ -76,8 +171,15 @@ pub fn sticky_rows(
     Ok(sticky::rows(service, &entries, client, monotonic_ns()))
 }
 
-/// The status document: the view's names and states with the datapath's counters.
-pub fn status(view: &View, reader: &Reader) -> Result<Status> {
+/// The status document: the view's names and states with the datapath's counters, and their
+/// rates since the oldest of `samples` (none without).
+pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result<Status> {
+    let since = samples.and_then(Samples::oldest);
+    let secs = since.as_ref().map_or(0.0, |s| s.at.elapsed().as_secs_f64());
+    let rates = |now: Counts, then: Option<&Counts>| match &since {
+        Some(_) => now.rates_since(then, secs),
+        None => Rates::default(),
+    };
     let now = monotonic_ns();
     let flows = reader.flows()?;
     let (live, per_backend) = status::flow_census(&flows, &view.settings, now);
@@ -92,6 +194,7 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             continue;
         };
         let stats = reader.service_stats(sid)?;
+        let mut active_connections = 0;
         let mut backends = Vec::new();
         for (i, b) in s.backends.iter().enumerate() {
             let (Some(id), Some(life)) = (
@@ -101,6 +204,13 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
                 continue;
             };
             let st = reader.backend_stats(id)?;
+            let flows = per_backend.get(&id).copied().unwrap_or_default();
+            active_connections += flows.active;
+            let counts = Counts {
+                packets: st.to_backend_packets + st.to_client_packets,
+                bytes: st.to_backend_bytes + st.to_client_bytes,
+                new_flows: st.new_flows,
+            };
             backends.push(BackendStatus {
                 name: b.name.clone(),
                 address: b.address.to_string(),
@@ -109,7 +219,13 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
                 weight: b.weight,
                 priority: s.priority_of(i),
                 health: HealthStatus::of(life),
-                active_flows: per_backend.get(&id).copied().unwrap_or(0),
+                last_change: life.last_change.as_ref().map(|c| ChangeStatus {
+                    at: seconds_since_epoch(c.at),
+                    from: c.from,
+                    reason: c.reason.clone(),
+                }),
+                active_flows: flows.live,
+                active_connections: flows.active,
                 sticky_clients: sticky_clients
                     .get(&(s.name.clone(), b.name.clone()))
                     .copied()
@@ -121,6 +237,7 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
                 bytes_to_backend: st.to_backend_bytes,
                 packets_to_client: st.to_client_packets,
                 bytes_to_client: st.to_client_bytes,
+                rates: rates(counts, since.as_ref().and_then(|s| s.backends.get(&id))),
             });
         }
         services.push(ServiceStatus {
@@ -137,6 +254,15 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             packets: stats.packets,
             bytes: stats.bytes,
             dropped: stats.dropped,
+            active_connections,
+            rates: rates(
+                Counts {
+                    packets: stats.packets,
+                    bytes: stats.bytes,
+                    new_flows: stats.new_flows,
+                },
+                since.as_ref().and_then(|s| s.services.get(&sid)),
+            ),
             backends,
         });
     }
@@ -157,10 +283,13 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
             })
             .collect(),
         config: view.config_path.clone(),
+        uptime_secs: view.started.elapsed().map_or(0, |d| d.as_secs()),
+        rates_over_secs: secs,
         conntrack: ConntrackStatus {
-            entries: live,
+            entries: live.live,
+            active: live.active,
             max_entries: reader.max_entries(names::FLOWS)?,
-            half_open: half_open_live,
+            half_open: half_open_live.live,
             half_open_max_entries: reader.max_entries(names::HALF_OPEN)?,
             // Added, less moved out or removed by the controller, less held now.
             evicted: event(FlowEvent::EstablishedNew)?
@@ -178,4 +307,10 @@ pub fn status(view: &View, reader: &Reader) -> Result<Status> {
         },
         services,
     })
+}
+
+/// `at` as seconds since the Unix epoch (the status's times).
+fn seconds_since_epoch(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -542,3 +542,121 @@ fn host_wide_verbs_and_one_services_status() {
         "{err}"
     );
 }
+
+/// What `status` tells about the present: an open connection is active and tracked, closed
+/// ones only tracked (until their timeout); rates over the last seconds follow the traffic; a
+/// drain is the backend's last change, with its time, the state before and the reason; the
+/// daemon's uptime; `--watch` redraws in place.
+#[test]
+fn status_tells_activity_rates_and_last_changes() {
+    let net = Net::build(Mode::TwoArm, 2);
+    let _servers = line_servers(&net.backends, PORT);
+    // Closed connections stay tracked for the whole test.
+    let config = format!("{}conntrack:\n  tcp_closed_timeout: 10m\n", config(2));
+    let started = std::time::SystemTime::now();
+    let d = Daemon::start(&net.lb, &config);
+    let mut long = LineClient::connect(&net.client, VIP, PORT).expect("connect");
+    long.ask().expect("the long connection answers");
+    assert_eq!(spread(&net.client, VIP, PORT, 20).len(), 20);
+    let sum = |status: &serde_json::Value, field: &str| -> u64 {
+        let backends = backends_of(status, "web");
+        backends.iter().map(|b| b[field].as_u64().unwrap()).sum()
+    };
+    // The closed connections' FINs cross the veth pair in microseconds; 5 s of polling covers
+    // a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = d.status_json();
+        if sum(&status, "active_connections") == 1 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sum(&status, "active_connections"), 1, "{status}");
+    assert_eq!(sum(&status, "active_flows"), 21, "tracked: {status}");
+    assert_eq!(status["conntrack"]["active"], 1, "{status}");
+    assert_eq!(status["services"][0]["active_connections"], 1, "{status}");
+
+    // Rates: traffic on the long connection for 2 s, then read at once.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        long.ask().expect("the long connection answers");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = d.status_json();
+    let over = status["rates_over_secs"].as_f64().unwrap();
+    // Samples are a second apart and kept for 5 s; one may be late on a loaded machine.
+    assert!((0.5..=7.0).contains(&over), "rates over {over}s: {status}");
+    // Each ask is four packets at least (the line and its ACK, the answer and its ACK, two each
+    // way) every 20 ms plus a round trip: well above 10 packets/s each way even on a slow
+    // machine. The service counts the clients' side, a backend both directions.
+    let service_rate = status["services"][0]["rates"]["packets"].as_f64().unwrap();
+    assert!(service_rate > 10.0, "{status}");
+    let backend_rate = backends_of(&status, "web")
+        .iter()
+        .map(|b| b["rates"]["packets"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(backend_rate > 20.0, "{status}");
+    let uptime = status["uptime_secs"].as_u64().unwrap();
+    assert!(
+        uptime <= started.elapsed().unwrap().as_secs() + 1,
+        "{status}"
+    );
+
+    // A drain is b2's last change; b1 has none.
+    let before = std::time::SystemTime::now();
+    d.ok(&["drain", "web", "b2"]);
+    let status = d.status_json();
+    let backends = backends_of(&status, "web");
+    let change = |name: &str| {
+        let b = backends.iter().find(|b| b["name"] == name).unwrap();
+        b["last_change"].clone()
+    };
+    assert!(change("b1").is_null(), "{status}");
+    let drained = change("b2");
+    assert_eq!(drained["from"], "up", "{status}");
+    assert_eq!(drained["reason"], "administrator: drain", "{status}");
+    let at = drained["at"].as_f64().unwrap();
+    let epoch = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = epoch(std::time::SystemTime::now()).as_secs_f64();
+    assert!(
+        (epoch(before).as_secs_f64()..=now).contains(&at),
+        "{at}: {status}"
+    );
+    let table = d.ok(&["status"]);
+    println!("$ xnlb status\n{table}");
+    for column in ["ACTIVE", "TRACKED", "PKTS/S", "LAST CHANGE"] {
+        assert!(table.contains(column), "{column}: {table}");
+    }
+    assert!(table.contains("was up: administrator: drain"), "{table}");
+
+    // --watch: frames 0.2 s apart for 2.5 s. A frame is one request: even at half a second
+    // each on a loaded machine that is five; three are asked for. The interrupt may cut the
+    // last one, so the ones before it are checked.
+    let mut watch = std::process::Command::new(xnlb_tests::daemon::xnlb_bin());
+    watch
+        .args(["status", "--watch", "0.2", "--socket"])
+        .arg(&d.files.socket)
+        .stdout(std::process::Stdio::piped());
+    let child = watch.spawn().expect("xnlb status --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let frames: Vec<&str> = shown.split("\x1b[H\x1b[2J").skip(1).collect();
+    assert!(frames.len() >= 3, "{} frames: {shown}", frames.len());
+    let whole = &frames[..frames.len() - 1];
+    assert!(
+        whole
+            .iter()
+            .all(|f| f.contains("every 0.2s") && f.contains("b2")),
+        "{shown}"
+    );
+    let refused = d.cli(&["status", "--watch", "0"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("outside 0.1 to 3600"),
+        "{err}"
+    );
+}
