@@ -54,6 +54,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend: Option<String>,
     },
+    /// How many services the running datapath has room for (`xnlb check` asks).
+    Room,
 }
 
 /// `xnlb cluster ...`.
@@ -78,6 +80,9 @@ pub struct Response {
     pub cluster: Option<ClusterStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Vec<StickyRow>>,
+    /// `room`: the services the running datapath's rings hold; a reload to more is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<u32>,
 }
 
 impl Response {
@@ -96,6 +101,7 @@ impl Response {
             status: None,
             cluster: None,
             sticky: None,
+            room: None,
         }
     }
 
@@ -106,6 +112,7 @@ impl Response {
             status: None,
             cluster: None,
             sticky: None,
+            room: None,
         }
     }
 }

@@ -85,6 +85,11 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// A running daemon's socket [default: $XNLB_SOCKET, else the config's admin.socket,
+        /// else /run/xnlb/xnlb.sock]: when one answers, the config is also checked against
+        /// what it can reload into.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Services, backends, states, flows and counters.
     Status {

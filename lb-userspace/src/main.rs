@@ -24,13 +24,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match config::load(&config) {
+        Command::Check { config, socket } => match config::load(&config) {
             Ok(loaded) => {
                 print!("{}", loaded.config.summary(&config.display().to_string()));
                 for w in &loaded.warnings {
                     println!("warning: {w}");
                 }
-                ExitCode::SUCCESS
+                let socket = SocketArg { socket, config };
+                match reload_room(&socket, loaded.config.services.len()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("xnlb: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprint!("{e}");
@@ -124,6 +131,34 @@ fn init_logging() {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+}
+
+/// `check` against a running daemon, when one answers: a config with more services than its
+/// rings hold is refused by `reload` (the rings are sized when the datapath is made, for
+/// twice the services of the config it started with, at least 16). No daemon: nothing to
+/// check (`run` sizes the rings for the config).
+fn reload_room(socket: &SocketArg, services: usize) -> Result<(), String> {
+    let Socket { path, from } = socket.resolve();
+    let Ok(answer) = admin::request(&path, &Request::Room) else {
+        return Ok(());
+    };
+    let Some(room) = answer.room else {
+        // A daemon from before `room`: it cannot say.
+        return Ok(());
+    };
+    if services > room as usize {
+        return Err(format!(
+            "the running daemon (socket {}, from {from}) has room for {room} services and this \
+             config has {services}: `xnlb reload` would refuse it. Its tables grow only when the \
+             datapath is made again: `xnlb stop`, then `xnlb run` (forwarding stops in between)",
+            path.display()
+        ));
+    }
+    println!(
+        "the running daemon (socket {}) has room for {room} services: a reload can apply it",
+        path.display()
+    );
+    Ok(())
 }
 
 /// The status answer as text or JSON, of one service or all.

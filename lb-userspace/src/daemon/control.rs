@@ -135,6 +135,12 @@ fn serve(
 
 fn carry_out(ctl: &mut Controller, request: Request) -> Response {
     let result = match request {
+        Request::Room => {
+            return Response {
+                room: Some(ctl.dp.ring_capacity()),
+                ..Response::answered()
+            };
+        }
         Request::Drain { service, backend } => {
             ctl.set_admin(service.as_deref(), &backend, AdminState::Draining)
         }

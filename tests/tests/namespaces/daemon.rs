@@ -660,3 +660,53 @@ fn status_tells_activity_rates_and_last_changes() {
         "{err}"
     );
 }
+
+/// `check` knows what a running daemon can reload into: its rings were sized when the
+/// datapath was made (twice the services, at least 16), and a config with more services than
+/// that is refused by `check` as by `reload`; one that fits says so.
+#[test]
+fn check_refuses_what_the_running_daemon_cannot_reload() {
+    let net = Net::build(Mode::TwoArm, 1);
+    let d = Daemon::start(&net.lb, &config(1));
+    let services = |n: usize| -> String {
+        let list: String = (0..n)
+            .map(|i| {
+                format!(
+                    "  - name: s{i}\n    vip: {VIP}\n    ports: [{}]\n    backends:\n      - {{ name: b1, address: {} }}\n",
+                    1000 + i,
+                    backend_ip(1)
+                )
+            })
+            .collect();
+        format!("{TWO_ARM_CONFIG_HEAD}{list}")
+    };
+    // `cli` adds this daemon's --socket.
+    let check = |n: usize| {
+        let file = d.files.dir.join(format!("services-{n}.yaml"));
+        std::fs::write(&file, services(n)).unwrap();
+        d.cli(&["check", "--config", file.to_str().unwrap()])
+    };
+    let fits = check(16);
+    let said = String::from_utf8_lossy(&fits.stdout);
+    assert!(fits.status.success(), "{fits:?}");
+    assert!(
+        said.contains("has room for 16 services: a reload can apply it"),
+        "{said}"
+    );
+    let refused = check(17);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("has room for 16 services and this config has 17")
+            && err.contains("`xnlb reload` would refuse it"),
+        "{err}"
+    );
+    // And so it does.
+    d.write_config(&services(17));
+    let out = d.cli(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("room for 16 services"),
+        "{err}"
+    );
+}
