@@ -2,7 +2,9 @@
 //! own build (`cargo xtask package --debug`); here dpkg installs it into a clean root, its
 //! files and checksums are checked, systemd verifies its unit, and the packaged binary runs
 //! the unit's own command line on the packaged config, with the unit's capabilities only, in a
-//! test network whose interfaces and addresses are the ones that config ships with.
+//! test network whose interfaces and addresses are the ones that config ships with. Then the
+//! next version is installed over it and the daemon restarted as `postinst` asks systemd to,
+//! with requests running: none fails.
 
 use std::{
     net::SocketAddr,
@@ -226,7 +228,8 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
 
     // The unit's ExecStart, its paths taken from the root, with the unit's capabilities
     // only, in a mount namespace of its own (a private /run for the default socket, a
-    // private bpffs for the default pin directory).
+    // private bpffs for the default pin directory). A holder process keeps that namespace,
+    // and with it the pins, alive across a restart, as a host's own mounts do.
     let unit = std::fs::read_to_string(root.path("/usr/lib/systemd/system/xnlb.service")).unwrap();
     let exec_start: Vec<String> = unit_setting(&unit, "ExecStart")
         .split_whitespace()
@@ -239,48 +242,68 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
         .split_whitespace()
         .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
-    let setpriv = format!(
-        "setpriv --bounding-set=-all,{caps} --inh-caps=-all --ambient-caps=-all --",
-        caps = caps.join(",")
-    );
-    let script = format!(
-        "mount -t tmpfs tmpfs /run && mount -t bpf bpf /sys/fs/bpf && exec {setpriv} {}",
-        exec_start.join(" ")
-    );
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("package-daemon-{}.log", std::process::id()));
-    let log_file = std::fs::File::create(&log).unwrap();
-    // Killed on drop: its private mounts, and with them its pins and the datapath, go with it.
-    let daemon = KillOnDrop(
+    let setpriv: Vec<String> = [
+        "setpriv".to_string(),
+        format!("--bounding-set=-all,{}", caps.join(",")),
+        "--inh-caps=-all".to_string(),
+        "--ambient-caps=-all".to_string(),
+        "--".to_string(),
+    ]
+    .into_iter()
+    .chain(exec_start)
+    .collect();
+    // Killed on drop: with it go its private mounts, the pins and the datapath.
+    let holder = KillOnDrop(
         net.lb
             .command("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && mount -t bpf bpf /sys/fs/bpf && exec sleep 3600")
             .spawn()
             .unwrap(),
     );
-    let pid = daemon.0.id().to_string();
+    let holder_pid = holder.0.id().to_string();
+    // Inside the holder's mounts and the balancer's network.
+    let inside = |program: &[String]| {
+        let mut c = Command::new("nsenter");
+        c.args(["--target", &holder_pid, "--mount", "--net", "--"])
+            .args(program);
+        c
+    };
+    // The holder's mounts are in place once its /run is empty (the host's is not).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !inside(&["ls".into(), "-A".into(), "/run".into()])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the holder's mounts never came");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("package-daemon-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).unwrap();
+    let start = || {
+        let log = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        KillOnDrop(
+            inside(&setpriv)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    drop(log_file);
+    let mut daemon = start();
     // A client verb inside the daemon's namespaces, finding the socket from the config.
     let client = |args: &[&str]| {
-        let mut full = vec!["--target", &pid, "--mount", "--net", "--", xnlb_s];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--config", config_s]);
-        run("nsenter", &full)
+        let mut program: Vec<String> = vec![xnlb_s.into()];
+        program.extend(args.iter().map(|a| a.to_string()));
+        program.extend(["--config".into(), config_s.into()]);
+        inside(&program).output().unwrap()
     };
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Both servers pass rise (2) probes every 2 s: up within about 4 s; 60 s is slack.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut daemon = daemon;
     loop {
         if let Some(exited) = daemon.0.try_wait().unwrap() {
             panic!("the packaged daemon exited ({exited}):\n{}", daemon_log());
@@ -319,6 +342,85 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
     );
     println!("12 requests served by {seen:?} through the packaged daemon");
 
+    // The upgrade, with requests running throughout: the next version installed over this one
+    // (an administrator's edit of the conffile kept), then the restart `postinst` asks
+    // systemd for (`try-restart`: SIGTERM, then the unit's ExecStart, now the new binary),
+    // which adopts the running datapath. No request may fail.
+    let edited = format!(
+        "# edited by the administrator\n{}",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    std::fs::write(&config, &edited).unwrap();
+    let next = next_version(&deb, &root.path("/tmp/next"));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (requests, upgraded) = thread::scope(|s| {
+        let traffic = s.spawn(|| {
+            let mut answers = Vec::new();
+            // Bounded: at most 2,000 requests, 20 ms apart (40 s), however long the upgrade.
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && answers.len() < 2000 {
+                answers.push(try_get(&net.client, SocketAddr::from((VIP, 80))));
+                thread::sleep(Duration::from_millis(20));
+            }
+            answers
+        });
+        thread::sleep(Duration::from_millis(300));
+        ok(
+            run(
+                "dpkg",
+                &[
+                    &root_arg,
+                    "--force-script-chrootless",
+                    "--force-depends",
+                    "--log=/dev/null",
+                    "-i",
+                    next.to_str().unwrap(),
+                ],
+            ),
+            "dpkg -i (upgrade)",
+        );
+        let pid = nix::unistd::Pid::from_raw(daemon.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let exited = daemon.0.wait().unwrap();
+        assert!(exited.success(), "SIGTERM: {exited}\n{}", daemon_log());
+        daemon = start();
+        // Answering again: adopted (the holder's pins) and serving.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !client(&["status"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "not answering after the upgrade:\n{}",
+                daemon_log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        thread::sleep(Duration::from_millis(500));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let version = ok(
+            run("dpkg-query", &[&root_arg, "-W", "-f=${Version}", "xnlb"]),
+            "dpkg-query",
+        );
+        (traffic.join().unwrap(), version)
+    });
+    assert!(upgraded.ends_with("+next"), "installed: {upgraded}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        edited,
+        "conffile kept"
+    );
+    assert!(
+        daemon_log().contains("adopted the running datapath"),
+        "{}",
+        daemon_log()
+    );
+    let failed: Vec<&String> = requests.iter().filter_map(|r| r.as_ref().err()).collect();
+    println!(
+        "upgrade to {upgraded} with requests running: {} requests, {} failed",
+        requests.len(),
+        failed.len()
+    );
+    assert!(requests.len() >= 20, "{} requests", requests.len());
+    assert!(failed.is_empty(), "{failed:?}");
+
     // `xnlb stop` (what removal does) detaches and ends the daemon.
     ok(client(&["stop"]), "xnlb stop");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -331,5 +433,56 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
     };
     assert!(exited.success(), "{exited}: {}", daemon_log());
     assert!(!net.lb.xdp_attached("eth0"), "still attached after stop");
+    drop(holder);
     let _ = std::fs::remove_file(&log);
+}
+
+/// The package again as the next version (`+next`): what an upgrade installs over it.
+fn next_version(deb: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let tree = dir.join("tree");
+    let (deb_s, tree_s) = (deb.to_str().unwrap(), tree.to_str().unwrap());
+    ok(run("dpkg-deb", &["-R", deb_s, tree_s]), "dpkg-deb -R");
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("Version: ") {
+            Some(v) => format!("Version: {v}+next\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&control, text).unwrap();
+    let out = dir.join("xnlb-next.deb");
+    ok(
+        run(
+            "dpkg-deb",
+            &["--root-owner-group", "-b", tree_s, out.to_str().unwrap()],
+        ),
+        "dpkg-deb -b",
+    );
+    out
+}
+
+/// One GET of `/` from the client namespace: the body, or why there is none.
+fn try_get(ns: &xnlb_tests::netns::NetNs, addr: SocketAddr) -> Result<String, String> {
+    ns.run_in(|| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| format!("read: {e}"))?;
+        match answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+            true => Ok(answer),
+            false => Err(format!("answered {:.40}", answer)),
+        }
+    })
 }
