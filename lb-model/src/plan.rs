@@ -420,11 +420,11 @@ pub fn settings(config: &Config, idle_before: &[u64; MAX_IDLE_CLASSES + 1]) -> D
 }
 
 /// The idle classes' timeouts holding every value of `wanted` (distinct, at most
-/// `MAX_IDLE_CLASSES`: validated), given what they hold now (`before`). Flows carry their class, not the value, so
-/// a value kept by the config keeps its class, and a value the config no longer has keeps its
-/// class too (the flows that started under it keep their timeout until they end) until a new
-/// value needs the room: new values take never-used classes first. Class 0 is the protocol's
-/// own timeout and holds nothing.
+/// `MAX_IDLE_CLASSES`: validated), given what they hold now (`before`). Flows carry their
+/// class, not the value, so a value kept by the config keeps its class, and a value the config
+/// no longer has keeps its class too (the flows that started under it keep their timeout until
+/// they end) until a new value needs the room: new values take never-used classes first.
+/// Class 0 is the protocol's own timeout and holds nothing.
 pub fn idle_slots(
     before: &[u64; MAX_IDLE_CLASSES + 1],
     wanted: &[u64],

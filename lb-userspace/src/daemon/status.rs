@@ -12,7 +12,7 @@ use anyhow::Result;
 use lb_common::{
     maps as names,
     settings::{DatapathSettings, Routing},
-    stats::FlowEvent,
+    stats::{BackendStats, FlowEvent, ServiceStats},
 };
 use lb_model::{
     config::{self, Config, Mode},
@@ -90,6 +90,22 @@ struct Counts {
 }
 
 impl Counts {
+    fn of_backend(st: &BackendStats) -> Self {
+        Self {
+            packets: st.to_backend_packets + st.to_client_packets,
+            bytes: st.to_backend_bytes + st.to_client_bytes,
+            new_flows: st.new_flows,
+        }
+    }
+
+    fn of_service(st: &ServiceStats) -> Self {
+        Self {
+            packets: st.packets,
+            bytes: st.bytes,
+            new_flows: st.new_flows,
+        }
+    }
+
     /// Per second since `then`, `secs` ago. A counter that went back (an id given to a new
     /// backend, whose counters start at zero) counts from zero.
     fn rates_since(&self, then: Option<&Counts>, secs: f64) -> Rates {
@@ -123,21 +139,11 @@ impl Samples {
             let Some(&sid) = view.ids.services.get(&s.name) else {
                 continue;
             };
-            let st = reader.service_stats(sid)?;
-            let counts = Counts {
-                packets: st.packets,
-                bytes: st.bytes,
-                new_flows: st.new_flows,
-            };
+            let counts = Counts::of_service(&reader.service_stats(sid)?);
             sample.services.insert(sid, counts);
             for b in &s.backends {
                 if let Some(id) = view.ids.backend_id(&s.name, &b.name) {
-                    let st = reader.backend_stats(id)?;
-                    let counts = Counts {
-                        packets: st.to_backend_packets + st.to_client_packets,
-                        bytes: st.to_backend_bytes + st.to_client_bytes,
-                        new_flows: st.new_flows,
-                    };
+                    let counts = Counts::of_backend(&reader.backend_stats(id)?);
                     sample.backends.insert(id, counts);
                 }
             }
@@ -206,11 +212,7 @@ pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result
             let st = reader.backend_stats(id)?;
             let flows = per_backend.get(&id).copied().unwrap_or_default();
             active_connections += flows.active;
-            let counts = Counts {
-                packets: st.to_backend_packets + st.to_client_packets,
-                bytes: st.to_backend_bytes + st.to_client_bytes,
-                new_flows: st.new_flows,
-            };
+            let counts = Counts::of_backend(&st);
             backends.push(BackendStatus {
                 name: b.name.clone(),
                 address: b.address.to_string(),
@@ -256,11 +258,7 @@ pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result
             dropped: stats.dropped,
             active_connections,
             rates: rates(
-                Counts {
-                    packets: stats.packets,
-                    bytes: stats.bytes,
-                    new_flows: stats.new_flows,
-                },
+                Counts::of_service(&stats),
                 since.as_ref().and_then(|s| s.services.get(&sid)),
             ),
             backends,

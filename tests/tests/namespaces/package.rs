@@ -56,6 +56,22 @@ impl Root {
     fn path(&self, inside: &str) -> PathBuf {
         self.0.join(inside.trim_start_matches('/'))
     }
+
+    /// `dpkg -i` of `deb` into this root: its maintainer scripts run on the host with
+    /// DPKG_ROOT set, and touch nothing there. The root has no libc6 or iproute2 packages to
+    /// satisfy Depends.
+    fn install(&self, deb: &Path) {
+        let root_arg = format!("--root={}", self.0.display());
+        let args = [
+            &root_arg,
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log=/dev/null",
+            "-i",
+            deb.to_str().unwrap(),
+        ];
+        ok(run("dpkg", &args), &format!("dpkg -i {}", deb.display()));
+    }
 }
 
 impl Drop for Root {
@@ -93,23 +109,8 @@ fn unit_setting(unit: &str, key: &str) -> String {
 fn the_package_installs_verifies_and_balances_with_its_own_config() {
     let root = Root::new();
     let root_arg = format!("--root={}", root.0.display());
-    // Into a clean root: its maintainer scripts run on the host with DPKG_ROOT set, and
-    // touch nothing there. The root has no libc6 or iproute2 packages to satisfy Depends.
     let deb = deb();
-    ok(
-        run(
-            "dpkg",
-            &[
-                &root_arg,
-                "--force-script-chrootless",
-                "--force-depends",
-                "--log=/dev/null",
-                "-i",
-                deb.to_str().unwrap(),
-            ],
-        ),
-        "dpkg -i",
-    );
+    root.install(&deb);
     for file in [
         "/usr/sbin/xnlb",
         "/usr/lib/systemd/system/xnlb.service",
@@ -257,7 +258,10 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
         net.lb
             .command("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs tmpfs /run && mount -t bpf bpf /sys/fs/bpf && exec sleep 3600")
+            .arg(
+                "mount -t tmpfs tmpfs /run && mount -t bpf bpf /sys/fs/bpf \
+                 && touch /run/holder-ready && exec sleep 3600",
+            )
             .spawn()
             .unwrap(),
     );
@@ -269,11 +273,11 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
             .args(program);
         c
     };
-    // The holder's mounts are in place once its /run is empty (the host's is not).
+    // The holder's mounts are in place once its own /run has the file it makes last.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !inside(&["ls".into(), "-A".into(), "/run".into()])
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.is_empty())
+    while !inside(&["test".into(), "-e".into(), "/run/holder-ready".into()])
+        .status()
+        .is_ok_and(|s| s.success())
     {
         assert!(Instant::now() < deadline, "the holder's mounts never came");
         thread::sleep(Duration::from_millis(50));
@@ -364,20 +368,7 @@ fn the_package_installs_verifies_and_balances_with_its_own_config() {
             answers
         });
         thread::sleep(Duration::from_millis(300));
-        ok(
-            run(
-                "dpkg",
-                &[
-                    &root_arg,
-                    "--force-script-chrootless",
-                    "--force-depends",
-                    "--log=/dev/null",
-                    "-i",
-                    next.to_str().unwrap(),
-                ],
-            ),
-            "dpkg -i (upgrade)",
-        );
+        root.install(&next);
         let pid = nix::unistd::Pid::from_raw(daemon.0.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let exited = daemon.0.wait().unwrap();
