@@ -638,10 +638,11 @@ fn status_tells_activity_rates_and_last_changes() {
         .args(["status", "--watch", "0.2", "--socket"])
         .arg(&d.files.socket)
         .stdout(std::process::Stdio::piped());
-    let child = watch.spawn().expect("xnlb status --watch");
+    let mut child = watch.spawn().expect("xnlb status --watch");
     std::thread::sleep(Duration::from_millis(2500));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    // SIGKILL, not Ctrl-C's SIGINT: a test run started in the background by a shell inherits
+    // SIGINT ignored, and so would the watcher (seen in a clean-clone run: it never ended).
+    child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     let frames: Vec<&str> = shown.split("\x1b[H\x1b[2J").skip(1).collect();
