@@ -58,7 +58,7 @@ pub struct IdBook {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
     #[error(
-        "the running datapath has room for {0} services; restart xnlb (`xnlb stop`, then run) to grow it"
+        "the running datapath has room for {0} services; restart the daemon (`systemctl restart xnlb`, or SIGTERM and `xnlb run`) with this config: the new daemon grows the tables and adopts the running datapath"
     )]
     Services(u32),
     #[error("more than {0} backends over all services")]

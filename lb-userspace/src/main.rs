@@ -134,9 +134,9 @@ fn init_logging() {
 }
 
 /// `check` against a running daemon, when one answers: a config with more services than its
-/// rings hold is refused by `reload` (the rings are sized when the datapath is made, for
-/// twice the services of the config it started with, at least 16). No daemon: nothing to
-/// check (`run` sizes the rings for the config).
+/// rings hold is refused by `reload` (the rings are sized for twice the services of the config
+/// a daemon starts with, at least 16, and grow only at a start). No daemon: nothing to check
+/// (`run` sizes the rings for the config).
 fn reload_room(socket: &SocketArg, services: usize) -> Result<(), String> {
     let Socket { path, from } = socket.resolve();
     let Ok(answer) = admin::request(&path, &Request::Room) else {
@@ -149,8 +149,9 @@ fn reload_room(socket: &SocketArg, services: usize) -> Result<(), String> {
     if services > room as usize {
         return Err(format!(
             "the running daemon (socket {}, from {from}) has room for {room} services and this \
-             config has {services}: `xnlb reload` would refuse it. Its tables grow only when the \
-             datapath is made again: `xnlb stop`, then `xnlb run` (forwarding stops in between)",
+             config has {services}: `xnlb reload` would refuse it. A restart with this config \
+             grows the tables and adopts the running datapath (`systemctl restart xnlb`, or \
+             SIGTERM and `xnlb run`)",
             path.display()
         ));
     }

@@ -50,6 +50,19 @@ impl MappedArray {
         })
     }
 
+    /// Every value, in order.
+    pub fn read(&self) -> Vec<u32> {
+        // SAFETY: the whole mapping, which lives as long as self.
+        let slots = unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.entries) };
+        slots
+            .iter()
+            .map(|s| {
+                let b = s.to_ne_bytes();
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .collect()
+    }
+
     /// Writes `values` from index `first` on. The fence orders the copy before whatever the
     /// caller publishes next (the service entry that switches to this table).
     pub fn write(&mut self, first: usize, values: &[u32]) {

@@ -130,8 +130,23 @@ impl Datapath {
     ) -> anyhow::Result<(Self, Option<pins::Adoption>)> {
         std::fs::create_dir_all(dir).map_err(io_err("creating the pin directory"))?;
         let mut adoption = pins::check(dir)?;
+        // A smaller pinned RING is set aside for a larger one (its tables copied once loaded):
+        // the running programs keep reading the old one until the new ones take over.
+        let ring_before = match &adoption {
+            Some(_) => ring_to_grow(dir, sizes.ring_services)?,
+            None => None,
+        };
         let mut dp = Self::load_with(sizes, Some(dir))?;
         layout::write(dir)?;
+        if let (Some(a), Some(tables)) = (&mut adoption, ring_before) {
+            let view = dp
+                .ring_view
+                .as_mut()
+                .expect("a RING made by this build is mapped");
+            view.write(0, &tables);
+            let had = tables.len() as u32 / RING_MAX_SIZE / RING_SLOTS_PER_SERVICE;
+            a.ring_grown = Some((had, dp.ring_capacity()));
+        }
         if let Some(a) = &mut adoption {
             let rebuild: Vec<(&'static str, bool)> = a.replies_to_rebuild().collect();
             for (name, half_open) in rebuild {
@@ -291,6 +306,29 @@ fn load_verified(prog: &mut Xdp) -> Result<()> {
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// The tables of the `RING` pinned under `dir` when it has room for fewer than `services`,
+/// with its pin removed so that the loader makes one of the size asked for; `None` (and the
+/// pin kept) when it has the room, or cannot be read in one mapping (a `RING` made without
+/// `BPF_F_MMAPABLE` by an older xnlb keeps its size).
+fn ring_to_grow(dir: &Path, services: u32) -> anyhow::Result<Option<Vec<u32>>> {
+    let path = dir.join(names::RING);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = aya::maps::MapData::from_pin(&path).map_err(map_err(names::RING))?;
+    let info = map.info().map_err(map_err(names::RING))?;
+    let entries = info.max_entries();
+    if entries >= services * RING_SLOTS_PER_SERVICE * RING_MAX_SIZE {
+        return Ok(None);
+    }
+    let Some(view) = MappedArray::map(map.fd().as_fd(), entries) else {
+        return Ok(None);
+    };
+    let tables = view.read();
+    std::fs::remove_file(&path).map_err(io_err("removing the smaller RING's pin"))?;
+    Ok(Some(tables))
 }
 
 /// Removes every map pin of the datapath under `dir` (after `xnlb stop` detached it).

@@ -30,6 +30,9 @@ pub struct Adoption {
     pub migrated: Vec<(&'static str, String)>,
     /// Reply entries written again into each missing reply table (`replies_to_rebuild`).
     pub rebuilt: Vec<(&'static str, usize)>,
+    /// `RING` made larger for the config (services it had room for, then has): its tables
+    /// copied into the new one.
+    pub ring_grown: Option<(u32, u32)>,
 }
 
 impl Adoption {
@@ -47,6 +50,12 @@ impl Adoption {
             out.push(format!(
                 "{name} was pinned with another layout ({how}): replaced, {}",
                 consequence(name)
+            ));
+        }
+        if let Some((had, has)) = self.ring_grown {
+            out.push(format!(
+                "RING grown from room for {had} services to {has}: its tables copied, the new \
+                 programs read the new one"
             ));
         }
         out

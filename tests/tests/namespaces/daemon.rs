@@ -662,13 +662,13 @@ fn status_tells_activity_rates_and_last_changes() {
     );
 }
 
-/// `check` knows what a running daemon can reload into: its rings were sized when the
-/// datapath was made (twice the services, at least 16), and a config with more services than
-/// that is refused by `check` as by `reload`; one that fits says so.
+/// `check` knows what a running daemon can reload into: its rings were sized when it started
+/// (twice the services, at least 16), and a config with more services than that is refused by
+/// `check` as by `reload`; one that fits says so. A restart with the larger config grows the
+/// rings and keeps the connections.
 #[test]
 fn check_refuses_what_the_running_daemon_cannot_reload() {
     let net = Net::build(Mode::TwoArm, 1);
-    let d = Daemon::start(&net.lb, &config(1));
     let services = |n: usize| -> String {
         let list: String = (0..n)
             .map(|i| {
@@ -681,20 +681,23 @@ fn check_refuses_what_the_running_daemon_cannot_reload() {
             .collect();
         format!("{TWO_ARM_CONFIG_HEAD}{list}")
     };
+    // s0's port, and s16's: the service only the grown rings can hold.
+    let _servers = line_servers_on(&net.backends, &[1000, 1016]);
+    let mut d = Daemon::start(&net.lb, &services(1));
     // `cli` adds this daemon's --socket.
-    let check = |n: usize| {
+    let check = |d: &Daemon, n: usize| {
         let file = d.files.dir.join(format!("services-{n}.yaml"));
         std::fs::write(&file, services(n)).unwrap();
         d.cli(&["check", "--config", file.to_str().unwrap()])
     };
-    let fits = check(16);
+    let fits = check(&d, 16);
     let said = String::from_utf8_lossy(&fits.stdout);
     assert!(fits.status.success(), "{fits:?}");
     assert!(
         said.contains("has room for 16 services: a reload can apply it"),
         "{said}"
     );
-    let refused = check(17);
+    let refused = check(&d, 17);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success()
@@ -707,7 +710,33 @@ fn check_refuses_what_the_running_daemon_cannot_reload() {
     let out = d.cli(&["reload"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("room for 16 services"),
+        !out.status.success() && err.contains("room for 16 services") && err.contains("restart"),
         "{err}"
     );
+    // The way out it names: a restart with that config grows the rings (34: twice the
+    // services) and adopts, with an open connection on the first service carried across.
+    let mut open = LineClient::connect(&net.client, VIP, 1000).expect("connect to s0");
+    open.ask().expect("s0 answers");
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        d.log()
+    );
+    d.spawn(&net.lb);
+    assert!(
+        d.log()
+            .contains("RING grown from room for 16 services to 34"),
+        "{}",
+        d.log()
+    );
+    open.ask()
+        .expect("the connection carried across the restart");
+    let grown = check(&d, 17);
+    let said = String::from_utf8_lossy(&grown.stdout);
+    assert!(said.contains("has room for 34 services"), "{said}");
+    for port in [1000, 1016] {
+        let mut c = LineClient::connect(&net.client, VIP, port).expect("connect");
+        assert_eq!(c.ask().expect("answer").0, "b1", "port {port}");
+    }
 }
