@@ -1,7 +1,7 @@
 //! What `xnlb status` shows: the stable JSON document (see the README) and the table a person
 //! reads. Built by the controller from its state and the datapath's counters.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{collections::HashMap, fmt::Write as _, time::SystemTime};
 
 use lb_common::{
     addr::PROTO_TCP,
@@ -10,7 +10,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::lifecycle::{BackendState, Lifecycle};
+use crate::lifecycle::{BackendState, Change, Lifecycle};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -184,13 +184,26 @@ impl HealthStatus {
                 ok: p.ok,
                 result: p.result.clone(),
                 latency_ms: p.latency.as_secs_f64() * 1000.0,
-                at: p
-                    .at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64()),
+                at: epoch_secs(p.at),
             }),
         }
     }
+}
+
+impl ChangeStatus {
+    pub fn of(change: &Change) -> Self {
+        Self {
+            at: epoch_secs(change.at),
+            from: change.from,
+            reason: change.reason.clone(),
+        }
+    }
+}
+
+/// `at` in the status's time: seconds since the Unix epoch.
+pub fn epoch_secs(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A connection is active while open and seen this recently: long enough for a quiet
@@ -274,13 +287,6 @@ fn span(secs: f64) -> String {
         3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
-}
-
-/// Now, in the status's time (seconds since the Unix epoch).
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Status {
@@ -399,7 +405,7 @@ impl Status {
                     row.push(match &b.last_change {
                         Some(c) => format!(
                             "{} ago, was {}: {}",
-                            span(now_secs() - c.at),
+                            span(epoch_secs(SystemTime::now()) - c.at),
                             c.from.label(),
                             c.reason
                         ),

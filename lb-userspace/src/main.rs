@@ -190,18 +190,16 @@ fn watch_status(
     service: Option<&str>,
     period: std::time::Duration,
 ) -> ExitCode {
-    let Socket { path, from } = socket.resolve();
+    let socket = socket.resolve();
     loop {
-        let frame = match admin::request(&path, &Request::Status) {
-            Ok(r) if r.ok => match show_status(r, service, false) {
+        let frame = match ask(&socket, &Request::Status) {
+            Ok(r) => match show_status(r, service, false) {
                 Ok(text) => text,
                 Err(e) => {
                     eprintln!("xnlb: {e}");
                     return ExitCode::FAILURE;
                 }
             },
-            Ok(r) => format!("xnlb: {}\n", r.message.unwrap_or_default().trim_end()),
-            Err(e @ ClientError::NotRunning(_)) => format!("xnlb: {e} (socket from {from})\n"),
             Err(e) => format!("xnlb: {e}\n"),
         };
         // Home and clear the screen, then the frame under a line saying when and how often.
@@ -224,6 +222,18 @@ fn target(t: Target, make: impl Fn(Option<String>, String) -> Request) -> ExitCo
     call(&t.socket, make(service, backend), message)
 }
 
+/// Sends a request: the daemon's answer, or in one line why there is none (its refusal, or
+/// no daemon at the socket, saying where the path came from).
+fn ask(socket: &Socket, request: &Request) -> Result<admin::Response, String> {
+    let Socket { path, from } = socket;
+    match admin::request(path, request) {
+        Ok(r) if r.ok => Ok(r),
+        Ok(r) => Err(r.message.unwrap_or_default().trim_end().to_string()),
+        Err(e @ ClientError::NotRunning(_)) => Err(format!("{e} (socket from {from})")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sends a request; prints the answer, or the error as one line (a reload's config problems
 /// keep their own lines), with a non-zero exit.
 fn call(
@@ -231,13 +241,7 @@ fn call(
     request: Request,
     show: impl Fn(admin::Response) -> Result<String, String>,
 ) -> ExitCode {
-    let Socket { path, from } = socket.resolve();
-    let answer = match admin::request(&path, &request) {
-        Ok(r) if r.ok => show(r),
-        Ok(r) => Err(r.message.unwrap_or_default().trim_end().to_string()),
-        Err(e @ ClientError::NotRunning(_)) => Err(format!("{e} (socket from {from})")),
-        Err(e) => Err(e.to_string()),
-    };
+    let answer = ask(&socket.resolve(), &request).and_then(show);
     match answer {
         Ok(text) => {
             if text.ends_with('\n') {

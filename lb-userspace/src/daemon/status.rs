@@ -221,11 +221,7 @@ pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result
                 weight: b.weight,
                 priority: s.priority_of(i),
                 health: HealthStatus::of(life),
-                last_change: life.last_change.as_ref().map(|c| ChangeStatus {
-                    at: seconds_since_epoch(c.at),
-                    from: c.from,
-                    reason: c.reason.clone(),
-                }),
+                last_change: life.last_change.as_ref().map(ChangeStatus::of),
                 active_flows: flows.live,
                 active_connections: flows.active,
                 sticky_clients: sticky_clients
@@ -305,10 +301,4 @@ pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result
         },
         services,
     })
-}
-
-/// `at` as seconds since the Unix epoch (the status's times).
-fn seconds_since_epoch(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
