@@ -22,6 +22,7 @@ pub mod service;
 pub mod settings;
 pub mod stats;
 pub mod sticky;
+pub mod trace;
 
 #[cfg(feature = "user")]
 mod pod;

@@ -55,6 +55,9 @@ map_names!(
     PASSES: 1,
     FLOW_EVENTS: 1,
     XDP_ACTIONS: 1,
+    TRACE: 1,
+    TRACE_EVENTS: 1,
+    TRACE_BUDGET: 1,
 );
 
 /// A `LAYOUT` element: a map's name (NUL-padded) and the layout version its pin was made with.
@@ -107,6 +110,7 @@ mod tests {
         settings::DatapathSettings,
         stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
         sticky::{StickyEntry, StickyKey, StickyMember},
+        trace::{TraceBudget, TraceEvent, TraceFilter},
     };
 
     /// A map's key and value types: their sizes, and their names and fields (an all-zero
@@ -176,6 +180,9 @@ mod tests {
             (PASSES, counters(format!("{:?}", PassReason::ALL))),
             (FLOW_EVENTS, counters(format!("{:?}", FlowEvent::ALL))),
             (XDP_ACTIONS, counters(format!("{XDP_ACTION_LABELS:?}"))),
+            (TRACE, types::<u32, TraceFilter>()),
+            (TRACE_EVENTS, types::<(), TraceEvent>()),
+            (TRACE_BUDGET, types::<u32, TraceBudget>()),
         ]
     }
 
@@ -209,6 +216,9 @@ mod tests {
         (PASSES, 1, 0x81fa7449ccb45c8b),
         (FLOW_EVENTS, 1, 0xd51a6a4374b7e707),
         (XDP_ACTIONS, 1, 0x4469982967534c89),
+        (TRACE, 1, 0xec5749573cfa7dd4),
+        (TRACE_EVENTS, 1, 0x1de3e32d849ca9d1),
+        (TRACE_BUDGET, 1, 0xc18193fa7d611211),
     ];
 
     #[test]

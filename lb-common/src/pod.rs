@@ -1,6 +1,8 @@
 //! Userspace: these types may be copied to and from BPF maps byte for byte.
 
-use crate::{addr, backend, flow, fragment, maps, next_hop, service, settings, stats, sticky};
+use crate::{
+    addr, backend, flow, fragment, maps, next_hop, service, settings, stats, sticky, trace,
+};
 
 macro_rules! pod {
     ($($t:ty),+ $(,)?) => { $(
@@ -32,4 +34,7 @@ pod!(
     sticky::StickyKey,
     sticky::StickyEntry,
     sticky::StickyMember,
+    trace::TraceFilter,
+    trace::TraceBudget,
+    trace::TraceEvent,
 );

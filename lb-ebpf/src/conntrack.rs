@@ -36,7 +36,7 @@ use crate::{
     maps::{BACKENDS, FLOWS, HALF_OPEN, HALF_OPEN_REPLIES, REPLIES, SERVICES},
     mem,
     packet::{L4, TCP_FIN, TCP_RST},
-    scratch, select, stats, sticky,
+    scratch, select, stats, sticky, trace,
 };
 
 /// Which pair of maps holds a flow. Always a constant where it is used, so each use compiles to
@@ -567,14 +567,17 @@ fn still_valid(
     }
     let Some(b) = BACKENDS.get(e.backend_id) else {
         stats::flow_event(FlowEvent::BackendRetired);
+        trace::note_reselected();
         return false;
     };
     if !b.serves(&e.reply.src, e.reply.src_port) {
         stats::flow_event(FlowEvent::BackendRetired);
+        trace::note_reselected();
         return false;
     }
     if !BackendState::byte_keeps_flows(b.state) && !keeps_flows_of_down(b) {
         stats::flow_event(FlowEvent::ReselectedDown);
+        trace::note_reselected();
         return false;
     }
     // An LRU may evict the reply entry alone (the two maps age apart), and then another flow
@@ -617,7 +620,7 @@ fn new_flow(
     s: &DatapathSettings,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let backend_id = select::backend(svc, service_id, key, now);
+    let (backend_id, how) = select::backend(svc, service_id, key, now);
     if backend_id == NO_BACKEND {
         return Err(DropReason::NoBackend);
     }
@@ -627,6 +630,7 @@ fn new_flow(
     let Some(scratch) = scratch::get() else {
         return Err(DropReason::FlowTableFull);
     };
+    trace::note_selected(&mut scratch.trace, how, backend_id);
     let owner = &mut scratch.owner;
     owner.client = *key;
     owner.backend_id = backend_id;

@@ -27,6 +27,7 @@ mod scratch;
 mod select;
 mod stats;
 mod sticky;
+mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
@@ -35,6 +36,7 @@ use lb_common::{
     programs::{FROM_BACKEND, FROM_BACKEND6, ICMP, ICMP6, TO_VIP, TO_VIP6},
     settings::DatapathSettings,
     stats::{DropReason, PassReason},
+    trace::TraceDirection,
 };
 
 use maps::{BACKEND_ADDRS, SETTINGS, VIPS};
@@ -75,13 +77,77 @@ impl Outcome {
 /// stage that handles it (`lb_common::programs`), or passes it.
 #[xdp]
 pub fn xnlb(ctx: XdpContext) -> u32 {
-    finish(process(&ctx))
+    let outcome = process(&ctx);
+    // Only drops are traced here: what this program passes is not balanced traffic, and what
+    // it hands to a stage is traced there.
+    if let Outcome::Drop(reason) = outcome
+        && trace::armed()
+    {
+        used(trace::entry_drop(ctx.ctx, reason as u32));
+    }
+    finish(outcome)
+}
+
+/// Runs the stage's body `$stage` on the packet, traced going `$direction` when a trace is
+/// armed (`trace`): otherwise a load and a branch before and after. Nothing is kept across the
+/// body (its frame and its callees' fill the verifier's 512 bytes); `begin` leaves what `emit`
+/// needs in scratch. A macro, not a function taking a closure: LLVM makes the closure a
+/// function of its own, a frame more on the stack. (One copy of the body, not one per branch:
+/// the verifier walks each.)
+macro_rules! traced {
+    ($ctx:expr, $direction:expr, $stage:expr) => {{
+        if trace::armed() {
+            used(trace::begin($ctx.ctx, $direction as u32));
+        }
+        let settled: u64 = $stage;
+        if trace::armed() {
+            used(trace::emit(
+                $ctx.ctx,
+                $direction as u32,
+                (settled >> 32) as u32,
+            ));
+        }
+        settled as u32
+    }};
+}
+
+/// Uses the result of a function of its own, in one instruction. LLVM turns a function whose
+/// result no caller uses into one that returns nothing, and may then leave a stack pointer in
+/// the return register, which the verifier refuses ("cannot return stack pointer").
+#[inline(always)]
+fn used(result: u32) {
+    // (BPF assembly: the host build, for clippy only, has no such instruction.)
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: a register moved onto itself.
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) result as u64 => _, options(nomem, nostack))
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    let _ = result;
+}
+
+/// A stage body's outcome counted (`finish`): its XDP action in the low half, and in the high
+/// half the outcome as `trace::emit` takes it. One word, which a function of its own returns
+/// in a register: an enum comes back through the caller's stack, and the stage's frame leaves
+/// no room for that.
+#[inline(always)]
+fn settled(outcome: Outcome) -> u64 {
+    let word = trace::outcome_word(&outcome);
+    (word as u64) << 32 | finish(outcome) as u64
 }
 
 /// The stage for a packet to a VIP that was sent to this host (checked by `xnlb`).
 #[xdp]
 pub fn xnlb_to_vip(ctx: XdpContext) -> u32 {
-    finish(match stage_input(&ctx) {
+    traced!(ctx, TraceDirection::ToVip, to_vip(ctx.ctx))
+}
+
+/// The body of `xnlb_to_vip`, in a frame of its own: the trace's functions, called beside it,
+/// would not fit the verifier's 512 bytes on top of it.
+#[inline(never)]
+fn to_vip(raw: *mut aya_ebpf::bindings::xdp_md) -> u64 {
+    let ctx = packet::own_context(raw);
+    settled(match stage_input(&ctx) {
         // SAFETY: `stage_input` checked that the headers lie inside the packet, which outlives
         // this call.
         Some((eth, ip, settings)) => unsafe {
@@ -95,8 +161,15 @@ pub fn xnlb_to_vip(ctx: XdpContext) -> u32 {
 /// `xnlb`).
 #[xdp]
 pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
-    finish(match stage_input(&ctx) {
-        // SAFETY: as in `xnlb_to_vip`.
+    traced!(ctx, TraceDirection::FromBackend, from_backend(ctx.ctx))
+}
+
+/// The body of `xnlb_from_backend`, in a frame of its own (as `to_vip`).
+#[inline(never)]
+fn from_backend(raw: *mut aya_ebpf::bindings::xdp_md) -> u64 {
+    let ctx = packet::own_context(raw);
+    settled(match stage_input(&ctx) {
+        // SAFETY: as in `to_vip`.
         Some((eth, ip, settings)) => unsafe {
             balance::from_backend_v4(&ctx, &mut *eth, &mut *ip, settings)
         },
@@ -109,8 +182,19 @@ pub fn xnlb_from_backend(ctx: XdpContext) -> u32 {
 /// verifier's bound on the stack.
 #[xdp]
 pub fn xnlb_to_vip6(ctx: XdpContext) -> u32 {
-    let outcome = to_vip6(ctx.ctx);
-    finish(icmp6::answer(&ctx, outcome))
+    traced!(ctx, TraceDirection::ToVip, answered6(ctx.ctx, to_vip6))
+}
+
+/// An IPv6 stage's body (`to_vip6`, `from_backend6`) run, a packet too big answered
+/// (`icmp6::answer`), settled: in a frame of its own, as `to_vip`.
+/// (Generic, not a function pointer: BPF has no indirect calls.)
+#[inline(never)]
+fn answered6<F: FnOnce(*mut aya_ebpf::bindings::xdp_md) -> Outcome>(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    body: F,
+) -> u64 {
+    let ctx = packet::own_context(raw);
+    settled(icmp6::answer(&ctx, body(raw)))
 }
 
 /// The body of `xnlb_to_vip6`, in a frame of its own.
@@ -118,7 +202,7 @@ pub fn xnlb_to_vip6(ctx: XdpContext) -> u32 {
 fn to_vip6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
     let ctx = packet::own_context(raw);
     match stage_input6(&ctx) {
-        // SAFETY: as in `xnlb_to_vip`.
+        // SAFETY: as in `to_vip`.
         Some((eth, ip, settings)) => unsafe {
             balance::to_vip_v6(&ctx, &mut *eth, &mut *ip, settings)
         },
@@ -129,8 +213,11 @@ fn to_vip6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
 /// `xnlb_from_backend` for IPv6 (too big: as in `xnlb_to_vip6`).
 #[xdp]
 pub fn xnlb_from_backend6(ctx: XdpContext) -> u32 {
-    let outcome = from_backend6(ctx.ctx);
-    finish(icmp6::answer(&ctx, outcome))
+    traced!(
+        ctx,
+        TraceDirection::FromBackend,
+        answered6(ctx.ctx, from_backend6)
+    )
 }
 
 /// The body of `xnlb_from_backend6`, in a frame of its own.
@@ -138,7 +225,7 @@ pub fn xnlb_from_backend6(ctx: XdpContext) -> u32 {
 fn from_backend6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
     let ctx = packet::own_context(raw);
     match stage_input6(&ctx) {
-        // SAFETY: as in `xnlb_to_vip`.
+        // SAFETY: as in `to_vip`.
         Some((eth, ip, settings)) => unsafe {
             balance::from_backend_v6(&ctx, &mut *eth, &mut *ip, settings)
         },
@@ -151,7 +238,7 @@ fn from_backend6(raw: *mut aya_ebpf::bindings::xdp_md) -> Outcome {
 #[xdp]
 pub fn xnlb_icmp(ctx: XdpContext) -> u32 {
     finish(match stage_input(&ctx) {
-        // SAFETY: as in `xnlb_to_vip`.
+        // SAFETY: as in `to_vip`.
         Some((eth, ip, settings)) => unsafe { icmp::stage(&ctx, &mut *eth, &mut *ip, settings) },
         None => Outcome::Pass(PassReason::Malformed),
     })
@@ -161,7 +248,7 @@ pub fn xnlb_icmp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xnlb_icmp6(ctx: XdpContext) -> u32 {
     finish(match stage_input6(&ctx) {
-        // SAFETY: as in `xnlb_to_vip`.
+        // SAFETY: as in `to_vip`.
         Some((eth, ip, settings)) => unsafe { icmp6::stage(&ctx, &mut *eth, &mut *ip, settings) },
         None => Outcome::Pass(PassReason::Malformed),
     })

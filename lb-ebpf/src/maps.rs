@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
     addr::AddrKey,
@@ -22,6 +22,7 @@ use lb_common::{
     settings::DatapathSettings,
     stats::{BackendStats, DropReason, FlowEvent, PassReason, ServiceStats, XDP_ACTION_LABELS},
     sticky::{StickyEntry, StickyKey, StickyMember},
+    trace::{RING_BYTES, TraceBudget, TraceFilter},
 };
 
 use crate::scratch::Scratch;
@@ -132,6 +133,18 @@ pub static CLUSTER_STATE: Array<u64> = Array::with_max_entries(CLUSTER_STATE_WOR
 /// bytes cannot hold them next to everything else.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `xnlb trace`'s filter (one element; all zero is off: `trace`).
+#[map]
+pub static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// `xnlb trace`'s events (`lb_common::trace::TraceEvent`), for the controller to read.
+#[map]
+pub static TRACE_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Each CPU's trace rate-limit window and the events it could not write.
+#[map]
+pub static TRACE_BUDGET: PerCpuArray<TraceBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =

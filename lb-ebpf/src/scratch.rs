@@ -7,6 +7,7 @@ use lb_common::{
     flow::{BackendPort, FlowEntry, FlowKey, ReplyEntry},
     fragment::{FragmentEntry, FragmentKey},
     next_hop::NextHop,
+    trace::TraceNotes,
 };
 
 use crate::maps::SCRATCH;
@@ -36,6 +37,8 @@ pub struct Scratch {
     pub ipv6_fragment_id: u32,
     /// An IPv6 packet too big for its next hop, as its sender sent it (`icmp6::too_big`).
     pub sent_as: FlowKey,
+    /// The packet being traced (`trace`).
+    pub trace: TraceNotes,
 }
 
 /// This CPU's scratch space. Its contents are whatever the last packet left: every user writes

@@ -6,6 +6,7 @@ use lb_common::{
     flow::FlowKey,
     hash::affinity_hash,
     service::{Filtering, NO_BACKEND, ServiceInfo},
+    trace::{SELECTED_NONE, SELECTED_RING, SELECTED_SINGLE, SELECTED_STICKY},
 };
 
 use crate::{
@@ -26,24 +27,25 @@ pub fn takes_new_flows(backend_id: u32, service_id: u32) -> bool {
 }
 
 /// The backend for a new flow of service `service_id`, or `NO_BACKEND` when it has no usable
-/// one: the client's sticky backend if it has one, else the ring's choice.
+/// one: the client's sticky backend if it has one, else the ring's choice. With it, how it was
+/// chosen (`lb_common::trace::SELECTED_*`, for a trace).
 #[inline(always)]
-pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey, now: u64) -> u32 {
+pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey, now: u64) -> (u32, u32) {
     if svc.filtering == Filtering::Single as u8 {
         let id = svc.single_backend;
         return if takes_new_flows(id, service_id) {
-            id
+            (id, SELECTED_SINGLE)
         } else {
-            NO_BACKEND
+            (NO_BACKEND, SELECTED_NONE)
         };
     }
     if svc.ring_size == 0 {
-        return NO_BACKEND;
+        return (NO_BACKEND, SELECTED_NONE);
     }
     if sticky::applies(svc)
         && let Some(id) = sticky::held_backend(svc, service_id, key, now)
     {
-        return id;
+        return (id, SELECTED_STICKY);
     }
     for attempt in 0..=DOWN_RETRIES {
         let seed = svc.hash_seed.wrapping_add(attempt);
@@ -58,8 +60,8 @@ pub fn backend(svc: &ServiceInfo, service_id: u32, key: &FlowKey, now: u64) -> u
         if let Some(&id) = RING.get(slot)
             && takes_new_flows(id, service_id)
         {
-            return id;
+            return (id, SELECTED_RING + attempt);
         }
     }
-    NO_BACKEND
+    (NO_BACKEND, SELECTED_NONE)
 }

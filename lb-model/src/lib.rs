@@ -17,3 +17,4 @@ pub mod port_rules;
 pub mod rise_fall;
 pub mod status;
 pub mod sticky;
+pub mod trace;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use lb_model::{cluster::ClusterStatus, status::Status, sticky::StickyRow};
+use lb_model::{cluster::ClusterStatus, status::Status, sticky::StickyRow, trace::TraceMessage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,27 @@ pub enum Request {
     },
     /// How many services the running datapath has room for (`xnlb check` asks).
     Room,
+    /// `xnlb trace`: answered with a `Response`, then, when it is ok, a stream of
+    /// `lb_model::trace::TraceMessage` lines until the count is reached or the client closes.
+    Trace(TraceRequest),
+}
+
+/// What `xnlb trace` asks to see; every field absent traces every packet the stages handle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    /// `ADDR` or `ADDR/LEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// End after this many events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Events per second at most (over all CPUs); the rest are counted, not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
 }
 
 /// `xnlb cluster ...`.
@@ -138,10 +159,60 @@ pub enum ClientError {
          while handling the request; see its log, and `xnlb status` once it runs again"
     )]
     Died(PathBuf),
+    /// The daemon answered with a refusal (a streaming verb's first line).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Sends one request and waits for its answer (reloads can take a few seconds).
 pub fn request(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let stream = send(socket, request, Some(Duration::from_secs(60)))?;
+    let mut answer = String::new();
+    read_answer(socket, &mut BufReader::new(stream), &mut answer)
+}
+
+/// Sends `trace` and hands each message of its stream to `each` until the daemon ends it
+/// (its last message says why). `closer` gets a handle that ends the trace when shut down for
+/// writing (Ctrl-C): the daemon then clears its filter and sends its totals.
+pub fn trace(
+    socket: &Path,
+    request: TraceRequest,
+    closer: impl FnOnce(UnixStream),
+    mut each: impl FnMut(&TraceMessage),
+) -> Result<(), ClientError> {
+    // No read timeout: a quiet client's trace may wait long for its next packet.
+    let stream = send(socket, &Request::Trace(request), None)?;
+    let io = |source: std::io::Error| ClientError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    closer(stream.try_clone().map_err(io)?);
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let answer = read_answer(socket, &mut reader, &mut line)?;
+    if !answer.ok {
+        return Err(ClientError::Refused(answer.message.unwrap_or_default()));
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            return Ok(());
+        }
+        let message: TraceMessage = serde_json::from_str(&line)
+            .map_err(|e| ClientError::Protocol(socket.to_path_buf(), e.to_string()))?;
+        each(&message);
+        if matches!(message, TraceMessage::End { .. }) {
+            return Ok(());
+        }
+    }
+}
+
+/// Connects to the daemon and sends `request`.
+fn send(
+    socket: &Path,
+    request: &Request,
+    read_timeout: Option<Duration>,
+) -> Result<UnixStream, ClientError> {
     let io = |source: std::io::Error| ClientError::Io {
         path: socket.to_path_buf(),
         source,
@@ -153,22 +224,32 @@ pub fn request(socket: &Path, request: &Request) -> Result<Response, ClientError
         std::io::ErrorKind::PermissionDenied => ClientError::Permission(socket.to_path_buf()),
         _ => io(e),
     })?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(io)?;
+    stream.set_read_timeout(read_timeout).map_err(io)?;
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io)?;
-    let mut answer = String::new();
-    match BufReader::new(stream).read_line(&mut answer) {
+    Ok(stream)
+}
+
+/// Reads the daemon's answer line into `line`.
+fn read_answer(
+    socket: &Path,
+    reader: &mut BufReader<UnixStream>,
+    line: &mut String,
+) -> Result<Response, ClientError> {
+    match reader.read_line(line) {
         Ok(0) => return Err(ClientError::Died(socket.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
             return Err(ClientError::Died(socket.to_path_buf()));
         }
-        other => {
-            other.map_err(io)?;
+        Err(source) => {
+            return Err(ClientError::Io {
+                path: socket.to_path_buf(),
+                source,
+            });
         }
+        Ok(_) => {}
     }
-    serde_json::from_str(&answer)
+    serde_json::from_str(line)
         .map_err(|e| ClientError::Protocol(socket.to_path_buf(), e.to_string()))
 }

@@ -127,6 +127,32 @@ pub enum Command {
         #[command(subcommand)]
         action: StickyCommand,
     },
+    /// The datapath's decision for each packet matching the filters, live, one line each:
+    /// service, affinity hash, backend and why, translation, verdict. Ctrl-C or --count ends it
+    /// (and clears the filter); with no filter, every packet to a VIP or from a backend.
+    Trace {
+        /// Only this client: ADDR, or ADDR/LEN for a network.
+        #[arg(long, value_name = "ADDR[/LEN]")]
+        client: Option<String>,
+        /// Only this service's packets.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only packets that go to or come from this backend.
+        #[arg(long)]
+        backend: Option<String>,
+        /// End after N packets.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Events per second at most, over all CPUs; the rest are counted and reported, never
+        /// delaying a packet [default: 1000].
+        #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
+        /// One JSON object per line (schema in docs/cli.md).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(Subcommand)]

@@ -114,7 +114,75 @@ fn main() -> ExitCode {
             },
             message,
         ),
+        Command::Trace {
+            client,
+            service,
+            backend,
+            count,
+            rate,
+            json,
+            socket,
+        } => trace(
+            &socket,
+            admin::TraceRequest {
+                client,
+                service,
+                backend,
+                count,
+                rate,
+            },
+            json,
+        ),
     }
+}
+
+/// `xnlb trace`: prints the stream as it comes. Ctrl-C (and SIGTERM) half-close the
+/// connection rather than end the process: the daemon then clears its filter and sends the
+/// totals, which are printed last.
+fn trace(socket: &SocketArg, request: admin::TraceRequest, json: bool) -> ExitCode {
+    let Socket { path, from } = socket.resolve();
+    let closer = |stream: std::os::unix::net::UnixStream| {
+        if let Some(signals) = block_interrupts() {
+            std::thread::spawn(move || {
+                let _ = signals.wait();
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    };
+    let print = |message: &lb_model::trace::TraceMessage| {
+        let line = if json {
+            serde_json::to_string(message).expect("messages serialize")
+        } else {
+            message.render()
+        };
+        println!("{line}");
+    };
+    match admin::trace(&path, request, closer, print) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ClientError::NotRunning(_)) => {
+            eprintln!("xnlb: {e} (socket from {from})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("xnlb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM blocked in this thread (and the threads it starts) for one of them to
+/// wait for; their dispositions reset first, as a shell's `&` leaves SIGINT ignored, which
+/// would discard it. `None` if the signal mask cannot be set (they then end the process).
+fn block_interrupts() -> Option<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: restoring the default disposition installs no handler.
+        unsafe { signal(s, SigHandler::SigDfl) }.ok()?;
+        set.add(s);
+    }
+    set.thread_block().ok()?;
+    Some(set)
 }
 
 /// The daemon's log on stderr: `RUST_LOG` filters (default `info`); under systemd, lines

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::Path,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -59,6 +59,8 @@ pub struct Answerer {
     pub samples: Arc<Samples>,
     /// Cluster mode's agent, when the config has a cluster block.
     pub cluster: Option<ClusterHandle>,
+    /// A trace runs (`trace`: one at a time).
+    pub tracing: Arc<AtomicBool>,
 }
 
 impl Answerer {
@@ -156,8 +158,13 @@ pub async fn serve(listener: UnixListener, answerer: Answerer, stopped: mpsc::Se
         let answerer = answerer.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let request = read_request(read).await;
+            let (mut read, mut write) = stream.into_split();
+            let request = read_request(&mut read).await;
+            // A trace answers with a stream, on this connection, until it ends.
+            if let Ok(Request::Trace(trace)) = request {
+                super::trace::stream(&answerer, trace, read, write).await;
+                return;
+            }
             let is_stop = matches!(request, Ok(Request::Stop));
             let response = match request {
                 Ok(request) => answerer.answer(request).await,
@@ -181,7 +188,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads one request line: at most `MAX_REQUEST` bytes, within `REQUEST_TIMEOUT`, UTF-8 JSON.
 /// Whatever else a client sends is answered with what is wrong, and never held in memory.
-async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request> {
+async fn read_request(read: &mut tokio::net::unix::OwnedReadHalf) -> Result<Request> {
     let mut line = Vec::new();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST + 1));
     match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {

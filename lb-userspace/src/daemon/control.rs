@@ -164,10 +164,13 @@ fn carry_out(ctl: &mut Controller, request: Request) -> Response {
             backend,
         } => ctl.clear_sticky(&service, client, backend.as_deref()),
         // `status` and `sticky list` are read from the published view, `cluster` answered by
-        // the cluster agent; `stop` ends the thread (above).
-        Request::Status | Request::Stop | Request::Cluster { .. } | Request::StickyList { .. } => {
-            Err(anyhow::anyhow!("not a controller command"))
-        }
+        // the cluster agent, `trace` streamed by the admin socket; `stop` ends the thread
+        // (above).
+        Request::Status
+        | Request::Stop
+        | Request::Cluster { .. }
+        | Request::StickyList { .. }
+        | Request::Trace(_) => Err(anyhow::anyhow!("not a controller command")),
     };
     match result {
         Ok(message) => Response::ok(message),

@@ -25,6 +25,7 @@ mod reload;
 mod routing;
 pub mod status;
 mod sticky;
+mod trace;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -79,6 +80,10 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     };
     let (targets, probed, view) = (ctl.health_targets(), ctl.health_targets(), ctl.view());
     let reader = Arc::new(ctl.reader()?);
+    // A daemon that ended mid-trace left the (pinned) filter armed: nobody reads its events.
+    if let Err(e) = crate::datapath::trace::Tap::open(&reader).and_then(|mut t| t.disarm()) {
+        warn!("clearing a trace filter left armed: {e}");
+    }
     let epoch = ctl.next_hop_epoch()?;
     let cluster = match &ctl.config.cluster {
         Some(block) => Some(
@@ -115,6 +120,7 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
         reader,
         samples,
         cluster,
+        tracing: Arc::default(),
     };
     let (stopped_tx, mut stopped_rx) = mpsc::channel(1);
     tokio::spawn(admin_socket::serve(admin_listener, answerer, stopped_tx));

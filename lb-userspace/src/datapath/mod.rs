@@ -16,6 +16,7 @@ pub mod object;
 pub mod pins;
 mod reader;
 pub mod reconcile;
+pub mod trace;
 
 use std::{os::fd::AsFd, path::Path};
 

@@ -50,7 +50,8 @@ pub(super) fn data_of<'a>(map: &'a Map, name: &'static str) -> Result<&'a MapDat
         | Map::LruHashMap(m)
         | Map::LpmTrie(m)
         | Map::PerCpuArray(m)
-        | Map::ProgramArray(m) => Ok(m),
+        | Map::ProgramArray(m)
+        | Map::RingBuf(m) => Ok(m),
         _ => Err(DatapathError::MissingMap(name)),
     }
 }
@@ -87,6 +88,11 @@ impl Reader {
             .map(|(name, map)| Ok((*name, duplicate(map, name)?)))
             .collect::<Result<_>>()?;
         Ok(Self { maps })
+    }
+
+    /// A second handle to map `name`, owned (`trace::Tap` keeps its own).
+    pub(super) fn own_handle(&self, name: &'static str) -> Result<Map> {
+        duplicate(self.map(name)?, name)
     }
 
     fn map(&self, name: &'static str) -> Result<&Map> {

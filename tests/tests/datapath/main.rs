@@ -14,3 +14,4 @@ mod next_hops;
 mod random_invariants;
 mod selection;
 mod sticky;
+mod trace;
