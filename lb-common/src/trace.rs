@@ -167,7 +167,8 @@ pub struct TraceEvent {
     /// The client's side of the flow: client → VIP (a reply's tuple turned around, its NAT
     /// undone).
     pub client: FlowKey,
-    /// The packet as sent, when `verdict` is `Sent` (else zero).
+    /// The packet as it left, when it was translated (else zero): forwarded, or passed to the
+    /// kernel to be forwarded (a neighbour to resolve).
     pub sent: FlowKey,
     /// The service, or `ANY`.
     pub service_id: u32,

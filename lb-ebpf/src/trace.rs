@@ -129,13 +129,17 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
     notes.generation = 0;
     let verdict = (outcome >> 8) as u8;
     let sent = verdict == TraceVerdict::Sent as u8;
-    // The packet as it is now: translated, when it was sent.
+    // The packet as it is now: translated, if its flow was found (a packet may also be passed
+    // to the kernel after its translation, for the kernel to find a neighbour).
     let now = tuple_of(&ctx);
     let tcp_flags = match &now {
         Some((key, l4)) => tcp_flags(&ctx, key, *l4),
         None => 0,
     };
-    let sent_as = if sent { now.map(|(key, _)| key) } else { None };
+    let sent_as = match now {
+        Some((key, _)) if key != notes.arrived => Some(key),
+        _ => None,
+    };
     // The client's side: as it arrived, or a reply's as it left, turned around.
     let client = if direction == TraceDirection::FromBackend as u32 {
         let back = match &sent_as {
@@ -151,7 +155,7 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
         notes.arrived
     };
     let (service_id, affinity, hash, ring_slot) = service_of(&client, notes.selected);
-    let (decision, backend_id) = decision_of(direction, notes, &client, sent);
+    let (decision, backend_id) = decision_of(direction, notes, &client, sent_as.is_some());
     if !filter.takes_decision(service_id, backend_id) || !within_budget(filter) {
         return 0;
     }
@@ -222,13 +226,14 @@ fn service_of(client: &FlowKey, selected: u32) -> (u32, u8, u32, u32) {
     (id, svc.affinity, hash, hash % svc.ring_size)
 }
 
-/// How the packet's backend was found, and which it is (`ANY` for none).
+/// How the packet's backend was found, and which it is (`ANY` for none). `translated`: the
+/// packet's flow was found and its addresses rewritten.
 #[inline(always)]
 fn decision_of(
     direction: u32,
     notes: &lb_common::trace::TraceNotes,
     client: &FlowKey,
-    sent: bool,
+    translated: bool,
 ) -> (TraceDecision, u32) {
     let new = match notes.selected {
         SELECTED_NONE => None,
@@ -242,7 +247,7 @@ fn decision_of(
     {
         return (decision, notes.backend_id);
     }
-    if !sent {
+    if !translated {
         return (TraceDecision::None, ANY);
     }
     let kind = if direction == TraceDirection::FromBackend as u32 {

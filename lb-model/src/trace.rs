@@ -73,7 +73,7 @@ pub struct TraceRecord {
     pub ring_slot: Option<u32>,
     /// The backend (its name; its id when the running config has no such id any more).
     pub backend: Option<String>,
-    /// The packet as it was sent: addresses and ports after translation.
+    /// The packet as it left, when it was translated: addresses and ports after translation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent: Option<Sent>,
     pub verdict: TraceVerdict,
@@ -128,7 +128,7 @@ impl TraceRecord {
             hash: (event.hash != 0 || event.ring_slot != 0).then_some(event.hash),
             ring_slot: (event.hash != 0 || event.ring_slot != 0).then_some(event.ring_slot),
             backend: id(event.backend_id, &names.backends),
-            sent: (verdict == TraceVerdict::Sent).then(|| sent(&event.sent)),
+            sent: (event.sent.family != 0).then(|| sent(&event.sent)),
             verdict,
             reason: reason_label(verdict, event.reason),
             in_interface: interface(event.in_ifindex, names),
@@ -183,11 +183,11 @@ impl TraceRecord {
                 }
             }
         }
+        if let Some(sent) = &self.sent {
+            line += &self.translation(sent);
+        }
         match self.verdict {
             TraceVerdict::Sent => {
-                if let Some(sent) = &self.sent {
-                    line += &self.translation(sent);
-                }
                 line += &format!(", {}", self.reason);
                 if let Some(out) = &self.out_interface {
                     line += &format!(" {out}");

@@ -179,6 +179,15 @@ impl Daemon {
             .expect("run xnlb")
     }
 
+    /// `cli_spawn` with stdout piped, for a verb that streams (`xnlb trace`).
+    pub fn cli_piped(&self, args: &[&str]) -> Child {
+        self.client(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run xnlb")
+    }
+
     fn client(&self, args: &[&str]) -> Command {
         let mut command = Command::new(xnlb_bin());
         command.args(args).arg("--socket").arg(&self.files.socket);

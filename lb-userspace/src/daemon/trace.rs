@@ -187,7 +187,10 @@ fn read_events(
                 continue;
             }
             let record = TraceRecord::of(&event, &names, clock_offset);
-            if events.blocking_send(TraceMessage::Event(Box::new(record))).is_err() {
+            if events
+                .blocking_send(TraceMessage::Event(Box::new(record)))
+                .is_err()
+            {
                 break 'reading "the client ended it";
             }
             sent += 1;

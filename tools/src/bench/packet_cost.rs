@@ -137,7 +137,7 @@ fn bed_for(runs: u32) -> Bed {
 
 /// Progress steps of `measure`: the floor, three untouched packets, the reused tuple, the rows.
 pub fn steps() -> usize {
-    5 + flow_cases::all().len()
+    5 + flow_cases::all().len() + TRACED.len()
 }
 
 /// Section 1: the floor, the packets the balancer refuses or leaves alone, and every golden
@@ -226,10 +226,67 @@ pub fn measure(budget: &Budget, progress: &mut Progress) -> PacketCosts {
         cases.push(cost(case.name, case.action, one, runs, None));
     }
 
+    for (case, traced_client) in TRACED {
+        progress.step(&format!("per packet: {case}"));
+        cases.push(cost(
+            case,
+            XDP_REDIRECT,
+            traced(runs, traced_client),
+            runs,
+            None,
+        ));
+    }
+
     PacketCosts {
         floor: floor_cost,
         cases,
     }
+}
+
+/// The established flow's cost while `xnlb trace` runs: its client not the filter's (the
+/// packet pays the filter's check), and its client traced (an event written per packet).
+const TRACED: [(&str, bool); 2] = [
+    ("established flow, a trace armed for another client", false),
+    ("established flow, traced (one event each)", true),
+];
+
+/// The mean cost of an established flow's packet with a trace armed, for its client or for
+/// another; the events are read between runs (untimed), as the daemon reads them meanwhile.
+fn traced(runs: u32, its_client: bool) -> f64 {
+    let mut bed = bed_for(runs);
+    flow_cases::three_backends(&mut bed);
+    let first = flow_cases::CLIENT;
+    bed.connect(first, (VIP, 443));
+    let mut tap = xnlb::datapath::trace::Tap::open(bed.dp.reader()).expect("trace maps");
+    let client = if its_client { first.0 } else { client_ip(200) };
+    tap.arm(&lb_common::trace::TraceFilter {
+        armed: 1,
+        per_cpu_window: u32::MAX,
+        client: lb_common::addr::v4(client.octets()),
+        client_family: FAMILY_V4,
+        client_prefix: 32,
+        service_id: lb_common::trace::ANY,
+        backend_id: lb_common::trace::ANY,
+        ..Default::default()
+    })
+    .expect("arm");
+    let ack = bed.from_client(Pkt::tcp(first, (VIP, 443), ACK)).bytes();
+    let prog = bed.dp.program().expect("program");
+    let mut events = 0u32;
+    let cost = single(prog, bed.client_if, &ack, runs, XDP_REDIRECT, |_, _| {
+        while tap.next_event().is_some() {
+            events += 1;
+        }
+    });
+    while tap.next_event().is_some() {
+        events += 1;
+    }
+    let want = if its_client { runs } else { 0 };
+    assert_eq!(
+        events, want,
+        "one event per traced packet, none for another client's"
+    );
+    cost
 }
 
 /// `(x, ns per packet)` points of one scaling curve.

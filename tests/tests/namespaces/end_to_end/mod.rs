@@ -213,6 +213,7 @@ mod persistence;
 mod pmtu;
 mod snat_capacity;
 mod syn_flood;
+mod tracing;
 
 in_both_modes! {
     balancing::balancing: balancing_two_arm, balancing_one_arm;
@@ -229,6 +230,12 @@ in_both_modes! {
     pmtu::path_mtu_through_the_nat_ipv6: path_mtu_through_the_nat_ipv6_two_arm, path_mtu_through_the_nat_ipv6_one_arm;
     persistence::persistence: sticky_clients_survive_membership_changes_two_arm, sticky_clients_survive_membership_changes_one_arm;
     persistence::keep_or_reset: a_failed_backend_keeps_or_resets_its_flows_two_arm, a_failed_backend_keeps_or_resets_its_flows_one_arm;
+}
+
+/// Two-arm: `xnlb trace` follows one client of 40, and holds a flood to its rate.
+#[test]
+fn trace_follows_one_client_and_holds_a_flood_to_its_rate() {
+    tracing::trace_one_client();
 }
 
 /// Two-arm only: there the backends' own connections route through the balancer.
