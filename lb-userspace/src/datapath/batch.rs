@@ -1,6 +1,7 @@
 //! Batched map access (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_UPDATE_BATCH`), which aya 0.14 does not
 //! wrap: reading a 262k-entry connection table or writing a 65537-entry ring takes a few dozen
-//! syscalls instead of one per element, so scrapes and reloads stay cheap.
+//! syscalls instead of one per element, so scrapes and reloads stay cheap. Raw `libc`: bpf(2)
+//! is not a call nix wraps.
 
 use std::{
     io,

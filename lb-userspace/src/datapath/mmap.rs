@@ -4,7 +4,8 @@
 //! most of a 100-service reload).
 //!
 //! The kernel lays array elements out 8 bytes apart (`round_up(value_size, 8)`), so each u32
-//! sits in the first four bytes of a u64 slot.
+//! sits in the first four bytes of a u64 slot. Raw `libc` mmap: the mapping's lifetime is tied
+//! to the map's descriptor by hand here, which nix's safe wrappers would not make simpler.
 
 use std::{
     os::fd::{AsRawFd, BorrowedFd},

@@ -15,13 +15,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS_ROOT: &str = "/sys/fs/bpf";
 
 fn on_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: an all-zero `struct statfs` is a valid value (integers only).
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and statfs writes one struct statfs into `st`.
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Pins need a BPF filesystem. Systems that boot without one at /sys/fs/bpf get it mounted
@@ -37,24 +31,14 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
             parent.display()
         ));
     }
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, target, fstype, opts) = (c("bpf"), c(BPF_FS_ROOT), c("bpf"), c("mode=0700"));
-    // SAFETY: plain mount(2) with NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            opts.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(anyhow!(
-            "mounting the BPF filesystem at {BPF_FS_ROOT}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPF_FS_ROOT,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|e| anyhow!("mounting the BPF filesystem at {BPF_FS_ROOT}: {e}"))?;
     info!("mounted the BPF filesystem at {BPF_FS_ROOT}");
     Ok(())
 }

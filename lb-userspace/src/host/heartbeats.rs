@@ -2,7 +2,8 @@
 //! cluster interface, sent and received with an AF_PACKET socket bound to that interface and
 //! EtherType (the datapath passes them to the kernel as non-IP). In IGMP mode the node also
 //! joins the cluster's multicast group, so that a snooping switch delivers the cluster MAC to
-//! its port.
+//! its port. Raw `libc`: nix 0.29 cannot build a `sockaddr_ll` to bind or send to (its
+//! `LinkAddr` has no constructor), nor join a group by interface index (`ip_mreqn`).
 
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},

@@ -31,9 +31,7 @@ pub fn load_for_run(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn system_problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut check = |name: &str, path: &str| {
-        let c = std::ffi::CString::new(name).unwrap_or_default();
-        // SAFETY: `c` is a NUL-terminated string that outlives the call.
-        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        if nix::net::if_::if_nametoindex(name).is_err() {
             problems.push(
                 Problem::new(
                     path,
