@@ -113,7 +113,15 @@ pub async fn stream(
     }
     match reading.await {
         Ok(tap) => finish(tap, answerer),
-        Err(e) => warn!("trace: the reader ended abnormally: {e}"),
+        Err(e) => {
+            // Its tap went with it: clear the filter through another, so that the next trace
+            // can start.
+            warn!("trace: the reader ended abnormally: {e}");
+            match Tap::open(&answerer.reader) {
+                Ok(tap) => finish(tap, answerer),
+                Err(e) => warn!("trace: clearing the datapath's filter: {e}"),
+            }
+        }
     }
     let _ = write.shutdown().await;
 }
