@@ -144,14 +144,9 @@ fn to_vip<I: IpHeader>(
     let (service_id, svc) = match flow_service {
         Some(found) => found,
         None => {
-            let rule_key = Key::new(
-                RULE_LOOKUP_BITS,
-                ServiceRuleKey::new(I::FAMILY, key.proto, key.dst, key.dst_port),
-            );
-            let Some(rule) = SERVICE_RULES.get(&rule_key) else {
+            let Some(service_id) = rule_service(I::FAMILY, &key) else {
                 return Outcome::Drop(DropReason::NoService);
             };
-            let service_id = rule.service_id;
             // SAFETY: as above.
             let Some(svc) = (unsafe { SERVICES.get(&service_id) }) else {
                 return Outcome::Drop(DropReason::NoService);
@@ -241,6 +236,17 @@ fn to_vip<I: IpHeader>(
         sent => sent,
     };
     cluster::to_kernel_as_own(ctx, settings, sent)
+}
+
+/// The service whose rule takes a client packet of tuple `key` (of `family`: a constant where
+/// the caller has one), by the rules' longest-prefix walk.
+#[inline(always)]
+pub fn rule_service(family: u8, key: &FlowKey) -> Option<u32> {
+    let rule_key = Key::new(
+        RULE_LOOKUP_BITS,
+        ServiceRuleKey::new(family, key.proto, key.dst, key.dst_port),
+    );
+    SERVICE_RULES.get(&rule_key).map(|rule| rule.service_id)
 }
 
 /// Where the next hop for backend `id` at `addr` is kept: its `BACKEND_HOPS` element, which

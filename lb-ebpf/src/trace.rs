@@ -7,15 +7,11 @@
 //! (`conntrack::new_flow`); `emit` then gathers the rest from the maps and the rewritten packet.
 //! Both are functions of their own, so the stages' code and stack stay as they were.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     flow::FlowKey,
     hash::affinity_hash,
-    service::{RULE_LOOKUP_BITS, ServiceRuleKey},
     stats::PassReason,
     trace::{
         ANY, SELECTED_NONE, SELECTED_RING, SELECTED_SINGLE, SELECTED_STICKY, TraceDecision,
@@ -25,9 +21,7 @@ use lb_common::{
 
 use crate::{
     Outcome,
-    maps::{
-        BACKEND_HOPS, FLOWS, HALF_OPEN, SERVICE_RULES, SERVICES, TRACE, TRACE_BUDGET, TRACE_EVENTS,
-    },
+    maps::{BACKEND_HOPS, FLOWS, HALF_OPEN, SERVICES, TRACE, TRACE_BUDGET, TRACE_EVENTS},
     packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, ptr_at},
     scratch,
 };
@@ -146,7 +140,7 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
             Some(t) => t,
             None => &notes.arrived,
         };
-        let client = turned(back);
+        let client = back.reversed();
         if !filter.takes_client(client.family, &client.src) {
             return 0;
         }
@@ -200,14 +194,9 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
 /// flow chosen by the ring, the hash and slot that chose it.
 #[inline(always)]
 fn service_of(client: &FlowKey, selected: u32) -> (u32, u8, u32, u32) {
-    let rule_key = Key::new(
-        RULE_LOOKUP_BITS,
-        ServiceRuleKey::new(client.family, client.proto, client.dst, client.dst_port),
-    );
-    let Some(rule) = SERVICE_RULES.get(&rule_key) else {
+    let Some(id) = crate::balance::rule_service(client.family, client) else {
         return (ANY, 0, 0, 0);
     };
-    let id = rule.service_id;
     // SAFETY: the element stays valid for this program run (RCU).
     let Some(svc) = (unsafe { SERVICES.get(&id) }) else {
         return (id, 0, 0, 0);
@@ -258,20 +247,6 @@ fn decision_of(
     // SAFETY: the elements stay valid for this program run (RCU).
     let flow = unsafe { FLOWS.get(client).or_else(|| HALF_OPEN.get(client)) };
     (kind, flow.map_or(ANY, |f| f.backend_id))
-}
-
-/// The tuple turned around: a reply's as its client's packet would carry it.
-#[inline(always)]
-fn turned(t: &FlowKey) -> FlowKey {
-    FlowKey {
-        src: t.dst,
-        dst: t.src,
-        src_port: t.dst_port,
-        dst_port: t.src_port,
-        proto: t.proto,
-        family: t.family,
-        _pad: [0; 2],
-    }
 }
 
 /// Whether this CPU may write one more event in its window (counting it if not).

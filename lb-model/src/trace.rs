@@ -1,20 +1,18 @@
 //! `xnlb trace`: what the daemon streams for each traced packet (`lb_common::trace::TraceEvent`
 //! with its ids named), and the line the CLI prints for it.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use lb_common::{
-    addr::{Addr, FAMILY_V4, PROTO_TCP, PROTO_UDP},
+    addr::{Addr, PROTO_TCP, PROTO_UDP},
     flow::FlowKey,
     service::Affinity,
     stats::{DropReason, PassReason, XDP_ACTION_LABELS},
     trace::{ANY, TraceDecision, TraceDirection, TraceEvent, TraceVerdict},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::port_rules::ip_of;
 
 /// What the ids in an event stand for: the running config's services and backends, and the
 /// host's interfaces.
@@ -242,21 +240,9 @@ impl TraceMessage {
 /// An address and port as written in a URL: `198.18.0.10:51234`, `[fd00::1]:443`.
 fn endpoint(family: u8, addr: &Addr, port_be: u16) -> String {
     let port = u16::from_be(port_be);
-    match ip_of(family, addr) {
+    match ip_of(addr, family) {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-fn ip_of(family: u8, addr: &Addr) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::from(addr[0].to_ne_bytes()))
-    } else {
-        let mut bytes = [0u8; 16];
-        for (chunk, word) in bytes.chunks_mut(4).zip(addr) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        IpAddr::V6(Ipv6Addr::from(bytes))
     }
 }
 

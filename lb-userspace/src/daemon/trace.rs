@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use lb_common::{
-    addr::{FAMILY_V4, FAMILY_V6, network},
+    addr::{FAMILY_V4, network},
     trace::{ANY, TraceFilter, WINDOW_NS},
 };
 use lb_model::trace::{Missed, Names, TraceMessage, TraceRecord};
@@ -279,10 +279,8 @@ fn plan(request: &TraceRequest, view: &View) -> Result<Plan> {
     };
     if let Some(client) = &request.client {
         let (addr, prefix) = parse_client(client)?;
-        let (family, words, max) = match addr {
-            IpAddr::V4(a) => (FAMILY_V4, lb_common::addr::v4(a.octets()), 32),
-            IpAddr::V6(a) => (FAMILY_V6, lb_common::addr::v6(a.octets()), 128),
-        };
+        let (words, family) = lb_model::port_rules::addr_of(addr);
+        let max = if family == FAMILY_V4 { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
             bail!("--client {client}: a prefix of at most {max} bits");

@@ -35,7 +35,7 @@ use lb_common::{
     flow::{FlowKey, REPLY_DERIVED, SERVES_ALONE, ServedBy},
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use xnlb::datapath::DatapathSizes;
+use xnlb::{datapath::DatapathSizes, model::port_rules::ip_of};
 use xnlb_tests::{bed::*, packets::*};
 
 const PACKETS: usize = 8000;
@@ -229,26 +229,6 @@ fn addresses(frame: &[u8]) -> Option<(Version, IpAddr, IpAddr)> {
     }
 }
 
-/// `k` seen from the other end.
-fn reversed(k: &FlowKey) -> FlowKey {
-    FlowKey {
-        src: k.dst,
-        dst: k.src,
-        src_port: k.dst_port,
-        dst_port: k.src_port,
-        ..*k
-    }
-}
-
-/// The address a key's `words` hold, by its `family`.
-fn addr(words: &[u32; 4], family: u8) -> IpAddr {
-    if family == FAMILY_V4 {
-        key_addr::v4_octets(words).into()
-    } else {
-        key_addr::octets(words).into()
-    }
-}
-
 /// What `SERVED_BY` holds for the backend port that sends `reply`.
 fn served_by(bed: &Bed, reply: &FlowKey) -> Option<ServedBy> {
     let at = lb_common::flow::BackendPort {
@@ -290,7 +270,7 @@ fn owned_towards_backend(bed: &Bed, service: &str, input: &FlowKey, out: &FlowKe
                 .expect("reply lookup")
                 .is_some_and(|owner| owner.client == *input)
         };
-        flow.reply == reversed(out)
+        flow.reply == out.reversed()
             && backend.is(bed.service_id(service), &flow.reply.src)
             && owns_reply
     })
@@ -304,7 +284,7 @@ fn owned_towards_client(bed: &Bed, input: &FlowKey, out: &FlowKey) -> bool {
     let r = bed.dp.reader();
     let derived = served_by(bed, input).is_some_and(|v| {
         let client = derived_client(&v, input);
-        reversed(&client) == *out
+        client.reversed() == *out
             && [false, true].into_iter().any(|half_open| {
                 r.flow(half_open, &client)
                     .expect("flow lookup")
@@ -320,7 +300,7 @@ fn owned_towards_client(bed: &Bed, input: &FlowKey, out: &FlowKey) -> bool {
                 return false;
             };
             let flow = r.flow(half_open, &owner.client).expect("flow lookup");
-            flow.is_some_and(|f| f.reply == *input) && reversed(&owner.client) == *out
+            flow.is_some_and(|f| f.reply == *input) && owner.client.reversed() == *out
         })
 }
 
@@ -376,7 +356,7 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
                 let (name, current) = side
                     .service(input.proto, u16::from_be(input.dst_port))
                     .unwrap_or_else(|| panic!("forwarded to no service: {}", ctx()));
-                let out_dst = addr(&out_key.dst, out_key.family);
+                let out_dst = ip_of(&out_key.dst, out_key.family);
                 assert!(
                     current.contains(&out_dst),
                     "sent to {out_dst}, not one of {name}'s backends {current:?}: {}",
@@ -396,7 +376,7 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
                 );
                 if input.proto == PROTO_TCP {
                     let pair = (
-                        addr(&input.src, input.family),
+                        ip_of(&input.src, input.family),
                         u16::from_be(input.src_port),
                         u16::from_be(out_key.dst_port),
                         out_dst,
@@ -412,7 +392,7 @@ fn check(bed: &Bed, model: &mut Model, i: usize, kind: &str, ingress: Iface, fra
                 }
             } else {
                 assert_eq!(
-                    addr(&out_key.src, out_key.family),
+                    ip_of(&out_key.src, out_key.family),
                     side.version.vip(),
                     "a reply leaves from the VIP: {}",
                     ctx()
