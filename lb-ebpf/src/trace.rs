@@ -7,7 +7,11 @@
 //! (`conntrack::new_flow`); `emit` then gathers the rest from the maps and the rewritten packet.
 //! Both are functions of their own, so the stages' code and stack stay as they were.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_RB_NO_WAKEUP, xdp_action},
+    helpers::generated::bpf_ktime_get_ns,
+    programs::XdpContext,
+};
 use lb_common::{
     addr::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP},
     flow::FlowKey,
@@ -186,7 +190,9 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
         tcp_flags,
         _pad: [0; 2],
     });
-    slot.submit(0);
+    // No wakeup per event: the default wakes the reader whenever it has caught up, which
+    // costs an interrupt per traced packet; the daemon drains the ring every 100 ms anyway.
+    slot.submit(BPF_RB_NO_WAKEUP as u64);
     1
 }
 

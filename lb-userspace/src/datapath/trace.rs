@@ -1,7 +1,6 @@
 //! `xnlb trace`'s side in the datapath (`lb_common::trace`): arming and clearing the filter,
 //! reading the events from the ring buffer, and what the CPUs could not write.
 
-use std::os::fd::{AsRawFd, RawFd};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use lb_common::{
@@ -66,11 +65,6 @@ impl Tap {
         // SAFETY: the datapath writes whole `TraceEvent`s (plain integers, any bytes valid);
         // the read is unaligned-safe.
         Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) })
-    }
-
-    /// The ring buffer's descriptor, readable when events wait (for poll(2)).
-    pub fn events_fd(&self) -> RawFd {
-        self.events.as_raw_fd()
     }
 
     /// What the CPUs could not write, summed (since the datapath was loaded).
