@@ -7,6 +7,7 @@
 //! image (`datapath::reconcile`) and runs the daemon around it. These modules' unit tests run on
 //! stable Rust, without root and without the BPF toolchain (`cargo test -p lb-model`).
 
+pub mod announce;
 pub mod cluster;
 pub mod config;
 pub mod ids;

@@ -22,6 +22,9 @@ pub struct Status {
     /// Cluster mode: this node's view of the cluster (`xnlb cluster query`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterStatus>,
+    /// Scale-out by routing: the VIPs on the announce interface and why (`announce:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
     pub interfaces: Vec<InterfaceStatus>,
     pub config: String,
     /// Seconds since the daemon started (a restart adopts the datapath: its counters go on).
@@ -33,6 +36,12 @@ pub struct Status {
     pub rates_over_secs: f64,
     pub conntrack: ConntrackStatus,
     pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnounceStatus {
+    pub interface: String,
+    pub vips: Vec<crate::announce::VipAnnouncement>,
 }
 
 /// Per second, over the status's `rates_over_secs`.
@@ -338,6 +347,18 @@ impl Status {
                 c.finishing,
                 c.members
             );
+        }
+        if let Some(a) = &self.announce {
+            for v in &a.vips {
+                let _ = writeln!(
+                    out,
+                    "{} {} on {}: {}",
+                    v.vip,
+                    if v.announced { "announced" } else { "withdrawn" },
+                    a.interface,
+                    v.why
+                );
+            }
         }
         for s in &self.services {
             let _ = writeln!(out);

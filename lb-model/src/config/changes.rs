@@ -45,6 +45,9 @@ impl Config {
         if old.snat != self.snat {
             out.push("snat changed".to_string());
         }
+        if old.announce != self.announce {
+            out.push("announce changed".to_string());
+        }
         out
     }
 }

@@ -47,6 +47,10 @@ pub struct Config {
     /// Off when the upstream router already routes the VIPs to the balancer.
     #[serde(default = "yes")]
     pub announce_vips: bool,
+    /// Scale-out by routing (`docs/scale-out.md`): each VIP on an interface of its own while
+    /// this node can serve it, for a routing daemon to export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
     pub services: Vec<Service>,
     #[serde(default)]
     pub metrics: Metrics,
@@ -114,6 +118,32 @@ impl HeartbeatSettings {
 
 fn default_share() -> u32 {
     100
+}
+
+/// The `announce` block: where a routing daemon (BIRD's `protocol direct`, FRR's
+/// `redistribute connected`) finds the VIPs this node can serve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Announce {
+    /// Created by xnlb (a dummy interface, or ifb where the kernel has no dummy driver).
+    pub interface: String,
+    /// A VIP is withdrawn while none of its services has this many backends in rotation.
+    pub min_backends: u32,
+    /// How long a withdrawn VIP must stay servable before it is announced again.
+    #[serde(with = "duration")]
+    pub hold_down: Duration,
+}
+
+pub const DEFAULT_ANNOUNCE_INTERFACE: &str = "xnlb-vips";
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self {
+            interface: DEFAULT_ANNOUNCE_INTERFACE.to_string(),
+            min_backends: 1,
+            hold_down: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,6 +29,8 @@ enum Command {
     Exit,
     /// Answered as soon as the thread takes it: it is alive and not stuck (the watchdog).
     Alive(oneshot::Sender<()>),
+    /// Announce a VIP whose hold-down ended (`announce:`); answered when done.
+    AnnounceTick(oneshot::Sender<()>),
 }
 
 /// How the daemon's tasks talk to the controller.
@@ -55,6 +57,13 @@ impl Handle {
     pub async fn alive(&self) -> bool {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Alive(reply)).is_ok() && answer.await.is_ok()
+    }
+
+    /// Lets the controller announce what a hold-down held back; returns when it has (so a
+    /// busy controller gets one tick at a time), false once it is gone.
+    pub async fn announce_tick(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::AnnounceTick(reply)).is_ok() && answer.await.is_ok()
     }
 
     /// Hands over a batch of probe results; false once the controller is gone.
@@ -116,6 +125,10 @@ fn serve(
             }
             Command::Exit => return,
             Command::Alive(reply) => {
+                let _ = reply.send(());
+            }
+            Command::AnnounceTick(reply) => {
+                ctl.announce_tick();
                 let _ = reply.send(());
             }
             Command::Admin(Request::Stop, reply) => {

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
+    announce::Announcing,
     routing::HeldRouting,
     status::{Attachment, View},
 };
@@ -60,6 +61,8 @@ pub struct Controller {
     view: watch::Sender<Arc<View>>,
     /// Maglev tables of the last image, reused while their members stay.
     tables: plan::TableCache,
+    /// Scale-out by routing (`announce:`): the VIPs offered to the routing daemon.
+    pub(super) announcing: Option<Announcing>,
 }
 
 /// The running sticky table is smaller than `config` asks for (an adopted datapath, or a reload
@@ -149,6 +152,7 @@ impl Controller {
             programmed,
             attached: Vec::new(),
             held: None,
+            announcing: None,
         };
         ctl.choose_routing();
         ctl.resolve_held_hops_waiting();
@@ -171,6 +175,9 @@ impl Controller {
                 .sync(&ctl.announced(), adopted)
                 .context("adding the VIPs (and one-arm SNAT addresses) to the client interface")?;
         }
+        // Only now that the datapath is attached.
+        ctl.follow_announce_config()
+            .context("opening the announce interface")?;
         ctl.publish();
         Ok(ctl)
     }
@@ -356,8 +363,10 @@ impl Controller {
         Ok(self.dp.next_hop_epoch()?)
     }
 
-    /// Publishes the current state to status and metrics.
-    pub(super) fn publish(&self) {
+    /// Brings the announced VIPs up to date and publishes the current state to status and
+    /// metrics.
+    pub(super) fn publish(&mut self) {
+        self.follow_announce();
         // Read before `send_replace`: a borrow alive in its argument would hold the lock it
         // takes.
         let started = self.view.borrow().started;
@@ -370,11 +379,17 @@ impl Controller {
             attached: self.attached.clone(),
             settings: self.programmed.image.settings,
             started,
+            announce: self
+                .announcing
+                .as_ref()
+                .map(|a| (a.interface.name().to_string(), a.announcer.clone())),
         }));
     }
 
     /// Detaches from every interface, removes the VIPs and every pin. Forwarding stops.
     pub fn stop(mut self) -> Result<()> {
+        // Routes first: the upstream stops sending before the datapath stops forwarding.
+        self.withdraw_all()?;
         for a in &self.attached {
             attach::detach(&self.pin_dir, &a.name)?;
         }

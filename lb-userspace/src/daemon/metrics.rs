@@ -357,6 +357,19 @@ fn encode_snapshot(
         "Clients whose sticky entry names the backend (sticky services)",
         &sticky,
     )?;
+    if let Some(a) = &status.announce {
+        let announced: Vec<_> = a
+            .vips
+            .iter()
+            .map(|v| (vec![("vip", v.vip.to_string())], i64::from(v.announced)))
+            .collect();
+        gauge(
+            e,
+            "xnlb_vip_announced",
+            "1 while the VIP is on the announce interface for the routing daemon to export",
+            &announced,
+        )?;
+    }
     let ct = &status.conntrack;
     gauge(
         e,

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod admin_socket;
+mod announce;
 mod backends;
 pub mod cluster;
 pub mod control;
@@ -94,6 +95,7 @@ async fn serve(config: Config, config_path: &Path, pin_dir: &Path) -> Result<()>
     };
     let (controller, controller_thread) = control::spawn(ctl)?;
     follow_routing(epoch, controller.clone());
+    tokio::spawn(announce_ticks(controller.clone()));
 
     let (registry, observed) = metrics::registry(
         view.clone(),
@@ -213,6 +215,18 @@ fn follow_routing(mut epoch: NextHopEpoch, controller: Handle) {
                     std::thread::sleep(HELD_HOPS_FALLBACK_PERIOD);
                 }
             });
+    }
+}
+
+/// Ends the hold-downs of `announce:` on time (the controller otherwise acts only on
+/// events); stops with the controller.
+async fn announce_ticks(controller: Handle) {
+    let mut tick = tokio::time::interval(announce::TICK);
+    loop {
+        tick.tick().await;
+        if !controller.announce_tick().await {
+            break;
+        }
     }
 }
 

@@ -71,6 +71,7 @@ impl Controller {
                 } else {
                     self.vips.release_all()?;
                 }
+                self.follow_announce_config()?;
                 self.publish();
                 if !changes.is_empty() {
                     info!("reload: datapath {changes}");

@@ -15,11 +15,12 @@ use lb_common::{
     stats::{BackendStats, FlowEvent, ServiceStats},
 };
 use lb_model::{
+    announce::Announcer,
     config::{self, Config, Mode},
     ids::IdBook,
     lifecycle::Lifecycle,
     status::{
-        self, BackendStatus, ChangeStatus, ConntrackStatus, HealthStatus, InterfaceStatus, Rates,
+        self, AnnounceStatus, BackendStatus, ChangeStatus, ConntrackStatus, HealthStatus, InterfaceStatus, Rates,
         ServiceStatus, Status,
     },
     sticky::{self, StickyRow},
@@ -52,6 +53,8 @@ pub struct View {
     pub settings: DatapathSettings,
     /// When the daemon started.
     pub started: SystemTime,
+    /// Scale-out by routing: the announce interface and its announcer's state.
+    pub announce: Option<(String, Announcer)>,
 }
 
 impl View {
@@ -66,6 +69,7 @@ impl View {
             attached: Vec::new(),
             settings: DatapathSettings::defaults(),
             started: SystemTime::now(),
+            announce: None,
         }
     }
 }
@@ -267,6 +271,13 @@ pub fn status(view: &View, reader: &Reader, samples: Option<&Samples>) -> Result
             .label()
             .to_string(),
         cluster: None,
+        announce: view
+            .announce
+            .as_ref()
+            .map(|(interface, announcer)| AnnounceStatus {
+                interface: interface.clone(),
+                vips: announcer.report(Instant::now()),
+            }),
         interfaces: view
             .attached
             .iter()

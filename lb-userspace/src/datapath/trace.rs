@@ -1,7 +1,6 @@
 //! `xnlb trace`'s side in the datapath (`lb_common::trace`): arming and clearing the filter,
 //! reading the events from the ring buffer, and what the CPUs could not write.
 
-
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use lb_common::{
     maps as names,

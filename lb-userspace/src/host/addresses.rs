@@ -62,7 +62,8 @@ impl VipOwner {
         self.sync(&BTreeSet::new(), false)
     }
 
-    fn present(&self) -> Result<BTreeSet<IpAddr>> {
+    /// The addresses on the interface now.
+    pub fn present(&self) -> Result<BTreeSet<IpAddr>> {
         let out = ip(&["-j", "addr", "show", "dev", &self.iface])?;
         let links: serde_json::Value = serde_json::from_str(&out)?;
         Ok(links

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub mod addresses;
+pub mod announce;
 pub mod bpffs;
 pub mod heartbeats;
 pub mod interfaces;

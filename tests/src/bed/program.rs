@@ -79,6 +79,7 @@ impl Programmer {
                 snat: None,
                 conntrack: Conntrack::default(),
                 announce_vips: false,
+                announce: None,
                 services: Vec::new(),
                 metrics: Default::default(),
                 admin: Default::default(),

@@ -435,6 +435,26 @@ fn bad_files_list_every_problem_with_its_location() {
                 "services[1].backends: the backends differ from those of owa (services[0])",
             ],
         ),
+        (
+            "an announce block that cannot work",
+            edit(
+                "metrics:",
+                "announce:\n  interface: eth1\n  min_backends: 3\n  hold_down: 2h\nmetrics:",
+            ),
+            vec![
+                "announce.interface: eth1 carries traffic; the VIPs are announced on an interface of their own",
+                "announce.hold_down: more than an hour",
+                "announce.min_backends: 3 but 198.18.0.100's services have at most 2 backend(s)",
+            ],
+        ),
+        (
+            "an announce block with a bad name and no backends to ask for",
+            edit("metrics:", "announce: { interface: vips/0, min_backends: 0 }\nmetrics:"),
+            vec![
+                "announce.interface: \"vips/0\" is not an interface name",
+                "announce.min_backends: 0 would announce a VIP nothing serves",
+            ],
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut failures = Vec::new();

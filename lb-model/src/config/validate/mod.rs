@@ -19,8 +19,8 @@ use lb_common::{
 use std::time::Duration;
 
 use super::{
-    Affinity, Cluster, Config, Filtering, Health, HttpCheck, MAX_WEIGHT, Mode, Problem, Service,
-    TcpCheck, health::MAX_TCP_CHECK_TEXT,
+    Affinity, Announce, Cluster, Config, DEFAULT_ANNOUNCE_INTERFACE, Filtering, Health, HttpCheck,
+    MAX_WEIGHT, Mode, Problem, Service, TcpCheck, health::MAX_TCP_CHECK_TEXT,
 };
 
 pub fn problems(config: &Config) -> Vec<Problem> {
@@ -28,6 +28,9 @@ pub fn problems(config: &Config) -> Vec<Problem> {
     top_level(config, &mut out);
     if let Some(cluster) = &config.cluster {
         cluster_problems(config, cluster, &mut out);
+    }
+    if let Some(announce) = &config.announce {
+        announce_problems(config, announce, &mut out);
     }
     for (i, service) in config.services.iter().enumerate() {
         out.extend(service_problems(service, &format!("services[{i}]")));
@@ -217,6 +220,90 @@ fn persistence_groups(config: &Config, out: &mut Vec<Problem>) {
                     .hint("rename one of them"),
                 );
             }
+        }
+    }
+}
+
+/// The `announce` block's own checks.
+fn announce_problems(config: &Config, announce: &Announce, out: &mut Vec<Problem>) {
+    let name = &announce.interface;
+    // IFNAMSIZ less its terminating zero; `ip link add` refuses the rest.
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', ':'])
+        || name.chars().any(char::is_whitespace)
+    {
+        out.push(
+            Problem::new(
+                "announce.interface",
+                format!(
+                    "{name:?} is not an interface name (1-15 characters, no '/', ':' or spaces)"
+                ),
+            )
+            .hint(format!(
+                "announce: {{ interface: {DEFAULT_ANNOUNCE_INTERFACE} }}"
+            )),
+        );
+    }
+    let theirs = [
+        Some(&config.interfaces.client),
+        config.interfaces.server.as_ref(),
+    ];
+    if theirs.into_iter().flatten().any(|i| i == name) {
+        out.push(
+            Problem::new(
+                "announce.interface",
+                format!(
+                    "{name} carries traffic; the VIPs are announced on an interface of their own"
+                ),
+            )
+            .hint("a name xnlb creates, such as xnlb-vips"),
+        );
+    }
+    if announce.min_backends == 0 {
+        out.push(
+            Problem::new(
+                "announce.min_backends",
+                "0 would announce a VIP nothing serves",
+            )
+            .hint("1: announced while a backend is in rotation"),
+        );
+    }
+    if announce.hold_down > Duration::from_secs(3600) {
+        out.push(Problem::new(
+            "announce.hold_down",
+            "more than an hour: a VIP would stay withdrawn long after its backends recovered",
+        ));
+    }
+    if config.cluster.is_some() {
+        out.push(
+            Problem::new(
+                "announce",
+                "cluster mode shares the VIPs on one segment; announce shares them by routing",
+            )
+            .hint("use one of the two blocks"),
+        );
+    }
+    // A VIP none of whose services could ever have enough backends is never announced.
+    let mut most: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for s in &config.services {
+        let n = s.backends.iter().filter(|b| b.weight > 0).count();
+        let m = most.entry(s.vip).or_default();
+        *m = (*m).max(n);
+    }
+    for (vip, n) in most {
+        if n < announce.min_backends as usize {
+            out.push(
+                Problem::new(
+                    "announce.min_backends",
+                    format!(
+                        "{} but {vip}'s services have at most {n} backend(s) of positive weight: \
+                         it would never be announced",
+                        announce.min_backends
+                    ),
+                )
+                .hint("lower min_backends or add backends"),
+            );
         }
     }
 }
