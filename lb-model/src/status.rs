@@ -354,7 +354,11 @@ impl Status {
                     out,
                     "{} {} on {}: {}",
                     v.vip,
-                    if v.announced { "announced" } else { "withdrawn" },
+                    if v.announced {
+                        "announced"
+                    } else {
+                        "withdrawn"
+                    },
                     a.interface,
                     v.why
                 );

@@ -80,7 +80,12 @@ impl Controller {
             if t.announced {
                 info!("announce: {} on {}: {}", t.vip, a.interface.name(), t.why);
             } else {
-                warn!("announce: {} withdrawn from {}: {}", t.vip, a.interface.name(), t.why);
+                warn!(
+                    "announce: {} withdrawn from {}: {}",
+                    t.vip,
+                    a.interface.name(),
+                    t.why
+                );
             }
         }
         let want = a.announcer.announced();

@@ -20,8 +20,8 @@ use lb_model::{
     ids::IdBook,
     lifecycle::Lifecycle,
     status::{
-        self, AnnounceStatus, BackendStatus, ChangeStatus, ConntrackStatus, HealthStatus, InterfaceStatus, Rates,
-        ServiceStatus, Status,
+        self, AnnounceStatus, BackendStatus, ChangeStatus, ConntrackStatus, HealthStatus,
+        InterfaceStatus, Rates, ServiceStatus, Status,
     },
     sticky::{self, StickyRow},
 };

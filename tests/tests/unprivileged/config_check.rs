@@ -449,7 +449,10 @@ fn bad_files_list_every_problem_with_its_location() {
         ),
         (
             "an announce block with a bad name and no backends to ask for",
-            edit("metrics:", "announce: { interface: vips/0, min_backends: 0 }\nmetrics:"),
+            edit(
+                "metrics:",
+                "announce: { interface: vips/0, min_backends: 0 }\nmetrics:",
+            ),
             vec![
                 "announce.interface: \"vips/0\" is not an interface name",
                 "announce.min_backends: 0 would announce a VIP nothing serves",
