@@ -191,7 +191,7 @@ pub fn emit(raw: *mut aya_ebpf::bindings::xdp_md, direction: u32, outcome: u32) 
         _pad: [0; 2],
     });
     // No wakeup per event: the default wakes the reader whenever it has caught up, which
-    // costs an interrupt per traced packet; the daemon drains the ring every 100 ms anyway.
+    // costs an interrupt per traced packet; the daemon drains the ring every 20 ms instead.
     slot.submit(BPF_RB_NO_WAKEUP as u64);
     1
 }

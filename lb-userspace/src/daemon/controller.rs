@@ -388,8 +388,11 @@ impl Controller {
 
     /// Detaches from every interface, removes the VIPs and every pin. Forwarding stops.
     pub fn stop(mut self) -> Result<()> {
-        // Routes first: the upstream stops sending before the datapath stops forwarding.
-        self.withdraw_all()?;
+        // Routes first: the upstream stops sending before the datapath stops forwarding. A
+        // failure is said and does not keep the datapath attached.
+        if let Err(e) = self.withdraw_all() {
+            warn!("withdrawing the announced VIPs: {e:#}");
+        }
         for a in &self.attached {
             attach::detach(&self.pin_dir, &a.name)?;
         }

@@ -71,7 +71,10 @@ impl Controller {
                 } else {
                     self.vips.release_all()?;
                 }
-                self.follow_announce_config()?;
+                // The new config is running by now: a failure here is said, not a refusal.
+                if let Err(e) = self.follow_announce_config() {
+                    warn!("reload: the announce block: {e:#}");
+                }
                 self.publish();
                 if !changes.is_empty() {
                     info!("reload: datapath {changes}");
