@@ -4,11 +4,7 @@
 //! off; the routing daemon exports what it finds there. Announced only once the datapath is
 //! attached (`Controller::start` attaches first), withdrawn before it detaches (`stop`).
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use lb_model::announce::{self, Announcer};
@@ -24,8 +20,6 @@ pub const TICK: Duration = Duration::from_millis(500);
 pub struct Announcing {
     pub announcer: Announcer,
     pub interface: AnnounceInterface,
-    /// What the interface was last given: it is written only when that changes.
-    written: BTreeSet<IpAddr>,
 }
 
 impl Controller {
@@ -57,7 +51,6 @@ impl Controller {
                 self.announcing = Some(Announcing {
                     announcer,
                     interface,
-                    written: present,
                 });
             }
         }
@@ -67,11 +60,7 @@ impl Controller {
     /// Moves each VIP's announcement on by what its services have in rotation now, and
     /// writes the interface when that changed. Returns whether anything changed.
     pub(super) fn follow_announce(&mut self) -> bool {
-        let serving = announce::serving(&self.config, |s, b| {
-            self.lifecycles
-                .get(&(s.to_string(), b.to_string()))
-                .is_some_and(|l| l.state().in_rotation())
-        });
+        let serving = announce::serving(&self.config, |s, b| self.state_of(s, b).in_rotation());
         let Some(a) = self.announcing.as_mut() else {
             return false;
         };
@@ -88,13 +77,12 @@ impl Controller {
                 );
             }
         }
+        // Written only when it changes; a failure is tried again at the next change or tick.
         let want = a.announcer.announced();
-        if want != a.written {
-            match a.interface.sync(&want) {
-                Ok(()) => a.written = want,
-                // Tried again at the next change or tick.
-                Err(e) => warn!("announce: writing {}: {e:#}", a.interface.name()),
-            }
+        if want != *a.interface.announced()
+            && let Err(e) = a.interface.sync(&want)
+        {
+            warn!("announce: writing {}: {e:#}", a.interface.name());
         }
         !changed.is_empty()
     }

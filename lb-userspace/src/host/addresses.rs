@@ -58,6 +58,16 @@ impl VipOwner {
         Ok(())
     }
 
+    /// Counts `addrs` (present on the interface) as ours, to remove when no longer wanted.
+    pub fn adopt(&mut self, addrs: &BTreeSet<IpAddr>) {
+        self.owned.extend(addrs);
+    }
+
+    /// The addresses this owner added or adopted.
+    pub fn owned(&self) -> &BTreeSet<IpAddr> {
+        &self.owned
+    }
+
     pub fn release_all(&mut self) -> Result<()> {
         self.sync(&BTreeSet::new(), false)
     }

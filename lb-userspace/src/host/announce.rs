@@ -39,7 +39,7 @@ impl AnnounceInterface {
             .into_iter()
             .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()))
             .collect();
-        vips.sync(&present, true)?;
+        vips.adopt(&present);
         Ok((
             Self {
                 name: name.to_string(),
@@ -51,6 +51,11 @@ impl AnnounceInterface {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The VIPs on the interface (as last written, or adopted).
+    pub fn announced(&self) -> &BTreeSet<IpAddr> {
+        self.vips.owned()
     }
 
     /// Puts exactly the VIPs of `announced` on the interface.
